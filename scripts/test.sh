@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: install, check notebooks and qtnb/ agree and are clean,
+# run the notebooks (nbdev-test), then pytest. Exits non-zero on any failure, including "no tests ran".
+set -uo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh || exit 1
+bin=.venv/bin
+snapshot() { git status --porcelain -- nbs qtnb; git diff -- nbs qtnb | sha256sum; }
+before=$(snapshot)
+"$bin/nbdev-export" || { echo "FAIL: nbdev-export errored"; exit 1; }
+"$bin/nbdev-clean" || { echo "FAIL: nbdev-clean errored"; exit 1; }
+after=$(snapshot)
+if [ "$before" != "$after" ]; then
+  echo "FAIL: nbdev-export or nbdev-clean changed files: run them and commit the result"
+  git status --porcelain -- nbs qtnb
+  exit 1
+fi
+echo "== nbdev-test"
+"$bin/nbdev-test" --n-workers 2 --timing || { echo "FAIL: nbdev-test"; exit 1; }
+echo "== pytest"
+"$bin/python" -m pytest "$@"
+rc=$?
+if [ $rc -eq 5 ]; then echo "FAIL: pytest collected no tests"; exit 1; fi
+exit $rc
