@@ -20,7 +20,7 @@ from .errors import ConfigError, QtnbError
 
 # %% auto #0
 __all__ = ['WIDGETS_ENV', 'widget_frontend', 'figurewidget_available', 'svg_lines', 'svg_bars', 'Chart', 'config_class',
-           'FormField', 'ConfigForm']
+           'FormField', 'ConfigForm', 'Throttle', 'TrainingMonitor', 'free_port', 'start_dashboard', 'TunerPanel']
 
 # %% ../nbs/11_widgets.ipynb #d0504f9e
 WIDGETS_ENV = "QTNB_WIDGETS"
@@ -443,3 +443,427 @@ class ConfigForm(W.VBox):
         lines = [f"ConfigForm({self.config_class.__name__})"]
         lines += [f"  {n} = {f.get()!r}" + (f"   <- {f.error}" if f.error else "") for n, f in self.fields.items()]
         return "\n".join(lines)
+
+# %% ../nbs/11_widgets.ipynb #313809c5
+def _clock(s: float | None) -> str:
+    if s is None or not math.isfinite(s): return "?"
+    s = int(round(s)); h, r = divmod(s, 3600); m, s = divmod(r, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+def _table(rows: list[dict], *, cls: str = "qtnb-table", links: dict | None = None) -> str:
+    "An HTML table of `rows`; `links` maps a column to a function value -> href."
+    if not rows: return '<i style="color:#999">nothing yet</i>'
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    th = "".join(f'<th style="text-align:left;padding:2px 8px">{html.escape(str(c))}</th>' for c in cols)
+    body = []
+    for r in rows:
+        tds = []
+        for c in cols:
+            v = r.get(c, "")
+            cell = _fmt(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else html.escape(str(v))
+            href = (links or {}).get(c)
+            if href and v not in ("", None) and href(v):
+                cell = f'<a href="{html.escape(href(v), quote=True)}" target="_blank">{cell}</a>'
+            tds.append(f'<td style="padding:2px 8px">{cell}</td>')
+        body.append("<tr>" + "".join(tds) + "</tr>")
+    return (f'<table class="{cls}" style="border-collapse:collapse;font-size:0.9em"><thead><tr>{th}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table>')
+
+class Throttle:
+    "True at most once every `every` seconds (and always when forced)."
+    def __init__(self, every: float): self.every, self.last = every, -math.inf
+    def __call__(self, force: bool = False) -> bool:
+        now = time.monotonic()
+        if force or now - self.last >= self.every:
+            self.last = now
+            return True
+        return False
+
+# %% ../nbs/11_widgets.ipynb #43f87071
+_STATES = {"idle": "#777", "running": "#1565c0", "paused": "#ef6c00", "stopping": "#c62828", "stopped": "#c62828",
+           "completed": "#2e7d32", "failed": "#c62828"}
+
+def _metrics_arg(args, kwargs) -> dict | None:
+    for v in [*args, *kwargs.values()]:
+        if isinstance(v, dict): return v
+    return None
+
+def _num(v):
+    try:
+        import numpy as np
+        if isinstance(v, np.generic): v = v.item()
+    except ImportError: pass
+    if hasattr(v, "item") and callable(v.item) and getattr(v, "ndim", 1) == 0: v = v.item()
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+class TrainingMonitor(W.VBox):
+    "Live loss, metric and learning-rate curves, progress with ETA and Pause/Resume/Stop for a qtnb `Trainer`."
+    def __init__(self, metric: str | None = None, # the metric plotted beside the loss (default: the first val_ metric not a loss)
+                 *, every: float = 0.5,              # seconds between redraws (and text lines)
+                 mode: str = "auto",                 # 'auto', 'widgets' or 'text'
+                 backend: str = "auto"):             # chart backend: 'auto', 'plotly' or 'svg'
+        self.metric, self.every, self.widgets = metric, every, _use_widgets(mode)
+        self.trainer, self.thread, self.result, self.exception = None, None, None, None
+        self.history: list[dict] = []
+        self.state, self.message = "idle", ""
+        self.epoch = self.batch = 0
+        self.batches_per_epoch = self.total_epochs = None
+        self.t0 = self.epoch_t0 = None
+        self.redraws = 0
+        self._throttle, self._text_throttle = Throttle(every), Throttle(every)
+        self._shown = False
+        self.loss_chart = Chart("loss", xlabel="epoch", backend=backend)
+        self.metric_chart = Chart("metric", xlabel="epoch", backend=backend, width=380, height=200)
+        self.lr_chart = Chart("learning rate", xlabel="epoch", backend=backend, width=380, height=160)
+        self.progress = W.FloatProgress(min=0, max=1, value=0, bar_style="info", layout=W.Layout(width="420px"))
+        self.progress_text = W.HTML(); self.progress_text.add_class("qtnb-progress-text")
+        self.latest = W.HTML(); self.latest.add_class("qtnb-latest")
+        self.pause_button = W.Button(description="Pause", icon="pause")
+        self.resume_button = W.Button(description="Resume", icon="play")
+        self.stop_button = W.Button(description="Stop", icon="stop", button_style="danger")
+        self.pause_button.on_click(lambda _: self.pause())
+        self.resume_button.on_click(lambda _: self.resume())
+        self.stop_button.on_click(lambda _: self.stop())
+        for b in (self.pause_button, self.resume_button, self.stop_button): b.add_class(f"qtnb-{b.description.lower()}")
+        controls = W.HBox([self.progress, self.progress_text])
+        buttons = W.HBox([self.pause_button, self.resume_button, self.stop_button])
+        charts = W.HBox([self.loss_chart.widget, W.VBox([self.metric_chart.widget, self.lr_chart.widget])])
+        super().__init__([controls, buttons, charts, self.latest])
+        self.add_class("qtnb-training-monitor")
+        self._render(force=True)
+
+    # --- display ---
+    def _repr_mimebundle_(self, **kw):
+        self._shown = True
+        return super()._repr_mimebundle_(**kw)
+
+    def __repr__(self) -> str: return f"TrainingMonitor({self._line()})"
+
+    # --- control ---
+    def pause(self) -> None:
+        "Ask the trainer to pause after the current batch."
+        if self.trainer is not None and self.state == "running":
+            self.trainer.request_pause(); self._set_state("paused")
+
+    def resume(self) -> None:
+        "Let a paused trainer go on."
+        if self.trainer is not None and self.state == "paused":
+            self.trainer.resume(); self._set_state("running")
+
+    def stop(self) -> None:
+        "Ask the trainer to stop at the next batch boundary; the run ends as `stopped`."
+        if self.trainer is not None and self.state in ("running", "paused"):
+            self.trainer.request_stop()
+            if self.state == "paused": self.trainer.resume()
+            self._set_state("stopping")
+
+    def _set_state(self, state: str, message: str = "") -> None:
+        self.state, self.message = state, message
+        self._render(force=True, text=False)
+
+    def attach(self, trainer) -> "TrainingMonitor":
+        "Add this monitor to `trainer`'s callbacks (when it is not there yet)."
+        cbs = getattr(trainer, "callbacks", None)
+        if isinstance(cbs, list) and self not in cbs: cbs.append(self)
+        elif cbs is not None and self not in list(cbs) and hasattr(trainer, "add_callback"): trainer.add_callback(self)
+        self.trainer = trainer
+        return self
+
+    def fit(self, trainer, *args, **kwargs) -> "TrainingMonitor":
+        "Run `trainer.fit(*args, **kwargs)` in a background thread, watched by this monitor; returns the monitor."
+        if self.thread is not None and self.thread.is_alive():
+            raise QtnbError("this monitor is already watching a fit; wait() for it or make another TrainingMonitor")
+        self.attach(trainer)
+        self.result = self.exception = None
+        def run():
+            try: self.result = trainer.fit(*args, **kwargs)
+            except BaseException as e:
+                self.exception = e
+                self._set_state("failed", f"{type(e).__name__}: {e}")
+        self.thread = threading.Thread(target=run, name="qtnb-fit", daemon=True)
+        self.thread.start()
+        return self
+
+    def wait(self, timeout: float | None = None):
+        "Wait for the background fit; what `fit` returned, or its exception raised here."
+        if self.thread is None: return self.result
+        self.thread.join(timeout)
+        if self.thread.is_alive(): raise TimeoutError(f"the fit is still running after {timeout} s")
+        if self.exception is not None: raise self.exception
+        return self.result
+
+    @property
+    def running(self) -> bool: return self.thread is not None and self.thread.is_alive()
+
+    # --- hooks (Lightning names) ---
+    def on_fit_start(self, trainer, *args, **kwargs) -> None:
+        self.trainer = trainer
+        self.history, self.epoch, self.batch, self.batches_per_epoch = [], 0, 0, None
+        cfg = getattr(trainer, "config", None)
+        self.total_epochs = getattr(cfg, "num_epochs", None) or getattr(trainer, "max_epochs", None)
+        self.batches_per_epoch = getattr(trainer, "batches_per_epoch", None) or getattr(trainer, "num_batches", None)
+        self.t0 = self.epoch_t0 = time.monotonic()
+        self._set_state("running")
+        if self.widgets and not self._shown:
+            from IPython.display import display
+            display(self)
+
+    def on_train_epoch_start(self, trainer, *args, **kwargs) -> None:
+        self.batch, self.epoch_t0 = 0, time.monotonic()
+
+    def on_train_batch_end(self, trainer, *args, **kwargs) -> None:
+        self.batch += 1
+        self._render(text=False)
+
+    def on_train_epoch_end(self, trainer, *args, **kwargs) -> None:
+        m = _metrics_arg(args, kwargs)
+        if m is not None: self._record(trainer, m)
+
+    def on_validation_end(self, trainer, *args, **kwargs) -> None:
+        m = _metrics_arg(args, kwargs)
+        if m is not None: self._record(trainer, m)
+
+    def on_fit_end(self, trainer, *args, **kwargs) -> None:
+        run = getattr(trainer, "run", None)
+        status = getattr(run, "status", None)
+        status = status.get("state") if isinstance(status, dict) else status
+        stopped = getattr(trainer, "stop_requested", None)
+        stopped = stopped() if callable(stopped) else stopped
+        if status in _STATES: state = status
+        else: state = "stopped" if (self.state == "stopping" or stopped) else "completed"
+        self.state = state
+        self._render(force=True)
+
+    def _record(self, trainer, metrics: dict) -> None:
+        "Merge an epoch's metrics into the history (train and validation hooks may each report part of it)."
+        row = {k: _num(v) for k, v in metrics.items() if _num(v) is not None}
+        ep = row.get("epoch")
+        ep = int(ep) if ep is not None else (getattr(trainer, "epoch", None) or len(self.history))
+        if "lr" not in row:
+            opt = getattr(trainer, "optimizer", None)
+            try: row["lr"] = float(opt.param_groups[0]["lr"])
+            except (AttributeError, IndexError, KeyError, TypeError): pass
+        if self.history and self.history[-1].get("epoch") == ep: self.history[-1].update(row)
+        else:
+            row["epoch"] = ep
+            self.history.append(row)
+            if self.batches_per_epoch is None and self.batch: self.batches_per_epoch = self.batch
+        self.epoch = len(self.history)
+        self._render()
+
+    # --- drawing ---
+    def _metric_name(self) -> str | None:
+        if self.metric: return self.metric
+        for r in self.history:
+            for k in r:
+                if k.startswith("val_") and "loss" not in k: return k
+        return None
+
+    def _eta(self) -> float | None:
+        if not self.history or not self.total_epochs or self.t0 is None: return None
+        done = self.epoch + (self.batch / self.batches_per_epoch if self.batches_per_epoch else 0)
+        done = min(done, self.total_epochs)
+        if done <= 0: return None
+        return (time.monotonic() - self.t0) / done * (self.total_epochs - done)
+
+    def _fraction(self) -> float:
+        if not self.total_epochs: return 0.0
+        part = min(self.batch / self.batches_per_epoch, 1.0) if self.batches_per_epoch else 0.0
+        return 1.0 if self.state == "completed" else min((self.epoch + part) / self.total_epochs, 1.0)
+
+    def _line(self) -> str:
+        total = self.total_epochs or "?"
+        last = self.history[-1] if self.history else {}
+        shown = [k for k in ("train_loss", "val_loss", self._metric_name(), "lr") if k and k in last]
+        vals = "  ".join(f"{k}={_fmt(last[k])}" for k in shown)
+        el = time.monotonic() - self.t0 if self.t0 is not None else None
+        eta = self._eta() if self.state in ("running", "paused") else None
+        timing = f"[{_clock(el)}" + (f" < {_clock(eta)}" if eta is not None else "") + "]"
+        extra = f" ({self.message})" if self.message else ""
+        return f"{self.state}{extra}: epoch {self.epoch}/{total}  {vals}  {timing}".replace("  ]", "]").strip()
+
+    def _render(self, force: bool = False, text: bool = True) -> None:
+        if not self.widgets:
+            if text and self.t0 is not None and self._text_throttle(force): print(self._line(), flush=True)
+            return
+        if not self._throttle(force): return
+        self.redraws += 1
+        eps = [r["epoch"] for r in self.history]
+        col = lambda k: [r.get(k) for r in self.history]
+        self.loss_chart.update({k: (eps, col(k)) for k in ("train_loss", "val_loss") if any(k in r for r in self.history)})
+        m = self._metric_name()
+        self.metric_chart.title = m or "metric"
+        self.metric_chart.update({m: (eps, col(m))} if m else {})
+        self.lr_chart.update({"lr": (eps, col("lr"))} if any("lr" in r for r in self.history) else {})
+        self.progress.value = self._fraction()
+        self.progress.bar_style = {"completed": "success", "stopped": "danger", "failed": "danger", "paused": "warning"}.get(self.state, "info")
+        color = _STATES.get(self.state, "#777")
+        self.progress_text.value = (f'<span class="qtnb-state" data-state="{self.state}" style="color:{color}">'
+                                    f'{html.escape(self._line())}</span>')
+        active = self.state in ("running", "paused")
+        self.pause_button.disabled = self.state != "running"
+        self.resume_button.disabled = self.state != "paused"
+        self.stop_button.disabled = not active
+        last = self.history[-1] if self.history else {}
+        self.latest.value = _table([{"epoch": last.get("epoch"), **{k: v for k, v in last.items() if k != "epoch"}}]) if last else ""
+
+# %% ../nbs/11_widgets.ipynb #a2a9e54f
+def free_port(host: str = "127.0.0.1") -> int:
+    "A TCP port nothing listens on right now."
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+def _study_storage(study):
+    "The storage a dashboard can open: the URL for an RDB study, else the storage object itself."
+    st = getattr(study, "_storage", None)
+    st = getattr(st, "_backend", st)   # optuna wraps RDB storage in a cache
+    return getattr(st, "url", None) or st
+
+def start_dashboard(storage, *, host: str = "127.0.0.1", port: int | None = None) -> str:
+    "Start optuna-dashboard for `storage` in the background; its URL."
+    port = port or free_port(host)
+    try:
+        from qtnb.tuner import start_dashboard as tuner_dashboard
+    except ImportError: tuner_dashboard = None
+    if tuner_dashboard is not None:
+        out = tuner_dashboard(storage, host=host, port=port, background=True)
+        if isinstance(out, str) and out.startswith("http"): return out
+    else:
+        import optuna_dashboard
+        threading.Thread(target=optuna_dashboard.run_server, args=(storage,), kwargs=dict(host=host, port=port),
+                         name="qtnb-dashboard", daemon=True).start()
+    return f"http://{host}:{port}/dashboard/"
+
+def _run_link(runs_root: str | None):
+    def href(run_id):
+        return f"{runs_root.rstrip('/')}/{run_id}/" if runs_root else None
+    return href
+
+class TunerPanel(W.VBox):
+    "Live optimization history, intermediate values, importances, best parameters and trials of an Optuna study."
+    def __init__(self, study, # an optuna Study, or a qtnb Tuner (its `.study`)
+                 *, every: float = 1.0, mode: str = "auto", backend: str = "auto",
+                 runs_root: str | None = "runs", # where trial run folders live, for links (relative to the notebook)
+                 max_lines: int = 20):           # trials drawn in the intermediate-values chart
+        self.source, self.every, self.widgets, self.runs_root, self.max_lines = study, every, _use_widgets(mode), runs_root, max_lines
+        self._throttle = Throttle(every)
+        self._watcher, self._stop = None, threading.Event()
+        self._lock = threading.Lock()
+        self.dashboard_url: str | None = None
+        self.history_chart = Chart("optimization history", xlabel="trial", backend=backend)
+        self.intermediate_chart = Chart("intermediate values", xlabel="step", backend=backend)
+        self.importance_chart = Chart("parameter importances", kind="bars", backend=backend)
+        self.best = W.HTML(); self.best.add_class("qtnb-best")
+        self.trials_table = W.HTML(); self.trials_table.add_class("qtnb-trials")
+        self.summary = W.HTML(); self.summary.add_class("qtnb-tuner-summary")
+        self.refresh_button = W.Button(description="Refresh", icon="refresh")
+        self.dashboard_button = W.Button(description="Open optuna-dashboard", icon="external-link")
+        self.dashboard_link = W.HTML(); self.dashboard_link.add_class("qtnb-dashboard-link")
+        self.refresh_button.on_click(lambda _: self.refresh())
+        self.dashboard_button.on_click(lambda _: self.open_dashboard())
+        super().__init__([W.HBox([self.summary, self.refresh_button, self.dashboard_button, self.dashboard_link]),
+                          W.HBox([self.history_chart.widget, self.intermediate_chart.widget]),
+                          W.HBox([self.importance_chart.widget, self.best]), self.trials_table])
+        self.add_class("qtnb-tuner-panel")
+        self.n_seen = -1
+        self.refresh()
+
+    @property
+    def study(self):
+        s = getattr(self.source, "study", self.source)
+        return s() if callable(s) and not hasattr(s, "trials") else s
+
+    def __call__(self, study, trial) -> None:
+        "Optuna callback: redraw after a trial (throttled; the text version prints one line per trial)."
+        if self.widgets:
+            if self._throttle(): self.refresh()
+        else: print(self._trial_line(study, trial), flush=True)
+
+    def _trial_line(self, study, trial) -> str:
+        val = f" value={', '.join(_fmt(v) for v in trial.values)}" if trial.values else ""
+        try: best = f"  best={_fmt(study.best_value)} (trial {study.best_trial.number})"
+        except (ValueError, RuntimeError): best = ""   # no completed trial yet, or several objectives
+        params = " ".join(f"{k}={_fmt(v)}" for k, v in trial.params.items())
+        return f"trial {trial.number} {trial.state.name.lower()}{val}{best}  {params}".rstrip()
+
+    def refresh(self) -> None:
+        "Read the study and redraw everything."
+        study = self.study
+        if study is None: return
+        with self._lock: self._draw(study)
+
+    def _draw(self, study) -> None:
+        import optuna
+        trials = study.get_trials(deepcopy=False)
+        self.n_seen = len(trials)
+        done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and t.values]
+        multi = len(study.directions) > 1
+        if multi:   # one line per objective; "best" has no single meaning here
+            self.history_chart.update({f"objective {i}": ([t.number for t in done], [t.values[i] for t in done])
+                                       for i in range(len(study.directions))} if done else {})
+        else:
+            minimize = study.direction == optuna.study.StudyDirection.MINIMIZE
+            xs, ys, best, cur = [], [], [], None
+            for t in done:
+                v = t.values[0]
+                cur = v if cur is None else (min(cur, v) if minimize else max(cur, v))
+                xs.append(t.number); ys.append(v); best.append(cur)
+            self.history_chart.update({"objective": (xs, ys), "best": (xs, best)} if xs else {})
+        lines = {}
+        for t in trials[-self.max_lines:]:
+            iv = t.intermediate_values
+            if iv: lines[f"#{t.number}"] = (list(iv), list(iv.values()))
+        self.intermediate_chart.update(lines)
+        imp, why = {}, ""
+        if len(done) >= 2 and not multi:
+            try: imp = optuna.importance.get_param_importances(study)
+            except (RuntimeError, ValueError, ZeroDivisionError) as e: why = str(e)
+        self.importance_chart.update(imp)
+        states = {}
+        for t in trials: states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
+        self.summary.value = (f"<b>{html.escape(study.study_name)}</b>: {len(trials)} trials ("
+                              + ", ".join(f"{n} {s}" for s, n in states.items()) + ")" + (f" <i>{html.escape(why)}</i>" if why else ""))
+        if done and not multi:
+            b = study.best_trial
+            rows = [{"parameter": k, "value": v} for k, v in b.params.items()]
+            self.best.value = (f"<b>best trial #{b.number}</b>: {html.escape(_fmt(b.value))}" + _table(rows, cls="qtnb-best-table"))
+        else: self.best.value = '<i style="color:#999">no completed trial yet</i>'
+        rows = []
+        for t in trials[::-1][:200]:
+            dur = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else None
+            rows.append({"trial": t.number, "state": t.state.name.lower(),
+                         "value": ", ".join(_fmt(v) for v in t.values) if t.values else "",
+                         **{k: v for k, v in t.params.items()}, "seconds": round(dur, 2) if dur is not None else "",
+                         "run_id": t.user_attrs.get("run_id", "")})
+        self.trials_table.value = _table(rows, cls="qtnb-trials-table", links={"run_id": _run_link(self.runs_root)})
+
+    def watch(self, every: float | None = None) -> "TunerPanel":
+        "Redraw every `every` seconds from a background thread until `unwatch()` (for studies other processes fill)."
+        self.unwatch()
+        stop = self._stop = threading.Event()
+        def loop():
+            while not stop.wait(every or self.every):
+                try: self.refresh()
+                except Exception as e:   # a storage hiccup must not kill the watcher; show it and go on
+                    self.summary.value = f'<span style="color:#c62828">refresh failed: {html.escape(str(e))}</span>'
+        self._watcher = threading.Thread(target=loop, name="qtnb-tuner-watch", daemon=True)
+        self._watcher.start()
+        return self
+
+    def unwatch(self) -> None:
+        "Stop the watcher thread."
+        if self._watcher is not None:
+            self._stop.set(); self._watcher.join(timeout=5); self._watcher = None
+
+    def open_dashboard(self, port: int | None = None) -> str:
+        "Start optuna-dashboard for this study on 127.0.0.1; its URL (also shown as a link)."
+        if self.dashboard_url is None:
+            self.dashboard_url = start_dashboard(_study_storage(self.study), host="127.0.0.1", port=port)
+        self.dashboard_link.value = f'<a href="{self.dashboard_url}" target="_blank">{self.dashboard_url}</a>'
+        if not self.widgets: print(f"optuna-dashboard: {self.dashboard_url}", flush=True)
+        return self.dashboard_url
+
+    def __repr__(self) -> str:
+        s = self.study
+        return f"TunerPanel({getattr(s, 'study_name', s)!r}, {self.n_seen} trials)"
