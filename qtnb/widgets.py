@@ -265,13 +265,18 @@ class FormField:
         self.row = W.HBox([self.widget, self.message], layout=W.Layout(align_items="center"))
         self.row.add_class(f"qtnb-field-{name}")
         self.error: str | None = None
+        self._override = None   # a value set from code that the slider cannot hold (out of range): kept, and flagged
+        self.widget.observe(self._moved, names="value")
         self.set(self.default)
+
+    def _moved(self, change) -> None: self._override = None
 
     def _help_html(self) -> str: return f'<span style="color:#777;font-size:0.9em">{self.help}</span>'
 
     def get(self):
         "The widget's value as the config sees it."
         v, k = self.widget.value, self.kind
+        if self._override is not None: return self._override
         if k == "choices": return list(v)
         if k == "list": return _split_list(v, self.item_type)
         if k == "text":
@@ -297,6 +302,12 @@ class FormField:
         elif k == "text": self.widget.value = "" if value is None else str(value)
         elif k == "yaml": self.widget.value = "" if value is None else yaml.safe_dump(value, default_flow_style=True).strip()
         elif k == "number" and value is None: self.widget.value = 0
+        elif k == "slider":
+            w = self.widget
+            ok = (_finite(value) and not isinstance(value, bool) and w.min <= float(value) <= w.max
+                  and (not isinstance(w, W.IntSlider) or float(value) == int(float(value))))
+            w.value = value if ok else (w.max if _finite(value) and float(value) > w.max else w.min)
+            if not ok: self._override = value
         else: self.widget.value = value
 
     def show_error(self, msg: str | None) -> None:
@@ -444,7 +455,7 @@ class ConfigForm(W.VBox):
         lines += [f"  {n} = {f.get()!r}" + (f"   <- {f.error}" if f.error else "") for n, f in self.fields.items()]
         return "\n".join(lines)
 
-# %% ../nbs/11_widgets.ipynb #313809c5
+# %% ../nbs/11_widgets.ipynb #dcf8151a
 def _clock(s: float | None) -> str:
     if s is None or not math.isfinite(s): return "?"
     s = int(round(s)); h, r = divmod(s, 3600); m, s = divmod(r, 60)
@@ -479,7 +490,7 @@ class Throttle:
             return True
         return False
 
-# %% ../nbs/11_widgets.ipynb #43f87071
+# %% ../nbs/11_widgets.ipynb #4d6b335e
 _STATES = {"idle": "#777", "running": "#1565c0", "paused": "#ef6c00", "stopping": "#c62828", "stopped": "#c62828",
            "completed": "#2e7d32", "failed": "#c62828"}
 
@@ -707,7 +718,7 @@ class TrainingMonitor(W.VBox):
         last = self.history[-1] if self.history else {}
         self.latest.value = _table([{"epoch": last.get("epoch"), **{k: v for k, v in last.items() if k != "epoch"}}]) if last else ""
 
-# %% ../nbs/11_widgets.ipynb #a2a9e54f
+# %% ../nbs/11_widgets.ipynb #c295919b
 def free_port(host: str = "127.0.0.1") -> int:
     "A TCP port nothing listens on right now."
     with socket.socket() as s:
