@@ -22,9 +22,10 @@ from .config import atomic_write
 from .errors import ExportError, QtnbError
 
 # %% auto #0
-__all__ = ['META_KEY', 'ENGINE_SUFFIXES', 'ExportMeta', 'seq_is_dynamic', 'onnx_input_dims', 'check_dynamic_axes', 'export_onnx',
-           'check_parity', 'export_torchscript', 'backend_for', 'read_meta', 'ort_session', 'InferenceSession',
-           'quantize_dynamic_int8', 'quantize_static_qdq', 'quantization_report', 'to_fp16']
+__all__ = ['META_KEY', 'ENGINE_SUFFIXES', 'BACKENDS', 'ExportMeta', 'seq_is_dynamic', 'onnx_input_dims', 'check_dynamic_axes',
+           'export_onnx', 'check_parity', 'export_torchscript', 'backend_for', 'read_meta', 'ort_session',
+           'InferenceSession', 'quantize_dynamic_int8', 'quantize_static_qdq', 'quantization_report', 'to_fp16',
+           'compare_backends']
 
 # %% ../nbs/08_export.ipynb #d135b686
 META_KEY = "qtnb"  # key of the metadata in an ONNX model's metadata_props and a TorchScript file's extra files
@@ -101,7 +102,7 @@ def _unsupported_op(e: BaseException) -> str | None:
 @contextlib.contextmanager
 def _quiet():
     "Silence the exporter's warnings and progress logs (torchvision absent, deprecations) for the duration."
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx", "onnxscript")]
+    loggers = [logging.getLogger(n) for n in ("", "torch.onnx", "torch.export", "torch._dynamo", "torch.fx", "onnxscript")]
     levels = [l.level for l in loggers]
     for l in loggers: l.setLevel(logging.ERROR)
     try:
@@ -538,3 +539,54 @@ def to_fp16(src: str | Path, dst: str | Path | None = None) -> Path:
     with _quiet(): m = convert_float_to_float16(_load_onnx(src), keep_io_types=True)
     atomic_write(dst, m.SerializeToString())
     return _copy_meta(src, dst, precision="fp16")
+
+# %% ../nbs/08_export.ipynb #a3ee23df
+BACKENDS = ("torch", "torchscript", "onnxruntime", "onnxruntime_int8")
+
+def _sessions(model: nn.Module, meta: ExportMeta, backends, folder: Path, threads: int | None) -> dict:
+    out = {}
+    for b in backends:
+        if b == "torch": out[b] = InferenceSession(model, meta=meta, device="cpu")
+        elif b == "torchscript": out[b] = InferenceSession(export_torchscript(model, folder / "model.ts", meta=ExportMeta(**asdict(meta))), device="cpu")
+        elif b in ("onnxruntime", "onnxruntime_int8"):
+            onnx_path = folder / "model.onnx"
+            if not onnx_path.exists(): export_onnx(model, onnx_path, meta=ExportMeta(**asdict(meta)))
+            src = onnx_path if b == "onnxruntime" else quantize_dynamic_int8(onnx_path)
+            out[b] = InferenceSession(src, threads=threads, device="cpu")
+        else: raise ExportError(f"backend {b!r} is unknown to compare_backends; use some of {', '.join(BACKENDS)}")
+    return out
+
+def compare_backends(model: nn.Module, *, meta: ExportMeta | dict | None = None, seq_len: int | None = None,
+                     n_features: int | None = None, backends: Sequence[str] = BACKENDS, rounds: int = 5, n: int = 200,
+                     throughput_batch: int = 256, n_throughput: int = 5, threads: int | None = 1,
+                     folder: str | Path | None = None):
+    "Batch-1 p50/p99 latency and large-batch throughput of each backend, measured side by side; returns (table, figure)."
+    meta = _as_meta(meta, model, seq_len, n_features)
+    model = model.eval().cpu()
+    with tempfile.TemporaryDirectory() as tmpd:
+        sess = _sessions(model, meta, backends, Path(folder or tmpd), threads)
+        rng = np.random.default_rng(0)
+        x1 = rng.standard_normal((1, meta.seq_len, meta.n_features)).astype(np.float32)
+        xb = rng.standard_normal((throughput_batch, meta.seq_len, meta.n_features)).astype(np.float32)
+        for s in sess.values(): s.warm_up(20); s.warm_up(2, batch_size=throughput_batch)
+        lat = {b: [] for b in sess}; thr = {b: [] for b in sess}
+        for r in range(rounds):
+            for b in (list(sess) if r % 2 == 0 else list(sess)[::-1]):
+                s = sess[b]
+                for _ in range(n):
+                    t0 = time.perf_counter(); s.predict(x1, record=False); lat[b].append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                for _ in range(n_throughput): s.predict(xb, record=False)
+                thr[b].append(throughput_batch * n_throughput / (time.perf_counter() - t0))
+    rows = [dict(backend=b, p50_ms=float(np.median(lat[b]) * 1e3), p99_ms=float(np.percentile(lat[b], 99) * 1e3),
+                 mean_ms=float(np.mean(lat[b]) * 1e3), throughput=float(np.median(thr[b])), batch=throughput_batch) for b in sess]
+    df = pd.DataFrame(rows).set_index("backend")
+    base = df.p50_ms.get("torch", math.nan)
+    df["p50_vs_torch"] = df.p50_ms / base
+    return df, _latency_figure(lat, f"{meta.name}: batch-1 latency")
+
+def _latency_figure(lat: dict, title: str):
+    import plotly.graph_objects as go
+    fig = go.Figure([go.Box(y=np.asarray(v) * 1e3, name=b, boxpoints=False) for b, v in lat.items()])
+    fig.update_layout(title=title, yaxis_title="ms per call", yaxis_type="log", showlegend=False, template="plotly_white")
+    return fig
