@@ -20,7 +20,8 @@ from .errors import ConfigError, QtnbError
 
 # %% auto #0
 __all__ = ['WIDGETS_ENV', 'widget_frontend', 'figurewidget_available', 'svg_lines', 'svg_bars', 'Chart', 'config_class',
-           'FormField', 'ConfigForm', 'Throttle', 'TrainingMonitor', 'free_port', 'start_dashboard', 'TunerPanel']
+           'FormField', 'ConfigForm', 'Throttle', 'TrainingMonitor', 'free_port', 'start_dashboard', 'TunerPanel',
+           'RunBrowser']
 
 # %% ../nbs/11_widgets.ipynb #d0504f9e
 WIDGETS_ENV = "QTNB_WIDGETS"
@@ -455,14 +456,14 @@ class ConfigForm(W.VBox):
         lines += [f"  {n} = {f.get()!r}" + (f"   <- {f.error}" if f.error else "") for n, f in self.fields.items()]
         return "\n".join(lines)
 
-# %% ../nbs/11_widgets.ipynb #dcf8151a
+# %% ../nbs/11_widgets.ipynb #f84afae6
 def _clock(s: float | None) -> str:
     if s is None or not math.isfinite(s): return "?"
     s = int(round(s)); h, r = divmod(s, 3600); m, s = divmod(r, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 def _table(rows: list[dict], *, cls: str = "qtnb-table", links: dict | None = None) -> str:
-    "An HTML table of `rows`; `links` maps a column to a function value -> href."
+    "An HTML table of `rows`; `links` maps a column to a function (value, row) -> href or None."
     if not rows: return '<i style="color:#999">nothing yet</i>'
     cols = list(dict.fromkeys(k for r in rows for k in r))
     th = "".join(f'<th style="text-align:left;padding:2px 8px">{html.escape(str(c))}</th>' for c in cols)
@@ -473,8 +474,8 @@ def _table(rows: list[dict], *, cls: str = "qtnb-table", links: dict | None = No
             v = r.get(c, "")
             cell = _fmt(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else html.escape(str(v))
             href = (links or {}).get(c)
-            if href and v not in ("", None) and href(v):
-                cell = f'<a href="{html.escape(href(v), quote=True)}" target="_blank">{cell}</a>'
+            url = href(v, r) if href and v not in ("", None) else None
+            if url: cell = f'<a href="{html.escape(url, quote=True)}" target="_blank">{cell}</a>'
             tds.append(f'<td style="padding:2px 8px">{cell}</td>')
         body.append("<tr>" + "".join(tds) + "</tr>")
     return (f'<table class="{cls}" style="border-collapse:collapse;font-size:0.9em"><thead><tr>{th}</tr></thead>'
@@ -490,7 +491,7 @@ class Throttle:
             return True
         return False
 
-# %% ../nbs/11_widgets.ipynb #4d6b335e
+# %% ../nbs/11_widgets.ipynb #532eea1a
 _STATES = {"idle": "#777", "running": "#1565c0", "paused": "#ef6c00", "stopping": "#c62828", "stopped": "#c62828",
            "completed": "#2e7d32", "failed": "#c62828"}
 
@@ -718,7 +719,7 @@ class TrainingMonitor(W.VBox):
         last = self.history[-1] if self.history else {}
         self.latest.value = _table([{"epoch": last.get("epoch"), **{k: v for k, v in last.items() if k != "epoch"}}]) if last else ""
 
-# %% ../nbs/11_widgets.ipynb #c295919b
+# %% ../nbs/11_widgets.ipynb #648211cb
 def free_port(host: str = "127.0.0.1") -> int:
     "A TCP port nothing listens on right now."
     with socket.socket() as s:
@@ -747,7 +748,7 @@ def start_dashboard(storage, *, host: str = "127.0.0.1", port: int | None = None
     return f"http://{host}:{port}/dashboard/"
 
 def _run_link(runs_root: str | None):
-    def href(run_id):
+    def href(run_id, row=None):
         return f"{runs_root.rstrip('/')}/{run_id}/" if runs_root else None
     return href
 
@@ -878,3 +879,133 @@ class TunerPanel(W.VBox):
     def __repr__(self) -> str:
         s = self.study
         return f"TunerPanel({getattr(s, 'study_name', s)!r}, {self.n_seen} trials)"
+
+# %% ../nbs/11_widgets.ipynb #65caba17
+def _run_id_col(df) -> str | None:
+    for c in ("run_id", "id"):
+        if c in df.columns: return c
+    return None
+
+def _flat_metrics(metrics: dict) -> dict:
+    "{'val': {'mse': 1}} -> {'val_mse': 1}, leaving lists (a confusion matrix) out."
+    out = {}
+    for k, v in (metrics or {}).items():
+        if isinstance(v, dict):
+            for kk, vv in v.items():
+                if _num(vv) is not None: out[f"{k}_{kk}"] = _num(vv)
+        elif _num(v) is not None: out[k] = _num(v)
+    return out
+
+class RunBrowser(W.VBox):
+    "The run store as a filterable table; overlay the selected runs' learning curves and compare their metrics."
+    def __init__(self, runs_dir: str | Path | None = None, *, metric: str = "val_loss", mode: str = "auto",
+                 backend: str = "auto", link_root: str | None = None): # href prefix for run folders (default: runs_dir as given)
+        self.runs_dir, self.widgets = runs_dir, _use_widgets(mode)
+        self.link_root = link_root if link_root is not None else (str(runs_dir) if runs_dir is not None else "runs")
+        self.runs = None
+        self.query = W.Text(placeholder="filter: any text in any column", description="Filter", layout=W.Layout(width="320px"))
+        self.status_filter = W.Dropdown(options=["(any)"], description="Status", layout=W.Layout(width="220px"))
+        self.refresh_button = W.Button(description="Refresh", icon="refresh")
+        self.selector = W.SelectMultiple(options=[], rows=8, description="Runs", layout=W.Layout(width="520px"))
+        self.metric_picker = W.Dropdown(options=[metric], value=metric, description="Curve", layout=W.Layout(width="260px"))
+        self.table = W.HTML(); self.table.add_class("qtnb-runs-table")
+        self.compare = W.HTML(); self.compare.add_class("qtnb-runs-compare")
+        self.chart = Chart(metric, xlabel="epoch", backend=backend)
+        for w in (self.query, self.status_filter): w.observe(lambda ch: self._filter(), names="value")
+        self.selector.observe(lambda ch: self._selected(), names="value")
+        self.metric_picker.observe(lambda ch: self._selected(), names="value")
+        self.refresh_button.on_click(lambda _: self.refresh())
+        super().__init__([W.HBox([self.query, self.status_filter, self.refresh_button]), self.table,
+                          W.HBox([W.VBox([self.selector, self.metric_picker]), self.chart.widget]), self.compare])
+        self.add_class("qtnb-run-browser")
+        self.refresh()
+
+    def refresh(self) -> None:
+        "Read the run store again."
+        from qtnb.runs import list_runs
+        self.runs = list_runs(self.runs_dir)
+        sc = "status" if "status" in self.runs.columns else ("state" if "state" in self.runs.columns else None)
+        states = sorted(self.runs[sc].dropna().astype(str).unique()) if sc else []
+        keep = self.status_filter.value
+        self.status_filter.options = ["(any)", *states]
+        self.status_filter.value = keep if keep in self.status_filter.options else "(any)"
+        self._filter()
+
+    @property
+    def filtered(self):
+        "The runs that pass the filters."
+        df = self.runs
+        if df is None or df.empty: return df
+        sc = "status" if "status" in df.columns else ("state" if "state" in df.columns else None)
+        if sc and self.status_filter.value != "(any)": df = df[df[sc].astype(str) == self.status_filter.value]
+        q = self.query.value.strip().lower()
+        if q:
+            text = df.astype(str).apply(lambda r: " ".join(r).lower(), axis=1)
+            df = df[text.str.contains(q, regex=False)]
+        return df
+
+    def _ids(self, df) -> list[str]:
+        c = _run_id_col(df)
+        return [str(x) for x in (df[c] if c else df.index)]
+
+    def _href(self, run_id: str, file: str = "") -> str: return f"{self.link_root.rstrip('/')}/{run_id}/{file}"
+
+    def _filter(self) -> None:
+        df = self.filtered
+        if df is None: return
+        ids = self._ids(df)
+        rows = []
+        for rid, (_, r) in zip(ids, df.iterrows()):
+            row = {k: v for k, v in r.items() if not isinstance(v, (dict, list))}
+            row = {"run": rid, **{k: v for k, v in row.items() if k not in ("run_id", "id")}}
+            nb = self._run_path(rid) / "notebook.ipynb" if self._run_path(rid) else None
+            row["notebook"] = "notebook.ipynb" if nb is not None and nb.exists() else ""
+            rows.append({k: ("" if v is None or (isinstance(v, float) and math.isnan(v)) else v) for k, v in row.items()})
+        self.table.value = _table(rows, cls="qtnb-runs-table-inner",
+                                  links={"run": lambda v, r: self._href(v),
+                                         "notebook": lambda v, r: self._href(r["run"], "notebook.ipynb")})
+        keep = [i for i in self.selector.value if i in ids]
+        self.selector.options = ids
+        self.selector.value = tuple(keep)
+        self._selected()
+
+    def _run_path(self, run_id: str) -> Path | None:
+        from qtnb.config import runs_dir as default_runs_dir
+        root = Path(self.runs_dir) if self.runs_dir is not None else default_runs_dir()
+        return root / run_id
+
+    def select(self, *run_ids: str) -> None:
+        "Select runs (as a click in the list would)."
+        self.selector.value = tuple(run_ids)
+
+    def _selected(self) -> None:
+        from qtnb.runs import open_run
+        runs = {}
+        for rid in self.selector.value:
+            try: runs[rid] = open_run(rid, runs_dir=self.runs_dir)
+            except QtnbError as e: runs[rid] = e
+        cols = set()
+        for r in runs.values():
+            h = getattr(r, "history", None)
+            if h is not None and len(h): cols |= {c for c in h.columns if c != "epoch"}
+        metric = self.metric_picker.value
+        opts = sorted(cols | {metric})
+        if list(self.metric_picker.options) != opts: self.metric_picker.options = opts; self.metric_picker.value = metric
+        series = {}
+        for rid, r in runs.items():
+            h = getattr(r, "history", None)
+            if h is None or metric not in getattr(h, "columns", ()): continue
+            x = list(h["epoch"]) if "epoch" in h.columns else list(range(1, len(h) + 1))
+            series[rid[-24:]] = (x, list(h[metric]))
+        self.chart.title = metric
+        self.chart.update(series)
+        rows = []
+        for rid, r in runs.items():
+            if isinstance(r, Exception): rows.append({"run": rid, "error": str(r)}); continue
+            st = getattr(r, "status", "")
+            rows.append({"run": rid, "status": st.get("state", "") if isinstance(st, dict) else st, **_flat_metrics(getattr(r, "metrics", {}))})
+        self.compare.value = _table(rows, cls="qtnb-compare-table") if rows else '<i style="color:#999">select runs to compare</i>'
+
+    def __repr__(self) -> str:
+        n = 0 if self.runs is None else len(self.runs)
+        return f"RunBrowser({n} runs in {self.runs_dir or 'the run store'})"
