@@ -229,7 +229,7 @@ FEATURES: dict[str, tuple[Callable, int | None, tuple[str, ...]]] = {
     "ma_gap":   (lambda df, n, pc: _close(df, pc) / _close(df, pc).rolling(n, min_periods=n).mean() - 1, 20, ()),
     "range":    (lambda df, n, pc: (df["High"] - df["Low"]) / _close(df, pc), None, ("High", "Low")),
     "volume_z": (_volume_z, 20, ("Volume",)),
-    "dow":      (lambda df, n, pc: pd.Series(df.index.dayofweek, index=df.index, dtype="float64"), None, ()),
+    "dow":      (lambda df, n, pc: pd.Series(df.index.day_of_week, index=df.index, dtype="float64"), None, ()),
     "month":    (lambda df, n, pc: pd.Series(df.index.month, index=df.index, dtype="float64"), None, ()),
     "dom":      (lambda df, n, pc: pd.Series(df.index.day, index=df.index, dtype="float64"), None, ()),
 }
