@@ -81,6 +81,8 @@ def as_data_config(config: qcfg.DataConfig | dict | None = None, **overrides) ->
 _TIME_NAMES = ("date", "time", "timestamp", "datetime")
 
 def _index_by_time(df: pd.DataFrame, time_col: str | None, where: str) -> pd.DataFrame:
+    if len(df) == 0 or len(df.columns) == 0:
+        raise DataError(f"{where} is empty ({len(df)} rows, {len(df.columns)} columns); pass a frame with data")
     if time_col is None and isinstance(df.index, pd.DatetimeIndex): return df
     if time_col is None:
         time_col = next((c for c in df.columns if str(c).lower() in _TIME_NAMES), None)
