@@ -24,8 +24,8 @@ from .errors import ExportError, QtnbError
 # %% auto #0
 __all__ = ['META_KEY', 'ENGINE_SUFFIXES', 'BACKENDS', 'ExportMeta', 'seq_is_dynamic', 'onnx_input_dims', 'check_dynamic_axes',
            'export_onnx', 'check_parity', 'export_torchscript', 'backend_for', 'read_meta', 'ort_session',
-           'InferenceSession', 'quantize_dynamic_int8', 'quantize_static_qdq', 'quantization_report', 'to_fp16',
-           'compare_backends']
+           'InferenceSession', 'export_meta', 'quantize_dynamic_int8', 'quantize_static_qdq', 'quantization_report',
+           'to_fp16', 'compare_backends']
 
 # %% ../nbs/08_export.ipynb #d135b686
 META_KEY = "qtnb"  # key of the metadata in an ONNX model's metadata_props and a TorchScript file's extra files
@@ -194,10 +194,12 @@ def _save_onnx(proto, path: Path, meta: ExportMeta) -> Path:
 def _as_meta(meta, model, seq_len, n_features) -> ExportMeta:
     if isinstance(meta, ExportMeta): return meta
     cfg = getattr(model, "config", None)
-    d = dict(meta or {})
-    d.setdefault("seq_len", seq_len); d.setdefault("n_features", n_features)
+    d = {k: v for k, v in dict(meta or {}).items() if v is not None}
+    for k, v in (("seq_len", seq_len), ("n_features", n_features), ("seq_len", getattr(model, "seq_len", None)),
+                 ("n_features", getattr(model, "n_features", None)), ("n_outputs", getattr(model, "n_outputs", None))):
+        if isinstance(v, int): d.setdefault(k, v)  # a qtnb model knows its window and its output width
     if cfg is not None:
-        for k in ("name", "task", "n_outputs"):
+        for k in ("name", "task"):
             if getattr(cfg, k, None) is not None: d.setdefault(k, getattr(cfg, k))
     if d.get("seq_len") is None or d.get("n_features") is None:
         raise ExportError("export needs seq_len and n_features (pass them, or an ExportMeta from export_meta)")
@@ -423,7 +425,11 @@ def predict(self: InferenceSession, x, *, record: bool = True) -> np.ndarray:
     t0 = time.perf_counter()
     if isinstance(x, pd.DataFrame): x = self.window_from_frame(x)
     x = self._check_window(x)
-    y = self._run(x)
+    try: y = self._run(x)
+    except QtnbError: raise
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[-1]
+        raise ExportError(f"{self.backend} failed on input of shape {x.shape} ({first[:200]}); check the shape against {self.source}") from None
     if record: self._lat.append((time.perf_counter() - t0, len(x)))
     return y
 
@@ -453,6 +459,65 @@ def latency_stats(self: InferenceSession) -> dict:
 def reset_stats(self: InferenceSession) -> None:
     "Forget the recorded latencies."
     self._lat.clear()
+
+# %% ../nbs/08_export.ipynb #6ad6e3c0
+def export_meta(model, data=None, *, fold=None) -> ExportMeta:
+    "The `ExportMeta` of a qtnb model trained on `data` (a `Prepared`, or a DataConfig/dict) with `fold`'s scalers."
+    from qtnb import data as qd
+    cfg = getattr(model, "config", None)
+    prepared = data if hasattr(data, "folds") and hasattr(data, "feature_names") else None
+    c = prepared.config if prepared is not None else qd.as_data_config(data) if data is not None else None
+    if prepared is not None and fold is None: fold = prepared.folds[-1]
+    feats = [f if isinstance(f, str) else f"callable:{getattr(f, '__name__', type(f).__name__)}" for f in (c.features if c else [])]
+    meta = ExportMeta(seq_len=int(getattr(model, "seq_len", c.seq_len if c else 0)), n_features=int(model.n_features),
+                      feature_names=list(prepared.feature_names) if prepared is not None else [],
+                      n_outputs=int(getattr(model, "n_outputs", 1)), task=getattr(cfg, "task", c.task if c else "regression"),
+                      horizon=c.horizon if c else 1, name=getattr(cfg, "name", type(model).__name__.lower()),
+                      dynamic_seq=not getattr(model, "fixed_seq_len", False), features=feats,
+                      data=c.model_dump(mode="json") if c is not None else {},
+                      scaler=fold.scaler.state_dict() if fold is not None else None,
+                      target_scaler=fold.target_scaler.state_dict() if fold is not None and fold.target_scaler is not None else None)
+    if meta.feature_names and len(meta.feature_names) != meta.n_features:
+        raise ExportError(f"the model takes {meta.n_features} features but the data has {len(meta.feature_names)} "
+                          f"({', '.join(meta.feature_names)}); export the model with the data it was trained on")
+    return meta
+
+# %% ../nbs/08_export.ipynb #14e5a1fb
+@patch
+def window_from_frame(self: InferenceSession, frame: pd.DataFrame) -> np.ndarray:
+    "The model's input (1, seq_len, F) from a raw recent frame: qtnb.data features, the stored scaler, the last seq_len rows."
+    from qtnb import data as qd
+    m = self.meta
+    if not m.feature_names: raise ExportError(f"{self.source} stores no feature names, so it cannot build windows from a frame; pass windows (batch, {m.seq_len}, {m.n_features})")
+    if all(c in frame.columns for c in m.feature_names): feats = frame[m.feature_names]
+    else:
+        c = qd.as_data_config(m.data or dict(features=m.features))
+        code = [f for f in m.features if f.startswith("callable:")]
+        if code: raise ExportError(f"feature {code[0][9:]!r} was a Python function at training time; pass a frame that holds the computed columns {m.feature_names}")
+        df = qd.load_frame(frame, time_col=c.time_col)
+        sym = c.symbol_col or ("symbol" if "symbol" in df.columns else None)
+        if sym is not None and df[sym].nunique() > 1:
+            raise ExportError(f"the frame holds {df[sym].nunique()} symbols; pass one symbol's recent rows to predict")
+        specs = qd.feature_specs(m.features, [x for x in df.columns if x != sym], price_col=c.price_col)
+        df = qd.validate_frame(df, symbol_col=sym, columns=list(dict.fromkeys([c.price_col, *qd.feature_columns(specs)])), fill=c.fill)
+        feats = qd.compute_features(df, m.features, symbol_col=sym, price_col=c.price_col, cache=False)
+        missing = [n for n in m.feature_names if n not in feats.columns]
+        if missing: raise ExportError(f"the frame's features lack {missing} that the model was trained on; check the feature spec {m.features}")
+        feats = feats[m.feature_names]
+    x = feats.to_numpy(dtype="float64")[-m.seq_len:]
+    if len(x) < m.seq_len or not np.isfinite(x).all():
+        bad = len(x) < m.seq_len or ~np.isfinite(x).all(1)
+        raise ExportError(f"the frame gives {int(np.isfinite(feats.to_numpy(dtype='float64')).all(1).sum())} complete feature rows but the model needs "
+                          f"the last {m.seq_len} complete; pass more history (features warm up over their longest window)")
+    if m.scaler is not None: x = qd.Scaler.from_state_dict(m.scaler).transform(x)
+    return x.astype(np.float32)[None]
+
+@patch
+def to_returns(self: InferenceSession, y: np.ndarray) -> np.ndarray:
+    "Regression outputs back in log-return units with the stored target scaler (unchanged when there is none)."
+    if self.meta.target_scaler is None or self.meta.task != "regression": return y
+    from qtnb.data import Scaler
+    return Scaler.from_state_dict(self.meta.target_scaler).inverse_transform(np.asarray(y, np.float64))
 
 # %% ../nbs/08_export.ipynb #252c473e
 def _copy_meta(src: Path, dst: Path, **extra) -> Path:
