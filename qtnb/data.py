@@ -593,11 +593,14 @@ class Windows:
         "Row of each window's last row, (n,) int64 (computed from the runs)."
         return self._rows(torch.arange(self._n, device=self.device))
 
+    def _gather(self, i: torch.Tensor):
+        r = self._rows(i)
+        return self._strided[r - (self.seq_len - 1)], self.y[r]  # one gather from the overlapping strided view
+
     def __getitem__(self, idx):
         "Windows `idx` (int, slice, index tensor/array) gathered in one indexing operation: (xb (b, L, F), yb)."
         i, single = self._index(idx)
-        r = self._rows(i)
-        xb, yb = self._strided[r - (self.seq_len - 1)], self.y[r]
+        xb, yb = self._gather(i)
         return (xb[0], yb[0]) if single else (xb, yb)
 
     def view(self) -> torch.Tensor:
@@ -630,7 +633,7 @@ class Windows:
         order = torch.randperm(self._n, generator=generator).to(self.device) if shuffle else torch.arange(self._n, device=self.device)
         stop = self._n - (self._n % batch_size if drop_last else 0)
         for s in range(0, stop, batch_size):
-            xb, yb = self[order[s:s + batch_size]]
+            xb, yb = self._gather(order[s:s + batch_size])
             yield aug(xb, yb, generator) if aug is not None else (xb, yb)
 
     def targets(self) -> torch.Tensor:
