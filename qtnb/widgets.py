@@ -234,7 +234,9 @@ class FormField:
         lo = base.get("minimum", base.get("exclusiveMinimum")); hi = base.get("maximum", base.get("exclusiveMaximum"))
         typ, self._get, self._set = base.get("type"), None, None
         preset_vals = [p[name] for p in (presets or {}).values() if name in p]
-        if "enum" in base:
+        if "const" in base:   # a discriminator such as a model's registry name: shown, not edited
+            self.kind, self.widget = "const", W.Text(value=str(base["const"]), disabled=True, **kw)
+        elif "enum" in base:
             opts = [(str(v), v) for v in base["enum"]]
             if self.nullable: opts = [("(default)", None)] + opts
             self.kind, self.widget = "choice", W.Dropdown(options=opts, **kw)
@@ -278,6 +280,7 @@ class FormField:
         "The widget's value as the config sees it."
         v, k = self.widget.value, self.kind
         if self._override is not None: return self._override
+        if k == "const": return self.prop.get("const", self.default)
         if k == "choices": return list(v)
         if k == "list": return _split_list(v, self.item_type)
         if k == "text":
@@ -298,6 +301,7 @@ class FormField:
     def set(self, value) -> None:
         "Show `value` in the widget."
         k = self.kind
+        if k == "const": return
         if k == "choices": self.widget.value = tuple(value or ())
         elif k == "list": self.widget.value = ", ".join(str(x) for x in (value or []))
         elif k == "text": self.widget.value = "" if value is None else str(value)
@@ -456,7 +460,7 @@ class ConfigForm(W.VBox):
         lines += [f"  {n} = {f.get()!r}" + (f"   <- {f.error}" if f.error else "") for n, f in self.fields.items()]
         return "\n".join(lines)
 
-# %% ../nbs/11_widgets.ipynb #f84afae6
+# %% ../nbs/11_widgets.ipynb #beb9364b
 def _clock(s: float | None) -> str:
     if s is None or not math.isfinite(s): return "?"
     s = int(round(s)); h, r = divmod(s, 3600); m, s = divmod(r, 60)
@@ -491,7 +495,7 @@ class Throttle:
             return True
         return False
 
-# %% ../nbs/11_widgets.ipynb #532eea1a
+# %% ../nbs/11_widgets.ipynb #8fcd0f53
 _STATES = {"idle": "#777", "running": "#1565c0", "paused": "#ef6c00", "stopping": "#c62828", "stopped": "#c62828",
            "completed": "#2e7d32", "failed": "#c62828"}
 
@@ -581,8 +585,8 @@ class TrainingMonitor(W.VBox):
         self.trainer = trainer
         return self
 
-    def fit(self, trainer, *args, **kwargs) -> "TrainingMonitor":
-        "Run `trainer.fit(*args, **kwargs)` in a background thread, watched by this monitor; returns the monitor."
+    def fit(self, trainer, *args, **kwargs) -> None:
+        "Show the monitor and run `trainer.fit(*args, **kwargs)` in a background thread; `wait()` joins it."
         if self.thread is not None and self.thread.is_alive():
             raise QtnbError("this monitor is already watching a fit; wait() for it or make another TrainingMonitor")
         self.attach(trainer)
@@ -592,9 +596,11 @@ class TrainingMonitor(W.VBox):
             except BaseException as e:
                 self.exception = e
                 self._set_state("failed", f"{type(e).__name__}: {e}")
+        if self.widgets and not self._shown:   # from this thread, so the monitor lands in the cell that started it
+            from IPython.display import display
+            display(self)
         self.thread = threading.Thread(target=run, name="qtnb-fit", daemon=True)
         self.thread.start()
-        return self
 
     def wait(self, timeout: float | None = None):
         "Wait for the background fit; what `fit` returned, or its exception raised here."
@@ -719,7 +725,7 @@ class TrainingMonitor(W.VBox):
         last = self.history[-1] if self.history else {}
         self.latest.value = _table([{"epoch": last.get("epoch"), **{k: v for k, v in last.items() if k != "epoch"}}]) if last else ""
 
-# %% ../nbs/11_widgets.ipynb #648211cb
+# %% ../nbs/11_widgets.ipynb #635031a9
 def free_port(host: str = "127.0.0.1") -> int:
     "A TCP port nothing listens on right now."
     with socket.socket() as s:
@@ -880,7 +886,7 @@ class TunerPanel(W.VBox):
         s = self.study
         return f"TunerPanel({getattr(s, 'study_name', s)!r}, {self.n_seen} trials)"
 
-# %% ../nbs/11_widgets.ipynb #65caba17
+# %% ../nbs/11_widgets.ipynb #e9dbd4d0
 def _run_id_col(df) -> str | None:
     for c in ("run_id", "id"):
         if c in df.columns: return c
