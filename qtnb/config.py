@@ -271,6 +271,17 @@ class DataConfig(QtnbConfig):
     train_window: Literal["expanding", "sliding"] = param("expanding", description="Walk-forward training window.", group="validation", advanced=True)
     purge: int | None = param(None, description="Rows dropped between training and evaluation; at least the horizon (default: the horizon).", group="validation", advanced=True, ge=0)
     embargo: int = param(0, description="Rows skipped after each evaluation range before training resumes.", group="validation", advanced=True, ge=0)
+    horizons: list[int] | None = param(None, description="Several horizons at once (regression); default [horizon].", group="target", advanced=True)
+    price_col: str = param("Close", description="Price column the returns and targets are computed from.", group="data", advanced=True)
+    time_col: str | None = param(None, description="Column holding timestamps when the frame has no DatetimeIndex.", group="data", advanced=True)
+    target_scaler: Literal["standard", "robust", "minmax", "none"] = param("standard", description="Scaler of regression targets, fitted on training targets only.", group="windows", advanced=True)
+    max_train_size: int | None = param(None, description="Sliding walk-forward: training rows per fold (default: one fold's length).", group="validation", advanced=True, ge=1)
+    augment: list[Literal["jitter", "scaling", "slicing", "mixup"]] = param([], description="Training-only augmentations applied when batches are gathered with augment=True.", group="augmentation", advanced=True)
+    jitter_sigma: float = param(0.03, description="Jitter: std of the Gaussian noise added to scaled features.", group="augmentation", advanced=True, ge=0, le=1)
+    scaling_sigma: float = param(0.1, description="Scaling: std of the per-window, per-feature multiplicative factor around 1.", group="augmentation", advanced=True, ge=0, le=1)
+    slice_frac: float = param(0.1, description="Window slicing: most of the oldest rows dropped (as a fraction) before stretching back.", group="augmentation", advanced=True, ge=0, lt=1)
+    mixup_alpha: float = param(0.2, description="Mixup: Beta(alpha, alpha) mixing weight (regression only).", group="augmentation", advanced=True, gt=0, le=10)
+    cache: bool = param(True, description="Cache computed features under runs/.cache keyed by data and feature config.", group="features", advanced=True)
 
     presets: ClassVar = {"easy": dict(seq_len=32, validation="holdout"),
                          "medium": dict(seq_len=64, validation="walk_forward", n_folds=5),
@@ -281,13 +292,27 @@ class DataConfig(QtnbConfig):
         total = self.train_frac + self.val_frac + self.test_frac
         if total > 1 + 1e-9:
             raise ValueError(f"train_frac + val_frac + test_frac = {total:g} exceeds 1; lower one of them")
-        if self.purge is not None and self.purge < self.horizon:
-            raise ValueError(f"purge={self.purge} is shorter than horizon={self.horizon}: training targets would see "
-                             f"evaluation rows; set purge >= {self.horizon} or leave it unset")
+        hs = self.all_horizons
+        if not hs: raise ValueError("horizons is empty; give at least one horizon or leave it unset")
+        if any(h < 1 or h > 252 for h in hs): raise ValueError(f"horizons={hs} must each be 1 to 252")
+        if len(set(hs)) != len(hs): raise ValueError(f"horizons={hs} repeats a horizon; list each once")
+        if self.purge is not None and self.purge < max(hs):
+            raise ValueError(f"purge={self.purge} is shorter than the longest horizon {max(hs)}: training targets would "
+                             f"see evaluation rows; set purge >= {max(hs)} or leave it unset")
+        if self.target == "direction" and len(hs) > 1:
+            raise ValueError(f"target='direction' takes one horizon, got horizons={hs}; use target='return' for several")
+        if self.target == "direction" and "mixup" in self.augment:
+            raise ValueError("mixup blends labels and needs target='return'; drop 'mixup' from augment for direction targets")
         return self
 
     @property
-    def effective_purge(self) -> int: return self.horizon if self.purge is None else self.purge
+    def all_horizons(self) -> list[int]: return [self.horizon] if self.horizons is None else list(self.horizons)
+
+    @property
+    def effective_purge(self) -> int: return max(self.all_horizons) if self.purge is None else self.purge
+
+    @property
+    def task(self) -> str: return "classification" if self.target == "direction" else "regression"
 
 # %% ../nbs/00_config.ipynb #564d2497
 class TrainConfig(QtnbConfig):

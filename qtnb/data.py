@@ -22,58 +22,21 @@ from .datasets import load_dataset
 from .errors import ConfigError, DataError, InsufficientData
 
 # %% auto #0
-__all__ = ['AUGMENTATIONS', 'FEATURES', 'FEATURE_PRESETS', 'Range', 'DataConfig', 'as_data_config', 'load_frame',
+__all__ = ['AUGMENTATIONS', 'DataConfig', 'FEATURES', 'FEATURE_PRESETS', 'Range', 'as_data_config', 'load_frame',
            'validate_frame', 'register_feature', 'FeatureSpec', 'feature_specs', 'feature_columns', 'default_cache_dir',
            'compute_features', 'forward_returns', 'direction', 'make_target', 'Scaler', 'Augment', 'Windows', 'Split',
            'split_plan', 'check_plan', 'fingerprint', 'Fold', 'Prepared', 'prepare']
 
 # %% ../nbs/02_data.ipynb #f4437c15
 AUGMENTATIONS = ("jitter", "scaling", "slicing", "mixup")
+DataConfig = qcfg.DataConfig
 
-class DataConfig(qcfg.DataConfig):
-    "The base `DataConfig` plus the data module's own fields: horizons, price column, target scaler, augmentation, cache."
-    horizons: list[int] | None = param(None, description="Several horizons at once (regression); default [horizon].", group="target", advanced=True)
-    price_col: str = param("Close", description="Price column the returns and targets are computed from.", group="data", advanced=True)
-    time_col: str | None = param(None, description="Column holding timestamps when the frame has no DatetimeIndex.", group="data", advanced=True)
-    target_scaler: Literal["standard", "robust", "minmax", "none"] = param("standard", description="Scaler of regression targets, fitted on training targets only.", group="windows", advanced=True)
-    max_train_size: int | None = param(None, description="Sliding walk-forward: training rows per fold (default: one fold's length).", group="validation", advanced=True, ge=1)
-    augment: list[Literal["jitter", "scaling", "slicing", "mixup"]] = param([], description="Training-only augmentations applied when batches are gathered with augment=True.", group="augmentation", advanced=True)
-    jitter_sigma: float = param(0.03, description="Jitter: std of the Gaussian noise added to scaled features.", group="augmentation", advanced=True, ge=0, le=1)
-    scaling_sigma: float = param(0.1, description="Scaling: std of the per-window, per-feature multiplicative factor around 1.", group="augmentation", advanced=True, ge=0, le=1)
-    slice_frac: float = param(0.1, description="Window slicing: most of the oldest rows dropped (as a fraction) before stretching back.", group="augmentation", advanced=True, ge=0, lt=1)
-    mixup_alpha: float = param(0.2, description="Mixup: Beta(alpha, alpha) mixing weight (regression only).", group="augmentation", advanced=True, gt=0, le=10)
-    cache: bool = param(True, description="Cache computed features under runs/.cache keyed by data and feature config.", group="features", advanced=True)
-
-    @model_validator(mode="after")
-    def _check_data(self):
-        hs = self.horizons or [self.horizon]
-        if len(hs) == 0: raise ValueError("horizons is empty; give at least one horizon or leave it unset")
-        if any(h < 1 or h > 252 for h in hs): raise ValueError(f"horizons={hs} must each be 1 to 252")
-        if len(set(hs)) != len(hs): raise ValueError(f"horizons={hs} repeats a horizon; list each once")
-        if self.purge is not None and self.purge < max(hs):
-            raise ValueError(f"purge={self.purge} is shorter than the longest horizon {max(hs)}: training targets would "
-                             f"see evaluation rows; set purge >= {max(hs)} or leave it unset")
-        if self.target == "direction" and len(hs) > 1:
-            raise ValueError(f"target='direction' takes one horizon, got horizons={hs}; use target='return' for several")
-        if self.target == "direction" and "mixup" in self.augment:
-            raise ValueError("mixup blends labels and needs target='return'; drop 'mixup' from augment for direction targets")
-        return self
-
-    @property
-    def all_horizons(self) -> list[int]: return list(self.horizons or [self.horizon])
-
-    @property
-    def effective_purge(self) -> int: return max(self.all_horizons) if self.purge is None else self.purge
-
-    @property
-    def task(self) -> str: return "classification" if self.target == "direction" else "regression"
-
-def as_data_config(config: qcfg.DataConfig | dict | None = None, **overrides) -> DataConfig:
-    "The data module's `DataConfig` from a base `DataConfig`, a dict or overrides."
+def as_data_config(config: DataConfig | dict | None = None, **overrides) -> DataConfig:
+    "A `DataConfig` from a config, a dict of fields, or nothing, with `overrides` applied."
     if isinstance(config, DataConfig) and not overrides: return config
     if config is None: base = {}
     elif isinstance(config, dict): base = dict(config)
-    elif isinstance(config, qcfg.DataConfig): base = config.model_dump(exclude_unset=False)
+    elif isinstance(config, DataConfig): base = config.model_dump()
     else: raise ConfigError(f"config must be a DataConfig or a dict, got {type(config).__name__}; build one with DataConfig(...)")
     return DataConfig(**{**base, **overrides})
 

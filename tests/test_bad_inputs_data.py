@@ -82,7 +82,7 @@ CASES = [
     ("empty-feature-list", lambda: prepare(cfg(features=[]), rw()), ConfigError, "features is empty"),
     ("look-ahead-feature", lambda: prepare(cfg(), rw(), features=["logret_1", peek]), DataError, "feature 'peek' is not causal"),
     ("wrong-length-feature", lambda: prepare(cfg(), rw(), features=[short_feature]), DataError, "returned Series with 10 rows for 300"),
-    ("purge-below-horizon", lambda: DataConfig(horizon=5, purge=2), ConfigError, "purge=2 is shorter than horizon=5"),
+    ("purge-below-horizon", lambda: DataConfig(horizon=5, purge=2), ConfigError, "purge=2 is shorter than the longest horizon 5"),
     ("purge-below-longest-horizon", lambda: DataConfig(horizons=[1, 10], purge=5), ConfigError, "shorter than the longest horizon 10"),
     ("seq-len-zero", lambda: DataConfig(seq_len=0), ConfigError, "seq_len=0 is invalid"),
     ("fractions-over-one", lambda: DataConfig(train_frac=0.8, val_frac=0.3), ConfigError, "exceeds 1"),
