@@ -22,10 +22,10 @@ from .config import atomic_write
 from .errors import ExportError, QtnbError
 
 # %% auto #0
-__all__ = ['META_KEY', 'ENGINE_SUFFIXES', 'BACKENDS', 'ExportMeta', 'seq_is_dynamic', 'onnx_input_dims', 'check_dynamic_axes',
-           'export_onnx', 'check_parity', 'export_torchscript', 'backend_for', 'read_meta', 'ort_session',
-           'InferenceSession', 'export_meta', 'quantize_dynamic_int8', 'quantize_static_qdq', 'quantization_report',
-           'to_fp16', 'compare_backends']
+__all__ = ['META_KEY', 'ENGINE_SUFFIXES', 'BACKENDS', 'ExportMeta', 'second_seq_len', 'seq_is_dynamic', 'onnx_input_dims',
+           'check_dynamic_axes', 'export_onnx', 'check_parity', 'export_torchscript', 'backend_for', 'read_meta',
+           'ort_session', 'InferenceSession', 'export_meta', 'quantize_dynamic_int8', 'quantize_static_qdq',
+           'quantization_report', 'to_fp16', 'compare_backends', 'export_run']
 
 # %% ../nbs/08_export.ipynb #d135b686
 META_KEY = "qtnb"  # key of the metadata in an ONNX model's metadata_props and a TorchScript file's extra files
@@ -70,15 +70,19 @@ def _jsonable(o):
     raise TypeError(f"cannot store {type(o).__name__} in export metadata")
 
 # %% ../nbs/08_export.ipynb #4cee137c
+def second_seq_len(model: nn.Module, seq_len: int, n_features: int) -> int | None:
+    "A window length other than `seq_len` that `model` accepts (longer first, then shorter), or None when it fixes the length."
+    for other in (seq_len + max(1, seq_len // 2), max(1, seq_len // 2), seq_len + 1):
+        if other == seq_len: continue
+        try:
+            with torch.inference_mode(): y = model(torch.zeros(2, other, n_features, device=_module_device(model)))
+        except (RuntimeError, ValueError, IndexError, AssertionError, QtnbError): continue
+        if tuple(y.shape)[:1] == (2,): return other
+    return None
+
 def seq_is_dynamic(model: nn.Module, seq_len: int, n_features: int) -> bool:
     "Does `model` accept a window of another length than `seq_len`? (An MLP that flattens the window does not.)"
-    other = _other_seq_len(seq_len)
-    try:
-        with torch.inference_mode(): y = model(torch.zeros(2, other, n_features, device=_module_device(model)))
-    except (RuntimeError, ValueError, IndexError, AssertionError): return False
-    return tuple(y.shape)[:1] == (2,)
-
-def _other_seq_len(seq_len: int) -> int: return seq_len // 2 if seq_len >= 4 else seq_len + 2
+    return second_seq_len(model, seq_len, n_features) is not None
 
 def _module_device(model: nn.Module) -> torch.device:
     p = next(iter(model.parameters()), None)
@@ -220,7 +224,9 @@ def export_onnx(model: nn.Module, path: str | Path, *,
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     was_training = model.training; model.eval()
     try:
-        meta.dynamic_seq = seq_is_dynamic(model, meta.seq_len, meta.n_features)
+        second = second_seq_len(model, meta.seq_len, meta.n_features)
+        meta.dynamic_seq = second is not None
+        if second: meta.extra["second_seq_len"] = second
         x = _example(meta.seq_len, meta.n_features, _module_device(model))
         tries = [True, False] if dynamo else [False]
         for i, dyn in enumerate(tries):
@@ -251,7 +257,8 @@ def check_parity(model: nn.Module, exported: str | Path | InferenceSession, *, m
     sess = exported if isinstance(exported, InferenceSession) else InferenceSession(exported)
     meta = meta or sess.meta
     if seq_lens is None:
-        seq_lens = (meta.seq_len, _other_seq_len(meta.seq_len)) if meta.dynamic_seq else (meta.seq_len,)
+        other = meta.extra.get("second_seq_len") or (second_seq_len(model, meta.seq_len, meta.n_features) if meta.dynamic_seq else None)
+        seq_lens = (meta.seq_len, other) if other else (meta.seq_len,)
     dev, g, rows = _module_device(model), torch.Generator().manual_seed(1), []
     for L in seq_lens:
         for b in batches:
@@ -277,7 +284,9 @@ def export_torchscript(model: nn.Module, path: str | Path, *, meta: ExportMeta |
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     was_training = model.training; model.eval()
     try:
-        meta.dynamic_seq = seq_is_dynamic(model, meta.seq_len, meta.n_features)
+        second = second_seq_len(model, meta.seq_len, meta.n_features)
+        meta.dynamic_seq = second is not None
+        if second: meta.extra["second_seq_len"] = second
         meta.extra.update(exporter="torch.jit.trace", format="torchscript", precision="fp32")
         x = _example(meta.seq_len, meta.n_features, _module_device(model))
         try:
@@ -655,3 +664,71 @@ def _latency_figure(lat: dict, title: str):
     fig = go.Figure([go.Box(y=np.asarray(v) * 1e3, name=b, boxpoints=False) for b, v in lat.items()])
     fig.update_layout(title=title, yaxis_title="ms per call", yaxis_type="log", showlegend=False, template="plotly_white")
     return fig
+
+# %% ../nbs/08_export.ipynb #db687b70
+def _run_configs(params: dict) -> tuple[dict, dict]:
+    "The data and model configs in a run's params: nested ({data: {...}, model: {...}}) or flat (pipeline parameters)."
+    from qtnb.data import DataConfig
+    p = dict(params or {})
+    data = p.get("data") if isinstance(p.get("data"), dict) else {k: v for k, v in p.items() if k in DataConfig.model_fields}
+    model = p.get("model")
+    if isinstance(model, str): model = {"name": model, **(p.get("model_params") or {})}
+    if not isinstance(model, dict) or "name" not in model:
+        raise ExportError(f"the run's params name no model (keys: {sorted(p)}); export needs params.model")
+    if isinstance(data, dict) and data.get("target") == "direction": model.setdefault("task", "classification")
+    return data, model
+
+def _state_dict(ckpt) -> dict:
+    if isinstance(ckpt, nn.Module): return ckpt.state_dict()
+    if isinstance(ckpt, dict):
+        for k in ("model", "model_state", "state_dict", "model_state_dict"):
+            if isinstance(ckpt.get(k), dict): return ckpt[k]
+        if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()): return ckpt
+    raise ExportError(f"the best checkpoint holds a {type(ckpt).__name__} without model weights; re-train the run")
+
+def _record_export(run, entry: dict) -> None:
+    p = Path(run.path) / "lineage.json"
+    try: lineage = json.loads(p.read_text()) if p.is_file() else {}
+    except ValueError: raise ExportError(f"{p} is not valid JSON; fix or delete it before exporting") from None
+    lineage.setdefault("exports", []).append(entry)
+    atomic_write(p, json.dumps(lineage, indent=2, default=str))
+
+def export_run(run_id: str, *, format: str = "onnx", precision: str = "fp32", runs_dir: str | Path | None = None) -> Path:
+    "Export run `run_id`'s best checkpoint into its run folder (model.onnx, model.ts or a TensorRT engine) and record it in lineage."
+    from qtnb.data import prepare
+    from qtnb.models.core import create_model, is_torch_model
+    from qtnb.runs import open_run
+    if format not in ("onnx", "torchscript", "tensorrt"): raise ExportError(f"format={format!r} is unknown; use onnx, torchscript or tensorrt")
+    if precision not in ("fp32", "fp16", "int8"): raise ExportError(f"precision={precision!r} is unknown; use fp32, fp16 or int8")
+    run = open_run(run_id, runs_dir=runs_dir) if runs_dir is not None else open_run(run_id)
+    data_cfg, model_cfg = _run_configs(run.params)
+    prep = prepare(dict(data_cfg, cache=False) if "cache" not in data_cfg else data_cfg)
+    fold = prep.folds[-1]
+    model = create_model(model_cfg, n_features=len(prep.feature_names), seq_len=prep.config.seq_len)
+    if not is_torch_model(model): raise ExportError(f"{model_cfg['name']} is not a torch model; export it with export_estimator")
+    try: model.load_state_dict(_state_dict(run.load_checkpoint("best")))
+    except QtnbError: raise
+    except RuntimeError as e: raise ExportError(f"run {run_id}'s best checkpoint does not fit its {model_cfg['name']} config: {str(e).splitlines()[0][:160]}") from None
+    model.eval()
+    meta = export_meta(model, prep, fold=fold)
+    folder = Path(run.path)
+    entry = dict(format=format, precision=precision, time=time.strftime("%Y-%m-%dT%H:%M:%S"), qtnb=qtnb.__version__)
+    if format == "torchscript":
+        if precision != "fp32": raise ExportError(f"TorchScript export is fp32 only; use format='onnx' or 'tensorrt' for {precision}")
+        out = export_torchscript(model, folder / "model.ts", meta=meta)
+    else:
+        out = export_onnx(model, folder / "model.onnx", meta=meta)
+        train_x = fold.train.numpy()[0]
+        if format == "tensorrt":
+            from qtnb.tensorrt import build_engine
+            out = build_engine(out, precision, calibration=train_x if precision == "int8" else None, cache_dir=folder / "engines")
+        elif precision == "fp16": out = to_fp16(out, folder / "model.fp16.onnx")
+        elif precision == "int8":
+            out = quantize_static_qdq(out, train_x, folder / "model.int8.onnx")
+            test = fold.test if fold.test is not None else fold.val
+            if test is not None:
+                xt, yt = test.numpy()
+                entry["quantization"] = quantization_report(folder / "model.onnx", out, xt, yt)
+    entry.update(path=out.name, sha256=hashlib.sha256(out.read_bytes()).hexdigest(), data_fingerprint=prep.fingerprint)
+    _record_export(run, entry)
+    return out
