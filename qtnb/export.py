@@ -25,7 +25,7 @@ from .errors import ExportError, QtnbError
 __all__ = ['META_KEY', 'ENGINE_SUFFIXES', 'BACKENDS', 'ExportMeta', 'second_seq_len', 'seq_is_dynamic', 'onnx_input_dims',
            'check_dynamic_axes', 'export_onnx', 'check_parity', 'export_torchscript', 'backend_for', 'read_meta',
            'ort_session', 'InferenceSession', 'export_meta', 'quantize_dynamic_int8', 'quantize_static_qdq',
-           'quantization_report', 'to_fp16', 'compare_backends', 'export_run']
+           'quantization_report', 'to_fp16', 'compare_backends', 'export_run', 'export_estimator']
 
 # %% ../nbs/08_export.ipynb #d135b686
 META_KEY = "qtnb"  # key of the metadata in an ONNX model's metadata_props and a TorchScript file's extra files
@@ -731,4 +731,109 @@ def export_run(run_id: str, *, format: str = "onnx", precision: str = "fp32", ru
                 entry["quantization"] = quantization_report(folder / "model.onnx", out, xt, yt)
     entry.update(path=out.name, sha256=hashlib.sha256(out.read_bytes()).hexdigest(), data_fingerprint=prep.fingerprint)
     _record_export(run, entry)
+    return out
+
+# %% ../nbs/08_export.ipynb #997769b0
+class _LinearWindows(nn.Module):
+    "A fitted qtnb linear model as a torch module: the last `lags` rows, flattened, times the coefficients."
+    def __init__(self, model):
+        super().__init__()
+        est, c = model.estimator, model.config
+        self.lags, self.n_outputs, self.seq_len, self.n_features = (c.lags or model.seq_len), model.n_outputs, model.seq_len, model.n_features
+        w = np.atleast_2d(np.asarray(est.coef_, np.float64)); b = np.atleast_1d(np.asarray(est.intercept_, np.float64))
+        if c.task == "classification":
+            if model.n_outputs == 1: w, b = w[-1:], b[-1:]
+            else:
+                if w.shape[0] == 1: w, b = np.r_[np.zeros_like(w), w], np.r_[0.0, b]
+                W = np.zeros((model.n_outputs, w.shape[1])); B = np.full(model.n_outputs, -30.0)
+                W[est.classes_], B[est.classes_] = w, b
+                w, b = W, B
+        self.lin = nn.Linear(w.shape[1], w.shape[0])
+        with torch.no_grad(): self.lin.weight.copy_(torch.as_tensor(w)); self.lin.bias.copy_(torch.as_tensor(b).reshape(-1))
+        self.config = c
+    def forward(self, x): return self.lin(x[:, -self.lags:, :].reshape(x.shape[0], -1))
+
+class _TorchEnsemble(nn.Module):
+    "Torch ensemble members as one module: the weighted sum of their outputs."
+    def __init__(self, members, weights):
+        super().__init__(); self.members = nn.ModuleList(members); self.register_buffer("w", torch.tensor(weights, dtype=torch.float32))
+    def forward(self, x): return sum(self.w[i] * m(x) for i, m in enumerate(self.members))
+
+def _xgboost_onnx(model, meta: ExportMeta):
+    import onnx
+    from onnx import helper, TensorProto as T
+    from onnxmltools.convert import convert_xgboost
+    from onnxmltools.convert.common.data_types import FloatTensorType
+    lags = getattr(model.config, "lags", 0) or model.seq_len
+    D = lags * model.n_features
+    with _quiet(): trees = convert_xgboost(model.booster, initial_types=[("flat", FloatTensorType([None, D]))], target_opset=15)
+    g = trees.graph
+    outs = [o.name for o in g.output]
+    c = lambda name, vals, dt=T.INT64: helper.make_tensor(name, dt, [len(vals)], vals)
+    pre = [helper.make_node("Slice", ["x", "q_start", "q_end", "q_axis"], ["q_last"]),
+           helper.make_node("Reshape", ["q_last", "q_shape"], ["flat"])]
+    inits = [c("q_start", [model.seq_len - lags]), c("q_end", [model.seq_len]), c("q_axis", [1]), c("q_shape", [-1, D])]
+    if model.config.task == "regression":
+        post = [helper.make_node("Reshape", [outs[0], "q_out"], ["y"])]; inits.append(c("q_out", [-1, model.n_outputs]))
+    else:
+        prob = outs[-1]
+        post = [helper.make_node("Log", [prob], ["q_logp"])]
+        if model.n_outputs == 1:
+            post += [helper.make_node("Slice", ["q_logp", "q_c1", "q_c2", "q_ax1"], ["q_l1"]),
+                     helper.make_node("Slice", ["q_logp", "q_c0", "q_c1", "q_ax1"], ["q_l0"]),
+                     helper.make_node("Sub", ["q_l1", "q_l0"], ["y"])]
+            inits += [c("q_c0", [0]), c("q_c1", [1]), c("q_c2", [2]), c("q_ax1", [1])]
+        else: post.append(helper.make_node("Identity", ["q_logp"], ["y"]))
+    del g.input[:]; g.input.append(helper.make_tensor_value_info("x", T.FLOAT, ["batch", model.seq_len, model.n_features]))
+    del g.output[:]; g.output.append(helper.make_tensor_value_info("y", T.FLOAT, ["batch", model.n_outputs]))
+    nodes = pre + list(g.node) + post
+    del g.node[:]; g.node.extend(nodes); g.initializer.extend(inits)
+    if not any(o.domain in ("", "ai.onnx") for o in trees.opset_import): trees.opset_import.append(helper.make_opsetid("", 15))
+    return trees
+
+def export_estimator(model, path: str | Path, *, meta: ExportMeta | dict | None = None, check: bool = True,
+                     atol: float = 1e-4, windows: np.ndarray | None = None) -> Path:
+    "Export a fitted qtnb linear or XGBoost model to ONNX with (B, L, F) input; XGBoost falls back to native .ubj."
+    from qtnb.models.core import is_torch_model
+    if is_torch_model(model): return export_onnx(model, path, meta=meta)
+    if not getattr(model, "is_fitted", False): raise ExportError(f"{getattr(model, 'name', type(model).__name__)} is not fitted; fit it before exporting")
+    meta = _as_meta(meta, model, model.seq_len, model.n_features)
+    meta.dynamic_seq, path = False, Path(path)
+    if hasattr(model, "members"):  # an ensemble of torch members averaged (or summed, for boosting): one graph
+        from qtnb.models.core import is_torch_model as _torch
+        method = model.config.method
+        if not all(_torch(m) for m in model.members) or method not in ("average", "weighted", "boosting"):
+            kinds = [type(m).__name__ for m in model.members]
+            raise ExportError(f"ensemble export needs torch members combined by average, weighted or boosting; this one has "
+                              f"{kinds} combined by {method!r}: export its members one by one")
+        meta.extra.update(estimator="ensemble", method=method)
+        w = [1.0] * len(model.members) if method == "boosting" else [float(v) for v in model.weights]
+        meta.dynamic_seq = True
+        out = export_onnx(_TorchEnsemble(model.members, w).eval(), path, meta=meta, check=False)
+    elif hasattr(model, "estimator"):  # linear: an affine map, exported through torch with parity against its torch replica
+        meta.extra.update(estimator="linear")
+        out = export_onnx(_LinearWindows(model).eval().double().float(), path, meta=meta, check=check, atol=atol)
+    elif hasattr(model, "booster"):
+        try:
+            proto = _xgboost_onnx(model, meta)
+            meta.extra.update(exporter="onnxmltools", format="onnx", precision="fp32", estimator="xgboost",
+                              outputs="margins" if model.config.task == "regression" or model.n_outputs == 1 else "log_probabilities")
+            out = _save_onnx(proto, path, meta)
+        except QtnbError: raise
+        except Exception as e:
+            native = path.with_suffix(".ubj")
+            model.booster.save_model(str(native))
+            meta.extra.update(format="xgboost-native", estimator="xgboost", note=f"ONNX conversion failed ({type(e).__name__}: {str(e).splitlines()[0][:120]}); load with xgboost.Booster(model_file=...)")
+            atomic_write(native.with_suffix(".ubj.json"), meta.to_json())
+            warnings.warn(f"XGBoost model saved in native format at {native}: {meta.extra['note']}")
+            return native
+    else: raise ExportError(f"{type(model).__name__} is neither a torch, linear nor XGBoost model; qtnb cannot export it")
+    if check:
+        x = windows if windows is not None else np.random.default_rng(0).standard_normal((64, model.seq_len, model.n_features)).astype(np.float32)
+        ref, got = model.predict(x), InferenceSession(out).predict_batch(x)
+        if meta.extra.get("outputs") == "log_probabilities":  # compare softmax: margins and log-probs differ by a row constant
+            sm = lambda z: np.exp(z - z.max(1, keepdims=True)) / np.exp(z - z.max(1, keepdims=True)).sum(1, keepdims=True)
+            ref, got = sm(ref), sm(got)
+        diff = float(np.abs(ref - got).max())
+        if not diff <= atol: raise ExportError(f"exported {meta.name} differs from the fitted model by {diff:.3g} > atol={atol:g}; export is not faithful")
     return out

@@ -188,3 +188,35 @@ def test_registry_family_parity(name, tmp_path):
         assert (df.max_abs_diff <= 1e-5).all(), df
         eq(read_meta(p).dynamic_seq, not getattr(m, "fixed_seq_len", False))
         eq(df.seq_len.nunique(), 1 if getattr(m, "fixed_seq_len", False) else 2)
+
+
+# ---------------------------------------------------------------- estimators and ensembles
+def _fitted(cfg, task="regression"):
+    from qtnb.models.core import create_model
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, L, F)).astype(np.float32)
+    y = x[:, -1, :1] * 0.5 + 0.1 * rng.standard_normal((300, 1))
+    if task == "classification": y = (y[:, 0] > 0).astype(int)
+    return create_model(cfg, n_features=F, seq_len=L).fit(x, y, fit_torch=lambda m, *a: m.eval()), x
+
+
+@pytest.mark.parametrize("cfg", [{"name": "xgboost", "n_estimators": 15}, {"name": "linear", "lags": 4},
+                                 {"name": "xgboost", "n_estimators": 15, "task": "classification", "n_outputs": 2},
+                                 {"name": "linear", "task": "classification", "n_outputs": 2}], ids=str)
+def test_estimators_export_to_onnx(cfg, tmp_path):
+    from qtnb.export import export_estimator
+    m, x = _fitted(cfg, cfg.get("task", "regression"))
+    p = export_estimator(m, tmp_path / "m.onnx", windows=x)
+    eq(p.suffix, ".onnx")
+    close(InferenceSession(p).predict_batch(x), m.predict(x), eps=1e-4)   # windows in, the model's own outputs out
+    d = onnx_input_dims(p)["x"]
+    eq((d[0], d[2]), ("batch", F))  # a linear model takes its last lags rows, so it also serves longer windows
+
+
+def test_torch_ensemble_is_one_graph_and_mixed_is_refused(tmp_path):
+    from qtnb.export import export_estimator
+    ens, x = _fitted({"name": "ensemble", "members": [{"name": "lstm", "hidden_size": 8}, {"name": "cnn"}], "method": "weighted", "weights": [0.3, 0.7]})
+    p = export_estimator(ens, tmp_path / "e.onnx", windows=x[:64], atol=1e-5)
+    close(InferenceSession(p).predict(x[:64]), ens.predict(x[:64]), eps=1e-5)
+    mixed, _ = _fitted({"name": "ensemble"})  # linear + xgboost members by default
+    fails(lambda: export_estimator(mixed, tmp_path / "mixed.onnx"), contains="export its members one by one")
