@@ -3,6 +3,7 @@
 # run the notebooks (nbdev-test), then pytest. Exits non-zero on any failure, including "no tests ran".
 set -uo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/system-deps.sh || exit 1
 bash scripts/install.sh || exit 1
 bin=.venv/bin
 snapshot() { git status --porcelain -- nbs qtnb; git diff -- nbs qtnb | sha256sum; }
