@@ -281,8 +281,8 @@ class FormField:
         v, k = self.widget.value, self.kind
         if self._override is not None: return self._override
         if k == "const": return self.prop.get("const", self.default)
-        if k == "choices": return list(v)
-        if k == "list": return _split_list(v, self.item_type)
+        if k == "choices": return list(v) if v or not self.nullable else None
+        if k == "list": return _split_list(v, self.item_type) if v.strip() or not self.nullable else None
         if k == "text":
             v = v.strip()
             if v == "": return None if self.nullable else ""
