@@ -887,30 +887,18 @@ class TunerPanel(W.VBox):
         return f"TunerPanel({getattr(s, 'study_name', s)!r}, {self.n_seen} trials)"
 
 # %% ../nbs/11_widgets.ipynb #e9dbd4d0
-def _run_id_col(df) -> str | None:
-    for c in ("run_id", "id"):
-        if c in df.columns: return c
-    return None
-
-def _flat_metrics(metrics: dict) -> dict:
-    "{'val': {'mse': 1}} -> {'val_mse': 1}, leaving lists (a confusion matrix) out."
-    out = {}
-    for k, v in (metrics or {}).items():
-        if isinstance(v, dict):
-            for kk, vv in v.items():
-                if _num(vv) is not None: out[f"{k}_{kk}"] = _num(vv)
-        elif _num(v) is not None: out[k] = _num(v)
-    return out
-
 class RunBrowser(W.VBox):
     "The run store as a filterable table; overlay the selected runs' learning curves and compare their metrics."
-    def __init__(self, runs_dir: str | Path | None = None, *, metric: str = "val_loss", mode: str = "auto",
-                 backend: str = "auto", link_root: str | None = None): # href prefix for run folders (default: runs_dir as given)
+    def __init__(self, runs_dir: str | Path | None = None, # default: settings.ini's [storage] runs_dir
+                 *, metric: str = "val_loss", mode: str = "auto", backend: str = "auto",
+                 link_root: str | None = None): # href prefix of run folders (default: the store relative to the cwd)
+        from qtnb.config import runs_dir as default_runs_dir
         self.runs_dir, self.widgets = runs_dir, _use_widgets(mode)
-        self.link_root = link_root if link_root is not None else (str(runs_dir) if runs_dir is not None else "runs")
+        self.root = Path(runs_dir).expanduser().resolve() if runs_dir is not None else default_runs_dir()
+        self.link_root = link_root if link_root is not None else os.path.relpath(self.root, Path.cwd())
         self.runs = None
-        self.query = W.Text(placeholder="filter: any text in any column", description="Filter", layout=W.Layout(width="320px"))
-        self.status_filter = W.Dropdown(options=["(any)"], description="Status", layout=W.Layout(width="220px"))
+        self.query = W.Text(placeholder="any text in any column", description="Filter", layout=W.Layout(width="320px"))
+        self.status_filter = W.Dropdown(options=["(any)"], description="State", layout=W.Layout(width="220px"))
         self.refresh_button = W.Button(description="Refresh", icon="refresh")
         self.selector = W.SelectMultiple(options=[], rows=8, description="Runs", layout=W.Layout(width="520px"))
         self.metric_picker = W.Dropdown(options=[metric], value=metric, description="Curve", layout=W.Layout(width="260px"))
@@ -929,9 +917,8 @@ class RunBrowser(W.VBox):
     def refresh(self) -> None:
         "Read the run store again."
         from qtnb.runs import list_runs
-        self.runs = list_runs(self.runs_dir)
-        sc = "status" if "status" in self.runs.columns else ("state" if "state" in self.runs.columns else None)
-        states = sorted(self.runs[sc].dropna().astype(str).unique()) if sc else []
+        self.runs = list_runs(self.root)
+        states = sorted(self.runs["state"].dropna().astype(str).unique()) if "state" in self.runs else []
         keep = self.status_filter.value
         self.status_filter.options = ["(any)", *states]
         self.status_filter.value = keep if keep in self.status_filter.options else "(any)"
@@ -942,31 +929,24 @@ class RunBrowser(W.VBox):
         "The runs that pass the filters."
         df = self.runs
         if df is None or df.empty: return df
-        sc = "status" if "status" in df.columns else ("state" if "state" in df.columns else None)
-        if sc and self.status_filter.value != "(any)": df = df[df[sc].astype(str) == self.status_filter.value]
+        if "state" in df and self.status_filter.value != "(any)": df = df[df["state"].astype(str) == self.status_filter.value]
         q = self.query.value.strip().lower()
         if q:
-            text = df.astype(str).apply(lambda r: " ".join(r).lower(), axis=1)
+            text = df.apply(lambda r: " ".join(str(v) for v in r).lower(), axis=1)
             df = df[text.str.contains(q, regex=False)]
         return df
-
-    def _ids(self, df) -> list[str]:
-        c = _run_id_col(df)
-        return [str(x) for x in (df[c] if c else df.index)]
 
     def _href(self, run_id: str, file: str = "") -> str: return f"{self.link_root.rstrip('/')}/{run_id}/{file}"
 
     def _filter(self) -> None:
         df = self.filtered
         if df is None: return
-        ids = self._ids(df)
+        ids = [str(x) for x in df["id"]] if "id" in df else []
         rows = []
-        for rid, (_, r) in zip(ids, df.iterrows()):
-            row = {k: v for k, v in r.items() if not isinstance(v, (dict, list))}
-            row = {"run": rid, **{k: v for k, v in row.items() if k not in ("run_id", "id")}}
-            nb = self._run_path(rid) / "notebook.ipynb" if self._run_path(rid) else None
-            row["notebook"] = "notebook.ipynb" if nb is not None and nb.exists() else ""
-            rows.append({k: ("" if v is None or (isinstance(v, float) and math.isnan(v)) else v) for k, v in row.items()})
+        for _, r in df.iterrows():
+            row = {("run" if k == "id" else k): _blank(v) for k, v in r.items()}
+            row["notebook"] = "notebook.ipynb" if (self.root / str(r["id"]) / "notebook.ipynb").exists() else ""
+            rows.append(row)
         self.table.value = _table(rows, cls="qtnb-runs-table-inner",
                                   links={"run": lambda v, r: self._href(v),
                                          "notebook": lambda v, r: self._href(r["run"], "notebook.ipynb")})
@@ -975,43 +955,43 @@ class RunBrowser(W.VBox):
         self.selector.value = tuple(keep)
         self._selected()
 
-    def _run_path(self, run_id: str) -> Path | None:
-        from qtnb.config import runs_dir as default_runs_dir
-        root = Path(self.runs_dir) if self.runs_dir is not None else default_runs_dir()
-        return root / run_id
-
     def select(self, *run_ids: str) -> None:
-        "Select runs (as a click in the list would)."
+        "Select runs, as a click in the list would."
         self.selector.value = tuple(run_ids)
 
     def _selected(self) -> None:
-        from qtnb.runs import open_run
-        runs = {}
+        from qtnb.runs import compare_runs, open_run
+        hist = {}
         for rid in self.selector.value:
-            try: runs[rid] = open_run(rid, runs_dir=self.runs_dir)
-            except QtnbError as e: runs[rid] = e
-        cols = set()
-        for r in runs.values():
-            h = getattr(r, "history", None)
-            if h is not None and len(h): cols |= {c for c in h.columns if c != "epoch"}
+            try: hist[rid] = open_run(rid, runs_dir=self.root).history
+            except QtnbError: hist[rid] = None
+        cols = {c for h in hist.values() if h is not None for c in h.columns if c != "epoch"}
         metric = self.metric_picker.value
         opts = sorted(cols | {metric})
         if list(self.metric_picker.options) != opts: self.metric_picker.options = opts; self.metric_picker.value = metric
         series = {}
-        for rid, r in runs.items():
-            h = getattr(r, "history", None)
-            if h is None or metric not in getattr(h, "columns", ()): continue
+        for rid, h in hist.items():
+            if h is None or metric not in h.columns: continue
             x = list(h["epoch"]) if "epoch" in h.columns else list(range(1, len(h) + 1))
-            series[rid[-24:]] = (x, list(h[metric]))
+            series[rid] = (x, list(h[metric]))
         self.chart.title = metric
         self.chart.update(series)
-        rows = []
-        for rid, r in runs.items():
-            if isinstance(r, Exception): rows.append({"run": rid, "error": str(r)}); continue
-            st = getattr(r, "status", "")
-            rows.append({"run": rid, "status": st.get("state", "") if isinstance(st, dict) else st, **_flat_metrics(getattr(r, "metrics", {}))})
-        self.compare.value = _table(rows, cls="qtnb-compare-table") if rows else '<i style="color:#999">select runs to compare</i>'
+        if not hist:
+            self.compare.value = '<i style="color:#999">select runs to overlay their curves and compare them</i>'
+            return
+        try: cmp = compare_runs(list(hist), runs_dir=self.root).reset_index()
+        except QtnbError as e:
+            self.compare.value = f'<span style="color:#c62828">{html.escape(str(e))}</span>'
+            return
+        rows = [{("run" if k == "id" else k): _blank(v) for k, v in r.items()} for _, r in cmp.iterrows()]
+        self.compare.value = _table(rows, cls="qtnb-compare-table")
 
     def __repr__(self) -> str:
-        n = 0 if self.runs is None else len(self.runs)
-        return f"RunBrowser({n} runs in {self.runs_dir or 'the run store'})"
+        df = self.filtered
+        if df is None or df.empty: return f"RunBrowser({self.root}: no runs)"
+        cols = [c for c in ("id", "state", "duration", "val_loss", "val_mse", "val_sharpe") if c in df]
+        return f"RunBrowser({self.root}: {len(df)} runs)\n" + df[cols].head(20).to_string(index=False)
+
+def _blank(v):
+    "'' for a missing value, so tables show nothing rather than nan or None."
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else v
