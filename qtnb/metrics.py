@@ -33,7 +33,7 @@ SPLIT_PREFIXES = ("train_", "val_", "valid_", "test_")
 def _array(x, name: str) -> np.ndarray:
     "`x` as a float64 array (torch tensors detached and moved to the CPU); `DataError` when empty or non-numeric."
     if x is None: raise DataError(f"{name} is None; pass an array of values")
-    if hasattr(x, "detach"): x = x.detach().cpu().numpy()
+    if hasattr(x, "detach"): x = x.detach().cpu().double().numpy()      # double: numpy has no bfloat16
     elif isinstance(x, (pd.Series, pd.DataFrame)): x = x.to_numpy()
     try: a = np.asarray(x, dtype=np.float64)
     except (TypeError, ValueError) as e:

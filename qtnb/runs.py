@@ -42,7 +42,9 @@ def plain(obj: Any, *, finite: bool = False) -> Any:
     if hasattr(obj, "model_dump"): obj = obj.model_dump(mode="json")
     if isinstance(obj, dict): return {str(k): plain(v, finite=finite) for k, v in obj.items()}
     if isinstance(obj, (list, tuple, set, frozenset)): return [plain(v, finite=finite) for v in obj]
-    if hasattr(obj, "detach"): obj = obj.detach().cpu().numpy()
+    if hasattr(obj, "detach"):
+        obj = obj.detach().cpu()
+        obj = (obj.double() if obj.is_floating_point() else obj).numpy()     # numpy has no bfloat16
     if isinstance(obj, np.ndarray): return plain(obj.tolist(), finite=finite)
     if isinstance(obj, (bool, np.bool_)): return bool(obj)
     if isinstance(obj, (int, np.integer)): return int(obj)
