@@ -22,9 +22,8 @@ from .errors import ConfigError, QtnbError
 
 # %% auto #0
 __all__ = ['RUN_STATES', 'FINISHED_STATES', 'LINEAGE_PACKAGES', 'KEY_METRICS', 'LIST_COLUMNS', 'RunError', 'RunNotFound', 'plain',
-           'sanitize_name', 'new_run_id', 'Run', 'set_status', 'create_run', 'open_run', 'log_epoch', 'write_metrics',
-           'lineage_info', 'write_lineage', 'save_checkpoint', 'checkpoints', 'load_checkpoint', 'rng_state',
-           'set_rng_state', 'list_runs', 'compare_runs', 'delete_run']
+           'sanitize_name', 'new_run_id', 'Run', 'create_run', 'open_run', 'lineage_info', 'rng_state', 'set_rng_state',
+           'list_runs', 'compare_runs', 'delete_run']
 
 # %% ../nbs/10_runs.ipynb #d6ee5e8a
 RUN_STATES = ("running", "completed", "failed", "stopped", "pruned")
@@ -134,7 +133,7 @@ def _status(self) -> dict:
         st["duration_s"] = _seconds(st["started"], _now())
     return st
 
-def set_status(self, state: str, *, error: str | None = None, **extra) -> dict:
+def _set_status(self, state: str, *, error: str | None = None, **extra) -> dict:
     "Record `state` (running, completed, failed, stopped, pruned) with its times, an optional `error` and `extra` fields."
     if state not in RUN_STATES:
         raise ConfigError(f"run state {state!r} is invalid; use one of {', '.join(RUN_STATES)}")
@@ -158,7 +157,7 @@ def set_status(self, state: str, *, error: str | None = None, **extra) -> dict:
     return st
 
 Run.status = property(_status)
-Run.set_status = set_status
+Run.set_status = _set_status
 
 # %% ../nbs/10_runs.ipynb #7f22266a
 def _enter(self): return self
@@ -226,7 +225,7 @@ def _read_history_rows(path: Path) -> tuple[list[str], list[dict]]:
         rows = list(r)
         return list(r.fieldnames or []), rows
 
-def log_epoch(self, row: dict) -> None:
+def _log_epoch(self, row: dict) -> None:
     "Append one epoch's `row` (metrics, lr, time, ...) to history.csv; new keys add columns."
     if not isinstance(row, dict) or not row: raise ConfigError("log_epoch needs a non-empty dict of column: value")
     p = self.path / "history.csv"
@@ -248,7 +247,7 @@ def _history(self) -> pd.DataFrame:
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
         raise RunError(f"history file {p} cannot be read ({str(e).splitlines()[0][:80]}); fix or delete it") from None
 
-def write_metrics(self, metrics: dict, *, merge: bool = False) -> Path:
+def _write_metrics(self, metrics: dict, *, merge: bool = False) -> Path:
     "Write final metrics by split, {'val': {...}, 'test': {...}}, to metrics.json (`merge`: update the splits already there)."
     if not isinstance(metrics, dict): raise ConfigError(f"metrics must be a dict like {{'val': {{...}}}}, not a {type(metrics).__name__}")
     data = {**(self.metrics if merge else {}), **metrics}
@@ -256,7 +255,7 @@ def write_metrics(self, metrics: dict, *, merge: bool = False) -> Path:
 
 Run.history = property(_history)
 Run.metrics = property(lambda self: _read_json(self.path / "metrics.json", "metrics file"), doc="metrics.json as a dict.")
-Run.log_epoch, Run.write_metrics = log_epoch, write_metrics
+Run.log_epoch, Run.write_metrics = _log_epoch, _write_metrics
 
 # %% ../nbs/10_runs.ipynb #52ea8d4f
 LINEAGE_PACKAGES = ("torch", "numpy", "pandas", "optuna", "xgboost", "xgboost-cpu", "onnx", "onnxruntime", "scikit-learn", "pydantic")
@@ -286,7 +285,7 @@ def lineage_info(*, seed: int | None = None, data_fingerprint: str | None = None
     if extra: info.update(plain(extra))
     return info
 
-def write_lineage(self, *, seed: int | None = None, data_fingerprint: str | None = None, config_hash: str | None = None,
+def _write_lineage(self, *, seed: int | None = None, data_fingerprint: str | None = None, config_hash: str | None = None,
                   extra: dict | None = None) -> dict:
     "Merge `lineage_info(...)` into the run's lineage.json and return it."
     p = self.path / "lineage.json"
@@ -296,7 +295,7 @@ def write_lineage(self, *, seed: int | None = None, data_fingerprint: str | None
     atomic_write(p, _dump_json(info))
     return info
 
-Run.write_lineage = write_lineage
+Run.write_lineage = _write_lineage
 Run.lineage = property(lambda self: _read_json(self.path / "lineage.json", "lineage file"), doc="lineage.json as a dict.")
 
 # %% ../nbs/10_runs.ipynb #7667bdc7
@@ -320,7 +319,7 @@ def _ckpt_path(self, name: str) -> Path:
         raise ConfigError(f"checkpoint name {name!r} is invalid; use letters, digits, '_', '.', '-' (e.g. 'best', 'epoch_3')")
     return self.checkpoint_dir / f"{stem}.pt"
 
-def save_checkpoint(self, state: dict, name: str) -> Path:
+def _save_checkpoint(self, state: dict, name: str) -> Path:
     "Save `state` as checkpoints/<name>.pt atomically (temp file, fsync, rename); the old file survives any failure."
     import torch
     path = _ckpt_path(self, name)
@@ -338,19 +337,19 @@ def save_checkpoint(self, state: dict, name: str) -> Path:
         raise
     return path
 
-def checkpoints(self) -> list[str]:
+def _checkpoints(self) -> list[str]:
     "Names of the run's checkpoints ('best', 'last', 'epoch_3', ...), epochs in numeric order."
     d = self.checkpoint_dir
     if not d.is_dir(): return []
     names = [p.stem for p in d.glob("*.pt") if not p.name.startswith(".")]
     return sorted(names, key=lambda n: (n.startswith("epoch_"), int(n[6:]) if n[6:].isdigit() else 0, n))
 
-def load_checkpoint(self, name: str, *, map_location: Any = "cpu") -> dict:
+def _load_checkpoint(self, name: str, *, map_location: Any = "cpu") -> dict:
     "Load checkpoints/<name>.pt with `torch.load(weights_only=True)`; `RunError` naming the file when missing or corrupt."
     import torch
     path = _ckpt_path(self, name)
     if not path.is_file():
-        have = checkpoints(self)
+        have = _checkpoints(self)
         raise RunError(f"run {self.id} has no checkpoint {path.stem!r} ({path}); available: {', '.join(have) or 'none'}")
     try: return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
@@ -365,7 +364,7 @@ def load_checkpoint(self, name: str, *, map_location: Any = "cpu") -> dict:
                        f"use another checkpoint or retrain") from None
 
 Run.checkpoint_dir = property(lambda self: self.path / "checkpoints", doc="The run's checkpoints/ folder.")
-Run.save_checkpoint, Run.load_checkpoint, Run.checkpoints = save_checkpoint, load_checkpoint, checkpoints
+Run.save_checkpoint, Run.load_checkpoint, Run.checkpoints = _save_checkpoint, _load_checkpoint, _checkpoints
 
 # %% ../nbs/10_runs.ipynb #3b1b03a2
 def rng_state() -> dict:
