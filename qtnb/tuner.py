@@ -22,9 +22,10 @@ from .config import runs_dir as default_runs_dir
 from .errors import ConfigError, QtnbError, TuningError
 
 # %% auto #0
-__all__ = ['KINDS', 'SAMPLERS', 'PRUNERS', 'Param', 'SearchSpace', 'as_search_space', 'make_sampler', 'make_pruner',
+__all__ = ['KINDS', 'SAMPLERS', 'PRUNERS', 'PLOTS', 'Param', 'SearchSpace', 'as_search_space', 'make_sampler', 'make_pruner',
            'JournalHeartbeatStorage', 'StorageSpec', 'storage_spec', 'objective_names', 'check_objective',
-           'objective_directions']
+           'objective_directions', 'fail_reason', 'free_memory', 'trial_counts', 'run_trials', 'run_workers', 'Tuner',
+           'trial_record', 'DashboardURL', 'dashboard_storage', 'start_dashboard']
 
 # %% ../nbs/07_tuner.ipynb #2e26023c
 KINDS = ("log_uniform", "uniform", "int", "categorical", "conditional")
@@ -501,3 +502,405 @@ def objective_directions(names: Sequence[str], direction: str | Sequence[str] | 
     bad = [d for d in dirs if d not in ("minimize", "maximize")]
     if bad: raise ConfigError(f"direction={bad[0]!r} is invalid; use 'minimize' or 'maximize'")
     return dirs
+
+# %% ../nbs/07_tuner.ipynb #d617a742
+def fail_reason(e: BaseException) -> str:
+    "One line saying why a trial failed."
+    name = type(e).__name__
+    if isinstance(e, MemoryError) or "OutOfMemory" in name or "out of memory" in str(e).lower():
+        name = f"out of memory ({name})"
+    msg = " ".join(str(e).split())
+    return f"{name}: {msg}"[:500] if msg else name
+
+def free_memory() -> None:
+    "Collect garbage and empty the CUDA cache (when torch has CUDA): what a trial leaves is not carried into the next."
+    gc.collect()
+    import sys
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available(): torch.cuda.empty_cache()
+
+_COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+def trial_counts(study: optuna.Study) -> dict[str, int]:
+    "Trials by state, and `finished`: complete, pruned, or failed and not retried (what counts toward n_trials)."
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    out = {s.name.lower(): 0 for s in TrialState}
+    for t in trials: out[t.state.name.lower()] += 1
+    out["finished"] = sum(t.state in _COUNTED or (t.state == TrialState.FAIL and t.number not in retried) for t in trials)
+    out["retried"] = len(retried)
+    return out
+
+def run_trials(study: optuna.Study, objective: Callable, n_trials: int, *,
+               deadline: float | None = None, # time.time() after which no trial starts
+               callbacks: Sequence[Callable] = ()) -> int:
+    "Run trials of `objective` until `study` has `n_trials` finished ones (shared with other processes); trials run here."
+    ran = 0
+    beat = is_heartbeat_enabled(study._storage)
+    while deadline is None or time.time() < deadline:
+        if beat:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+        c = trial_counts(study)
+        if c["finished"] >= n_trials: break
+        if c["finished"] + c["running"] >= n_trials:
+            # the rest of the budget is running elsewhere: wait for it to finish, or to go stale and come back as a retry
+            if not beat: break
+            time.sleep(min(1.0, study._storage.get_heartbeat_interval()))
+            continue
+        study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=list(callbacks))
+        ran += 1
+    return ran
+
+# %% ../nbs/07_tuner.ipynb #82c5f1e4
+def _worker(tuner: "Tuner", n_trials: int, deadline: float | None, threads: int | None) -> None:
+    if threads:
+        import torch
+        torch.set_num_threads(threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    run_trials(tuner.study, tuner._objective, n_trials, deadline=deadline)
+
+def run_workers(tuner: "Tuner", n_trials: int, workers: int, *, deadline: float | None = None,
+                threads: int | None = None) -> None:
+    "Run `workers` processes on `tuner`'s study until it has `n_trials` finished trials; `TuningError` if one dies."
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_worker, args=(tuner, n_trials, deadline, threads), name=f"qtnb-tuner-{i}", daemon=False)
+             for i in range(workers)]
+    for p in procs: p.start()
+    try:
+        for p in procs: p.join()
+    except KeyboardInterrupt:
+        for p in procs: p.terminate()
+        for p in procs: p.join()
+        raise
+    bad = [(p.name, p.exitcode) for p in procs if p.exitcode != 0]
+    if bad:
+        raise TuningError(f"tuner worker {bad[0][0]} exited with code {bad[0][1]}; completed trials are kept: rerun optimize to finish the study")
+
+# %% ../nbs/07_tuner.ipynb #d571761f
+def _space_hash(space: SearchSpace) -> str:
+    return hashlib.sha1(json.dumps(space.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:6]
+
+class Tuner:
+    "An Optuna study over a search space: objective(s) by metric name or function, sampler, pruner, crash-proof storage."
+    def __init__(self, space: SearchSpace | dict | str | Path, # a SearchSpace, its mapping, or a YAML file
+                 objective: str | Sequence[str] | Callable | None = None, # metric name(s), or fn(params, trial); default: TuneConfig.objective
+                 *, data=None,        # DataConfig, its mapping, or a qtnb.data.Prepared (metric objectives)
+                 frame=None,          # the frame to prepare instead of data.data
+                 model=None,          # base model: a name, a mapping or a ModelConfig (the space's choices override it)
+                 train=None,          # base TrainConfig or mapping of its fields (settings.ini fills the rest)
+                 direction: str | Sequence[str] | None = None, # default: metric_direction of each objective
+                 sampler: str | None = None, pruner: str | None = None, # default: from TuneConfig
+                 config: TuneConfig | None = None,  # default: TuneConfig from settings.ini
+                 study_name: str | None = None,     # default: '<model>-<objective>-<space hash>', stable across reruns
+                 storage: str | Path | None = None, # RDB URL or journal path; default: settings.ini's study_storage
+                 runs_dir: str | Path | None = None, # the run store (default: settings.ini's)
+                 fold: int = -1,                   # which fold of the data trials validate on (default: the last)
+                 seed: int | None = None,           # sampler seed
+                 heartbeat_interval: int = 60, grace_period: int | None = None, max_retry: int | None = 3):
+        self.config = config if config is not None else TuneConfig.resolve()
+        self.space = as_search_space(space)
+        if not len(self.space): raise ConfigError("search space is empty; add parameters (log_uniform, uniform, int, categorical, conditional)")
+        objective = self.config.objective if objective is None else objective
+        self.fn = objective if callable(objective) else None
+        self.data, self.frame, self.fold, self.seed = data, frame, fold, seed
+        self.base_model, self.base_train = model, train
+        if self.fn is not None:
+            n = 1 if direction is None or isinstance(direction, str) else len(direction)
+            self.objectives = [getattr(objective, "__name__", "objective").strip("<>")] if n == 1 else [f"objective_{i}" for i in range(n)]
+            self.directions = objective_directions(self.objectives, direction or "minimize")
+        else:
+            self.objectives = objective_names(objective)
+            self.directions = objective_directions(self.objectives, direction if direction is not None else self.config.direction)
+            self._check_trainer_setup()
+        self.sampler_name = sampler or self.config.sampler
+        self.pruner_name = pruner if pruner is not None else (self.config.pruner if self.config.pruning_enabled else "none")
+        if len(self.objectives) > 1 and self.pruner_name != "none":
+            if pruner is not None: raise ConfigError(f"pruner={pruner!r} cannot prune {len(self.objectives)} objectives (Optuna prunes one); use pruner='none'")
+            self.pruner_name = "none"
+        make_sampler(self.sampler_name, space=self.space, n_objectives=len(self.objectives))   # fail now on a bad name
+        make_pruner(self.pruner_name)
+        self.study_name = study_name or f"{self._model_label()}-{'-'.join(self.objectives)}-{_space_hash(self.space)}"
+        self._storage_arg, self._hb = storage, dict(heartbeat_interval=heartbeat_interval, grace_period=grace_period, max_retry=max_retry)
+        self.storage = storage_spec(storage, workers=self.config.parallel_trials, **self._hb)
+        self.runs_dir = Path(runs_dir).expanduser().resolve() if runs_dir is not None else default_runs_dir()
+        self._study = self._prepared = None
+
+    def _model_label(self) -> str:
+        if self.fn is not None: return self.objectives[0] if len(self.objectives) == 1 else "study"
+        if "model" in self.space.params: return "models"
+        return self.space.model or self._base_model_name() or "model"
+
+    def __getstate__(self):   # worker processes open their own study and data
+        return {**self.__dict__, "_study": None}
+
+    def __repr__(self) -> str:
+        return f"Tuner({self.study_name!r}, {self.objectives}, sampler={self.sampler_name!r}, pruner={self.pruner_name!r}, storage={self.storage.display()!r})"
+
+# %% ../nbs/07_tuner.ipynb #c41bbc69
+def _open_study(self: Tuner) -> optuna.Study:
+    storage = self.storage.open()
+    n_epochs = self._train_config().num_epochs if self.fn is None else 100
+    sampler = make_sampler(self.sampler_name, seed=self.seed, space=self.space, n_objectives=len(self.objectives))
+    pruner = make_pruner(self.pruner_name, max_resource=n_epochs)
+    try:
+        study = optuna.create_study(storage=storage, sampler=sampler, pruner=pruner, study_name=self.study_name,
+                                    directions=self.directions, load_if_exists=True)
+    except QtnbError: raise
+    except Exception as e:
+        raise TuningError(f"cannot open study {self.study_name!r} in {self.storage.display()}: {fail_reason(e)}") from None
+    have = [d.name.lower() for d in study.directions]
+    if have != self.directions:
+        raise TuningError(f"study {self.study_name!r} in {self.storage.display()} optimises {have}, not {self.directions}; "
+                          "pass another study_name or the same direction")
+    if "qtnb" not in study.user_attrs:
+        study.set_user_attr("qtnb", {"space": self.space.to_dict(), "objectives": self.objectives, "directions": self.directions,
+                                     "sampler": self.sampler_name, "pruner": self.pruner_name, "runs_dir": str(self.runs_dir)})
+        study.set_metric_names(self.objectives)
+    return study
+
+@property
+def _study_prop(self: Tuner) -> optuna.Study:
+    "The Optuna study (opened on first use)."
+    if self._study is None: self._study = self._open_study()
+    return self._study
+
+Tuner._open_study, Tuner.study = _open_study, _study_prop
+
+# %% ../nbs/07_tuner.ipynb #467cbb4d
+def _objective(self: Tuner, trial: optuna.Trial):
+    try:
+        params = self.space.suggest(trial)
+        values = self.fn(params, trial) if self.fn is not None else self._train_trial(trial, params)
+        vals = list(values) if isinstance(values, (list, tuple)) else [values]
+        if len(vals) != len(self.objectives):
+            raise TuningError(f"the objective returned {len(vals)} values for {len(self.objectives)} objectives {self.objectives}")
+        for name, v in zip(self.objectives, vals):
+            if v is None or not math.isfinite(float(v)): raise TuningError(f"objective {name} = {v} is not a finite number")
+        return values
+    except optuna.TrialPruned: raise
+    except Exception as e:
+        try: trial.set_user_attr("fail_reason", fail_reason(e))
+        except Exception: pass
+        raise
+    finally: free_memory()
+
+def _optimize(self: Tuner, n_trials: int | None = None, *,
+              timeout: float | None = None, # seconds after which no new trial starts (default: TuneConfig.timeout_hours)
+              workers: int | None = None,   # worker processes (default: TuneConfig.parallel_trials)
+              callbacks: Sequence[Callable] = (), # Optuna callbacks (study, frozen_trial), in-process runs only
+              write_outputs: bool = True) -> optuna.Study:
+    "Run trials until the study holds `n_trials` finished ones; here or in `workers` processes. The study."
+    n_trials = self.config.n_trials if n_trials is None else n_trials
+    workers = self.config.parallel_trials if workers is None else workers
+    if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1: raise ConfigError(f"n_trials={n_trials!r} must be a positive integer")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1: raise ConfigError(f"workers={workers!r} must be a positive integer")
+    if timeout is None and self.config.timeout_hours: timeout = self.config.timeout_hours * 3600
+    if timeout is not None and timeout <= 0: raise ConfigError(f"timeout={timeout!r} must be > 0 seconds (or None)")
+    spec = storage_spec(self._storage_arg, workers=workers, **self._hb)
+    if spec != self.storage: self.storage, self._study = spec, None
+    deadline = time.time() + timeout if timeout else None
+    study = self.study                  # created here once, before workers race to create it
+    if workers == 1: run_trials(study, self._objective, n_trials, deadline=deadline, callbacks=callbacks)
+    else:
+        if callbacks: raise ConfigError("callbacks run in-process; with workers > 1 watch the study instead (TunerPanel.watch)")
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        run_workers(self, n_trials, workers, deadline=deadline, threads=threads)
+    if write_outputs: self.write_outputs()
+    return study
+
+Tuner._objective, Tuner.optimize = _objective, _optimize
+
+# %% ../nbs/07_tuner.ipynb #0af15fca
+def _iso(d) -> str | None: return d.isoformat(timespec="milliseconds") if d else None
+
+def _jsonable(v):
+    if isinstance(v, float) and not math.isfinite(v): return None
+    if isinstance(v, (list, tuple)): return [_jsonable(x) for x in v]
+    if isinstance(v, dict): return {str(k): _jsonable(x) for k, x in v.items()}
+    return v
+
+def trial_record(t: optuna.trial.FrozenTrial) -> dict:
+    "One trial as plain JSON: number, state, values, params, intermediate values, run id, failure reason, timing."
+    dur = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_start and t.datetime_complete else None
+    return _jsonable({"number": t.number, "state": t.state.name, "values": t.values, "params": t.params,
+                      "intermediate_values": {int(k): v for k, v in sorted(t.intermediate_values.items())},
+                      "run_id": t.user_attrs.get("run_id"), "fail_reason": t.user_attrs.get("fail_reason"),
+                      "retry_of": t.system_attrs.get("failed_trial"), "started": _iso(t.datetime_start),
+                      "completed": _iso(t.datetime_complete), "duration_s": dur,
+                      "user_attrs": {k: v for k, v in t.user_attrs.items() if k not in ("run_id", "fail_reason")}})
+
+def _best_trial(self: Tuner) -> optuna.trial.FrozenTrial:
+    "The best trial; with several objectives the Pareto-optimal one best on the first objective."
+    study = self.study
+    if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+        raise TuningError(f"study {self.study_name!r} has no complete trial yet; run optimize first (failures: see trial_history.json)")
+    if len(self.directions) == 1: return study.best_trial
+    sign = 1 if self.directions[0] == "minimize" else -1
+    return min(study.best_trials, key=lambda t: sign * t.values[0])
+
+def _statistics(self: Tuner) -> dict:
+    "Counts by state, success rate, durations and best value(s) of the study."
+    trials = self.study.get_trials(deepcopy=False)
+    c = trial_counts(self.study)
+    durs = [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials if t.datetime_start and t.datetime_complete]
+    ended = c["complete"] + c["pruned"] + c["fail"]
+    out = {"study": self.study_name, "storage": self.storage.display(), "objectives": self.objectives, "directions": self.directions,
+           "n_trials": len(trials), "states": {k: v for k, v in c.items() if k not in ("finished", "retried")},
+           "finished": c["finished"], "retried": c["retried"],
+           "success_rate": c["complete"] / ended if ended else None, "prune_rate": c["pruned"] / ended if ended else None,
+           "duration_s": {"total": sum(durs), "mean": statistics.fmean(durs), "median": statistics.median(durs),
+                          "min": min(durs), "max": max(durs)} if durs else None}
+    try:
+        b = self.best_trial()
+        out["best"] = {"trial": b.number, "values": b.values, "run_id": b.user_attrs.get("run_id")}
+    except TuningError: out["best"] = None
+    return _jsonable(out)
+
+def _best_config(self: Tuner) -> dict:
+    "The best trial's configs: {'model': {...}, 'train': {...}, 'params': {...}, 'values': [...], 'trial': n, 'run_id': id}."
+    b = self.best_trial()
+    model, train = self.space.configs(b.params)
+    if self.fn is None: model, train = self._model_dict(model), self._train_config(train).model_dump(mode="json")
+    return _jsonable({"model": model, "train": train, "params": {k: v for k, v in b.params.items()},
+                      "values": b.values, "trial": b.number, "run_id": b.user_attrs.get("run_id")})
+
+def _study_dir(self: Tuner) -> Path: return self.runs_dir / "studies" / self.study_name
+
+def _write_outputs(self: Tuner, folder: str | Path | None = None) -> Path:
+    "Write trial_history.json, statistics.json and best_parameters.json (atomically); the folder."
+    folder = Path(folder) if folder is not None else self.study_dir
+    dump = lambda obj: json.dumps(obj, indent=2, allow_nan=False, default=str) + "\n"
+    atomic_write(folder / "trial_history.json", dump([trial_record(t) for t in self.study.get_trials(deepcopy=False)]))
+    atomic_write(folder / "statistics.json", dump(self.statistics()))
+    try: best = self.best_config()
+    except TuningError as e: best = {"error": str(e)}
+    atomic_write(folder / "best_parameters.json", dump(best))
+    return folder
+
+Tuner.best_trial, Tuner.statistics, Tuner.best_config, Tuner.write_outputs = _best_trial, _statistics, _best_config, _write_outputs
+Tuner.study_dir = property(_study_dir)
+
+# %% ../nbs/07_tuner.ipynb #be052596
+PLOTS = ("history", "intermediate", "importances", "parallel", "timeline", "pareto")
+
+def _plot(self: Tuner, kind: str = "history", **kwargs):
+    "A plotly figure of the study: history, intermediate, importances, parallel, timeline or pareto."
+    import optuna.visualization as V
+    fns = {"history": V.plot_optimization_history, "intermediate": V.plot_intermediate_values,
+           "importances": V.plot_param_importances, "parallel": V.plot_parallel_coordinate,
+           "timeline": V.plot_timeline, "pareto": V.plot_pareto_front}
+    if kind not in fns: raise _unknown("plot kind", kind, PLOTS)
+    multi = len(self.objectives) > 1
+    if multi and kind in ("history", "importances", "parallel") and "target" not in kwargs:
+        kwargs.update(target=lambda t: t.values[0], target_name=self.objectives[0])
+    if kind == "pareto" and not multi: raise ConfigError("plot kind 'pareto' needs several objectives; use 'history'")
+    if kind == "pareto": kwargs.setdefault("target_names", self.objectives)
+    try: return fns[kind](self.study, **kwargs)
+    except QtnbError: raise
+    except Exception as e:
+        raise TuningError(f"cannot draw the {kind} plot of study {self.study_name!r}: {fail_reason(e)}") from None
+
+Tuner.plot = _plot
+
+# %% ../nbs/07_tuner.ipynb #2fd3b7b9
+class DashboardURL(str):
+    "The dashboard's URL; `stop()` shuts the background server down."
+    server = thread = None
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown(); self.server.server_close()
+            if self.thread is not None: self.thread.join(timeout=5)
+            self.server = None
+
+def dashboard_storage(storage: str | Path | BaseStorage | None = None):
+    "What optuna-dashboard opens: a storage object as it is, a journal file as a JournalStorage, else the RDB URL."
+    if isinstance(storage, BaseStorage): return storage
+    spec = storage_spec(storage)
+    if spec.is_journal:
+        path = Path(spec.url[len("journal:"):])
+        if not path.exists(): raise TuningError(f"journal file {path} does not exist; run a study with it first or check the path")
+        return JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
+    if spec.is_sqlite and spec.url.startswith("sqlite:///") and not Path(spec.url[len("sqlite:///"):]).exists():
+        raise TuningError(f"study storage {spec.url} does not exist yet; run a study first or pass storage=")
+    return spec.url
+
+def start_dashboard(storage: str | Path | BaseStorage | None = None, *, # default: settings.ini's study_storage
+                    host: str = "127.0.0.1", port: int | None = 8080, # 0 or None: a free port
+                    background: bool = False) -> DashboardURL:
+    "Serve optuna-dashboard for `storage` on `host`:`port`; blocks unless `background`, then returns the URL."
+    import optuna_dashboard
+    from wsgiref.simple_server import make_server, WSGIRequestHandler
+
+    class _Quiet(WSGIRequestHandler):
+        def log_message(self, *args): pass
+
+    app = optuna_dashboard.wsgi(dashboard_storage(storage))
+    try: server = make_server(host, int(port or 0), app, handler_class=_Quiet)
+    except OSError as e:
+        raise TuningError(f"cannot serve the dashboard on {host}:{port}: {e.strerror}; pass another port (port=0 picks a free one)") from None
+    url = DashboardURL(f"http://{host}:{server.server_port}/dashboard/")
+    url.server = server
+    if background:
+        url.thread = threading.Thread(target=server.serve_forever, name="qtnb-dashboard", daemon=True)
+        url.thread.start()
+        return url
+    print(f"optuna-dashboard: {url} (Ctrl-C stops it)", flush=True)
+    try: server.serve_forever()
+    except KeyboardInterrupt: pass
+    finally: server.server_close()
+    return url
+
+# %% ../nbs/07_tuner.ipynb #e0bab0a3
+def _data_config(self: Tuner):
+    from qtnb.data import as_data_config
+    d = self.data
+    if d is None:
+        raise ConfigError(f"objective={self.objectives} trains a model on data: pass data= (a DataConfig, its mapping or a qtnb.data.Prepared)")
+    if hasattr(d, "folds") and hasattr(d, "config"): return d.config
+    return as_data_config(d)
+
+def _base_model_name(self: Tuner) -> str | None:
+    b = self.base_model
+    if b is None: return None
+    if isinstance(b, str): return b
+    if isinstance(b, dict): return b.get("name")
+    return getattr(b, "name", None)
+
+def _model_dict(self: Tuner, overrides: dict) -> dict:
+    "The full model config mapping of a trial: base model < sampled values, with the data's task and outputs."
+    b = self.base_model
+    base = {} if b is None or isinstance(b, str) else dict(b) if isinstance(b, dict) else b.model_dump(mode="json")
+    name = overrides.get("name") or self.space.model or self._base_model_name()
+    if name is None: raise ConfigError("no model to tune: set SearchSpace(model=...), pass model= to the Tuner, or add a conditional 'model' choice")
+    if base.get("name", name) != name: base = {}   # another architecture was chosen: its own defaults
+    dc = self._data_config()
+    out = {**base, **overrides, "name": name}
+    out.setdefault("task", dc.task)
+    out.setdefault("n_outputs", dc.n_classes if dc.task == "classification" else len(dc.all_horizons))
+    return out
+
+def _train_config(self: Tuner, overrides: dict | None = None) -> TrainConfig:
+    "The TrainConfig of a trial: settings.ini < base `train` < sampled values."
+    b = self.base_train
+    if isinstance(b, TrainConfig): return TrainConfig(**{**b.model_dump(), **(overrides or {})})
+    if b is not None and not isinstance(b, dict): raise ConfigError(f"train= must be a TrainConfig or a mapping of its fields, not {type(b).__name__}")
+    return TrainConfig.resolve(params=b or {}, **(overrides or {}))
+
+def _check_trainer_setup(self: Tuner) -> None:
+    from qtnb.models.core import model_entry
+    dc = self._data_config()
+    for name in self.objectives: check_objective(name, dc.task)
+    self.space.check(model=self._base_model_name())
+    p = self.space.params.get("model")
+    names = list(p.choices) if p is not None and p.kind == "conditional" else [self.space.model or self._base_model_name()]
+    if names == [None]: raise ConfigError("no model to tune: set SearchSpace(model=...), pass model= to the Tuner, or add a conditional 'model' choice")
+    for n in names:
+        try: tasks = model_entry(n).tasks
+        except QtnbError as e: raise ConfigError(f"model: {e}") from None
+        if dc.task not in tasks: raise ConfigError(f"model {n!r} does not do {dc.task} (target={dc.target!r}); it does {', '.join(tasks)}")
+    self._train_config()
+
+Tuner._data_config, Tuner._base_model_name, Tuner._model_dict, Tuner._train_config = _data_config, _base_model_name, _model_dict, _train_config
+Tuner._check_trainer_setup = _check_trainer_setup
