@@ -143,7 +143,7 @@ class SearchSpace:
 
     def int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> SearchSpace:
         "An integer from `low` to `high` inclusive, every `step` (or log-spaced)."
-        return self._add(Param(name, "int", low, high, step=None if log else step, log=log))
+        return self._add(Param(name, "int", low, high, step=None if log and step == 1 else step, log=log))
 
     def categorical(self, name: str, choices: Sequence) -> SearchSpace:
         "One of `choices` (None, bool, int, float or str)."
@@ -348,7 +348,7 @@ def make_sampler(name: str = "tpe", *, seed: int | None = None,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if name == "tpe": return S.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
-                                              n_startup_trials=n_startup_trials, warn_independent_sampling=False)
+                                              n_startup_trials=n_startup_trials)
         if name == "random": return S.RandomSampler(seed=seed)
         if name == "grid":
             if space is None: raise ConfigError("sampler='grid' needs the search space to enumerate")
@@ -424,10 +424,10 @@ class StorageSpec:
 
     def open(self) -> BaseStorage:
         "A new storage object with heartbeat and retry of stale trials."
-        retry = RetryHeartbeatStaleTrialCallback(max_retry=self.max_retry, inherit_intermediate_values=True)
-        hb = dict(heartbeat_interval=self.heartbeat_interval, grace_period=self.grace_period, heartbeat_stale_trial_callback=retry)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry = RetryHeartbeatStaleTrialCallback(max_retry=self.max_retry, inherit_intermediate_values=True)
+            hb = dict(heartbeat_interval=self.heartbeat_interval, grace_period=self.grace_period, heartbeat_stale_trial_callback=retry)
             if self.is_journal:
                 path = Path(self.url[len("journal:"):])
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -503,7 +503,7 @@ def objective_directions(names: Sequence[str], direction: str | Sequence[str] | 
     if bad: raise ConfigError(f"direction={bad[0]!r} is invalid; use 'minimize' or 'maximize'")
     return dirs
 
-# %% ../nbs/07_tuner.ipynb #d617a742
+# %% ../nbs/07_tuner.ipynb #f27bb900
 def fail_reason(e: BaseException) -> str:
     "One line saying why a trial failed."
     name = type(e).__name__
@@ -553,7 +553,7 @@ def run_trials(study: optuna.Study, objective: Callable, n_trials: int, *,
         ran += 1
     return ran
 
-# %% ../nbs/07_tuner.ipynb #82c5f1e4
+# %% ../nbs/07_tuner.ipynb #8e929fa7
 def _worker(tuner: "Tuner", n_trials: int, deadline: float | None, threads: int | None) -> None:
     if threads:
         import torch
@@ -578,7 +578,7 @@ def run_workers(tuner: "Tuner", n_trials: int, workers: int, *, deadline: float 
     if bad:
         raise TuningError(f"tuner worker {bad[0][0]} exited with code {bad[0][1]}; completed trials are kept: rerun optimize to finish the study")
 
-# %% ../nbs/07_tuner.ipynb #d571761f
+# %% ../nbs/07_tuner.ipynb #90c7272b
 def _space_hash(space: SearchSpace) -> str:
     return hashlib.sha1(json.dumps(space.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:6]
 
@@ -638,7 +638,7 @@ class Tuner:
     def __repr__(self) -> str:
         return f"Tuner({self.study_name!r}, {self.objectives}, sampler={self.sampler_name!r}, pruner={self.pruner_name!r}, storage={self.storage.display()!r})"
 
-# %% ../nbs/07_tuner.ipynb #c41bbc69
+# %% ../nbs/07_tuner.ipynb #140ad028
 def _open_study(self: Tuner) -> optuna.Study:
     storage = self.storage.open()
     n_epochs = self._train_config().num_epochs if self.fn is None else 100
@@ -657,7 +657,9 @@ def _open_study(self: Tuner) -> optuna.Study:
     if "qtnb" not in study.user_attrs:
         study.set_user_attr("qtnb", {"space": self.space.to_dict(), "objectives": self.objectives, "directions": self.directions,
                                      "sampler": self.sampler_name, "pruner": self.pruner_name, "runs_dir": str(self.runs_dir)})
-        study.set_metric_names(self.objectives)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(self.objectives)
     return study
 
 @property
@@ -668,7 +670,7 @@ def _study_prop(self: Tuner) -> optuna.Study:
 
 Tuner._open_study, Tuner.study = _open_study, _study_prop
 
-# %% ../nbs/07_tuner.ipynb #467cbb4d
+# %% ../nbs/07_tuner.ipynb #253ca760
 def _objective(self: Tuner, trial: optuna.Trial):
     try:
         params = self.space.suggest(trial)
@@ -712,7 +714,7 @@ def _optimize(self: Tuner, n_trials: int | None = None, *,
 
 Tuner._objective, Tuner.optimize = _objective, _optimize
 
-# %% ../nbs/07_tuner.ipynb #0af15fca
+# %% ../nbs/07_tuner.ipynb #958149bd
 def _iso(d) -> str | None: return d.isoformat(timespec="milliseconds") if d else None
 
 def _jsonable(v):
@@ -782,7 +784,7 @@ def _write_outputs(self: Tuner, folder: str | Path | None = None) -> Path:
 Tuner.best_trial, Tuner.statistics, Tuner.best_config, Tuner.write_outputs = _best_trial, _statistics, _best_config, _write_outputs
 Tuner.study_dir = property(_study_dir)
 
-# %% ../nbs/07_tuner.ipynb #be052596
+# %% ../nbs/07_tuner.ipynb #ec40e08f
 PLOTS = ("history", "intermediate", "importances", "parallel", "timeline", "pareto")
 
 def _plot(self: Tuner, kind: str = "history", **kwargs):
@@ -804,7 +806,7 @@ def _plot(self: Tuner, kind: str = "history", **kwargs):
 
 Tuner.plot = _plot
 
-# %% ../nbs/07_tuner.ipynb #2fd3b7b9
+# %% ../nbs/07_tuner.ipynb #990f7c46
 class DashboardURL(str):
     "The dashboard's URL; `stop()` shuts the background server down."
     server = thread = None
@@ -852,7 +854,7 @@ def start_dashboard(storage: str | Path | BaseStorage | None = None, *, # defaul
     finally: server.server_close()
     return url
 
-# %% ../nbs/07_tuner.ipynb #e0bab0a3
+# %% ../nbs/07_tuner.ipynb #79af9c8b
 def _data_config(self: Tuner):
     from qtnb.data import as_data_config
     d = self.data

@@ -1,0 +1,194 @@
+"""Tuner storage under stress: kill -9 mid-trial and rerun, 4 worker processes on one study (journal file and
+PostgreSQL), optuna-dashboard reading qtnb's study."""
+import io, json, os, shutil, signal, socket, subprocess, sys, tempfile, textwrap, time
+from glob import glob
+from pathlib import Path
+
+import optuna
+import pytest
+from fastcore.test import test_eq as eq
+from optuna.trial import TrialState
+
+from conftest import require
+from qtnb.tuner import SearchSpace, Tuner, trial_counts, storage_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+def slow_square(params, trial):
+    "A plain objective that takes a little while (importable, so spawned workers can run it)."
+    for step in range(3):
+        time.sleep(0.02)
+        trial.report(params["x"] ** 2, step)
+    trial.set_user_attr("pid", os.getpid())
+    return params["x"] ** 2
+
+
+def space():
+    return SearchSpace().uniform("x", -3, 3)
+
+
+# --- crash: kill -9 mid-trial, rerun the same command ---------------------------------------------------------------
+
+CRASH_SCRIPT = textwrap.dedent('''
+    import sys, time
+    from pathlib import Path
+    from qtnb.tuner import SearchSpace, Tuner
+    folder = Path(sys.argv[1])
+    marker = folder / "trial3.started"
+
+    def objective(params, trial):
+        if trial.number == 3 and not marker.exists():   # the first run is killed inside this trial
+            marker.write_text("x")
+            time.sleep(60)
+        time.sleep(0.05)
+        return (params["x"] - 1) ** 2
+
+    tuner = Tuner(SearchSpace().uniform("x", -3, 3), objective, study_name="crash", sampler="random", pruner="none", seed=0,
+                  storage=sys.argv[2], runs_dir=folder, heartbeat_interval=1, grace_period=2)
+    tuner.optimize(6)
+    print("DONE", flush=True)
+''')
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_kill_9_mid_trial_then_rerun_finishes_the_study(tmp_path, kind):
+    script = tmp_path / "tune.py"
+    script.write_text(CRASH_SCRIPT)
+    storage = f"sqlite:///{tmp_path}/optuna.db" if kind == "sqlite" else str(tmp_path / "optuna.journal")
+    cmd = [PY, str(script), str(tmp_path), storage]
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 60
+    while not (tmp_path / "trial3.started").exists():
+        assert p.poll() is None, p.stdout.read().decode()
+        assert time.time() < deadline, "trial 3 never started"
+        time.sleep(0.05)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    st = optuna.load_study(study_name="crash", storage=storage_spec(storage).open())
+    before = {t.number: t.value for t in st.trials if t.state == TrialState.COMPLETE}
+    eq(sorted(before), [0, 1, 2])
+    eq(st.trials[3].state, TrialState.RUNNING)             # stuck, as Optuna leaves it
+
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)   # the same command again
+    assert out.returncode == 0 and "DONE" in out.stdout, out.stdout + out.stderr
+    st = optuna.load_study(study_name="crash", storage=storage_spec(storage).open())
+    trials = st.trials
+    eq({t.number: t.value for t in trials if t.number in before}, before)   # complete trials kept as they were
+    eq(trials[3].state, TrialState.FAIL)                                     # the stale trial is failed ...
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == 3]
+    eq(len(retries), 1); eq(retries[0].state, TrialState.COMPLETE)           # ... and retried with its parameters
+    eq(retries[0].params, trials[3].params)
+    eq(trial_counts(st)["finished"], 6)                                      # the study reaches its n_trials
+    eq(sum(t.state == TrialState.RUNNING for t in trials), 0)
+    stats = json.loads((tmp_path / "studies" / "crash" / "statistics.json").read_text())
+    eq(stats["finished"], 6); eq(stats["retried"], 1)
+
+
+# --- 4 worker processes on one study ---------------------------------------------------------------------------------
+
+def _check_workers(tuner, study, n):
+    trials = study.trials
+    eq(trial_counts(study)["finished"], n)
+    assert all(t.state == TrialState.COMPLETE for t in trials), [(t.number, t.state, t.user_attrs) for t in trials]
+    eq([t.number for t in trials], list(range(len(trials))))
+    assert len({t.user_attrs["pid"] for t in trials}) >= 2, "trials ran in one process, not in workers"
+    assert os.getpid() not in {t.user_attrs["pid"] for t in trials}
+
+
+def test_four_workers_share_a_journal_study(tmp_path, monkeypatch, capfd):
+    ini = tmp_path / "settings.ini"
+    ini.write_text(f"[storage]\nruns_dir = {tmp_path}/runs\nstudy_storage = sqlite:///{tmp_path}/runs/optuna.db\n")
+    monkeypatch.setenv("QTNB_SETTINGS", str(ini))
+    tuner = Tuner(space(), slow_square, study_name="four", sampler="tpe", pruner="none", seed=0)
+    study = tuner.optimize(24, workers=4)
+    assert tuner.storage.url == f"journal:{tmp_path}/runs/optuna.journal"   # settings.ini's SQLite, shared as a journal
+    _check_workers(tuner, study, 24)
+    out = capfd.readouterr()
+    assert "database is locked" not in out.out + out.err
+    # and a rerun with one process sees the same study, adds nothing
+    eq(trial_counts(tuner.optimize(24, workers=4))["finished"], 24)
+
+
+# --- PostgreSQL for many machines ------------------------------------------------------------------------------------
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    initdb = sorted(glob("/usr/lib/postgresql/*/bin/initdb"))
+    require(bool(initdb) or bool(shutil.which("initdb")), "PostgreSQL is not installed (apt-get install postgresql)")
+    pytest.importorskip("psycopg2")
+    bindir = Path(initdb[-1]).parent if initdb else Path(shutil.which("initdb")).parent
+    home = Path(tempfile.mkdtemp(prefix="qtnb-pg-"))
+    os.chmod(home, 0o777)
+    as_user = ["runuser", "-u", "nobody", "--"] if os.geteuid() == 0 else []   # postgres refuses to run as root
+    run = lambda *a: subprocess.run(as_user + [str(x) for x in a], cwd=home, check=True, capture_output=True, text=True)
+    data, port = home / "data", _free_port()
+    run(bindir / "initdb", "-D", data, "-U", "qtnb", "--auth=trust", "-E", "UTF8")
+    run(bindir / "pg_ctl", "-D", data, "-l", home / "log", "-w", "-t", "60", "start",
+        "-o", f"-p {port} -k {home} -c listen_addresses=127.0.0.1 -c fsync=off")
+    try:
+        run(bindir / "createdb", "-h", "127.0.0.1", "-p", port, "-U", "qtnb", "optuna")
+        yield f"postgresql+psycopg2://qtnb@127.0.0.1:{port}/optuna"
+    finally:
+        subprocess.run(as_user + [str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], cwd=home, capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_four_workers_on_postgresql(postgres, tmp_path):
+    tuner = Tuner(space(), slow_square, study_name="pg", sampler="tpe", pruner="none", seed=0, storage=postgres, runs_dir=tmp_path)
+    study = tuner.optimize(16, workers=4)
+    _check_workers(tuner, study, 16)
+    # another machine would open the same URL: the study is there with every trial
+    other = optuna.load_study(study_name="pg", storage=postgres)
+    eq(len(other.trials), len(study.trials))
+    assert tuner.storage.is_sqlite is False and "postgresql" in json.loads((tmp_path / "studies" / "pg" / "statistics.json").read_text())["storage"]
+
+
+def test_sqlite_url_with_workers_is_refused(tmp_path):
+    with pytest.raises(Exception, match="database is locked"):
+        Tuner(space(), slow_square, storage=f"sqlite:///{tmp_path}/x.db", runs_dir=tmp_path).optimize(4, workers=2)
+
+
+# --- optuna-dashboard ------------------------------------------------------------------------------------------------
+
+def _get(app, path):
+    status = {}
+    env = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": "", "wsgi.input": io.BytesIO(), "wsgi.errors": sys.stderr,
+           "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "80", "wsgi.url_scheme": "http"}
+    body = b"".join(app(env, lambda s, h, exc=None: status.setdefault("s", s)))
+    assert status["s"].startswith("200"), (path, status, body[:300])
+    return json.loads(body)
+
+
+def run_id_objective(params, trial):
+    trial.set_user_attr("run_id", f"20260101-000000-demo-{trial.number:04x}")
+    return params["x"] ** 2
+
+
+def test_dashboard_lists_the_study_and_trial_run_ids(tmp_path):
+    import optuna_dashboard
+    from qtnb.tuner import dashboard_storage, start_dashboard
+    import urllib.request
+    tuner = Tuner(space(), run_id_objective, study_name="dash", sampler="random", pruner="none",
+                  storage=f"sqlite:///{tmp_path}/optuna.db", runs_dir=tmp_path)
+    tuner.optimize(3)
+    app = optuna_dashboard.wsgi(dashboard_storage(tuner.storage.url))
+    studies = _get(app, "/api/studies")["study_summaries"]
+    eq([s["study_name"] for s in studies], ["dash"])
+    detail = _get(app, f"/api/studies/{studies[0]['study_id']}")
+    runs = [{a["key"]: a["value"] for a in t["user_attrs"]}["run_id"] for t in detail["trials"]]
+    eq(runs, [f"20260101-000000-demo-{i:04x}" for i in range(3)])
+    # the same through a real server on loopback
+    url = start_dashboard(tuner.storage.url, port=0, background=True)
+    try:
+        assert url.startswith("http://127.0.0.1:")
+        got = json.loads(urllib.request.urlopen(url.replace("/dashboard/", "/api/studies"), timeout=10).read())
+        eq([s["study_name"] for s in got["study_summaries"]], ["dash"])
+    finally: url.stop()
