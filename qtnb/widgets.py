@@ -762,7 +762,7 @@ class TunerPanel(W.VBox):
     "Live optimization history, intermediate values, importances, best parameters and trials of an Optuna study."
     def __init__(self, study, # an optuna Study, or a qtnb Tuner (its `.study`)
                  *, every: float = 1.0, mode: str = "auto", backend: str = "auto",
-                 runs_root: str | None = "runs", # where trial run folders live, for links (relative to the notebook)
+                 runs_root: str | None = None,   # href prefix of trial run folders (default: the study's run store, relative to the cwd)
                  max_lines: int = 20):           # trials drawn in the intermediate-values chart
         self.source, self.every, self.widgets, self.runs_root, self.max_lines = study, every, _use_widgets(mode), runs_root, max_lines
         self._throttle = Throttle(every)
@@ -811,6 +811,14 @@ class TunerPanel(W.VBox):
         if study is None: return
         with self._lock: self._draw(study)
 
+    def _links_root(self, study) -> str:
+        if self.runs_root is not None: return self.runs_root
+        where = getattr(self.source, "runs_dir", None) or (study.user_attrs.get("qtnb") or {}).get("runs_dir")
+        if where is None:
+            from qtnb.config import runs_dir as default_runs_dir
+            where = default_runs_dir()
+        return os.path.relpath(Path(where), Path.cwd())
+
     def _draw(self, study) -> None:
         import optuna
         trials = study.get_trials(deepcopy=False)
@@ -854,7 +862,7 @@ class TunerPanel(W.VBox):
                          "value": ", ".join(_fmt(v) for v in t.values) if t.values else "",
                          **{k: v for k, v in t.params.items()}, "seconds": round(dur, 2) if dur is not None else "",
                          "run_id": t.user_attrs.get("run_id", "")})
-        self.trials_table.value = _table(rows, cls="qtnb-trials-table", links={"run_id": _run_link(self.runs_root)})
+        self.trials_table.value = _table(rows, cls="qtnb-trials-table", links={"run_id": _run_link(self._links_root(study))})
 
     def watch(self, every: float | None = None) -> "TunerPanel":
         "Redraw every `every` seconds from a background thread until `unwatch()` (for studies other processes fill)."
