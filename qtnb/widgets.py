@@ -15,8 +15,9 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from . import config as qconfig
+from .callbacks import Callback
 from .config import QtnbConfig, allowed, config_error
-from .errors import ConfigError, QtnbError
+from .errors import ConfigError, QtnbError, TrainingError
 
 # %% auto #0
 __all__ = ['WIDGETS_ENV', 'widget_frontend', 'figurewidget_available', 'svg_lines', 'svg_bars', 'Chart', 'config_class',
@@ -195,6 +196,11 @@ def config_class(source) -> type:
     if isinstance(source, BaseModel): return type(source)
     if not isinstance(source, str):
         raise ConfigError(f"cannot build a form for {source!r}; pass a model name or a config class")
+    if source == "train":   # the trainer's TrainConfig adds its loop settings to the base one
+        try:
+            from qtnb.trainer import TrainConfig
+            return TrainConfig
+        except ImportError: pass
     if source in _CONFIG_NAMES: return getattr(qconfig, _CONFIG_NAMES[source])
     try: from qtnb.models.core import model_config_class
     except ImportError:
@@ -497,7 +503,7 @@ class Throttle:
 
 # %% ../nbs/11_widgets.ipynb #8fcd0f53
 _STATES = {"idle": "#777", "running": "#1565c0", "paused": "#ef6c00", "stopping": "#c62828", "stopped": "#c62828",
-           "completed": "#2e7d32", "failed": "#c62828"}
+           "completed": "#2e7d32", "failed": "#c62828", "pruned": "#777"}
 
 def _metrics_arg(args, kwargs) -> dict | None:
     for v in [*args, *kwargs.values()]:
@@ -512,14 +518,14 @@ def _num(v):
     if hasattr(v, "item") and callable(v.item) and getattr(v, "ndim", 1) == 0: v = v.item()
     return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
-class TrainingMonitor(W.VBox):
+class TrainingMonitor(W.VBox, Callback):
     "Live loss, metric and learning-rate curves, progress with ETA and Pause/Resume/Stop for a qtnb `Trainer`."
     def __init__(self, metric: str | None = None, # the metric plotted beside the loss (default: the first val_ metric not a loss)
                  *, every: float = 0.5,              # seconds between redraws (and text lines)
                  mode: str = "auto",                 # 'auto', 'widgets' or 'text'
                  backend: str = "auto"):             # chart backend: 'auto', 'plotly' or 'svg'
         self.metric, self.every, self.widgets = metric, every, _use_widgets(mode)
-        self.trainer, self.thread, self.result, self.exception = None, None, None, None
+        self.trainer, self.handle = None, None
         self.history: list[dict] = []
         self.state, self.message = "idle", ""
         self.epoch = self.batch = 0
@@ -579,39 +585,27 @@ class TrainingMonitor(W.VBox):
 
     def attach(self, trainer) -> "TrainingMonitor":
         "Add this monitor to `trainer`'s callbacks (when it is not there yet)."
-        cbs = getattr(trainer, "callbacks", None)
-        if isinstance(cbs, list) and self not in cbs: cbs.append(self)
-        elif cbs is not None and self not in list(cbs) and hasattr(trainer, "add_callback"): trainer.add_callback(self)
+        if self not in trainer.callbacks: trainer.add_callback(self)
         self.trainer = trainer
         return self
 
-    def fit(self, trainer, *args, **kwargs) -> None:
-        "Show the monitor and run `trainer.fit(*args, **kwargs)` in a background thread; `wait()` joins it."
-        if self.thread is not None and self.thread.is_alive():
-            raise QtnbError("this monitor is already watching a fit; wait() for it or make another TrainingMonitor")
+    def fit(self, trainer, *args, **kwargs):
+        "Show the monitor and run `trainer.fit(*args, **kwargs)` in a background thread; the trainer's `FitHandle`."
+        from qtnb.trainer import fit_in_background
+        if self.running: raise TrainingError("this monitor is already watching a fit; wait() for it or make another TrainingMonitor")
         self.attach(trainer)
-        self.result = self.exception = None
-        def run():
-            try: self.result = trainer.fit(*args, **kwargs)
-            except BaseException as e:
-                self.exception = e
-                self._set_state("failed", f"{type(e).__name__}: {e}")
         if self.widgets and not self._shown:   # from this thread, so the monitor lands in the cell that started it
             from IPython.display import display
             display(self)
-        self.thread = threading.Thread(target=run, name="qtnb-fit", daemon=True)
-        self.thread.start()
+        self.handle = fit_in_background(trainer, *args, **kwargs)
+        return self.handle
 
     def wait(self, timeout: float | None = None):
-        "Wait for the background fit; what `fit` returned, or its exception raised here."
-        if self.thread is None: return self.result
-        self.thread.join(timeout)
-        if self.thread.is_alive(): raise TimeoutError(f"the fit is still running after {timeout} s")
-        if self.exception is not None: raise self.exception
-        return self.result
+        "Wait for the background fit; its `FitResult`, or its exception raised here."
+        return None if self.handle is None else self.handle.join(timeout)
 
     @property
-    def running(self) -> bool: return self.thread is not None and self.thread.is_alive()
+    def running(self) -> bool: return self.handle is not None and not self.handle.done
 
     # --- hooks (Lightning names) ---
     def on_fit_start(self, trainer, *args, **kwargs) -> None:
@@ -639,20 +633,21 @@ class TrainingMonitor(W.VBox):
 
     def on_validation_end(self, trainer, *args, **kwargs) -> None:
         m = _metrics_arg(args, kwargs)
-        if m is not None: self._record(trainer, m)
+        if m is not None: self._record(trainer, m, render=False)   # the epoch's end draws it
 
     def on_fit_end(self, trainer, *args, **kwargs) -> None:
         run = getattr(trainer, "run", None)
-        status = getattr(run, "status", None)
-        status = status.get("state") if isinstance(status, dict) else status
-        stopped = getattr(trainer, "stop_requested", None)
-        stopped = stopped() if callable(stopped) else stopped
-        if status in _STATES: state = status
-        else: state = "stopped" if (self.state == "stopping" or stopped) else "completed"
-        self.state = state
+        status = (run.status or {}).get("state") if run is not None else None
+        if status in ("completed", "stopped", "failed", "pruned"): self.state = status
+        else: self.state = "stopped" if (self.state == "stopping" or trainer.stop_requested()) else "completed"
         self._render(force=True)
 
-    def _record(self, trainer, metrics: dict) -> None:
+    def on_exception(self, trainer, exception: BaseException) -> None:
+        self.state = "stopped" if isinstance(exception, KeyboardInterrupt) else "failed"
+        self.message = f"{type(exception).__name__}: {exception}"
+        self._render(force=True)
+
+    def _record(self, trainer, metrics: dict, render: bool = True) -> None:
         "Merge an epoch's metrics into the history (train and validation hooks may each report part of it)."
         row = {k: _num(v) for k, v in metrics.items() if _num(v) is not None}
         ep = row.get("epoch")
@@ -667,7 +662,7 @@ class TrainingMonitor(W.VBox):
             self.history.append(row)
             if self.batches_per_epoch is None and self.batch: self.batches_per_epoch = self.batch
         self.epoch = len(self.history)
-        self._render()
+        if render: self._render()
 
     # --- drawing ---
     def _metric_name(self) -> str | None:

@@ -44,13 +44,9 @@ def test_text_mode_in_a_plain_process(tmp_path):
     code = ("from qtnb.widgets import ConfigForm, TrainingMonitor, widget_frontend\n"
             "assert not widget_frontend()\n"
             "f = ConfigForm('data'); f.set(horizon=500); print(repr(f).splitlines()[0]); print(f.errors['horizon'])\n"
+            "from qtnb.trainer import Trainer, toy_windows\n"
             "m = TrainingMonitor(every=0)\n"
-            "class T: pass\n"
-            "t = T()\n"
-            "m.on_fit_start(t)\n"
-            "for e in range(3):\n"
-            "    m.on_train_epoch_end(t, {'epoch': e, 'train_loss': 1 / (e + 1)})\n"
-            "m.on_fit_end(t)\n")
+            "Trainer('mlp', dict(num_epochs=3, device='cpu', importance=False), callbacks=[m]).fit(toy_windows(256), toy_windows(64, seed=1))\n")
     env = {k: v for k, v in os.environ.items() if k != "QTNB_WIDGETS"}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
     assert r.returncode == 0, r.stderr
@@ -58,4 +54,4 @@ def test_text_mode_in_a_plain_process(tmp_path):
     eq(lines[0], "ConfigForm(DataConfig)")
     assert "less than or equal to 252" in lines[1]
     eq(sum(l.startswith("running: epoch") for l in lines), 3)
-    assert lines[-1].startswith("completed: epoch 3/?")
+    assert lines[-1].startswith("completed: epoch 3/3")
