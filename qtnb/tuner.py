@@ -6,7 +6,7 @@ Docs: https://qtnb.github.io/qtnb/tuner.html.md"""
 
 # %% ../nbs/07_tuner.ipynb #5cf76530
 from __future__ import annotations
-import difflib, gc, hashlib, json, math, multiprocessing, os, socket, statistics, threading, time, warnings
+import contextlib, difflib, gc, hashlib, json, math, multiprocessing, os, socket, statistics, threading, time, warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -22,10 +22,11 @@ from .config import runs_dir as default_runs_dir
 from .errors import ConfigError, QtnbError, TuningError
 
 # %% auto #0
-__all__ = ['KINDS', 'SAMPLERS', 'PRUNERS', 'PLOTS', 'Param', 'SearchSpace', 'as_search_space', 'make_sampler', 'make_pruner',
-           'JournalHeartbeatStorage', 'StorageSpec', 'storage_spec', 'objective_names', 'check_objective',
-           'objective_directions', 'fail_reason', 'free_memory', 'trial_counts', 'run_trials', 'run_workers', 'Tuner',
-           'trial_record', 'DashboardURL', 'dashboard_storage', 'start_dashboard']
+__all__ = ['KINDS', 'SAMPLERS', 'PRUNERS', 'PLOTS', 'Param', 'SearchSpace', 'train_config_class', 'as_search_space',
+           'make_sampler', 'make_pruner', 'JournalHeartbeatStorage', 'StorageSpec', 'storage_spec', 'objective_names',
+           'check_objective', 'objective_directions', 'fail_reason', 'free_memory', 'trial_counts', 'run_trials',
+           'run_workers', 'Tuner', 'trial_record', 'DashboardURL', 'dashboard_storage', 'start_dashboard',
+           'objective_value', 'xgboost_pruning', 'tune_symbols']
 
 # %% ../nbs/07_tuner.ipynb #2e26023c
 KINDS = ("log_uniform", "uniform", "int", "categorical", "conditional")
@@ -191,6 +192,12 @@ def _suggest(self: SearchSpace, trial: optuna.Trial, prefix: str = "") -> dict[s
         if p.kind == "conditional": out.update(self.branches[name][v].suggest(trial, f"{prefix}{v}."))
     return out
 
+def train_config_class():
+    "The trainer's TrainConfig (a superset of qtnb.config's) when qtnb.trainer is there, else qtnb.config's."
+    try: from qtnb.trainer import TrainConfig as T
+    except ImportError: T = TrainConfig
+    return T
+
 def _model_fields(name: str | None) -> dict:
     if name is None: return {}
     from qtnb.models.core import model_config_class
@@ -206,7 +213,7 @@ def _configs(self: SearchSpace, params: dict, *, model: str | None = None, prefi
         if key not in params: continue
         v = p.decode(params[key])
         if p.kind == "conditional" and name == "model": m = v
-        elif name in _model_fields(m) or name not in TrainConfig.model_fields: m_out[name] = v
+        elif name in _model_fields(m) or name not in train_config_class().model_fields: m_out[name] = v
         else: t_out[name] = v
         if p.kind == "conditional":
             sm, st = self.branches[name][v].configs(params, model=m, prefix=f"{prefix}{v}.")
@@ -297,7 +304,7 @@ def as_search_space(space: SearchSpace | dict | str | Path) -> SearchSpace:
 # %% ../nbs/07_tuner.ipynb #a168bf4d
 def _field_check(key: str, field: str, values: list, cls, what: str) -> None:
     if field not in cls.model_fields:
-        close = difflib.get_close_matches(field, list(cls.model_fields) + list(TrainConfig.model_fields), n=1)
+        close = difflib.get_close_matches(field, list(cls.model_fields) + list(train_config_class().model_fields), n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
         raise ConfigError(f"search space parameter '{key}': {what} has no field '{field}'; {hint}"
                           f"tune a TrainConfig field or one of: {', '.join(f for f in cls.model_fields if f not in ('name', 'task', 'n_outputs'))}")
@@ -317,8 +324,8 @@ def _check(self: SearchSpace, model: str | None = None, *, prefix: str = "") -> 
             for choice in p.choices:
                 try: model_config_class(choice)
                 except QtnbError as e: raise ConfigError(f"search space parameter '{key}': {e}") from None
-        elif name in TrainConfig.model_fields and name not in _model_fields(m):
-            _field_check(key, name, p.extremes(), TrainConfig, "TrainConfig")
+        elif name in train_config_class().model_fields and name not in _model_fields(m):
+            _field_check(key, name, p.extremes(), train_config_class(), "TrainConfig")
         elif m is None:
             raise ConfigError(f"search space parameter '{key}' is not a TrainConfig field and no model is named; "
                               "set SearchSpace(model=...), pass model= to the Tuner, or add a conditional 'model' choice")
@@ -364,7 +371,7 @@ def make_sampler(name: str = "tpe", *, seed: int | None = None,
                                               warn_asynchronous_seeding=False)
     raise _unknown("sampler", name, SAMPLERS)
 
-def make_pruner(name: str = "hyperband", *, max_resource: int = 100, # epochs of a full trial
+def make_pruner(name: str = "hyperband", *, max_resource: int | str = 100, # epochs of a full trial, or 'auto' (from the first complete trial)
                 min_resource: int = 1, n_startup_trials: int = 5, n_warmup_steps: int = 1, percentile: float = 25.0,
                 reduction_factor: int = 3) -> optuna.pruners.BasePruner:
     "The Optuna pruner called `name`; resources are epochs."
@@ -372,7 +379,9 @@ def make_pruner(name: str = "hyperband", *, max_resource: int = 100, # epochs of
     if name == "median": return P.MedianPruner(n_startup_trials=n_startup_trials, n_warmup_steps=n_warmup_steps)
     if name == "percentile": return P.PercentilePruner(percentile=percentile, n_startup_trials=n_startup_trials, n_warmup_steps=n_warmup_steps)
     if name == "successive_halving": return P.SuccessiveHalvingPruner(min_resource=min_resource, reduction_factor=reduction_factor)
-    if name == "hyperband": return P.HyperbandPruner(min_resource=min_resource, max_resource=max(int(max_resource), min_resource), reduction_factor=reduction_factor)
+    if name == "hyperband":
+        mr = max_resource if max_resource == "auto" else max(int(max_resource), min_resource)
+        return P.HyperbandPruner(min_resource=min_resource, max_resource=mr, reduction_factor=reduction_factor)
     if name == "none": return P.NopPruner()
     raise _unknown("pruner", name, PRUNERS)
 
@@ -478,7 +487,8 @@ def objective_names(objective: str | Sequence[str]) -> list[str]:
 
 def check_objective(name: str, task: str) -> str:
     "`name` if the `task` ('regression' or 'classification') produces it; `ConfigError` otherwise."
-    from qtnb.metrics import REGRESSION_METRICS, CLASSIFICATION_METRICS, TRADING_METRICS, SPLIT_PREFIXES
+    from qtnb.metrics import REGRESSION_METRICS, CLASSIFICATION_METRICS, TRADING_METRICS
+    SPLIT_PREFIXES = ("val_", "valid_", "test_")
     per_task = {"regression": REGRESSION_METRICS, "classification": tuple(m for m in CLASSIFICATION_METRICS if m != "confusion_matrix")}
     base = next((name[len(p):] for p in SPLIT_PREFIXES if name.startswith(p)), None)
     if base is None:
@@ -503,7 +513,7 @@ def objective_directions(names: Sequence[str], direction: str | Sequence[str] | 
     if bad: raise ConfigError(f"direction={bad[0]!r} is invalid; use 'minimize' or 'maximize'")
     return dirs
 
-# %% ../nbs/07_tuner.ipynb #f27bb900
+# %% ../nbs/07_tuner.ipynb #1a1db35b
 def fail_reason(e: BaseException) -> str:
     "One line saying why a trial failed."
     name = type(e).__name__
@@ -553,7 +563,7 @@ def run_trials(study: optuna.Study, objective: Callable, n_trials: int, *,
         ran += 1
     return ran
 
-# %% ../nbs/07_tuner.ipynb #8e929fa7
+# %% ../nbs/07_tuner.ipynb #28dabf23
 def _worker(tuner: "Tuner", n_trials: int, deadline: float | None, threads: int | None) -> None:
     if threads:
         import torch
@@ -578,7 +588,7 @@ def run_workers(tuner: "Tuner", n_trials: int, workers: int, *, deadline: float 
     if bad:
         raise TuningError(f"tuner worker {bad[0][0]} exited with code {bad[0][1]}; completed trials are kept: rerun optimize to finish the study")
 
-# %% ../nbs/07_tuner.ipynb #90c7272b
+# %% ../nbs/07_tuner.ipynb #8deff069
 def _space_hash(space: SearchSpace) -> str:
     return hashlib.sha1(json.dumps(space.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:6]
 
@@ -638,12 +648,11 @@ class Tuner:
     def __repr__(self) -> str:
         return f"Tuner({self.study_name!r}, {self.objectives}, sampler={self.sampler_name!r}, pruner={self.pruner_name!r}, storage={self.storage.display()!r})"
 
-# %% ../nbs/07_tuner.ipynb #140ad028
+# %% ../nbs/07_tuner.ipynb #ffdac9af
 def _open_study(self: Tuner) -> optuna.Study:
     storage = self.storage.open()
-    n_epochs = self._train_config().num_epochs if self.fn is None else 100
     sampler = make_sampler(self.sampler_name, seed=self.seed, space=self.space, n_objectives=len(self.objectives))
-    pruner = make_pruner(self.pruner_name, max_resource=n_epochs)
+    pruner = make_pruner(self.pruner_name, max_resource=self._max_resource())
     try:
         study = optuna.create_study(storage=storage, sampler=sampler, pruner=pruner, study_name=self.study_name,
                                     directions=self.directions, load_if_exists=True)
@@ -662,15 +671,25 @@ def _open_study(self: Tuner) -> optuna.Study:
             study.set_metric_names(self.objectives)
     return study
 
+def _max_resource(self: Tuner) -> int | str:
+    "Steps of a full trial for Hyperband: the epochs of a torch model, 'auto' for estimators and plain objectives."
+    if self.fn is not None: return "auto"
+    p = self.space.params.get("model")
+    names = list(p.choices) if p is not None and p.kind == "conditional" else [self.space.model or self._base_model_name()]
+    from qtnb.models.core import EstimatorModel, model_entry
+    if any(issubclass(model_entry(n).cls, EstimatorModel) for n in names): return "auto"
+    ep = self.space.params.get("num_epochs")
+    return int(ep.high) if ep is not None and ep.kind == "int" else self._train_config().num_epochs
+
 @property
 def _study_prop(self: Tuner) -> optuna.Study:
     "The Optuna study (opened on first use)."
     if self._study is None: self._study = self._open_study()
     return self._study
 
-Tuner._open_study, Tuner.study = _open_study, _study_prop
+Tuner._open_study, Tuner._max_resource, Tuner.study = _open_study, _max_resource, _study_prop
 
-# %% ../nbs/07_tuner.ipynb #253ca760
+# %% ../nbs/07_tuner.ipynb #a8c8be42
 def _objective(self: Tuner, trial: optuna.Trial):
     try:
         params = self.space.suggest(trial)
@@ -714,7 +733,7 @@ def _optimize(self: Tuner, n_trials: int | None = None, *,
 
 Tuner._objective, Tuner.optimize = _objective, _optimize
 
-# %% ../nbs/07_tuner.ipynb #958149bd
+# %% ../nbs/07_tuner.ipynb #0c934740
 def _iso(d) -> str | None: return d.isoformat(timespec="milliseconds") if d else None
 
 def _jsonable(v):
@@ -784,7 +803,7 @@ def _write_outputs(self: Tuner, folder: str | Path | None = None) -> Path:
 Tuner.best_trial, Tuner.statistics, Tuner.best_config, Tuner.write_outputs = _best_trial, _statistics, _best_config, _write_outputs
 Tuner.study_dir = property(_study_dir)
 
-# %% ../nbs/07_tuner.ipynb #ec40e08f
+# %% ../nbs/07_tuner.ipynb #d98f0f4e
 PLOTS = ("history", "intermediate", "importances", "parallel", "timeline", "pareto")
 
 def _plot(self: Tuner, kind: str = "history", **kwargs):
@@ -806,7 +825,7 @@ def _plot(self: Tuner, kind: str = "history", **kwargs):
 
 Tuner.plot = _plot
 
-# %% ../nbs/07_tuner.ipynb #990f7c46
+# %% ../nbs/07_tuner.ipynb #1fadb3ea
 class DashboardURL(str):
     "The dashboard's URL; `stop()` shuts the background server down."
     server = thread = None
@@ -854,7 +873,7 @@ def start_dashboard(storage: str | Path | BaseStorage | None = None, *, # defaul
     finally: server.server_close()
     return url
 
-# %% ../nbs/07_tuner.ipynb #79af9c8b
+# %% ../nbs/07_tuner.ipynb #4f598b57
 def _data_config(self: Tuner):
     from qtnb.data import as_data_config
     d = self.data
@@ -884,11 +903,13 @@ def _model_dict(self: Tuner, overrides: dict) -> dict:
     return out
 
 def _train_config(self: Tuner, overrides: dict | None = None) -> TrainConfig:
-    "The TrainConfig of a trial: settings.ini < base `train` < sampled values."
-    b = self.base_train
-    if isinstance(b, TrainConfig): return TrainConfig(**{**b.model_dump(), **(overrides or {})})
+    "The trainer's TrainConfig of a trial: settings.ini < base `train` < sampled values (importance off unless asked)."
+    T, b = train_config_class(), self.base_train
+    if isinstance(b, TrainConfig): return T(**{**b.model_dump(), **(overrides or {})})
     if b is not None and not isinstance(b, dict): raise ConfigError(f"train= must be a TrainConfig or a mapping of its fields, not {type(b).__name__}")
-    return TrainConfig.resolve(params=b or {}, **(overrides or {}))
+    base = dict(b or {})
+    if "importance" in T.model_fields: base.setdefault("importance", False)
+    return T.resolve(params=base, **(overrides or {}))
 
 def _check_trainer_setup(self: Tuner) -> None:
     from qtnb.models.core import model_entry
@@ -906,3 +927,165 @@ def _check_trainer_setup(self: Tuner) -> None:
 
 Tuner._data_config, Tuner._base_model_name, Tuner._model_dict, Tuner._train_config = _data_config, _base_model_name, _model_dict, _train_config
 Tuner._check_trainer_setup = _check_trainer_setup
+
+# %% ../nbs/07_tuner.ipynb #4c2b95b7
+def _prepare(self: Tuner):
+    "The prepared dataset trials train on (prepared once; worker processes receive it)."
+    if self._prepared is None:
+        d = self.data
+        if hasattr(d, "folds") and hasattr(d, "config"): self._prepared = d
+        else:
+            from qtnb.data import prepare
+            self._prepared = prepare(self._data_config(), frame=self.frame)
+        n = len(self._prepared.folds)
+        if not -n <= self.fold < n: raise ConfigError(f"fold={self.fold} is out of range: the data has {n} fold(s)")
+    return self._prepared
+
+Tuner._prepare = _prepare
+
+# %% ../nbs/07_tuner.ipynb #41e7aa86
+def _split_metric(name: str) -> tuple[str, str]:
+    for p, split in (("val_", "val"), ("valid_", "val"), ("test_", "test"), ("train_", "train")):
+        if name.startswith(p): return split, name[len(p):]
+    return "val", name
+
+def objective_value(result, name: str) -> float:
+    "The value of objective `name` (val_<metric> or test_<metric>) in a FitResult."
+    split, key = _split_metric(name)
+    metrics = {"val": result.val_metrics, "test": result.test_metrics}.get(split)
+    if metrics is None or key not in metrics:
+        have = sorted(f"val_{k}" for k in result.val_metrics) + sorted(f"test_{k}" for k in result.test_metrics)
+        raise TuningError(f"objective {name} is not among the fit's metrics ({', '.join(have) or 'none'}); "
+                          "give the data a validation (or test) split, or pick one of those")
+    return float(metrics[key])
+
+@contextlib.contextmanager
+def xgboost_pruning(trial: optuna.Trial, observation_key: str):
+    "Add optuna-integration's XGBoostPruningCallback to every `xgboost.train` call inside the block."
+    import xgboost
+    from optuna_integration import XGBoostPruningCallback
+    train = xgboost.train
+    def with_pruning(*args, **kwargs):
+        kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), XGBoostPruningCallback(trial, observation_key)]
+        return train(*args, **kwargs)
+    xgboost.train = with_pruning
+    try: yield
+    finally: xgboost.train = train
+
+def _trial_resume(self: Tuner, trial: optuna.Trial) -> tuple[str | None, Path | None]:
+    "For a retried trial: the crashed run's id and its last checkpoint (when there is one)."
+    system = trial.storage.get_trial_system_attrs(trial._trial_id)   # Optuna 5's Trial no longer exposes them
+    if system.get("failed_trial") is None: return None, None
+    prev = trial.user_attrs.get("run_id")
+    if not prev: return None, None
+    ckpt = self.runs_dir / prev / "checkpoints" / "last.pt"
+    return prev, (ckpt if ckpt.is_file() else None)
+
+def _train_trial(self: Tuner, trial: optuna.Trial, params: dict):
+    "Train the trial's config through the Trainer into a new run; the objective value(s)."
+    from qtnb.callbacks import PruningCallback
+    from qtnb.errors import TrainingError
+    from qtnb.models.core import EstimatorModel, create_model
+    from qtnb.runs import create_run
+    from qtnb.trainer import fit_fold
+    mo, to = self.space.configs(params)
+    mcfg, tcfg = self._model_dict(mo), self._train_config(to)
+    prep = self._prepare()
+    fold = prep.folds[self.fold]
+    prev, resume = self._trial_resume(trial)
+    tuning = {"study": self.study_name, "trial": trial.number, "storage": self.storage.display(), "objectives": self.objectives,
+              "params": {k: v for k, v in params.items()}}
+    if prev: tuning.update(retry_of=trial.storage.get_trial_system_attrs(trial._trial_id)["failed_trial"], resumed_from=prev if resume else None)
+    run = create_run(f"{self.study_name}-t{trial.number}", runs_dir=self.runs_dir,
+                     params={"tuning": tuning, "data": prep.config.model_dump(mode="json")})
+    trial.set_user_attr("run_id", run.id)
+    if prev: trial.set_user_attr("resumed_from", prev)
+    try: model = create_model(mcfg, n_features=fold.train.n_features, seq_len=prep.config.seq_len)
+    except Exception as e:
+        run.set_status("failed", error=fail_reason(e)); raise
+    callbacks, ctx = [], contextlib.nullcontext()
+    if len(self.objectives) == 1:
+        if not isinstance(model, EstimatorModel): callbacks.append(PruningCallback(trial, self.objectives[0]))
+        elif mcfg["name"] == "xgboost":
+            metric = model.params()["eval_metric"]
+            ctx = xgboost_pruning(trial, f"val-{metric}")
+    try:
+        with ctx: _, res = fit_fold(fold, model, tcfg, run=run, callbacks=callbacks, resume=resume)
+    except TrainingError as e:
+        if isinstance(e.__cause__, optuna.TrialPruned):   # XGBoost's pruning callback, wrapped by the estimator fit
+            run.set_status("pruned", error=str(e.__cause__)); raise e.__cause__ from None
+        raise
+    trial.set_user_attr("epochs", int(res.epochs))
+    values = [objective_value(res, n) for n in self.objectives]
+    return values[0] if len(values) == 1 else values
+
+Tuner._trial_resume, Tuner._train_trial = _trial_resume, _train_trial
+
+# %% ../nbs/07_tuner.ipynb #6eafa11e
+def _retrain_best(self: Tuner, *, num_epochs: int | None = None, name: str | None = None, **train_overrides):
+    "Train the best trial's model and train configs again (no pruning) into a new run; the FitResult (with run_id)."
+    from qtnb.runs import create_run
+    from qtnb.trainer import fit_fold
+    if self.fn is not None: raise TuningError("retrain_best needs a metric objective (a Trainer study); with a function objective use best_config()")
+    b = self.best_config()
+    over = {**train_overrides, **({"num_epochs": num_epochs} if num_epochs is not None else {})}
+    tcfg = train_config_class()(**{**b["train"], **over})
+    prep = self._prepare()
+    run = create_run(name or f"{self.study_name}-best", runs_dir=self.runs_dir,
+                     params={"tuning": {"study": self.study_name, "trial": b["trial"], "trial_run_id": b["run_id"],
+                                        "storage": self.storage.display(), "retrain": True},
+                             "data": prep.config.model_dump(mode="json")})
+    _, res = fit_fold(prep.folds[self.fold], b["model"], tcfg, run=run)
+    return res
+
+Tuner.retrain_best = _retrain_best
+
+# %% ../nbs/07_tuner.ipynb #5a741a4f
+def _symbol_frames(frame, data, symbols) -> dict:
+    import pandas as pd
+    from qtnb.data import load_frame
+    if isinstance(frame, dict): frames = dict(frame)
+    else:
+        df = frame if frame is not None else load_frame(data.data, time_col=data.time_col)
+        col = data.symbol_col or ("symbol" if "symbol" in df.columns else None)
+        if col is None or col not in df.columns:
+            raise ConfigError(f"per-symbol tuning needs a symbol column: set DataConfig.symbol_col (columns: {', '.join(map(str, df.columns))}) or pass a dict of frames")
+        frames = {str(s): g.drop(columns=[col]) for s, g in df.groupby(col, sort=True)}
+    if symbols is not None:
+        missing = [s for s in symbols if s not in frames]
+        if missing: raise ConfigError(f"symbol(s) {missing} not in the data; it has {', '.join(frames)}")
+        frames = {s: frames[s] for s in symbols}
+    if not frames: raise ConfigError("no symbols to tune; the frame is empty")
+    return frames
+
+def tune_symbols(space: SearchSpace | dict | str | Path, objective: str | Sequence[str] | None = None, *,
+                 data,                      # DataConfig (or its mapping) shared by every symbol's study
+                 frame=None,                # a frame with a symbol column, or {symbol: frame}; default: data.data
+                 symbols: Sequence[str] | None = None, # default: every symbol in the frame
+                 study_name: str | None = None, n_trials: int | None = None, timeout: float | None = None,
+                 workers: int | None = None, **tuner_kwargs):
+    "One study per symbol on that symbol's rows; a DataFrame summarising the best trial of each."
+    import pandas as pd
+    from qtnb.data import as_data_config
+    dc = as_data_config(data)
+    frames = _symbol_frames(frame, dc, symbols)
+    dc = as_data_config(dc, symbol_col=None)
+    rows, base = [], None
+    for sym, df in frames.items():
+        t = Tuner(space, objective, data=dc, frame=df, **tuner_kwargs)
+        base = base or study_name or t.study_name
+        t.study_name = f"{base}-{sym}"
+        t.optimize(n_trials, timeout=timeout, workers=workers)
+        c = trial_counts(t.study)
+        row = {"symbol": sym, "study": t.study_name, "complete": c["complete"], "pruned": c["pruned"], "failed": c["fail"]}
+        try:
+            b = t.best_config()
+            row.update({name: v for name, v in zip(t.objectives, b["values"])}, trial=b["trial"], run_id=b["run_id"],
+                       **{f"param.{k}": v for k, v in b["params"].items()})
+        except TuningError: pass
+        rows.append(row)
+        runs_root = t.runs_dir
+    summary = pd.DataFrame(rows).set_index("symbol")
+    atomic_write(runs_root / "studies" / base / "symbols_summary.json",
+                 json.dumps(_jsonable(summary.reset_index().to_dict(orient="records")), indent=2, default=str) + "\n")
+    return summary
