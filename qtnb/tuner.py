@@ -308,9 +308,18 @@ def _field_check(key: str, field: str, values: list, cls, what: str) -> None:
         hint = f"did you mean '{close[0]}'? " if close else ""
         raise ConfigError(f"search space parameter '{key}': {what} has no field '{field}'; {hint}"
                           f"tune a TrainConfig field or one of: {', '.join(f for f in cls.model_fields if f not in ('name', 'task', 'n_outputs'))}")
+    # each value against the field's own type and bounds; combinations (d_model vs n_heads) are checked per trial
+    from typing import Annotated
+    from pydantic import TypeAdapter, ValidationError
+    from qtnb.config import allowed
+    info = cls.model_fields[field]
+    check = TypeAdapter(Annotated[info.annotation, info])
     for v in values:
-        try: cls(**{field: v})
-        except QtnbError as e: raise ConfigError(f"search space parameter '{key}': {e}") from None
+        try: check.validate_python(v)
+        except ValidationError as e:
+            rng = allowed(info)
+            raise ConfigError(f"search space parameter '{key}': {field}={v!r} is invalid for {what}: {e.errors()[0]['msg']}"
+                              + (f"; allowed: {rng}" if rng else "")) from None
 
 def _check(self: SearchSpace, model: str | None = None, *, prefix: str = "") -> SearchSpace:
     "Check every parameter against TrainConfig and the model config it belongs to; `ConfigError` on the first misfit."
@@ -513,7 +522,7 @@ def objective_directions(names: Sequence[str], direction: str | Sequence[str] | 
     if bad: raise ConfigError(f"direction={bad[0]!r} is invalid; use 'minimize' or 'maximize'")
     return dirs
 
-# %% ../nbs/07_tuner.ipynb #1a1db35b
+# %% ../nbs/07_tuner.ipynb #37553b51
 def fail_reason(e: BaseException) -> str:
     "One line saying why a trial failed."
     name = type(e).__name__
@@ -563,7 +572,7 @@ def run_trials(study: optuna.Study, objective: Callable, n_trials: int, *,
         ran += 1
     return ran
 
-# %% ../nbs/07_tuner.ipynb #28dabf23
+# %% ../nbs/07_tuner.ipynb #d2d17921
 def _worker(tuner: "Tuner", n_trials: int, deadline: float | None, threads: int | None) -> None:
     if threads:
         import torch
@@ -588,7 +597,7 @@ def run_workers(tuner: "Tuner", n_trials: int, workers: int, *, deadline: float 
     if bad:
         raise TuningError(f"tuner worker {bad[0][0]} exited with code {bad[0][1]}; completed trials are kept: rerun optimize to finish the study")
 
-# %% ../nbs/07_tuner.ipynb #8deff069
+# %% ../nbs/07_tuner.ipynb #7fe95627
 def _space_hash(space: SearchSpace) -> str:
     return hashlib.sha1(json.dumps(space.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:6]
 
@@ -648,7 +657,7 @@ class Tuner:
     def __repr__(self) -> str:
         return f"Tuner({self.study_name!r}, {self.objectives}, sampler={self.sampler_name!r}, pruner={self.pruner_name!r}, storage={self.storage.display()!r})"
 
-# %% ../nbs/07_tuner.ipynb #ffdac9af
+# %% ../nbs/07_tuner.ipynb #b8e9f948
 def _open_study(self: Tuner) -> optuna.Study:
     storage = self.storage.open()
     sampler = make_sampler(self.sampler_name, seed=self.seed, space=self.space, n_objectives=len(self.objectives))
@@ -689,7 +698,7 @@ def _study_prop(self: Tuner) -> optuna.Study:
 
 Tuner._open_study, Tuner._max_resource, Tuner.study = _open_study, _max_resource, _study_prop
 
-# %% ../nbs/07_tuner.ipynb #a8c8be42
+# %% ../nbs/07_tuner.ipynb #cea04d73
 def _objective(self: Tuner, trial: optuna.Trial):
     try:
         params = self.space.suggest(trial)
@@ -733,7 +742,7 @@ def _optimize(self: Tuner, n_trials: int | None = None, *,
 
 Tuner._objective, Tuner.optimize = _objective, _optimize
 
-# %% ../nbs/07_tuner.ipynb #0c934740
+# %% ../nbs/07_tuner.ipynb #6b915d6b
 def _iso(d) -> str | None: return d.isoformat(timespec="milliseconds") if d else None
 
 def _jsonable(v):
@@ -803,7 +812,7 @@ def _write_outputs(self: Tuner, folder: str | Path | None = None) -> Path:
 Tuner.best_trial, Tuner.statistics, Tuner.best_config, Tuner.write_outputs = _best_trial, _statistics, _best_config, _write_outputs
 Tuner.study_dir = property(_study_dir)
 
-# %% ../nbs/07_tuner.ipynb #d98f0f4e
+# %% ../nbs/07_tuner.ipynb #2e1eaa5d
 PLOTS = ("history", "intermediate", "importances", "parallel", "timeline", "pareto")
 
 def _plot(self: Tuner, kind: str = "history", **kwargs):
@@ -825,7 +834,7 @@ def _plot(self: Tuner, kind: str = "history", **kwargs):
 
 Tuner.plot = _plot
 
-# %% ../nbs/07_tuner.ipynb #1fadb3ea
+# %% ../nbs/07_tuner.ipynb #caffc049
 class DashboardURL(str):
     "The dashboard's URL; `stop()` shuts the background server down."
     server = thread = None
@@ -873,7 +882,7 @@ def start_dashboard(storage: str | Path | BaseStorage | None = None, *, # defaul
     finally: server.server_close()
     return url
 
-# %% ../nbs/07_tuner.ipynb #4f598b57
+# %% ../nbs/07_tuner.ipynb #558dc938
 def _data_config(self: Tuner):
     from qtnb.data import as_data_config
     d = self.data
@@ -928,7 +937,7 @@ def _check_trainer_setup(self: Tuner) -> None:
 Tuner._data_config, Tuner._base_model_name, Tuner._model_dict, Tuner._train_config = _data_config, _base_model_name, _model_dict, _train_config
 Tuner._check_trainer_setup = _check_trainer_setup
 
-# %% ../nbs/07_tuner.ipynb #4c2b95b7
+# %% ../nbs/07_tuner.ipynb #61ba3326
 def _prepare(self: Tuner):
     "The prepared dataset trials train on (prepared once; worker processes receive it)."
     if self._prepared is None:
@@ -943,7 +952,7 @@ def _prepare(self: Tuner):
 
 Tuner._prepare = _prepare
 
-# %% ../nbs/07_tuner.ipynb #41e7aa86
+# %% ../nbs/07_tuner.ipynb #5e9154ed
 def _split_metric(name: str) -> tuple[str, str]:
     for p, split in (("val_", "val"), ("valid_", "val"), ("test_", "test"), ("train_", "train")):
         if name.startswith(p): return split, name[len(p):]
@@ -1021,7 +1030,7 @@ def _train_trial(self: Tuner, trial: optuna.Trial, params: dict):
 
 Tuner._trial_resume, Tuner._train_trial = _trial_resume, _train_trial
 
-# %% ../nbs/07_tuner.ipynb #6eafa11e
+# %% ../nbs/07_tuner.ipynb #7fead50f
 def _retrain_best(self: Tuner, *, num_epochs: int | None = None, name: str | None = None, **train_overrides):
     "Train the best trial's model and train configs again (no pruning) into a new run; the FitResult (with run_id)."
     from qtnb.runs import create_run
@@ -1040,7 +1049,7 @@ def _retrain_best(self: Tuner, *, num_epochs: int | None = None, name: str | Non
 
 Tuner.retrain_best = _retrain_best
 
-# %% ../nbs/07_tuner.ipynb #5a741a4f
+# %% ../nbs/07_tuner.ipynb #ef7b1c01
 def _symbol_frames(frame, data, symbols) -> dict:
     import pandas as pd
     from qtnb.data import load_frame
