@@ -616,7 +616,7 @@ class TrainingMonitor(W.VBox, Callback):
         self.batches_per_epoch = getattr(trainer, "batches_per_epoch", None) or getattr(trainer, "num_batches", None)
         self.t0 = self.epoch_t0 = time.monotonic()
         self._set_state("running")
-        if self.widgets and not self._shown:
+        if self.widgets and not self._shown and widget_frontend():
             from IPython.display import display
             display(self)
 
