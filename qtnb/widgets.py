@@ -718,7 +718,8 @@ class TrainingMonitor(W.VBox, Callback):
         self.resume_button.disabled = self.state != "paused"
         self.stop_button.disabled = not active
         last = self.history[-1] if self.history else {}
-        self.latest.value = _table([{"epoch": last.get("epoch"), **{k: v for k, v in last.items() if k != "epoch"}}]) if last else ""
+        first = [k for k in ("epoch", "train_loss", "val_loss", m, "lr") if k and k in last]
+        self.latest.value = _table([{**{k: last[k] for k in first}, **{k: v for k, v in last.items() if k not in first}}]) if last else ""
 
 # %% ../nbs/11_widgets.ipynb #635031a9
 def free_port(host: str = "127.0.0.1") -> int:
