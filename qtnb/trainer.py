@@ -155,7 +155,7 @@ def make_loss(loss: str | Callable | None, task: str, n_outputs: int) -> Callabl
     fn = LOSSES[loss]()
     if loss == "bce": return lambda out, y: fn(out, y.reshape(out.shape).to(out.dtype))
     if loss == "cross_entropy": return lambda out, y: fn(out, y.reshape(-1).long())
-    return lambda out, y: fn(out, y.reshape(out.shape).to(out.dtype))
+    return lambda out, y: fn(out, y if y.shape == out.shape else y.reshape(out.shape))
 
 # %% ../nbs/06_trainer.ipynb #2df276ec
 def toy_windows(n: int = 512, *, seq_len: int = 8, n_features: int = 3, task: str = "regression",
@@ -473,6 +473,18 @@ def _control(self: Trainer) -> bool:
         return True
     return False
 
+def _batches(w: Windows, batch_size: int, g: torch.Generator, drop_last: bool, augment: bool):
+    "The epoch's shuffled batches: `w.batches`, or the same batches indexed straight from its zero-copy view."
+    if augment and w.augment is not None:
+        return w.batches(batch_size, shuffle=True, generator=g, drop_last=drop_last, augment=True)
+    xs = w.view()
+    if xs.untyped_storage().data_ptr() != w.x.untyped_storage().data_ptr():   # several runs: gather per batch
+        return w.batches(batch_size, shuffle=True, generator=g, drop_last=drop_last)
+    ys, n = w.targets(), len(w)
+    order = torch.randperm(n, generator=g).to(w.device)           # the permutation w.batches draws
+    stop = n - (n % batch_size if drop_last else 0)
+    return ((xs[idx], ys[idx]) for idx in (order[s:s + batch_size] for s in range(0, stop, batch_size)))
+
 def _first_bad(losses: torch.Tensor, n: int) -> int:
     return int(torch.nonzero(~torch.isfinite(losses[:n]))[0, 0])
 
@@ -487,10 +499,9 @@ def _train_epoch(self: Trainer, train: Windows, epoch: int, lossf: Callable, fwd
     amp = c.mixed_precision != "none"
     losses, sizes = self._losses, self._sizes
     g = torch.Generator().manual_seed(epoch_seed(c.seed, epoch))
-    aug = c.augment and train.augment is not None
     model.train()
     i = -1
-    for i, (xb, yb) in enumerate(train.batches(c.batch_size, shuffle=True, generator=g, drop_last=c.drop_last, augment=aug)):
+    for i, (xb, yb) in enumerate(_batches(train, c.batch_size, g, c.drop_last, c.augment)):
         if amp:
             with self._autocast(): loss = lossf(fwd(xb), yb)
         else: loss = lossf(fwd(xb), yb)
@@ -503,6 +514,7 @@ def _train_epoch(self: Trainer, train: Windows, epoch: int, lossf: Callable, fwd
                 if scaler is not None: scaler.unscale_(opt)
                 if clip_norm: nn.utils.clip_grad_norm_(params, clip_norm)
                 if clip_value: nn.utils.clip_grad_value_(params, clip_value)
+            self._lr = opt.param_groups[0]["lr"]   # the rate this step used (what the history reports)
             if scaler is not None: scaler.step(opt); scaler.update()
             else: opt.step()
             opt.zero_grad(set_to_none=True)
@@ -619,7 +631,7 @@ def _fit_torch(self: Trainer, train: Windows, val: Windows | None, resume) -> No
             vm = self.validate(val)
             self.dispatch("on_validation_end", {"epoch": epoch, **vm})
             row.update(vm)
-        row["lr"] = self.optimizer.param_groups[0]["lr"]
+        row["lr"] = self._lr
         self.epoch = epoch
         if self.tracker.update(epoch, {self.tracker.monitor: row.get(self.tracker.monitor)}) and c.restore_best:
             self.best_state = clone_state(self.model)
