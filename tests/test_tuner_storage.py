@@ -19,7 +19,7 @@ PY = sys.executable
 def slow_square(params, trial):
     "A plain objective that takes a little while (importable, so spawned workers can run it)."
     for step in range(3):
-        time.sleep(0.02)
+        time.sleep(0.08)
         trial.report(params["x"] ** 2, step)
     trial.set_user_attr("pid", os.getpid())
     return params["x"] ** 2
@@ -93,7 +93,8 @@ def _check_workers(tuner, study, n):
     eq(trial_counts(study)["finished"], n)
     assert all(t.state == TrialState.COMPLETE for t in trials), [(t.number, t.state, t.user_attrs) for t in trials]
     eq([t.number for t in trials], list(range(len(trials))))
-    assert len({t.user_attrs["pid"] for t in trials}) >= 2, "trials ran in one process, not in workers"
+    pids = {t.user_attrs["pid"] for t in trials}
+    assert len(pids) >= 2, f"trials ran in one process, not in workers: {pids}"
     assert os.getpid() not in {t.user_attrs["pid"] for t in trials}
 
 

@@ -1,0 +1,136 @@
+"""Tuner benchmark on a fixed synthetic task; prints JSON lines.
+
+Task: the next log return of a chaotic logistic-map series is a deterministic nonlinear function of the current one,
+so a small MLP can learn it, and how fast depends strongly on learning rate, width and weight decay.
+
+- pruning_epoch_fraction: training epochs TPE + Hyperband needs until its best validation loss reaches the best that
+  30 full random-search trials found, divided by the epochs random search spent (median over seeds).
+- tuner_overhead: wall time of a trial through Tuner.optimize against the same fit through the Trainer directly
+  (fit_fold into a run, as the tuner does), measured alternately, as a fraction.
+- workers_2_vs_1: trials per minute with 2 worker processes against 1 (torch threads 1 per worker), measured
+  alternately; steady-state (first trial start to last trial end) and wall clock including process start.
+
+Run from the repository root: `python tests/bench/bench_tuner.py` (under 5 minutes on 2 cores).
+"""
+import json, os, statistics, sys, tempfile, time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import torch
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+torch.set_num_threads(1)
+
+from qtnb.config import DataConfig
+from qtnb.data import prepare
+from qtnb.datasets import ohlcv_from_returns
+from qtnb.runs import create_run
+from qtnb.trainer import TrainConfig, fit_fold
+from qtnb.tuner import SearchSpace, Tuner, run_workers
+
+EPOCHS = 27
+SEEDS = [int(s) for s in os.environ.get("BENCH_SEEDS", "0,1,2").split(",")]
+TRAIN = dict(num_epochs=EPOCHS, batch_size=64, early_stopping_patience=0)
+
+
+def logistic_frame(n: int = 1500):
+    x = np.empty(n); x[0] = 0.3
+    for i in range(1, n): x[i] = 3.9 * x[i - 1] * (1 - x[i - 1])
+    return ohlcv_from_returns(0.02 * (x - 0.5), seed=0)
+
+
+DATA = DataConfig(data="logistic", seq_len=4, features=["logret_1"], cache=False)
+PREPARED = prepare(DATA, frame=logistic_frame())
+SPACE = (SearchSpace(model="mlp").log_uniform("learning_rate", 1e-5, 1e-1)
+         .categorical("hidden_sizes", [[4], [8], [16], [32], [64], [32, 16]])
+         .log_uniform("weight_decay", 1e-6, 1e-1))
+
+
+def report(figure, value, goal, **extra):
+    print(json.dumps({"figure": figure, "value": round(value, 4), "goal": goal, **extra}), flush=True)
+
+
+def epochs_of(trials): return sum(len(t.intermediate_values) for t in trials)
+
+
+def tuner(tmp, name, **kw):
+    return Tuner(SPACE, "val_loss", data=PREPARED, train=TRAIN, study_name=name, storage=f"sqlite:///{tmp}/bench.db",
+                 runs_dir=tmp / "runs", **kw)
+
+
+def pruning_fraction(tmp: Path) -> float:
+    fractions, detail = [], []
+    for seed in SEEDS:
+        rs = tuner(tmp, f"random-{seed}", sampler="random", pruner="none", seed=seed)
+        study = rs.optimize(30, write_outputs=False)
+        target, spent = study.best_value, epochs_of(study.trials)
+        tpe = tuner(tmp, f"tpe-hb-{seed}", sampler="tpe", pruner="hyperband", seed=seed)
+        used = None
+        for n in range(1, 91):
+            st = tpe.optimize(n, write_outputs=False)
+            done = [t for t in st.trials if t.state == optuna.trial.TrialState.COMPLETE]
+            if done and st.best_value <= target:
+                used = epochs_of(st.trials); break
+            if epochs_of(st.trials) >= spent: break
+        used = used if used is not None else epochs_of(tpe.study.trials)   # not reached: everything it spent (>= 1)
+        fractions.append(used / spent)
+        detail.append({"seed": seed, "random_best": round(target, 6), "random_epochs": spent, "tpe_hb_epochs": used,
+                       "tpe_hb_trials": len(tpe.study.trials), "reached": used < spent})
+    report("pruning_epoch_fraction", statistics.median(fractions), "<= 0.35", per_seed=detail)
+    return statistics.median(fractions)
+
+
+def tuner_overhead(tmp: Path, rounds: int = 4, per_round: int = 3) -> float:
+    "Batches of trials through Tuner.optimize against the same number of direct fit_fold calls, alternating."
+    prepared = prepare(DATA, frame=logistic_frame(4000))        # ~2800 training windows: an epoch is ~90 batches of 32
+    fixed = SearchSpace(model="mlp").categorical("learning_rate", [3e-3]).categorical("hidden_sizes", [[64, 32]])
+    t = Tuner(fixed, "val_loss", data=prepared, train={**TRAIN, "num_epochs": 15, "batch_size": 32}, sampler="random",
+              pruner="none", study_name="overhead", storage=f"sqlite:///{tmp}/overhead.db", runs_dir=tmp / "runs")
+    mcfg, tcfg = t._model_dict({"hidden_sizes": [64, 32]}), t._train_config({"learning_rate": 3e-3})
+    fold = prepared.folds[-1]
+    direct, tuned = [], []
+    t.optimize(1, write_outputs=False); fit_fold(fold, mcfg, tcfg, run=create_run("warm", runs_dir=tmp / "runs"))  # warm-up
+    for r in range(rounds):
+        a = time.perf_counter()
+        for _ in range(per_round): fit_fold(fold, mcfg, tcfg, run=create_run("direct", runs_dir=tmp / "runs"))
+        direct.append((time.perf_counter() - a) / per_round)
+        a = time.perf_counter(); t.optimize(1 + (r + 1) * per_round, write_outputs=False); tuned.append((time.perf_counter() - a) / per_round)
+    d, u = statistics.median(direct), statistics.median(tuned)
+    report("tuner_overhead", (u - d) / d, "<= 0.05", direct_s_per_trial=round(d, 4), tuner_s_per_trial=round(u, 4),
+           overhead_ms_per_trial=round(1000 * (u - d), 1), rounds=rounds, trials_per_round=per_round)
+    return (u - d) / d
+
+
+def workers_ratio(tmp: Path, n_trials: int = 10, rounds: int = 2) -> float:
+    "The same random-search study with 1 and with 2 worker processes (1 torch thread each), alternating."
+    prepared = prepare(DATA, frame=logistic_frame(4000))
+    fixed = SearchSpace(model="mlp").categorical("learning_rate", [3e-3]).categorical("hidden_sizes", [[32]])  # equal trials
+    steady, wall = {1: [], 2: []}, {1: [], 2: []}
+    for r in range(rounds):
+        for w in (1, 2):
+            t = Tuner(fixed, "val_loss", data=prepared, train={**TRAIN, "num_epochs": 12, "batch_size": 32}, sampler="random",
+                      pruner="none", seed=r, study_name=f"workers-{w}-{r}", storage=str(tmp / "workers.journal"), runs_dir=tmp / "runs")
+            study = t.study
+            a = time.perf_counter()
+            run_workers(t, n_trials, w, threads=1)
+            wall[w].append(n_trials / (time.perf_counter() - a) * 60)
+            ts = study.get_trials(deepcopy=False)
+            span = (max(x.datetime_complete for x in ts) - min(x.datetime_start for x in ts)).total_seconds()
+            steady[w].append(len(ts) / span * 60)
+    s1, s2 = statistics.median(steady[1]), statistics.median(steady[2])
+    w1, w2 = statistics.median(wall[1]), statistics.median(wall[2])
+    report("workers_2_vs_1", s2 / s1, ">= 1.6", trials_per_min_1=round(s1, 1), trials_per_min_2=round(s2, 1),
+           wall_ratio_incl_process_start=round(w2 / w1, 3), cores=os.cpu_count())
+    return s2 / s1
+
+
+if __name__ == "__main__":
+    t0 = time.time()
+    with tempfile.TemporaryDirectory(prefix="qtnb-bench-tuner-") as d:
+        tmp = Path(d)
+        which = sys.argv[1:] or ["overhead", "workers", "pruning"]
+        if "overhead" in which: tuner_overhead(tmp)
+        if "workers" in which: workers_ratio(tmp)
+        if "pruning" in which: pruning_fraction(tmp)
+    print(json.dumps({"figure": "bench_seconds", "value": round(time.time() - t0, 1)}), flush=True)
