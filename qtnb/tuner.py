@@ -421,7 +421,7 @@ class JournalHeartbeatStorage(JournalStorage, BaseHeartbeat):
     def get_heartbeat_interval(self) -> int | None: return self.heartbeat_interval
     def get_heartbeat_stale_trial_callback(self): return self.heartbeat_stale_trial_callback
 
-# %% ../nbs/07_tuner.ipynb #95e21bfc
+# %% ../nbs/07_tuner.ipynb #d6444d79
 class JournalFlock(BaseJournalFileLock):
     "A journal file lock on `fcntl.flock`: no polling, and released by the kernel when the holding process dies."
     def __init__(self, filepath: str):
@@ -571,7 +571,7 @@ def objective_directions(names: Sequence[str], direction: str | Sequence[str] | 
     if bad: raise ConfigError(f"direction={bad[0]!r} is invalid; use 'minimize' or 'maximize'")
     return dirs
 
-# %% ../nbs/07_tuner.ipynb #14d003f1
+# %% ../nbs/07_tuner.ipynb #3496aab3
 def fail_reason(e: BaseException) -> str:
     "One line saying why a trial failed."
     name = type(e).__name__
@@ -624,7 +624,7 @@ def run_trials(study: optuna.Study, objective: Callable, n_trials: int, *,
     finally: gc.unfreeze()
     return ran
 
-# %% ../nbs/07_tuner.ipynb #9a886650
+# %% ../nbs/07_tuner.ipynb #11faea12
 def _worker(tuner: "Tuner", n_trials: int, deadline: float | None, threads: int | None, index: int = 0) -> None:
     if tuner.seed is not None: tuner.seed += index   # one seed in every worker would sample the same points in each
     if threads:
@@ -650,7 +650,7 @@ def run_workers(tuner: "Tuner", n_trials: int, workers: int, *, deadline: float 
     if bad:
         raise TuningError(f"tuner worker {bad[0][0]} exited with code {bad[0][1]}; completed trials are kept: rerun optimize to finish the study")
 
-# %% ../nbs/07_tuner.ipynb #b3c08073
+# %% ../nbs/07_tuner.ipynb #8d1f248f
 def _space_hash(space: SearchSpace) -> str:
     return hashlib.sha1(json.dumps(space.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:6]
 
@@ -710,7 +710,7 @@ class Tuner:
     def __repr__(self) -> str:
         return f"Tuner({self.study_name!r}, {self.objectives}, sampler={self.sampler_name!r}, pruner={self.pruner_name!r}, storage={self.storage.display()!r})"
 
-# %% ../nbs/07_tuner.ipynb #77076bb9
+# %% ../nbs/07_tuner.ipynb #36e89306
 def _open_study(self: Tuner) -> optuna.Study:
     storage = self.storage.open()
     sampler = make_sampler(self.sampler_name, seed=self.seed, space=self.space, n_objectives=len(self.objectives))
@@ -751,7 +751,7 @@ def _study_prop(self: Tuner) -> optuna.Study:
 
 Tuner._open_study, Tuner._max_resource, Tuner.study = _open_study, _max_resource, _study_prop
 
-# %% ../nbs/07_tuner.ipynb #26a78d5a
+# %% ../nbs/07_tuner.ipynb #9315cf55
 def _objective(self: Tuner, trial: optuna.Trial):
     try:
         params = self.space.suggest(trial)
@@ -795,7 +795,7 @@ def _optimize(self: Tuner, n_trials: int | None = None, *,
 
 Tuner._objective, Tuner.optimize = _objective, _optimize
 
-# %% ../nbs/07_tuner.ipynb #a8b414fe
+# %% ../nbs/07_tuner.ipynb #8525e537
 def _iso(d) -> str | None: return d.isoformat(timespec="milliseconds") if d else None
 
 def _jsonable(v):
@@ -865,7 +865,7 @@ def _write_outputs(self: Tuner, folder: str | Path | None = None) -> Path:
 Tuner.best_trial, Tuner.statistics, Tuner.best_config, Tuner.write_outputs = _best_trial, _statistics, _best_config, _write_outputs
 Tuner.study_dir = property(_study_dir)
 
-# %% ../nbs/07_tuner.ipynb #0a7f65f7
+# %% ../nbs/07_tuner.ipynb #d328fab7
 PLOTS = ("history", "intermediate", "importances", "parallel", "timeline", "pareto")
 
 def _plot(self: Tuner, kind: str = "history", **kwargs):
@@ -887,7 +887,7 @@ def _plot(self: Tuner, kind: str = "history", **kwargs):
 
 Tuner.plot = _plot
 
-# %% ../nbs/07_tuner.ipynb #839db86f
+# %% ../nbs/07_tuner.ipynb #3b003f01
 class DashboardURL(str):
     "The dashboard's URL; `stop()` shuts the background server down."
     server = thread = None
@@ -935,7 +935,7 @@ def start_dashboard(storage: str | Path | BaseStorage | None = None, *, # defaul
     finally: server.server_close()
     return url
 
-# %% ../nbs/07_tuner.ipynb #5e361de4
+# %% ../nbs/07_tuner.ipynb #ac4ff406
 def _data_config(self: Tuner):
     from qtnb.data import as_data_config
     d = self.data
@@ -969,9 +969,11 @@ def _train_config(self: Tuner, overrides: dict | None = None) -> TrainConfig:
     T, b = train_config_class(), self.base_train
     if isinstance(b, TrainConfig): return T(**{**b.model_dump(), **(overrides or {})})
     if b is not None and not isinstance(b, dict): raise ConfigError(f"train= must be a TrainConfig or a mapping of its fields, not {type(b).__name__}")
-    base = dict(b or {})
-    if "importance" in T.model_fields: base.setdefault("importance", False)
-    return T.resolve(params=base, **(overrides or {}))
+    if getattr(self, "_train_base", None) is None:   # settings.ini is read once, not every trial
+        base = dict(b or {})
+        if "importance" in T.model_fields: base.setdefault("importance", False)
+        self._train_base = T.resolve(params=base).model_dump()
+    return T(**{**self._train_base, **(overrides or {})}) if overrides else T(**self._train_base)
 
 def _check_trainer_setup(self: Tuner) -> None:
     from qtnb.models.core import model_entry
@@ -990,7 +992,7 @@ def _check_trainer_setup(self: Tuner) -> None:
 Tuner._data_config, Tuner._base_model_name, Tuner._model_dict, Tuner._train_config = _data_config, _base_model_name, _model_dict, _train_config
 Tuner._check_trainer_setup = _check_trainer_setup
 
-# %% ../nbs/07_tuner.ipynb #3a5b623c
+# %% ../nbs/07_tuner.ipynb #15f42861
 def _prepare(self: Tuner):
     "The prepared dataset trials train on (prepared once; worker processes receive it)."
     if self._prepared is None:
@@ -1005,7 +1007,7 @@ def _prepare(self: Tuner):
 
 Tuner._prepare = _prepare
 
-# %% ../nbs/07_tuner.ipynb #dcd1dc9f
+# %% ../nbs/07_tuner.ipynb #624b05a3
 def _split_metric(name: str) -> tuple[str, str]:
     for p, split in (("val_", "val"), ("valid_", "val"), ("test_", "test"), ("train_", "train")):
         if name.startswith(p): return split, name[len(p):]
@@ -1077,13 +1079,12 @@ def _train_trial(self: Tuner, trial: optuna.Trial, params: dict):
         if isinstance(e.__cause__, optuna.TrialPruned):   # XGBoost's pruning callback, wrapped by the estimator fit
             run.set_status("pruned", error=str(e.__cause__)); raise e.__cause__ from None
         raise
-    trial.set_user_attr("epochs", int(res.epochs))
     values = [objective_value(res, n) for n in self.objectives]
     return values[0] if len(values) == 1 else values
 
 Tuner._trial_resume, Tuner._train_trial = _trial_resume, _train_trial
 
-# %% ../nbs/07_tuner.ipynb #1291ce57
+# %% ../nbs/07_tuner.ipynb #622af4a0
 def _retrain_best(self: Tuner, *, num_epochs: int | None = None, name: str | None = None, **train_overrides):
     "Train the best trial's model and train configs again (no pruning) into a new run; the FitResult (with run_id)."
     from qtnb.runs import create_run
@@ -1102,7 +1103,7 @@ def _retrain_best(self: Tuner, *, num_epochs: int | None = None, name: str | Non
 
 Tuner.retrain_best = _retrain_best
 
-# %% ../nbs/07_tuner.ipynb #2e44d583
+# %% ../nbs/07_tuner.ipynb #5cf8c3e8
 def _symbol_frames(frame, data, symbols) -> dict:
     import pandas as pd
     from qtnb.data import load_frame

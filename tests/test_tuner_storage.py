@@ -18,10 +18,14 @@ PY = sys.executable
 
 def slow_square(params, trial):
     "A plain objective that takes a little while (importable, so spawned workers can run it)."
-    for step in range(3):
-        time.sleep(0.08)
-        trial.report(params["x"] ** 2, step)
     trial.set_user_attr("pid", os.getpid())
+    if trial.number == 0:   # hold the first trial until a second worker has taken one, however slowly workers start
+        deadline = time.time() + 60
+        while time.time() < deadline and len({t.user_attrs.get("pid") for t in trial.study.get_trials(deepcopy=False)} - {None}) < 2:
+            time.sleep(0.05)
+    for step in range(3):
+        time.sleep(0.05)
+        trial.report(params["x"] ** 2, step)
     return params["x"] ** 2
 
 

@@ -7,8 +7,9 @@ so a small MLP can learn it, and how fast depends strongly on learning rate, wid
   30 full random-search trials found, divided by the epochs random search spent (median over seeds).
 - tuner_overhead: wall time of a trial through Tuner.optimize against the same fit through the Trainer directly
   (fit_fold into a run, as the tuner does), measured alternately, as a fraction.
-- workers_2_vs_1: trials per minute with 2 worker processes against 1 (torch threads 1 per worker), measured
-  alternately; steady-state (first trial start to last trial end) and wall clock including process start.
+- workers_2_vs_1: trials per minute with 2 worker processes against 1 (torch threads 1 per worker, equal trials),
+  measured alternately; steady state (each worker's trials over its own first start to last end, summed over
+  workers) and, as a second field, wall clock including process start and the idle tail.
 
 Run from the repository root: `python tests/bench/bench_tuner.py` (under 5 minutes on 2 cores).
 """
@@ -25,7 +26,7 @@ torch.set_num_threads(1)
 from qtnb.config import DataConfig
 from qtnb.data import prepare
 from qtnb.datasets import ohlcv_from_returns
-from qtnb.runs import create_run
+from qtnb.runs import create_run, open_run
 from qtnb.trainer import TrainConfig, fit_fold
 from qtnb.tuner import SearchSpace, Tuner, run_workers
 
@@ -115,9 +116,14 @@ def workers_ratio(tmp: Path, n_trials: int = 10, rounds: int = 2) -> float:
             a = time.perf_counter()
             run_workers(t, n_trials, w, threads=1)
             wall[w].append(n_trials / (time.perf_counter() - a) * 60)
-            ts = study.get_trials(deepcopy=False)
-            span = (max(x.datetime_complete for x in ts) - min(x.datetime_start for x in ts)).total_seconds()
-            steady[w].append(len(ts) / span * 60)
+            # steady state: each worker's trials over its own first start .. last end (the run's status names its pid),
+            # summed over workers; this leaves out process start-up and the idle tail while the other finishes
+            by_pid = {}
+            for x in study.get_trials(deepcopy=False):
+                pid = open_run(x.user_attrs["run_id"], runs_dir=tmp / "runs").status["pid"]
+                by_pid.setdefault(pid, []).append(x)
+            steady[w].append(sum(len(ts) / (max(x.datetime_complete for x in ts) - min(x.datetime_start for x in ts)).total_seconds() * 60
+                                 for ts in by_pid.values() if len(ts) > 1))
     s1, s2 = statistics.median(steady[1]), statistics.median(steady[2])
     w1, w2 = statistics.median(wall[1]), statistics.median(wall[2])
     report("workers_2_vs_1", s2 / s1, ">= 1.6", trials_per_min_1=round(s1, 1), trials_per_min_2=round(s2, 1),
