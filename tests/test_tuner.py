@@ -197,3 +197,18 @@ def test_kill_9_mid_trial_retry_resumes_from_checkpoint(tmp_path):
     eq(list(hist["epoch"]), [1, 2, 3, 4, 5, 6])                      # epochs 1-3 came from the checkpoint
     eq(sorted(retry[0].intermediate_values), [1, 2, 3, 4, 5, 6])     # inherited 1-3, reported 4-6
     eq(trial_counts(st)["finished"], 4)
+
+
+def test_out_of_memory_and_nan_are_fail_reasons_and_the_study_goes_on(tmp_path):
+    import torch
+    def objective(params, trial):
+        if trial.number == 0: raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        if trial.number == 1: return float("nan")
+        return params["x"]
+    t = Tuner(SearchSpace().uniform("x", 0, 1), objective, sampler="random", pruner="none", seed=0,
+              storage=f"sqlite:///{tmp_path}/o.db", runs_dir=tmp_path)
+    study = t.optimize(4)
+    reasons = [tr.user_attrs.get("fail_reason") for tr in study.trials]
+    assert reasons[0].startswith("out of memory (OutOfMemoryError)"), reasons[0]
+    assert "is not a finite number" in reasons[1], reasons[1]
+    eq([tr.state for tr in study.trials], [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE])
