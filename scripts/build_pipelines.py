@@ -1,0 +1,108 @@
+"""Write the pipeline notebooks in qtnb/pipelines/ from their parameter classes in qtnb.pipeline.
+
+The parameters cell is generated from the schema (so the notebook's names, defaults and help cannot drift from what
+`qtnb run` validates); the report cells are written here. Run after changing a parameter class:
+    .venv/bin/python scripts/build_pipelines.py
+"""
+import hashlib, types, typing
+from pathlib import Path
+import nbformat
+from qtnb.pipeline import PIPELINES
+
+OUT = Path(__file__).resolve().parent.parent / "qtnb" / "pipelines"
+
+def type_name(ann) -> str:
+    o = typing.get_origin(ann)
+    if o is typing.Literal: return type(typing.get_args(ann)[0]).__name__
+    if o in (typing.Union, types.UnionType):
+        names = [type_name(a) for a in typing.get_args(ann) if a is not type(None)]
+        return names[0]   # papermill reads one type name; the schema holds the rest
+    if o is not None: return o.__name__
+    return getattr(ann, "__name__", str(ann))
+
+def parameters_cell(cls) -> str:
+    lines = [f"# Parameters of the {cls.pipeline} pipeline: `qtnb run {cls.pipeline} -p NAME VALUE` or papermill's -p."]
+    from qtnb.pipeline import PipelineParams
+    base = PipelineParams.model_fields
+    fields = {**{k: f for k, f in cls.model_fields.items() if k not in base}, **{k: cls.model_fields[k] for k in base}}
+    width = max(len(f"{k}: {type_name(f.annotation)} = {f.default!r}") for k, f in fields.items())
+    for k, f in fields.items():
+        choices = typing.get_args(f.annotation) if typing.get_origin(f.annotation) is typing.Literal else None
+        desc = f.description + (f" One of: {', '.join(map(str, choices))}." if choices and len(choices) > 1 else "")
+        lines.append(f"{f'{k}: {type_name(f.annotation)} = {f.default!r}':<{width}}  # {desc}")
+    return "\n".join(lines)
+
+SETUP = """from qtnb.pipeline import {cls}, {fn}, use_static_plotly
+use_static_plotly()  # figures stay visible when this notebook is opened as static HTML
+params = {cls}(**{{k: globals()[k] for k in {cls}.model_fields}})"""
+
+REPORTS = {
+"train": ("Train", "One model trained on one dataset, validated without look-ahead; the run's report.", [
+    ("## Run", "report = train(params)"),
+    ("## Data\n\nWhat was trained on, and how it was split (purged between ranges, so no target reaches into an evaluation range).",
+     "report.data_summary()"),
+    (None, "report.prepared.plot_splits()"),
+    ("## Learning curves", "report.plot_history()"),
+    ("## Predictions against actual\n\nOut of sample: the test range (each fold's test range, stitched, for walk-forward).",
+     "report.plot_predictions()"),
+    ("## Metrics\n\nMetric names are DESIGN.md's; for walk-forward, `test` is the stitched out-of-sample series in return space.",
+     "report.metrics_table()"),
+    ("## Trading\n\nThe model's signal traded on the forward returns, against buy-and-hold.", "report.plot_equity()"),
+    ("## Where it is", "print(report.summary())"),
+]),
+"backtest": ("Backtest", "Walk-forward training and a trading evaluation of the stitched out-of-sample predictions.", [
+    ("## Run", "report = backtest(params)"),
+    ("## Data and folds", "report.data_summary()"),
+    (None, "report.prepared.plot_splits()"),
+    ("## Per-fold metrics\n\nEach fold's model is scored on its own test range; `test` is all of them stitched.",
+     "report.metrics_table()"),
+    ("## Equity and drawdown against buy-and-hold\n\nAfter costs of `cost_bps` per unit turnover; dotted lines mark fold boundaries.",
+     "report.plot_equity()"),
+    ("## Trading metrics", "import pandas as pd\npd.DataFrame({k: report.metrics['backtest'][k] for k in ('strategy', 'buy_hold')})"),
+    ("## Predictions against actual", "report.plot_predictions()"),
+    ("## Learning curves", "report.plot_history()"),
+    ("## Where it is", "print(report.summary())"),
+]),
+"tune": ("Tune", "An Optuna study over a search space; every trial is a run of its own, linked both ways.", [
+    ("## Run\n\nA rerun with the same parameters continues the same study: finished trials are kept.", "report = tune(params)"),
+    ("## Optimization history", "tuner = report.extra['tuner']\ntuner.plot('history')"),
+    ("## Intermediate values\n\nThe objective after each epoch of each trial: what the pruner judged.", "tuner.plot('intermediate')"),
+    ("## Parameter importances", "try: fig = tuner.plot('importances')\nexcept Exception as e: fig = print(f'no importances yet: {e}')\nfig"),
+    ("## Best trial", "import pandas as pd\nbest = report.metrics['study']\nprint(f\"trial {best['best_trial']} (run {best['best_run_id']}): {best['best_value']}\")\npd.Series(best['best_params'], name='best parameters').to_frame()"),
+    ("## Trials\n\nEach trial's run id links it to its run folder (history, checkpoints, metrics).",
+     "cols = [c for c in report.extra['trials'].columns if c in ('number', 'state', 'value', 'duration', 'user_attrs_run_id') or c.startswith('params_')]\nreport.extra['trials'][cols]"),
+    ("## Where it is", "print(report.summary())"),
+]),
+"export": ("Export", "A finished run's model exported, checked against PyTorch, and timed on every backend here.", [
+    ("## Run", "report = export(params)"),
+    ("## Parity\n\nThe exported model against PyTorch eager on the run's own test windows.", "report.metrics['export']"),
+    ("## Latency\n\nBatch-1 latency and batch-256 throughput, measured side by side in this process.", "report.extra['latency']"),
+    (None, "report.extra['figure']"),
+    ("## Where it is", "print(report.summary())"),
+]),
+}
+
+def cell_id(name, i, src): return hashlib.sha1(f"{name}:{i}:{src}".encode()).hexdigest()[:8]
+
+def build(name: str) -> Path:
+    cls = PIPELINES[name]
+    title, blurb, sections = REPORTS[name]
+    cells = [nbformat.v4.new_markdown_cell(
+        f"# {title}\n\n> {blurb}\n\nRun it with `qtnb run {name} -p NAME VALUE ...` (the run lands in `runs/<run_id>/`, "
+        f"this notebook as `notebook.ipynb`), or with `papermill qtnb/pipelines/{name}.ipynb out.ipynb -p NAME VALUE`. "
+        f"`papermill --help-notebook qtnb/pipelines/{name}.ipynb` lists the parameters.")]
+    p = nbformat.v4.new_code_cell(parameters_cell(cls)); p.metadata["tags"] = ["parameters"]
+    cells += [p, nbformat.v4.new_code_cell(SETUP.format(cls=cls.__name__, fn=name))]
+    for md, src in sections:
+        if md: cells.append(nbformat.v4.new_markdown_cell(md))
+        cells.append(nbformat.v4.new_code_cell(src))
+    nb = nbformat.v4.new_notebook(cells=cells)
+    nb.metadata = {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+                   "language_info": {"name": "python"}}
+    for i, c in enumerate(nb.cells): c.id = cell_id(name, i, c.source)
+    out = OUT / f"{name}.ipynb"
+    nbformat.write(nb, out)
+    return out
+
+if __name__ == "__main__":
+    for n in PIPELINES: print(build(n))
