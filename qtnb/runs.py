@@ -1,4 +1,4 @@
-"""The run store: one folder per training run, holding its status, config, per-epoch history, final metrics, lineage and checkpoints, every file written atomically.
+"""The run store: one folder per training run, holding its status, config, per-epoch history, final metrics, lineage and checkpoints, every file written atomically; and the model registry over it.
 
 Docs: https://qtnb.github.io/qtnb/runs.html.md"""
 
@@ -6,7 +6,7 @@ Docs: https://qtnb.github.io/qtnb/runs.html.md"""
 
 # %% ../nbs/10_runs.ipynb #6ca16f9a
 from __future__ import annotations
-import csv, difflib, io, json, math, os, pickle, platform, random, re, secrets, shutil, socket, subprocess, sys, tempfile, time
+import contextlib, csv, difflib, hashlib, io, json, math, os, pickle, platform, random, re, secrets, shutil, socket, subprocess, sys, tempfile, time
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
@@ -21,9 +21,12 @@ from .config import atomic_write, read_yaml, runs_dir as default_runs_dir
 from .errors import ConfigError, QtnbError
 
 # %% auto #0
-__all__ = ['RUN_STATES', 'FINISHED_STATES', 'LINEAGE_PACKAGES', 'KEY_METRICS', 'LIST_COLUMNS', 'RunError', 'RunNotFound', 'plain',
-           'sanitize_name', 'new_run_id', 'Run', 'create_run', 'open_run', 'lineage_info', 'rng_state', 'set_rng_state',
-           'list_runs', 'compare_runs', 'delete_run']
+__all__ = ['RUN_STATES', 'FINISHED_STATES', 'LINEAGE_PACKAGES', 'KEY_METRICS', 'LIST_COLUMNS', 'REGISTRY_FILE', 'REGISTRY_FORMAT',
+           'STAGES', 'REGISTRABLE_STATES', 'LINEAGE_KEYS', 'VERSION_COLUMNS', 'VERSION_METRICS', 'RunError',
+           'RunNotFound', 'plain', 'sanitize_name', 'new_run_id', 'Run', 'create_run', 'open_run', 'lineage_info',
+           'rng_state', 'set_rng_state', 'list_runs', 'compare_runs', 'RegistryError', 'VersionNotFound',
+           'check_model_name', 'check_stage', 'parse_ref', 'register_version', 'set_stage', 'resolve_version',
+           'model_versions', 'load_version', 'save_estimator', 'delete_run']
 
 # %% ../nbs/10_runs.ipynb #d6ee5e8a
 RUN_STATES = ("running", "completed", "failed", "stopped", "pruned")
@@ -449,10 +452,316 @@ def compare_runs(ids: Iterable[str | Run], *, metrics: Iterable[str] | None = No
     for row, p in zip(rows, params): row.update({k: p.get(k) for k in differ})
     return pd.DataFrame(rows).set_index("id")
 
+# %% ../nbs/10_runs.ipynb #57dbbf3a
+REGISTRY_FILE = "registry.json"
+REGISTRY_FORMAT = "qtnb-registry-1"
+STAGES = ("none", "staging", "production", "archived")
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_REF = re.compile(r"^([^@]+?)(?:@([^@]+))?$")
+_NAME_RULE = "letters, digits, '-', '_' and '.', starting with a letter or digit, at most 64 (e.g. 'sp500-mlp')"
+
+class RegistryError(RunError):
+    "A registered model version cannot be found, staged or loaded as asked."
+
+class VersionNotFound(RegistryError, LookupError):
+    "No registered model or version matches the reference."
+
+def check_model_name(name: str) -> str:
+    "`name` when it is a valid registered-model name; `ConfigError` saying what is allowed otherwise."
+    if not isinstance(name, str) or not _MODEL_NAME.match(name):
+        raise ConfigError(f"model name {name!r} is invalid; use {_NAME_RULE}")
+    return name
+
+def check_stage(stage: str) -> str:
+    "`stage` when it is one of `STAGES`; `ConfigError` listing them otherwise."
+    if stage not in STAGES: raise ConfigError(f"stage {stage!r} is unknown; use one of {', '.join(STAGES)}")
+    return stage
+
+def parse_ref(ref: str) -> tuple[str, str]:
+    "A model reference split into (name, selector): `name@3` -> ('name', '3'); plain `name` -> ('name', 'latest')."
+    m = _REF.match(ref) if isinstance(ref, str) else None
+    sel = (m[2] or "latest") if m else ""
+    if not m or not _MODEL_NAME.match(m[1]) or not (sel.isdigit() or sel in ("latest", *STAGES[1:])):
+        raise ConfigError(f"model reference {ref!r} is invalid; use name, name@<version>, name@latest or "
+                          f"name@production|staging|archived (e.g. 'sp500-mlp@3')")
+    return m[1], sel
+
+# %% ../nbs/10_runs.ipynb #15120aa5
+def _empty_registry() -> dict: return {"format": REGISTRY_FORMAT, "models": {}}
+
+def _read_registry(root: Path) -> dict:
+    p = root / REGISTRY_FILE
+    data = _read_json(p, "model registry")
+    if not data: return _empty_registry()
+    models = data.get("models")
+    if not isinstance(models, dict) or not all(isinstance(m, dict) and isinstance(m.get("versions"), list) for m in models.values()):
+        raise RegistryError(f"model registry {p} has no valid 'models' mapping; restore it from a backup or delete it")
+    return data
+
+@contextlib.contextmanager
+def _registry_lock(root: Path):
+    import fcntl
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".registry.lock", "a+b") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)      # released when the file closes, even if this process dies
+        yield
+
+@contextlib.contextmanager
+def _registry_update(root: Path):
+    "Read registry.json under the store's exclusive lock, let the block change it, write it back atomically if it did (never on error)."
+    with _registry_lock(root):
+        data = _read_registry(root)
+        before = json.dumps(data, sort_keys=True, default=str)
+        yield data
+        if json.dumps(data, sort_keys=True, default=str) != before:       # unchanged: no write
+            data["updated"] = _now()
+            atomic_write(root / REGISTRY_FILE, _dump_json(data))
+
+def _sha256(data: bytes) -> str: return hashlib.sha256(data).hexdigest()
+
+def _file_info(run: Run, rel: str) -> dict:
+    p = run.path / rel
+    data = p.read_bytes()
+    return {"path": rel, "sha256": _sha256(data), "bytes": len(data)}
+
+# %% ../nbs/10_runs.ipynb #371d9934
+REGISTRABLE_STATES = ("completed", "stopped")
+LINEAGE_KEYS = ("git_commit", "git_dirty", "packages", "data_fingerprint", "config_hash", "seed")
+
+def _model_params(params: dict) -> dict | None:
+    "The model config in a run's params: nested (model: {name: ...}) or flat (model: name, model_params: {...})."
+    m = params.get("model")
+    if isinstance(m, str): m = {"name": m, **(params.get("model_params") or {})}
+    if not isinstance(m, dict) or not m.get("name"): return None
+    m = dict(m)
+    data = params.get("data") if isinstance(params.get("data"), dict) else params
+    if data.get("target") == "direction": m.setdefault("task", "classification")
+    return m
+
+def _model_family(name: str) -> str | None:
+    from qtnb.models.core import model_entry
+    try: return model_entry(name).family
+    except Exception: return None      # a plugin that is not installed here: the name is still recorded
+
+def _next_version(entry: dict) -> int:
+    return max([int(entry.get("last_version") or 0)] + [int(v["version"]) for v in entry["versions"]]) + 1
+
+def _archive_others(versions: list, keep: dict, stage: str) -> list[int]:
+    moved = []
+    for v in versions:
+        if v is not keep and v.get("stage") == stage:
+            v.update(stage="archived", stage_changed=_now()); moved.append(v["version"])
+    return moved
+
+def register_version(run_id_or_run: str | Run, name: str, *,
+                     stage: str | None = None,         # none (default), staging, production or archived
+                     description: str | None = None,
+                     runs_dir: str | Path | None = None) -> dict:
+    "Register the model of a finished run as the next version of `name` in the store's registry.json; its entry."
+    check_model_name(name)
+    stage = check_stage(stage) if stage is not None else "none"
+    run = open_run(run_id_or_run, runs_dir=runs_dir)
+    root = run.path.parent if runs_dir is None else _root(runs_dir)     # the registry lives in the run's own store
+    if run.path.parent != root:
+        raise RegistryError(f"run {run.id} is in {run.path.parent}, not in run store {root}; pass runs_dir={str(run.path.parent)!r}")
+    state = run.status.get("state")
+    if state not in REGISTRABLE_STATES:
+        raise RegistryError(f"run {run.id} is {state}; only a completed or stopped run can be registered: wait for it to "
+                            f"finish, or train it again")
+    params = run.params
+    model = _model_params(params)
+    if model is None:
+        raise RegistryError(f"run {run.id}'s params.yaml names no model (params.model), so its model cannot be rebuilt; "
+                            f"train it from a model config (Trainer({{'name': 'mlp'}}, run=run))")
+    if (run.checkpoint_dir / "best.pt").is_file(): kind, rel = "torch", "checkpoints/best.pt"
+    elif (run.path / "model.pkl").is_file(): kind, rel = "estimator", "model.pkl"
+    else:
+        raise RegistryError(f"run {run.id} has no model artifact (checkpoints/best.pt or model.pkl); train torch models "
+                            f"with a run, and save estimators with save_estimator(run, model)")
+    if kind == "torch" and not isinstance(params.get("inputs"), dict) and not isinstance(params.get("data"), dict):
+        raise RegistryError(f"run {run.id}'s params.yaml records neither the model's inputs nor a data config, so its model "
+                            f"cannot be rebuilt; train it again with this qtnb")
+    metrics, lineage = run.metrics, run.lineage
+    entry = dict(name=name, version=None, run_id=run.id, stage=stage, created=_now(), description=description,
+                 model=dict(name=model["name"], family=_model_family(model["name"]), task=model.get("task")),
+                 artifact=dict(kind=kind, **_file_info(run, rel)),
+                 onnx=_file_info(run, "model.onnx") if (run.path / "model.onnx").is_file() else None,
+                 metrics={k: metrics[k] for k in ("val", "test") if isinstance(metrics.get(k), dict)},
+                 lineage={k: lineage.get(k) for k in LINEAGE_KEYS})
+    with _registry_update(root) as reg:
+        if not (run.path / "status.json").is_file():      # deleted while the files were hashed
+            raise RunNotFound(f"run {run.id} was deleted while it was being registered; register another run")
+        m = reg["models"].setdefault(name, {"last_version": 0, "versions": []})
+        entry["version"] = m["last_version"] = _next_version(m)
+        m["versions"].append(entry)
+        if stage in ("production", "staging"): _archive_others(m["versions"], entry, stage)
+    return plain(entry, finite=True)
+
+# %% ../nbs/10_runs.ipynb #e7abf867
+def _versions_text(versions: list) -> str:
+    return ", ".join(f"{v['version']} ({v.get('stage', 'none')})" for v in versions) or "none"
+
+def _find(reg: dict, ref: str, root: Path) -> dict:
+    "The entry `ref` names in the registry `reg` (the dict itself, so a caller may change it)."
+    name, sel = parse_ref(ref)
+    models = reg["models"]
+    if name not in models or not models[name]["versions"]:
+        known = [k for k, m in models.items() if m["versions"]]
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+        hint = (f"did you mean {', '.join(close)}? " if close else "") + (f"known models: {', '.join(sorted(known))}" if known
+                else "the registry is empty; register one with register_version(run_id, name)")
+        raise VersionNotFound(f"no model named {name!r} in {root / REGISTRY_FILE}; {hint}")
+    vs = sorted(models[name]["versions"], key=lambda v: v["version"])
+    if sel == "latest": return vs[-1]
+    if sel.isdigit():
+        hit = [v for v in vs if v["version"] == int(sel)]
+        if not hit: raise VersionNotFound(f"{name} has no version {sel}; versions: {', '.join(str(v['version']) for v in vs)}")
+        return hit[0]
+    hit = [v for v in vs if v.get("stage") == sel]
+    if not hit:
+        raise VersionNotFound(f"{name} has no version in stage {sel!r}; versions: {_versions_text(vs)}; "
+                              f"move one there with set_stage('{name}@{vs[-1]['version']}', '{sel}')")
+    return hit[-1]                                        # the newest, should several share the stage
+
+def set_stage(ref: str, stage: str, *,
+              archive_existing: bool = True, # moving to production or staging archives the version that held that stage
+              runs_dir: str | Path | None = None) -> dict:
+    "Move the version `ref` names (e.g. 'sp500-mlp@3') to `stage` (none, staging, production, archived); its entry."
+    check_stage(stage)
+    parse_ref(ref)
+    root = _root(runs_dir)
+    with _registry_update(root) as reg:
+        entry = _find(reg, ref, root)
+        entry.update(stage=stage, stage_changed=_now())
+        if archive_existing and stage in ("production", "staging"):
+            _archive_others(reg["models"][entry["name"]]["versions"], entry, stage)
+    return plain(entry, finite=True)
+
+# %% ../nbs/10_runs.ipynb #56cf6c50
+def resolve_version(ref: str, *, runs_dir: str | Path | None = None) -> dict:
+    "The registry entry of `ref`: `name@3`, `name@production` (or staging, archived), `name@latest`, or `name` (latest)."
+    parse_ref(ref)
+    root = _root(runs_dir)
+    return plain(_find(_read_registry(root), ref, root), finite=True)
+
+VERSION_COLUMNS = ("name", "version", "stage", "run_id", "created", "model", "description")
+VERSION_METRICS = ("loss", "mse", "r2", "accuracy", "sharpe")
+
+def model_versions(name: str | None = None, *, runs_dir: str | Path | None = None) -> pd.DataFrame:
+    "One row per registered version (all models, or `name`'s): name, version, stage, run, time, model and key metrics."
+    root = _root(runs_dir)
+    reg = _read_registry(root)
+    if name is not None: _find(reg, check_model_name(name), root)          # unknown name: the error lists the known ones
+    rows = []
+    for n, m in sorted(reg["models"].items()):
+        if name is not None and n != name: continue
+        for v in sorted(m["versions"], key=lambda v: v["version"]):
+            row = {k: v.get(k) for k in VERSION_COLUMNS}
+            row["model"] = (v.get("model") or {}).get("name")
+            for split in ("val", "test"):
+                for k, x in ((v.get("metrics") or {}).get(split) or {}).items():
+                    if k in VERSION_METRICS: row[f"{split}.{k}"] = float("nan") if x is None else x
+            rows.append(row)
+    if not rows: return pd.DataFrame(columns=list(VERSION_COLUMNS))
+    df = pd.DataFrame(rows)
+    metric_cols = [f"{s}.{k}" for s in ("val", "test") for k in VERSION_METRICS if f"{s}.{k}" in df]
+    return df[list(VERSION_COLUMNS) + metric_cols]
+
+# %% ../nbs/10_runs.ipynb #e5f6b15e
+def _weights(ckpt) -> dict | None:
+    "The model's state dict in a checkpoint: a trainer state ({'model': ...}) or a bare state dict."
+    if isinstance(ckpt, dict):
+        for k in ("model", "model_state", "state_dict", "model_state_dict"):
+            if isinstance(ckpt.get(k), dict): return ckpt[k]
+        if ckpt and all(hasattr(v, "shape") for v in ckpt.values()): return ckpt
+    return None
+
+def _inputs(run: Run, params: dict) -> dict:
+    "What the model was built for: params' `inputs` (written by the Trainer), else from preparing the run's data again."
+    inp = params.get("inputs")
+    if isinstance(inp, dict) and inp.get("n_features") and inp.get("seq_len"): return inp
+    from qtnb.data import DataConfig, prepare
+    data = params.get("data") if isinstance(params.get("data"), dict) else {k: v for k, v in params.items() if k in DataConfig.model_fields}
+    if not data: raise RegistryError(f"run {run.id}'s params.yaml records neither the model's inputs nor its data; it cannot be rebuilt")
+    prep = prepare(data, cache=False)
+    return {"n_features": len(prep.feature_names), "seq_len": prep.config.seq_len, "feature_names": list(prep.feature_names)}
+
+def _read_artifact(run: Run, entry: dict, ref: str) -> bytes:
+    a = entry["artifact"]
+    p = run.path / a["path"]
+    if not p.is_file(): raise RegistryError(f"{ref}: {p} is gone; restore it, or register another run")
+    data = p.read_bytes()                                 # hashed and loaded from the same bytes: no swap in between
+    if _sha256(data) != a["sha256"]:
+        raise RegistryError(f"{ref}: {p} changed since it was registered (sha256 {_sha256(data)[:12]}, registered "
+                            f"{a['sha256'][:12]}); restore the file, or register the run again as a new version")
+    return data
+
+def load_version(ref: str, *, runs_dir: str | Path | None = None,
+                 map_location: Any = "cpu") -> Any: # torch models: where the weights go
+    "The model `ref` names, ready to predict (torch: rebuilt, weights loaded, eval mode; estimators: unpickled)."
+    root = _root(runs_dir)
+    entry = resolve_version(ref, runs_dir=root)
+    ref = f"{entry['name']}@{entry['version']}"
+    try: run = open_run(entry["run_id"], runs_dir=root)
+    except RunNotFound: raise RegistryError(f"{ref}: its run {entry['run_id']} is no longer in {root}; register another run") from None
+    data = _read_artifact(run, entry, ref)
+    if entry["artifact"]["kind"] == "estimator":
+        try: model = pickle.loads(data)
+        except Exception as e:
+            raise RegistryError(f"{ref}: model.pkl cannot be unpickled here ({type(e).__name__}: "
+                                f"{(str(e).splitlines() or [''])[0][:80]}); install the packages it was saved with") from None
+    else:
+        import torch
+        from qtnb.models.core import create_model
+        params = run.params
+        inp = _inputs(run, params)
+        model = create_model(_model_params(params), n_features=inp["n_features"], seq_len=inp["seq_len"])
+        try: sd = _weights(torch.load(io.BytesIO(data), map_location=map_location, weights_only=True))
+        except Exception as e:
+            raise RegistryError(f"{ref}: {entry['artifact']['path']} cannot be loaded ({type(e).__name__}); register another run") from None
+        if sd is None: raise RegistryError(f"{ref}: {entry['artifact']['path']} holds no model weights; register another run")
+        try: model.load_state_dict(sd)
+        except RuntimeError as e:
+            raise RegistryError(f"{ref}: the weights do not fit the run's {entry['model']['name']} config "
+                                f"({(str(e).splitlines() or [''])[0][:120]}); register another run") from None
+        if isinstance(map_location, (str, torch.device)): model.to(map_location)
+        model.eval()
+    try: model.qtnb_version = entry
+    except Exception: pass                                 # a model class with __slots__: the entry is still resolve_version's
+    return model
+
+# %% ../nbs/10_runs.ipynb #b0c23895
+def save_estimator(run: str | Run, model, *, runs_dir: str | Path | None = None) -> Path:
+    "Pickle a fitted estimator (an `EstimatorModel`: linear, XGBoost, ensemble) to the run's model.pkl, atomically."
+    from qtnb.models.core import EstimatorModel, is_torch_model
+    run = open_run(run, runs_dir=runs_dir)
+    if is_torch_model(model):
+        raise RunError(f"{type(model).__name__} is a torch model: the trainer saves it as checkpoints/best.pt; "
+                       f"save_estimator is for estimators (linear, xgboost, ensembles)")
+    if not isinstance(model, EstimatorModel):
+        raise RunError(f"save_estimator needs a qtnb EstimatorModel, not a {type(model).__name__}; build it with create_model")
+    if not model.is_fitted: raise RunError(f"the {model.name} estimator is not fitted; fit it (Trainer(...).fit) before saving")
+    try: data = pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as e:
+        raise RunError(f"the {model.name} estimator cannot be pickled ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:80]}); "
+                       f"keep lambdas and open files out of it") from None
+    return atomic_write(run.artifact("model.pkl"), data)
+
+# %% ../nbs/10_runs.ipynb #cec22e94
+def _registered(reg: dict, run_id: str) -> list[str]:
+    return [f"{n}@{v['version']}" for n, m in sorted(reg["models"].items()) for v in m["versions"] if v.get("run_id") == run_id]
+
 def delete_run(run_id: str | Run, *, runs_dir: str | Path | None = None,
-               force: bool = False) -> None: # also delete a run whose status is still 'running' (a crashed run)
-    "Delete a run folder and everything in it."
+               force: bool = False) -> None: # also delete a run still marked running (a crash), or one registered versions use
+    "Delete a run folder and everything in it (with `force`, the registered versions that used it go too)."
     run = open_run(run_id, runs_dir=runs_dir)
     if run.status.get("state") == "running" and not force:
         raise RunError(f"run {run.id} is marked running; stop it first, or pass force=True if it crashed")
-    shutil.rmtree(run.path)
+    root = run.path.parent
+    with _registry_update(root) as reg:                   # under the lock: nobody registers the run while it goes
+        used = _registered(reg, run.id)
+        if used and not force:
+            raise RunError(f"run {run.id} holds the registered model versions {', '.join(used)}; register a replacement "
+                           f"and archive them, or pass force=True to delete the run and those versions")
+        shutil.rmtree(run.path)
+        for m in reg["models"].values(): m["versions"] = [v for v in m["versions"] if v.get("run_id") != run.id]

@@ -579,9 +579,14 @@ def _run_start(self: Trainer, train: Windows, data_fingerprint: str | None) -> N
     mcfg = getattr(self.model, "config", None)
     params = {**self.run.params, "train": self.config.model_dump(mode="json")}
     if mcfg is not None and hasattr(mcfg, "model_dump"): params["model"] = mcfg.model_dump(mode="json")
+    params.pop("inputs", None)
+    chash = _config_hash(params)               # the config alone: the inputs below follow from it and the data
+    # what the model was built for, so qtnb.runs.load_version can rebuild it without preparing the data again
+    params["inputs"] = {"n_features": train.n_features, "seq_len": train.seq_len,
+                        "feature_names": list(train.feature_names) or None, "task": train.task, "n_outputs": train.n_outputs}
     self.run.write_params(params)
     self.run.set_status("running")
-    self.run.write_lineage(seed=self.config.seed, data_fingerprint=data_fingerprint, config_hash=_config_hash(params))
+    self.run.write_lineage(seed=self.config.seed, data_fingerprint=data_fingerprint, config_hash=chash)
 
 def _sync_history(self: Trainer) -> None:
     "After a resume, history.csv holds exactly the checkpoint's rows (an epoch logged after it is dropped)."
