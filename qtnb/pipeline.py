@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from pydantic import field_validator
 from .config import QtnbConfig, param, atomic_write, read_yaml, load_settings, runs_dir as default_runs_dir
 from .errors import ConfigError, DataError, QtnbError
 
@@ -36,6 +37,10 @@ class PipelineParams(QtnbConfig):
     run_name: str | None = param(None, description="Name inside the run id (default: the pipeline and model).", group="run")
     run_id: str | None = param(None, description="Set by `qtnb run`: the run folder to write into; None makes a new run.", group="run", advanced=True)
     runs_dir: str | None = param(None, description="The run store (default: settings.ini's [storage] runs_dir).", group="run", advanced=True)
+
+    @field_validator("runs_dir", mode="before")
+    @classmethod
+    def _path_str(cls, v): return str(v) if isinstance(v, Path) else v
 
     def check(self) -> "PipelineParams":
         "Checks that need more than one field or the model registry; returns self."
@@ -189,11 +194,19 @@ def _accepts(ann, kind) -> bool:
     if o in (typing.Union, types.UnionType): return any(_accepts(a, kind) for a in typing.get_args(ann))
     return False
 
+def _number(v):
+    "A string that reads as a number (YAML 1.1 misses `1e-3`) as that number; anything else unchanged."
+    if not isinstance(v, str): return v
+    for kind in (int, float):
+        try: return kind(v)
+        except ValueError: pass
+    return v
+
 def parse_value(cls: type[PipelineParams], name: str, raw: str) -> Any:
     "The typed value of parameter `name` of pipeline `cls` given as the command-line string `raw`."
     if name not in cls.model_fields: return raw
     ann = cls.model_fields[name].annotation
-    try: v = yaml.safe_load(raw) if raw.strip() else raw
+    try: v = _number(yaml.safe_load(raw)) if raw.strip() else raw
     except yaml.YAMLError: v = raw
     if _accepts(ann, list) and isinstance(v, str) and not _accepts(ann, str): return [s.strip() for s in v.split(",") if s.strip()]
     if _accepts(ann, str) and v is not None and not isinstance(v, (str, list, dict)): return raw
@@ -713,7 +726,7 @@ def parse_grid(values: str) -> list:
     try: out = yaml.safe_load(f"[{values}]")
     except yaml.YAMLError as e: raise ConfigError(f"grid values {values!r} are not a comma-separated list: {getattr(e, 'problem', e)}") from None
     if not out: raise ConfigError(f"grid values {values!r} are empty; give v1,v2,...")
-    return out
+    return [_number(v) for v in out]
 
 def grid_combinations(grid: dict[str, list]) -> list[dict]:
     "Every combination of the grid's values, as parameter mappings."
