@@ -208,6 +208,7 @@ def cmd_lab(args) -> int:
     if nb is not None: cmd += [f"--ServerApp.root_dir={nb.parent.parent}", str(nb.relative_to(nb.parent.parent))]
     if args.port: cmd.append(f"--port={args.port}")
     if args.no_browser: cmd.append("--no-browser")
+    if hasattr(os, "geteuid") and os.geteuid() == 0: cmd.append("--allow-root")   # containers and CI run as root
     cmd += list(getattr(args, "extra", []))
     if args.print_command: _echo(" ".join(cmd)); return 0
     if nb is None: print("qtnb: no tutorial notebook found (it ships with a qtnb checkout); opening JupyterLab here", file=sys.stderr)

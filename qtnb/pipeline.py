@@ -483,7 +483,7 @@ def _data_summary(self: Report) -> pd.DataFrame:
             ("symbols", ", ".join(map(str, pd.unique(f[P.symbol_col]))) if P.symbol_col else "one series"),
             ("features", ", ".join(P.feature_names)), ("target", f"{P.config.target} at horizon {P.config.horizon}"),
             ("windows", f"seq_len {P.config.seq_len}, purge {P.config.effective_purge}, embargo {P.config.embargo}")]
-    if "optimal_r2" in f.attrs: rows.append(("best achievable R^2", f"{f.attrs['optimal_r2']:.4f}"))
+    if f.attrs.get("optimal_r2") is not None: rows.append(("best achievable R^2", f"{f.attrs['optimal_r2']:.4f}"))
     for fr in self.folds:
         rows.append((fr.name, "; ".join(f"{k} {v[0]}..{v[1]}" for k, v in fr.ranges.items() if v)))
     return pd.DataFrame(rows, columns=["", "value"]).set_index("")
