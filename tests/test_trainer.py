@@ -250,8 +250,14 @@ def test_stop_from_another_thread_marks_run_stopped(tmp_path):
         def on_train_epoch_end(self, t, m): time.sleep(0.03)
     tr = Trainer(mlp(), run=run, callbacks=[Slow()], num_epochs=1000, **FAST)
     h = fit_in_background(tr, TR, VA)
-    time.sleep(0.5); tr.request_pause(); time.sleep(0.2)
-    eq(tr.state, "paused"); e = tr.epoch; time.sleep(0.2); eq(tr.epoch, e)
+    def wait(cond, what, limit=30):
+        deadline = time.time() + limit
+        while not cond():
+            assert time.time() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.01)
+    wait(lambda: tr.epoch >= 2, "two epochs")            # the first optimizer set-up can take seconds on a busy machine
+    tr.request_pause(); wait(lambda: tr.state == "paused", "the pause")
+    e = tr.epoch; time.sleep(0.2); eq(tr.epoch, e)
     tr.resume(); time.sleep(0.1); tr.request_stop()
     res = h.join(20)
     eq((res.state, run.status["state"], h.done), ("stopped", "stopped", True))
