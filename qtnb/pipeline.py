@@ -705,6 +705,9 @@ def run_pipeline(pipeline: str, params: dict | None = None, *, yaml_path: str | 
         pm.execute_notebook(str(pipeline_notebook(pipeline)), str(out), parameters=inject, progress_bar=progress_bar,
                             stdout_file=stdout or sys.stdout, stderr_file=stderr or sys.stderr, cwd=os.getcwd(),
                             start_timeout=start_timeout, kernel_name="python3",
+                            # a saved notebook carries plotly.js (~5 MB): saving it after every cell cost ~8 s a run;
+                            # papermill still saves every 30 s while a cell runs, at the end, and on failure
+                            request_save_on_cell_execute=False,
                             extra_arguments=["--IPKernelApp.log_level=ERROR"])   # no transport notice per kernel
     except KeyboardInterrupt:
         run.set_status("stopped", error="interrupted (Ctrl-C)"); raise

@@ -67,7 +67,7 @@ REPORTS = {
     ("## Run\n\nA rerun with the same parameters continues the same study: finished trials are kept.", "report = tune(params)"),
     ("## Optimization history", "tuner = report.extra['tuner']\ntuner.plot('history')"),
     ("## Intermediate values\n\nThe objective after each epoch of each trial: what the pruner judged.", "tuner.plot('intermediate')"),
-    ("## Parameter importances", "try: fig = tuner.plot('importances')\nexcept Exception as e: fig = print(f'no importances yet: {e}')\nfig"),
+    ("## Parameter importances", "from qtnb.errors import TuningError\ntry: fig = tuner.plot('importances')\nexcept TuningError as e: fig = None; print(f'no importances yet ({e})')\nfig"),
     ("## Best trial", "import pandas as pd\nbest = report.metrics['study']\nprint(f\"trial {best['best_trial']} (run {best['best_run_id']}): {best['best_value']}\")\npd.Series(best['best_params'], name='best parameters').to_frame()"),
     ("## Trials\n\nEach trial's run id links it to its run folder (history, checkpoints, metrics).",
      "cols = [c for c in report.extra['trials'].columns if c in ('number', 'state', 'value', 'duration', 'user_attrs_run_id') or c.startswith('params_')]\nreport.extra['trials'][cols]"),

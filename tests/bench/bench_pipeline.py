@@ -37,7 +37,8 @@ def command(epochs: int) -> float:
 def emit(figure, value, goal=None, **extra):
     print(json.dumps({"figure": figure, "value": round(value, 4), **({"goal": goal} if goal else {}), **extra}), flush=True)
 
-per_epoch = in_process(2) / 2                      # warms the feature cache and torch, and calibrates
+in_process(1)                                       # warms the feature cache and torch
+per_epoch = in_process(3) / 3                       # calibrates
 epochs = max(2, round(TARGET_S / per_epoch))
 a, b = [], []
 for _ in range(2):                                  # A B A B
