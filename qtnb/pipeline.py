@@ -22,7 +22,7 @@ from .errors import ConfigError, DataError, QtnbError
 # %% auto #0
 __all__ = ['PIPELINES', 'resolve_runs_dir', 'PipelineParams', 'TrainParams', 'BacktestParams', 'TuneParams', 'ExportParams',
            'default_search_space', 'parse_value', 'pipeline_class', 'check_params', 'check_runs_dir', 'pipeline_run',
-           'EpochLog', 'FoldResult', 'fold_predictions', 'stitch', 'oos_metrics', 'train_folds', 'mean_metrics',
+           'say', 'EpochLog', 'FoldResult', 'fold_predictions', 'stitch', 'oos_metrics', 'train_folds', 'mean_metrics',
            'train', 'use_static_plotly', 'Report', 'backtest', 'tune', 'latest_model_run', 'export', 'PipelineFailed',
            'pipeline_notebook', 'run_pipeline', 'parse_grid', 'grid_combinations', 'sweep', 'sweep_figure']
 
@@ -246,8 +246,12 @@ def pipeline_run(p: PipelineParams, name: str | None = None):
     run.set_status("running")
     return run
 
-# %% ../nbs/12_pipeline.ipynb #2ba6c9ce
+# %% ../nbs/12_pipeline.ipynb #42f35713
 from .callbacks import Callback
+
+def say(*msg) -> None:
+    "Print a progress line: flushed at once in a terminal; in a kernel left to ipykernel's own flushing (a flush there blocks the fit)."
+    print(*msg, flush=not type(sys.stdout).__module__.startswith("ipykernel"))
 
 class EpochLog(Callback):
     "Print one line per epoch (losses, the monitored metric, seconds): text progress for papermill and terminals."
@@ -258,7 +262,7 @@ class EpochLog(Callback):
         if e % self.every and not trainer.should_stop: return
         keys = dict.fromkeys(["train_loss", "val_loss", trainer.monitor])
         vals = "  ".join(f"{k} {metrics[k]:.4g}" for k in keys if isinstance(metrics.get(k), (int, float)))
-        print(f"{self.prefix}epoch {e}/{trainer.config.num_epochs}  {vals}  {time.perf_counter() - self.t0:.1f}s", flush=True)
+        say(f"{self.prefix}epoch {e}/{trainer.config.num_epochs}  {vals}  {time.perf_counter() - self.t0:.1f}s")
 
 # %% ../nbs/12_pipeline.ipynb #5f1fe2d0
 @dataclass
@@ -341,8 +345,8 @@ def train_folds(prep, model_cfg: dict, train_cfg, *, run=None, folds=None, verbo
             sub = create_run(f"fold{k}", runs_dir=Path(run.path) / "folds",
                              params={"parent": run.id, "fold": k, "data": prep.config.model_dump(mode="json")})
         cbs = [EpochLog(prefix=f"[{fold.name}] " if many else "", every=1)] if verbose else []
-        if verbose: print(f"{fold.name}: {len(fold.train)} training windows, "
-                          f"{len(fold.val) if fold.val is not None else 0} validation, {len(fold.test) if fold.test is not None else 0} test", flush=True)
+        if verbose: say(f"{fold.name}: {len(fold.train)} training windows, "
+                          f"{len(fold.val) if fold.val is not None else 0} validation, {len(fold.test) if fold.test is not None else 0} test")
         trainer, res = fit_fold(fold, model_cfg, train_cfg, run=sub, callbacks=cbs)
         w = fold.test if fold.test is not None else fold.val
         pred = fold_predictions(trainer, fold, w, index=k) if w is not None else pd.DataFrame()
@@ -409,8 +413,8 @@ def train(p: TrainParams | dict | None = None, *, verbose: bool = True, cost_bps
     with _failing(run):
         prep = prepare(dc)
         run.write_params({**run.params, "data": dc.model_dump(mode="json"), "model": mcfg, "train": tcfg.model_dump(mode="json")})
-        if verbose: print(f"run {run.id}: {p.model} on {p.data}, {p.validation}, {len(prep.folds)} fold(s), "
-                          f"{len(prep.feature_names)} features", flush=True)
+        if verbose: say(f"run {run.id}: {p.model} on {p.data}, {p.validation}, {len(prep.folds)} fold(s), "
+                          f"{len(prep.feature_names)} features")
         many = len(prep.folds) > 1
         folds = train_folds(prep, mcfg, tcfg, run=run, verbose=verbose)
         last = folds[-1]
@@ -594,10 +598,10 @@ def tune(p: TuneParams | dict | None = None, *, verbose: bool = True, **params) 
         tuner = p.tuner(runs_dir=Path(run.path).parent)
         run.write_params({**run.params, "study": {"name": tuner.study_name, "storage": tuner.storage.display(),
                                                   "objectives": tuner.objectives, "space": tuner.space.to_dict()}})
-        if verbose: print(f"run {run.id}: study {tuner.study_name!r} on {tuner.storage.display()}, {p.n_trials} trials", flush=True)
+        if verbose: say(f"run {run.id}: study {tuner.study_name!r} on {tuner.storage.display()}, {p.n_trials} trials")
         def log(study, trial):
-            if verbose: print(f"trial {trial.number}: {trial.state.name} {trial.values if trial.values else ''} "
-                              f"{trial.user_attrs.get('run_id', '')}", flush=True)
+            if verbose: say(f"trial {trial.number}: {trial.state.name} {trial.values if trial.values else ''} "
+                              f"{trial.user_attrs.get('run_id', '')}")
         tuner.optimize(p.n_trials, timeout=p.timeout, workers=p.workers, callbacks=[log] if p.workers == 1 else ())
         stats = tuner.statistics()
         best = tuner.best_trial()
@@ -636,7 +640,7 @@ def export(p: ExportParams | dict | None = None, *, verbose: bool = True, **para
     run = pipeline_run(p.model_copy(update={"runs_dir": str(root)}), f"export-{src.name}")
     with _failing(run):
         run.write_params({**run.params, "source_run": src.id})
-        if verbose: print(f"run {run.id}: exporting {src.id} to {p.format} {p.precision}", flush=True)
+        if verbose: say(f"run {run.id}: exporting {src.id} to {p.format} {p.precision}")
         path = export_run(src.id, format=p.format, precision=p.precision, runs_dir=root)
         from qtnb.export import _run_configs, _state_dict
         data_cfg, model_cfg = _run_configs(src.params)
