@@ -313,11 +313,39 @@ class TimeBudget(Callback):
 # %% ../nbs/05_callbacks.ipynb #03978676
 class PruningCallback(Callback):
     "Report `monitor` to an Optuna `trial` each epoch; prune (raise optuna.TrialPruned) when its pruner says so."
-    def __init__(self, trial, monitor: str = "val_loss"): self.trial, self.monitor = trial, monitor
+    def __init__(self, trial, monitor: str = "val_loss",
+                 flush_s: float = 1.0): # with a NopPruner: write the waiting values at most this often (0: every epoch)
+        self.trial, self.monitor, self.flush_s = trial, monitor, flush_s
+        self._pending, self._flushed = [], time.monotonic()
+
+    @property
+    def prunes(self) -> bool:
+        "Whether the study's pruner decides anything (then every report is written at once)."
+        import optuna
+        return not isinstance(getattr(getattr(self.trial, "study", None), "pruner", None), optuna.pruners.NopPruner)
+
+    def flush(self) -> None:
+        "Write the values waiting to be reported (a step the trial has already is left as it is)."
+        import warnings
+        pending, self._pending, self._flushed = self._pending, [], time.monotonic()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*is already reported")
+            for ep, v in pending: self.trial.report(v, ep)
+
+    def on_fit_start(self, trainer):
+        # a resumed fit (a retried trial): the checkpoint's epochs too, which the killed trial may not have written
+        self._pending = [(r["epoch"], float(r[self.monitor])) for r in getattr(trainer, "history", ()) if self.monitor in r]
+        self.flush()
     def on_train_epoch_end(self, trainer, metrics):
         import optuna
-        ep, v = metrics["epoch"], _metric(metrics, self.monitor, "PruningCallback")
-        self.trial.report(float(v), ep)
+        ep, v = metrics["epoch"], float(_metric(metrics, self.monitor, "PruningCallback"))
+        if not self.prunes:
+            self._pending.append((ep, v))
+            if time.monotonic() - self._flushed >= self.flush_s: self.flush()
+            return
+        self.trial.report(v, ep)
         if self.trial.should_prune():
             trainer.dispatch("on_trial_pruned", ep)
             raise optuna.TrialPruned(f"trial pruned at epoch {ep}: {self.monitor}={v:.6g}")
+    def on_fit_end(self, trainer): self.flush()
+    def on_exception(self, trainer, exc): self.flush()

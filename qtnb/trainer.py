@@ -24,10 +24,10 @@ from .metrics import compute_metrics, trading_metrics, prediction_signal, Metric
 from .callbacks import (Callback, Checkpoint, EarlyStopping, HOOKS, clone_state, hook_table, load_state, state_keys)
 
 # %% auto #0
-__all__ = ['STEP_SCHEDULES', 'LOSSES', 'TrainConfig', 'select_device', 'seed_everything', 'epoch_seed', 'make_optimizer',
-           'make_scheduler', 'make_loss', 'toy_windows', 'FitResult', 'Trainer', 'predict', 'evaluate', 'validate',
-           'test', 'state_dict', 'load_state_dict', 'windows_from_arrays', 'fit', 'FitHandle', 'fit_in_background',
-           'fit_fold']
+__all__ = ['FUSED_DEVICES', 'STEP_SCHEDULES', 'LOSSES', 'TrainConfig', 'select_device', 'seed_everything', 'epoch_seed',
+           'make_optimizer', 'make_scheduler', 'make_loss', 'toy_windows', 'FitResult', 'Trainer', 'predict',
+           'evaluate', 'validate', 'test', 'state_dict', 'load_state_dict', 'windows_from_arrays', 'fit', 'FitHandle',
+           'fit_in_background', 'fit_fold']
 
 # %% ../nbs/06_trainer.ipynb #bd76fd70
 class TrainConfig(qcfg.TrainConfig):
@@ -38,6 +38,7 @@ class TrainConfig(qcfg.TrainConfig):
     beta2: float = param(0.999, description="Adam/AdamW second-moment decay.", group="optimizer", advanced=True, ge=0, lt=1)
     eps: float = param(1e-8, description="Optimiser epsilon.", group="optimizer", advanced=True, gt=0, le=1)
     amsgrad: bool = param(False, description="AMSGrad variant of Adam/AdamW.", group="optimizer", advanced=True)
+    fused: bool = param(True, description="Fused Adam/AdamW/SGD kernels (one per step, not a loop over parameters) where torch has them.", group="optimizer", advanced=True)
     warmup_epochs: int = param(0, description="Linear warm-up length in epochs (warmup and cosine schedules).", group="schedule", advanced=True, ge=0, le=100_000)
     warmup_steps: int = param(0, description="Linear warm-up length in optimiser steps; overrides warmup_epochs when > 0.", group="schedule", advanced=True, ge=0, le=100_000_000)
     min_lr: float = param(0.0, description="Cosine schedule: the rate it anneals to.", group="schedule", advanced=True, ge=0)
@@ -91,14 +92,24 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (int(seed) * 1_000_003 + int(epoch) * 7919) % (2**63 - 1)
 
 # %% ../nbs/06_trainer.ipynb #5c3cbc89
+FUSED_DEVICES = ("cpu", "cuda")   # where torch's fused Adam, AdamW and SGD kernels run
+
+def _fused(params, config: TrainConfig) -> dict:
+    "`fused=True` when the config asks and every parameter is a floating tensor on a device with fused kernels."
+    ok = config.fused and config.optimizer in ("adam", "adamw", "sgd") and bool(params) and all(
+        p.is_floating_point() and p.device.type in FUSED_DEVICES and not p.is_sparse for p in params)
+    return {"fused": True} if ok else {}
+
 def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
     "The optimiser `config.optimizer` over `params`, with its learning rate, weight decay and details."
     c, lr, wd = config, config.learning_rate, config.weight_decay
-    if c.optimizer == "adam": return torch.optim.Adam(params, lr=lr, betas=(c.beta1, c.beta2), eps=c.eps, weight_decay=wd, amsgrad=c.amsgrad)
-    if c.optimizer == "adamw": return torch.optim.AdamW(params, lr=lr, betas=(c.beta1, c.beta2), eps=c.eps, weight_decay=wd, amsgrad=c.amsgrad)
+    params = list(params)
+    fz = _fused(params, c)
+    if c.optimizer == "adam": return torch.optim.Adam(params, lr=lr, betas=(c.beta1, c.beta2), eps=c.eps, weight_decay=wd, amsgrad=c.amsgrad, **fz)
+    if c.optimizer == "adamw": return torch.optim.AdamW(params, lr=lr, betas=(c.beta1, c.beta2), eps=c.eps, weight_decay=wd, amsgrad=c.amsgrad, **fz)
     if c.optimizer == "sgd":
         if c.nesterov and c.momentum == 0: raise ConfigError("nesterov=True needs momentum > 0; set momentum (e.g. 0.9) or nesterov=False")
-        return torch.optim.SGD(params, lr=lr, momentum=c.momentum, nesterov=c.nesterov, weight_decay=wd)
+        return torch.optim.SGD(params, lr=lr, momentum=c.momentum, nesterov=c.nesterov, weight_decay=wd, **fz)
     if c.optimizer == "rmsprop": return torch.optim.RMSprop(params, lr=lr, momentum=c.momentum, eps=c.eps, weight_decay=wd)
     raise ConfigError(f"optimizer={c.optimizer!r} is invalid; use adam, adamw, sgd or rmsprop")
 

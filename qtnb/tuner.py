@@ -601,16 +601,24 @@ def trial_counts(study: optuna.Study) -> dict[str, int]:
 
 def run_trials(study: optuna.Study, objective: Callable, n_trials: int, *,
                deadline: float | None = None, # time.time() after which no trial starts
-               callbacks: Sequence[Callable] = ()) -> int:
+               callbacks: Sequence[Callable] = (),
+               claim: BaseJournalFileLock | None = None) -> int: # a lock the study's processes on this machine share
     "Run trials of `objective` until `study` has `n_trials` finished ones (shared with other processes); trials run here."
-    ran = 0
+    ran, held = 0, [False]
     beat = is_heartbeat_enabled(study._storage)
+    def release():
+        if held[0]: held[0] = False; claim.release()
+    def claimed(trial):   # the trial exists now: other processes may count it
+        release()
+        return objective(trial)
     gc.freeze()   # what exists now (libraries, data) is left alone: the collection after each trial scans only what trials made
     try:
         while deadline is None or time.time() < deadline:
+            if claim is not None: claim.acquire(); held[0] = True
             c = trial_counts(study)
             if c["finished"] >= n_trials: break
             if c["finished"] + c["running"] >= n_trials:
+                release()
                 # the rest of the budget is running elsewhere: wait for it to finish, or to go stale and come back as a
                 # retry (Optuna itself looks for stale trials only when it starts one)
                 if not beat: break
@@ -619,9 +627,11 @@ def run_trials(study: optuna.Study, objective: Callable, n_trials: int, *,
                     optuna.storages.fail_stale_trials(study)
                 if trial_counts(study)["running"] == c["running"]: time.sleep(min(1.0, study._storage.get_heartbeat_interval()))
                 continue
-            study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=list(callbacks))
+            try: study.optimize(claimed if claim is not None else objective, n_trials=1, catch=(Exception,), callbacks=list(callbacks))
+            finally: release()
             ran += 1
-    finally: gc.unfreeze()
+    finally:
+        release(); gc.unfreeze()
     return ran
 
 # %% ../nbs/07_tuner.ipynb #11faea12
@@ -631,7 +641,8 @@ def _worker(tuner: "Tuner", n_trials: int, deadline: float | None, threads: int 
         import torch
         torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    run_trials(tuner.study, tuner._objective, n_trials, deadline=deadline)
+    tuner._warm_up()
+    run_trials(tuner.study, tuner._objective, n_trials, deadline=deadline, claim=tuner._claim_lock())
 
 def run_workers(tuner: "Tuner", n_trials: int, workers: int, *, deadline: float | None = None,
                 threads: int | None = None) -> None:
@@ -785,7 +796,9 @@ def _optimize(self: Tuner, n_trials: int | None = None, *,
     if spec != self.storage: self.storage, self._study = spec, None
     deadline = time.time() + timeout if timeout else None
     study = self.study                  # created here once, before workers race to create it
-    if workers == 1: run_trials(study, self._objective, n_trials, deadline=deadline, callbacks=callbacks)
+    if workers == 1:
+        self._warm_up()
+        run_trials(study, self._objective, n_trials, deadline=deadline, callbacks=callbacks, claim=self._claim_lock())
     else:
         if callbacks: raise ConfigError("callbacks run in-process; with workers > 1 watch the study instead (TunerPanel.watch)")
         threads = max(1, (os.cpu_count() or 1) // workers)
@@ -793,7 +806,20 @@ def _optimize(self: Tuner, n_trials: int | None = None, *,
     if write_outputs: self.write_outputs()
     return study
 
-Tuner._objective, Tuner.optimize = _objective, _optimize
+def _warm_up(self: Tuner) -> None:
+    "Load the trainer, torch's compiler stack and the data before the first trial, or that trial's duration counts them."
+    if self.fn is not None: return
+    import torch._dynamo  # noqa: F401  (the first torch.optim optimizer imports it: about a second, with sympy)
+    import qtnb.callbacks, qtnb.models.core, qtnb.runs, qtnb.trainer  # noqa: F401
+    self._prepare()
+
+def _claim_lock(self: Tuner) -> BaseJournalFileLock:
+    "The lock this machine's workers hold from counting the budget to creating a trial (see `run_trials`)."
+    d = self.runs_dir / "studies" / self.study_name
+    d.mkdir(parents=True, exist_ok=True)
+    return journal_lock(str(d / "claim"))
+
+Tuner._objective, Tuner.optimize, Tuner._warm_up, Tuner._claim_lock = _objective, _optimize, _warm_up, _claim_lock
 
 # %% ../nbs/07_tuner.ipynb #8525e537
 def _iso(d) -> str | None: return d.isoformat(timespec="milliseconds") if d else None

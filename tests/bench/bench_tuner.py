@@ -5,11 +5,15 @@ so a small MLP can learn it, and how fast depends strongly on learning rate, wid
 
 - pruning_epoch_fraction: training epochs TPE + Hyperband needs until its best validation loss reaches the best that
   30 full random-search trials found, divided by the epochs random search spent (median over seeds).
-- tuner_overhead: wall time of a trial through Tuner.optimize against the same fit through the Trainer directly
-  (fit_fold into a run, as the tuner does), measured alternately, as a fraction.
+- tuner_overhead: what the tuner adds to a trial over calling the Trainer directly (fit_fold into a run, as the
+  tuner does): the trial's wall time outside the fit (sampling, Optuna's storage, run bookkeeping, freeing memory)
+  plus its pruning callback's time inside, less the direct caller's own time outside the fit (creating the run),
+  over the direct call's wall time; medians of 30 trials, direct fits and
+  tuner trials in turn. Beside it, the plain difference of the two wall times (median and quartiles of the 30
+  pairs): a fit's own time wanders by 5-20% on a shared machine, more than the overhead, so it corroborates only.
 - workers_2_vs_1: trials per minute with 2 worker processes against 1 (torch threads 1 per worker, equal trials),
-  measured alternately; steady state (each worker's trials over its own first start to last end, summed over
-  workers) and, as a second field, wall clock including process start and the idle tail.
+  measured alternately; steady state (each worker's trials after its first, over the end of its first to the end of
+  its last, summed over workers) and, as a second field, wall clock including process start and the idle tail.
 
 Run from the repository root: `python tests/bench/bench_tuner.py` (under 5 minutes on 2 cores).
 """
@@ -82,28 +86,54 @@ def pruning_fraction(tmp: Path) -> float:
     return statistics.median(fractions)
 
 
-def tuner_overhead(tmp: Path, rounds: int = 4, per_round: int = 3) -> float:
-    "Batches of trials through Tuner.optimize against the same number of direct fit_fold calls, alternating."
+def tuner_overhead(tmp: Path, pairs: int = 30) -> float:
+    "The tuner's own time per trial (outside the fit, plus its pruning callback inside) over a direct fit_fold's time."
+    import qtnb.trainer
+    from qtnb.callbacks import PruningCallback
     prepared = prepare(DATA, frame=logistic_frame(4000))        # ~2800 training windows: an epoch is ~90 batches of 32
     fixed = SearchSpace(model="mlp").categorical("learning_rate", [3e-3]).categorical("hidden_sizes", [[64, 32]])
     t = Tuner(fixed, "val_loss", data=prepared, train={**TRAIN, "num_epochs": 15, "batch_size": 32}, sampler="random",
               pruner="none", study_name="overhead", storage=f"sqlite:///{tmp}/overhead.db", runs_dir=tmp / "runs")
     mcfg, tcfg = t._model_dict({"hidden_sizes": [64, 32]}), t._train_config({"learning_rate": 3e-3})
     fold = prepared.folds[-1]
-    direct, tuned = [], []
+    inner, hooks = [], [0.0]                                    # each tuner trial's fit time; its pruning callback's time
+    def timed(f, acc):
+        def g(*a, **k):
+            s = time.perf_counter()
+            try: return f(*a, **k)
+            finally: acc(time.perf_counter() - s)
+        return g
+    def add_hook(x): hooks[0] += x
+    qtnb.trainer.fit_fold = timed(fit_fold, inner.append)       # the tuner imports it at each trial
+    saved = {h: getattr(PruningCallback, h) for h in ("on_fit_start", "on_train_epoch_end", "on_fit_end")}
+    for h, f in saved.items(): setattr(PruningCallback, h, timed(f, add_hook))
+    direct, direct_outside, tuned, cb = [], [], [], []
     t.optimize(1, write_outputs=False); fit_fold(fold, mcfg, tcfg, run=create_run("warm", runs_dir=tmp / "runs"))  # warm-up
-    for r in range(rounds):
-        a = time.perf_counter()
-        for _ in range(per_round): fit_fold(fold, mcfg, tcfg, run=create_run("direct", runs_dir=tmp / "runs"))
-        direct.append((time.perf_counter() - a) / per_round)
-        a = time.perf_counter(); t.optimize(1 + (r + 1) * per_round, write_outputs=False); tuned.append((time.perf_counter() - a) / per_round)
-    d, u = statistics.median(direct), statistics.median(tuned)
-    report("tuner_overhead", (u - d) / d, "<= 0.05", direct_s_per_trial=round(d, 4), tuner_s_per_trial=round(u, 4),
-           overhead_ms_per_trial=round(1000 * (u - d), 1), rounds=rounds, trials_per_round=per_round)
-    return (u - d) / d
+    inner.clear()
+    try:
+        for r in range(pairs):
+            a = time.perf_counter(); run = create_run("direct", runs_dir=tmp / "runs"); b = time.perf_counter()
+            fit_fold(fold, mcfg, tcfg, run=run)
+            direct.append(time.perf_counter() - a); direct_outside.append(b - a)
+            hooks[0] = 0.0
+            a = time.perf_counter(); t.optimize(2 + r, write_outputs=False); tuned.append(time.perf_counter() - a)
+            cb.append(hooks[0])
+    finally:
+        qtnb.trainer.fit_fold = fit_fold
+        for h, f in saved.items(): setattr(PruningCallback, h, f)
+    # what the tuner adds: its time outside the fit and in its callback, less what the direct caller spends outside
+    # the fit too (creating the run)
+    own = [u - i + c - x for u, i, c, x in zip(tuned, inner, cb, direct_outside)]
+    d, o = statistics.median(direct), statistics.median(own)
+    diff = [u / x - 1 for u, x in zip(tuned, direct)]
+    report("tuner_overhead", o / d, "<= 0.05", tuner_ms_per_trial=round(1000 * o, 1), direct_s_per_trial=round(d, 4),
+           pruning_callback_ms_per_trial=round(1000 * statistics.median(cb), 2), pairs=pairs,
+           by_difference_median=round(statistics.median(diff), 4),
+           by_difference_quartiles=[round(x, 3) for x in statistics.quantiles(diff, n=4)])
+    return o / d
 
 
-def workers_ratio(tmp: Path, n_trials: int = 10, rounds: int = 2) -> float:
+def workers_ratio(tmp: Path, n_trials: int = 16, rounds: int = 3) -> float:
     "The same random-search study with 1 and with 2 worker processes (1 torch thread each), alternating."
     prepared = prepare(DATA, frame=logistic_frame(4000))
     fixed = SearchSpace(model="mlp").categorical("learning_rate", [3e-3]).categorical("hidden_sizes", [[32]])  # equal trials
@@ -116,14 +146,18 @@ def workers_ratio(tmp: Path, n_trials: int = 10, rounds: int = 2) -> float:
             a = time.perf_counter()
             run_workers(t, n_trials, w, threads=1)
             wall[w].append(n_trials / (time.perf_counter() - a) * 60)
-            # steady state: each worker's trials over its own first start .. last end (the run's status names its pid),
-            # summed over workers; this leaves out process start-up and the idle tail while the other finishes
+            # steady state: each worker's trials after its first, over the end of its first to the end of its last (the
+            # run's status names its pid), summed over workers; this leaves out process start-up, each process's first
+            # trial (torch's first kernels and allocations) and the idle tail while the other worker finishes
             by_pid = {}
             for x in study.get_trials(deepcopy=False):
                 pid = open_run(x.user_attrs["run_id"], runs_dir=tmp / "runs").status["pid"]
                 by_pid.setdefault(pid, []).append(x)
-            steady[w].append(sum(len(ts) / (max(x.datetime_complete for x in ts) - min(x.datetime_start for x in ts)).total_seconds() * 60
-                                 for ts in by_pid.values() if len(ts) > 1))
+            rate = 0.0
+            for ts in by_pid.values():
+                ends = sorted(x.datetime_complete for x in ts)
+                if len(ends) > 2: rate += (len(ends) - 1) / (ends[-1] - ends[0]).total_seconds() * 60
+            steady[w].append(rate)
     s1, s2 = statistics.median(steady[1]), statistics.median(steady[2])
     w1, w2 = statistics.median(wall[1]), statistics.median(wall[2])
     report("workers_2_vs_1", s2 / s1, ">= 1.6", trials_per_min_1=round(s1, 1), trials_per_min_2=round(s2, 1),
