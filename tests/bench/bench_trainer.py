@@ -8,6 +8,8 @@ ROUNDS rounds; the medians are compared. Printed as JSON lines:
 
   trainer_vs_raw_loop(_mlp)   qtnb samples/s over the raw loop's (goal >= 0.95)
   trainer_vs_lightning(_mlp)  qtnb samples/s over Lightning's (goal >= 1.2)
+  ..._cuda                    the same on the GPU, where CUDA exists (qtnb and the raw loop on device-resident
+                              windows, Lightning's DataLoader pinned and copied per batch, as its users run it)
   lstm_cuda_amp_samples_per_s qtnb, default LSTM, fp16 AMP, windows resident on the GPU (only where CUDA exists)
 
 The raw loop gathers batches the way a careful hand-written loop does: a shuffled index per epoch and one indexing
@@ -74,18 +76,20 @@ def run_raw(cfg, w, device="cpu"):
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-    float(loss.detach())
+    float(loss.detach())                            # waits for the device
     return EPOCHS * len(w) / (time.perf_counter() - t0)
 
 
-def lightning_setup(w):
+def lightning_setup(w, device="cpu"):
     import pytorch_lightning as pl
     from torch.utils.data import DataLoader, TensorDataset
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
+    w = w.to("cpu")                                 # a DataLoader's tensors live on the host; Lightning moves each batch
     xs, ys = w[:]                                   # materialised windows (n, L, F): what a Dataset of windows holds
     ds = TensorDataset(xs.contiguous(), ys)
+    cuda = device != "cpu"
 
     class Module(pl.LightningModule):
         def __init__(self, model):
@@ -102,13 +106,14 @@ def lightning_setup(w):
         def __getitem__(self, i): return w.x[i:i + L], w.y[i + L - 1]
 
     def run(cfg, per_sample=False):
-        dl = DataLoader(PerSample() if per_sample else ds, batch_size=B, shuffle=True, num_workers=0)
+        dl = DataLoader(PerSample() if per_sample else ds, batch_size=B, shuffle=True, num_workers=0, pin_memory=cuda)
         mod = Module(fresh(cfg))
-        trainer = pl.Trainer(max_epochs=EPOCHS, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                             enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                             limit_val_batches=0)
+        trainer = pl.Trainer(max_epochs=EPOCHS, accelerator="cuda" if cuda else "cpu", devices=1, logger=False,
+                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                             num_sanity_val_steps=0, limit_val_batches=0)
         t0 = time.perf_counter()
         trainer.fit(mod, dl)
+        if cuda: torch.cuda.synchronize()
         return EPOCHS * len(ds) / (time.perf_counter() - t0)
     return run
 
@@ -117,28 +122,35 @@ def emit(figure, value, goal, **extra):
     print(json.dumps({"figure": figure, "value": round(value, 3), "goal": goal, **extra}), flush=True)
 
 
-def main():
-    threads = int(os.environ.get("QTNB_BENCH_THREADS", 1))
-    torch.set_num_threads(threads)
-    w = data()
-    run_lightning = lightning_setup(w)
+def compare(device, threads):
+    "qtnb, the raw loop and Lightning side by side on `device`; one JSON line per figure."
+    w = data(device)
+    run_lightning = lightning_setup(w, device)
     for name, cfg in MODELS.items():
-        contestants = {"qtnb": lambda: run_qtnb(cfg, w), "raw": lambda: run_raw(cfg, w), "lightning": lambda: run_lightning(cfg),
-                       "lightning_per_sample": lambda: run_lightning(cfg, per_sample=True)}
+        contestants = {"qtnb": lambda: run_qtnb(cfg, w, device), "raw": lambda: run_raw(cfg, w, device),
+                       "lightning": lambda: run_lightning(cfg), "lightning_per_sample": lambda: run_lightning(cfg, per_sample=True)}
         for f in contestants.values(): f()             # warm-up: imports, allocator, kernels
         rates = {k: [] for k in contestants}
         for _ in range(ROUNDS):
             for k, f in contestants.items(): rates[k].append(f())
         med = {k: statistics.median(v) for k, v in rates.items()}
-        sfx = "" if name == "lstm" else "_mlp"
-        common = dict(model=name, samples_per_s={k: round(v) for k, v in med.items()}, rounds=ROUNDS, epochs=EPOCHS,
-                      windows=N, threads=threads)
+        sfx = ("" if name == "lstm" else "_mlp") + ("" if device == "cpu" else "_cuda")
+        common = dict(model=name, device=device, samples_per_s={k: round(v) for k, v in med.items()}, rounds=ROUNDS,
+                      epochs=EPOCHS, windows=N, threads=threads)
         emit(f"trainer_vs_raw_loop{sfx}", med["qtnb"] / med["raw"], ">= 0.95", **common)
         emit(f"trainer_vs_lightning{sfx}", med["qtnb"] / med["lightning"], ">= 1.2",
-             lightning_data="standard DataLoader (shuffle, num_workers=0) over a TensorDataset of materialised windows",
+             lightning_data="standard DataLoader (shuffle, num_workers=0) over a TensorDataset of materialised windows"
+                            + ("" if device == "cpu" else ", pinned, each batch copied to the GPU by Lightning"),
              vs_lightning_per_sample_dataset=round(med["qtnb"] / med["lightning_per_sample"], 3), **common)
+
+
+def main():
+    threads = int(os.environ.get("QTNB_BENCH_THREADS", 1))
+    torch.set_num_threads(threads)
+    compare("cpu", threads)
     if torch.cuda.is_available():
         torch.set_num_threads(max(1, os.cpu_count() or 1))
+        compare("cuda", torch.get_num_threads())
         wc = data("cuda", n=50_000)
         cfg = {"name": "lstm"}                          # the registry's default LSTM
         run_qtnb(cfg, wc, "cuda", mixed_precision="fp16")
