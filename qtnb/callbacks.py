@@ -20,7 +20,7 @@ from .metrics import MetricTracker
 # %% auto #0
 __all__ = ['HOOKS', 'Callback', 'implements', 'hook_table', 'state_keys', 'clone_state', 'EarlyStopping', 'save_state',
            'load_state', 'Checkpoint', 'LearningRateMonitor', 'HistoryLogger', 'TensorBoardLogger', 'ProgressBar',
-           'NonFiniteGuard', 'TimeBudget', 'PruningCallback']
+           'NonFiniteGuard', 'TimeBudget', 'report_values', 'PruningCallback']
 
 # %% ../nbs/05_callbacks.ipynb #07029c8e
 HOOKS = ("on_fit_start", "on_train_epoch_start", "on_train_batch_end", "on_validation_end", "on_train_epoch_end",
@@ -311,6 +311,40 @@ class TimeBudget(Callback):
     def on_train_epoch_end(self, trainer, metrics): self._check(trainer)
 
 # %% ../nbs/05_callbacks.ipynb #03978676
+def _insert_values(trial, todo: list) -> bool:
+    "One multi-row INSERT of a trial's intermediate values on an Optuna RDBStorage; False where that path does not apply."
+    import optuna
+    try:
+        import sqlalchemy as sa
+        from optuna.storages import RDBStorage
+        from optuna.storages._rdb import models
+        backend = getattr(trial.storage, "_backend", trial.storage)
+        if not isinstance(backend, RDBStorage) or len(trial.study.directions) != 1: return False
+        tv, tr = models.TrialIntermediateValueModel, models.TrialModel.__table__
+        rows = []
+        for step, v in todo:
+            stored, kind = tv.intermediate_value_to_stored_repr(v)
+            rows.append({"trial_id": trial._trial_id, "step": step, "intermediate_value": stored, "intermediate_value_type": kind})
+        with backend.engine.begin() as conn:
+            state = conn.execute(sa.select(tr.c.state).where(tr.c.trial_id == trial._trial_id)).scalar_one()
+            backend.check_trial_is_updatable(trial._trial_id, state)
+            conn.execute(sa.insert(tv.__table__), rows)
+        return True
+    except optuna.exceptions.UpdateFinishedTrialError: raise
+    except Exception: return False    # another Optuna, a step written meanwhile: Trial.report, one by one
+
+def report_values(trial, values) -> None:
+    "Report (step, value) pairs to an Optuna `trial`, leaving the steps it has: one INSERT on an RDB storage, else one call each."
+    import warnings
+    known = getattr(getattr(trial, "_cached_frozen_trial", None), "intermediate_values", None)
+    todo = [(int(s), float(v)) for s, v in values if known is None or int(s) not in known]
+    if not todo: return
+    if known is not None and len(todo) > 1 and _insert_values(trial, todo):
+        known.update(todo); return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is already reported")
+        for s, v in todo: trial.report(v, s)
+
 class PruningCallback(Callback):
     "Report `monitor` to an Optuna `trial` each epoch; prune (raise optuna.TrialPruned) when its pruner says so."
     def __init__(self, trial, monitor: str = "val_loss",
@@ -326,11 +360,8 @@ class PruningCallback(Callback):
 
     def flush(self) -> None:
         "Write the values waiting to be reported (a step the trial has already is left as it is)."
-        import warnings
         pending, self._pending, self._flushed = self._pending, [], time.monotonic()
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*is already reported")
-            for ep, v in pending: self.trial.report(v, ep)
+        report_values(self.trial, pending)
 
     def on_fit_start(self, trainer):
         # a resumed fit (a retried trial): the checkpoint's epochs too, which the killed trial may not have written
