@@ -1,4 +1,4 @@
-"""`qtnb run`, `sweep`, `runs`, `models`, `export` and `lab`: the pipelines and the run store from a terminal.
+"""`qtnb run`, `sweep`, `runs`, `models`, `export`, `dashboard` and `lab`: the pipelines, the run store and the tuning studies from a terminal.
 
 Docs: https://qtnb.github.io/qtnb/cli.html.md"""
 
@@ -14,7 +14,7 @@ from .errors import ConfigError, QtnbError
 
 # %% auto #0
 __all__ = ['COMMANDS', 'build_parser', 'cmd_run', 'cmd_sweep', 'cmd_runs', 'cmd_models', 'cmd_export', 'tutorial_notebook',
-           'cmd_lab', 'main', 'entry']
+           'cmd_lab', 'cmd_dashboard', 'main', 'entry']
 
 # %% ../nbs/12a_cli.ipynb #b72bc24b
 def _pipeline_help() -> str:
@@ -88,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--format", choices=["onnx", "torchscript", "tensorrt"], default="onnx")
     e.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32")
     e.add_argument("--runs-dir", metavar="DIR", help="run store (default: settings.ini's)")
+
+    d = sub.add_parser("dashboard", help="serve optuna-dashboard for the tuning studies on 127.0.0.1",
+                       description="Serve optuna-dashboard for a study storage until Ctrl-C; trials show their run_id, "
+                                   "which `qtnb runs show` opens.")
+    d.add_argument("--storage", metavar="URL|FILE", help="RDB URL or journal file (default: settings.ini [storage] study_storage)")
+    d.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    d.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
 
     l = sub.add_parser("lab", help="open JupyterLab at the tutorial notebook")
     l.add_argument("--port", type=int, help="port (default: JupyterLab's)")
@@ -215,7 +222,13 @@ def cmd_lab(args) -> int:
     if shutil.which(sys.executable) is None: raise ConfigError(f"cannot start {sys.executable}")
     os.execv(sys.executable, cmd)
 
-COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "runs": cmd_runs, "models": cmd_models, "export": cmd_export, "lab": cmd_lab}
+def cmd_dashboard(args) -> int:
+    from qtnb.tuner import start_dashboard
+    start_dashboard(args.storage, host=args.host, port=args.port)   # prints its URL, serves until Ctrl-C
+    return 0
+
+COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "runs": cmd_runs, "models": cmd_models, "export": cmd_export,
+            "dashboard": cmd_dashboard, "lab": cmd_lab}
 
 # %% ../nbs/12a_cli.ipynb #07079a95
 def main(argv: list[str] | None = None) -> int:

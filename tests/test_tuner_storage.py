@@ -197,3 +197,28 @@ def test_dashboard_lists_the_study_and_trial_run_ids(tmp_path):
         got = json.loads(urllib.request.urlopen(url.replace("/dashboard/", "/api/studies"), timeout=10).read())
         eq([s["study_name"] for s in got["study_summaries"]], ["dash"])
     finally: url.stop()
+
+
+def test_qtnb_dashboard_command_serves_the_study(tmp_path):
+    "`qtnb dashboard` on a free loopback port lists the study and its trials' run ids, and stops on SIGINT."
+    import signal, urllib.request
+    tuner = Tuner(space(), run_id_objective, study_name="cli-dash", sampler="random", pruner="none",
+                  storage=f"sqlite:///{tmp_path}/optuna.db", runs_dir=tmp_path)
+    tuner.optimize(2)
+    qtnb = Path(sys.executable).parent / "qtnb"
+    p = subprocess.Popen([str(qtnb), "dashboard", "--storage", tuner.storage.url, "--port", "0"],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        line = p.stdout.readline()
+        assert line.startswith("optuna-dashboard: http://127.0.0.1:"), line + (p.stdout.read() if p.poll() is not None else "")
+        base = line.split()[1].replace("/dashboard/", "")
+        got = json.loads(urllib.request.urlopen(base + "/api/studies", timeout=20).read())
+        eq([s["study_name"] for s in got["study_summaries"]], ["cli-dash"])
+        detail = json.loads(urllib.request.urlopen(f"{base}/api/studies/{got['study_summaries'][0]['study_id']}", timeout=20).read())
+        eq(sorted({a["key"]: a["value"] for a in t["user_attrs"]}["run_id"] for t in detail["trials"]),
+           [f"20260101-000000-demo-{i:04x}" for i in range(2)])
+    finally:
+        p.send_signal(signal.SIGINT)
+        try: p.wait(timeout=20)
+        except subprocess.TimeoutExpired: p.kill(); raise
+    eq(p.returncode, 0)
