@@ -815,9 +815,8 @@ def _warm_up(self: Tuner) -> None:
 
 def _claim_lock(self: Tuner) -> BaseJournalFileLock:
     "The lock this machine's workers hold from counting the budget to creating a trial (see `run_trials`)."
-    d = self.runs_dir / "studies" / self.study_name
-    d.mkdir(parents=True, exist_ok=True)
-    return journal_lock(str(d / "claim"))
+    self.study_dir.mkdir(parents=True, exist_ok=True)
+    return journal_lock(str(self.study_dir / "claim"))
 
 Tuner._objective, Tuner.optimize, Tuner._warm_up, Tuner._claim_lock = _objective, _optimize, _warm_up, _claim_lock
 
