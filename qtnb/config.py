@@ -6,7 +6,7 @@ Docs: https://qtnb.github.io/qtnb/config.html.md"""
 
 # %% ../nbs/00_config.ipynb #aacac822
 from __future__ import annotations
-import configparser, contextvars, difflib, os, tempfile
+import configparser, contextvars, difflib, os, re, tempfile
 from dataclasses import dataclass, field as dc_field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, get_args, get_origin
@@ -19,9 +19,9 @@ from .errors import ConfigError
 
 # %% auto #0
 __all__ = ['SETTINGS_ENV', 'SETTINGS_SECTIONS', 'find_settings', 'Settings', 'load_settings', 'param', 'allowed', 'config_error',
-           'QtnbConfig', 'atomic_write', 'read_yaml', 'write_yaml', 'resolve', 'from_preset', 'from_yaml', 'to_yaml',
-           'schema_problems', 'DataConfig', 'TrainConfig', 'TuneConfig', 'ExportConfig', 'StorageConfig', 'ModelConfig',
-           'runs_dir', 'study_storage']
+           'QtnbConfig', 'atomic_write', 'read_yaml', 'write_yaml', 'check_slug', 'resolve', 'from_preset', 'from_yaml',
+           'to_yaml', 'schema_problems', 'DataConfig', 'TrainConfig', 'TuneConfig', 'ExportConfig', 'StorageConfig',
+           'ModelConfig', 'runs_dir', 'study_storage']
 
 # %% ../nbs/00_config.ipynb #5da45b02
 SETTINGS_ENV = "QTNB_SETTINGS"
@@ -185,6 +185,16 @@ def read_yaml(path: str | Path) -> dict:
 def write_yaml(data: dict, path: str | Path) -> Path:
     "Write a mapping as YAML, atomically, keeping the key order."
     return atomic_write(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+
+# %% ../nbs/00_config.ipynb #3462e5b7
+_SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+def check_slug(name: Any, field: str = "name") -> str:
+    "`name` when it is a safe file-name slug; `ConfigError` naming `field` and the rule otherwise."
+    if not isinstance(name, str) or not _SLUG.fullmatch(name) or ".." in name:
+        raise ConfigError(f"{field} {name!r} is not allowed; use 1-64 letters, digits, '_', '.' or '-', "
+                          "starting with a letter or digit (no '/', '..' or absolute paths)")
+    return name
 
 # %% ../nbs/00_config.ipynb #eeba1401
 def _resolve(cls, yaml_path=None, params=None, *, section=None, preset=None, settings=None, **kwargs):
