@@ -29,8 +29,8 @@ __all__ = ['RUN_STATES', 'FINISHED_STATES', 'LINEAGE_PACKAGES', 'KEY_METRICS', '
            'model_versions', 'load_version', 'save_estimator', 'delete_run']
 
 # %% ../nbs/10_runs.ipynb #d6ee5e8a
-RUN_STATES = ("running", "completed", "failed", "stopped", "pruned")
-FINISHED_STATES = ("completed", "failed", "stopped", "pruned")
+RUN_STATES = ("queued", "running", "completed", "failed", "stopped", "interrupted", "pruned")
+FINISHED_STATES = ("completed", "failed", "stopped", "interrupted", "pruned")
 
 class RunError(QtnbError):
     "A run or one of its files cannot be used as asked."
