@@ -23,10 +23,10 @@ from .errors import ConfigError, QtnbError
 # %% auto #0
 __all__ = ['RUN_STATES', 'FINISHED_STATES', 'LINEAGE_PACKAGES', 'KEY_METRICS', 'LIST_COLUMNS', 'REGISTRY_FILE', 'REGISTRY_FORMAT',
            'STAGES', 'REGISTRABLE_STATES', 'LINEAGE_KEYS', 'VERSION_COLUMNS', 'VERSION_METRICS', 'RunError',
-           'RunNotFound', 'plain', 'sanitize_name', 'new_run_id', 'Run', 'create_run', 'open_run', 'lineage_info',
-           'rng_state', 'set_rng_state', 'list_runs', 'compare_runs', 'RegistryError', 'VersionNotFound',
-           'check_model_name', 'check_stage', 'parse_ref', 'register_version', 'set_stage', 'resolve_version',
-           'model_versions', 'load_version', 'save_estimator', 'delete_run']
+           'RunNotFound', 'plain', 'sanitize_name', 'new_run_id', 'process_record', 'process_alive', 'Run',
+           'create_run', 'open_run', 'lineage_info', 'rng_state', 'set_rng_state', 'list_runs', 'compare_runs',
+           'RegistryError', 'VersionNotFound', 'check_model_name', 'check_stage', 'parse_ref', 'register_version',
+           'set_stage', 'resolve_version', 'model_versions', 'load_version', 'save_estimator', 'delete_run']
 
 # %% ../nbs/10_runs.ipynb #d6ee5e8a
 RUN_STATES = ("queued", "running", "completed", "failed", "stopped", "interrupted", "pruned")
@@ -76,6 +76,21 @@ def new_run_id(name: str, *, when: float | None = None) -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(when))}-{sanitize_name(name)}-{secrets.token_hex(2)}"
 
 _RUN_ID = re.compile(r"^(\d{8}-\d{6})-(.+)-([0-9a-f]{4})$")
+
+# %% ../nbs/10_runs.ipynb #34e7747f
+def process_record(pid: int | None = None) -> dict:
+    "pid, host and process start time (seconds since the epoch) of `pid` (default: this process)."
+    import psutil
+    pid = os.getpid() if pid is None else int(pid)
+    return {"pid": pid, "host": socket.gethostname(), "pid_start": round(psutil.Process(pid).create_time(), 3)}
+
+def process_alive(record: dict) -> bool | None:
+    "Whether the process a `process_record` names still runs; None when it ran on another host (or names none)."
+    import psutil
+    if not record.get("pid") or record.get("host") != socket.gethostname(): return None
+    try: started = psutil.Process(int(record["pid"])).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError): return False
+    return record.get("pid_start") is None or abs(started - float(record["pid_start"])) < 1.0
 
 # %% ../nbs/10_runs.ipynb #dbab4799
 class Run:
