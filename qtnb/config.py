@@ -18,10 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from .errors import ConfigError
 
 # %% auto #0
-__all__ = ['SETTINGS_ENV', 'SETTINGS_SECTIONS', 'find_settings', 'Settings', 'load_settings', 'param', 'allowed', 'config_error',
-           'QtnbConfig', 'atomic_write', 'read_yaml', 'write_yaml', 'check_slug', 'resolve', 'from_preset', 'from_yaml',
-           'to_yaml', 'schema_problems', 'DataConfig', 'TrainConfig', 'TuneConfig', 'ExportConfig', 'StorageConfig',
-           'ModelConfig', 'runs_dir', 'study_storage']
+__all__ = ['SETTINGS_ENV', 'SETTINGS_SECTIONS', 'PARAM_STYLE_ENV', 'find_settings', 'Settings', 'load_settings', 'param',
+           'allowed', 'config_error', 'QtnbConfig', 'param_hint', 'atomic_write', 'read_yaml', 'write_yaml',
+           'check_slug', 'resolve', 'from_preset', 'from_yaml', 'to_yaml', 'schema_problems', 'DataConfig',
+           'TrainConfig', 'TuneConfig', 'ExportConfig', 'StorageConfig', 'ModelConfig', 'runs_dir', 'study_storage']
 
 # %% ../nbs/00_config.ipynb #5da45b02
 SETTINGS_ENV = "QTNB_SETTINGS"
@@ -149,6 +149,14 @@ class QtnbConfig(BaseModel):
         try: super().__setattr__(name, value)
         except ValidationError as e: raise config_error(e, type(self)) from None
 
+# %% ../nbs/00_config.ipynb #e2ce33e8
+PARAM_STYLE_ENV = "QTNB_PARAM_STYLE"
+
+def param_hint(name: str, value: Any) -> str:
+    "How the user sets parameter `name` to `value` here: `name=value` in Python, `-p name value` from the `qtnb` command."
+    if os.environ.get(PARAM_STYLE_ENV) == "cli": return f"-p {name} {value}"
+    return f"{name}={value!r}"
+
 # %% ../nbs/00_config.ipynb #8e0f0bc9
 def atomic_write(path: str | Path, data: str | bytes) -> Path:
     "Write `data` to `path` through a temporary file in the same folder and a rename: readers see old or new, never half."
@@ -166,13 +174,33 @@ def atomic_write(path: str | Path, data: str | bytes) -> Path:
         raise
     return path
 
+class _DuplicateKey(yaml.constructor.ConstructorError):
+    def __init__(self, key, first: int, node):
+        super().__init__(None, None, f"repeats key {key!r}", node.start_mark)
+        self.key, self.first, self.line = key, first, node.start_mark.line + 1
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    "PyYAML's SafeLoader, except that a key given twice in one mapping is an error (SafeLoader keeps the last value)."
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for k, _ in node.value:
+            if k.tag == "tag:yaml.org,2002:merge": continue   # `<<: *base` may be overridden by design
+            key = self.construct_object(k, deep=True)
+            try: first = seen.setdefault(key, k.start_mark.line + 1)
+            except TypeError: continue                       # an unhashable key: SafeLoader reports it
+            if first != k.start_mark.line + 1: raise _DuplicateKey(key, first, k)
+        return super().construct_mapping(node, deep)
+
 def read_yaml(path: str | Path) -> dict:
-    "The mapping in a YAML file; `ConfigError` naming the file (and line) when it is missing, unreadable or not a mapping."
+    "The mapping in a YAML file; `ConfigError` naming the file (and line) when it is missing, unreadable, not a mapping or repeats a key."
     p = Path(path)
     try: text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read config file {p}: {getattr(e, 'strerror', None) or e}; check the path") from None
-    try: data = yaml.safe_load(text)
+    try: data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except _DuplicateKey as e:
+        raise ConfigError(f"config file {p} repeats key {e.key!r} at line {e.line} (first at line {e.first}); "
+                          f"keep one of them") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at_line = f" at line {mark.line + 1}" if mark else ""
@@ -284,6 +312,22 @@ class DataConfig(QtnbConfig):
     horizons: list[int] | None = param(None, description="Several horizons at once (regression); default [horizon].", group="target", advanced=True)
     price_col: str = param("Close", description="Price column the returns and targets are computed from.", group="data", advanced=True)
     time_col: str | None = param(None, description="Column holding timestamps when the frame has no DatetimeIndex.", group="data", advanced=True)
+    date_unit: Literal["auto", "s", "ms", "us", "ns"] = param("auto", description="Unit of numeric (unix epoch) timestamps; auto: by magnitude.", group="data", advanced=True)
+    date_format: str | None = param(None, description="strftime format of text timestamps, e.g. %d/%m/%Y (default: inferred).", group="data", advanced=True)
+    dayfirst: bool = param(False, description="Read text dates day first (31/01/2020) when no date_format is given.", group="data", advanced=True)
+    tz: str | None = param(None, description="Time zone the index is kept in: timestamps with offsets (mixed ones too) are converted to it (default UTC); naive ones are taken as already in it.", group="data", advanced=True)
+
+    @model_validator(mode="after")
+    def _check_dates(self):
+        if self.date_format is not None and "%" not in self.date_format:
+            raise ValueError(f"date_format={self.date_format!r} has no % directive; give a strftime format such as %d/%m/%Y")
+        if self.tz is not None:
+            import zoneinfo
+            try: zoneinfo.ZoneInfo(self.tz)
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"tz={self.tz!r} is not a time zone; give an IANA name such as UTC or America/New_York") from None
+        return self
+
     target_scaler: Literal["standard", "robust", "minmax", "none"] = param("standard", description="Scaler of regression targets, fitted on training targets only.", group="windows", advanced=True)
     max_train_size: int | None = param(None, description="Sliding walk-forward: training rows per fold (default: one fold's length).", group="validation", advanced=True, ge=1)
     augment: list[Literal["jitter", "scaling", "slicing", "mixup"]] = param([], description="Training-only augmentations applied when batches are gathered with augment=True.", group="augmentation", advanced=True)
