@@ -22,10 +22,11 @@ from .datasets import load_dataset
 from .errors import ConfigError, DataError, InsufficientData
 
 # %% auto #0
-__all__ = ['AUGMENTATIONS', 'DataConfig', 'FEATURES', 'FEATURE_PRESETS', 'Range', 'as_data_config', 'load_frame',
-           'validate_frame', 'register_feature', 'FeatureSpec', 'feature_specs', 'feature_columns', 'default_cache_dir',
-           'compute_features', 'forward_returns', 'direction', 'make_target', 'Scaler', 'Augment', 'Windows', 'Split',
-           'split_plan', 'check_plan', 'fingerprint', 'Fold', 'Prepared', 'prepare']
+__all__ = ['AUGMENTATIONS', 'DataConfig', 'FEATURES', 'FEATURE_PRESETS', 'Range', 'as_data_config', 'parse_times',
+           'frame_options', 'data_file', 'load_frame', 'validate_frame', 'register_feature', 'FeatureSpec',
+           'feature_specs', 'feature_columns', 'default_cache_dir', 'compute_features', 'forward_returns', 'direction',
+           'make_target', 'Scaler', 'Augment', 'Windows', 'Split', 'split_plan', 'check_plan', 'fingerprint', 'Fold',
+           'Prepared', 'prepare']
 
 # %% ../nbs/02_data.ipynb #f4437c15
 AUGMENTATIONS = ("jitter", "scaling", "slicing", "mixup")
@@ -40,55 +41,127 @@ def as_data_config(config: DataConfig | dict | None = None, **overrides) -> Data
     else: raise ConfigError(f"config must be a DataConfig or a dict, got {type(config).__name__}; build one with DataConfig(...)")
     return DataConfig(**{**base, **overrides})
 
+# %% ../nbs/02_data.ipynb #b1d2cfdc
+_EPOCH_UNITS = (("s", 1e11), ("ms", 1e14), ("us", 1e17), ("ns", math.inf))   # median |value| below the bound -> unit
+_YEARS = (1900, 2200)                  # timestamps outside these years mean a wrong unit or format
+_OFFSET = r"\d:\d{2}(?::\d{2}(?:\.\d+)?)?\s*(?:Z|[+-]\d{2}:?\d{2})\s*$"   # a time followed by a UTC offset
+
+def _from_epoch(s: pd.Series, unit: str, what: str) -> pd.Series:
+    v = s.to_numpy(dtype="float64"); v = v[np.isfinite(v)]
+    if unit == "auto" and len(v):
+        if np.all((v >= 1e7) & (v < 1e8) & (v == np.floor(v))):   # 20200131: a date written as a number
+            t = pd.to_datetime(s.map(lambda x: f"{x:.0f}" if pd.notna(x) else None), format="%Y%m%d", errors="coerce")
+            if t.notna().sum() == len(v): return t
+        m = float(np.median(np.abs(v)))
+        if m < 1e8: raise DataError(f"{what} holds numbers (e.g. {v[0]:g}) too small for unix epoch timestamps; "
+                                    f"set date_unit (s, ms, us or ns) or date_format (e.g. %Y%m%d)")
+        unit = next(u for u, hi in _EPOCH_UNITS if m < hi)
+    try: return pd.to_datetime(s, unit="ns" if unit == "auto" else unit)
+    except (OverflowError, ValueError) as e:
+        raise DataError(f"{what} read as epoch {unit} gives no valid date (e.g. {v[0]:g}: {type(e).__name__}); check date_unit") from None
+
+def _from_text(s: pd.Series, fmt: str | None, dayfirst: bool, what: str) -> pd.Series:
+    import warnings
+    txt = s.dropna().astype(str)
+    off = txt.str.contains(_OFFSET, regex=True).to_numpy()
+    if off.any() and not off.all():
+        raise DataError(f"{what} mixes timestamps with a UTC offset ({txt.iloc[int(np.argmax(off))]!r}) and without one "
+                        f"({txt.iloc[int(np.argmin(off))]!r}); give every timestamp an offset, or none")
+    kw = {"format": fmt} if fmt else {"dayfirst": dayfirst}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)   # "could not infer format": the per-value fallback is what we want
+        try: return pd.to_datetime(s, errors="coerce", utc=bool(off.any()), **kw)
+        except ValueError: return pd.to_datetime(s, errors="coerce", utc=True, **kw)   # mixed named zones
+
+def parse_times(s: pd.Series, *, date_unit: str = "auto", date_format: str | None = None, dayfirst: bool = False,
+                tz: str | None = None, what: str = "the time column") -> pd.Series:
+    "Naive timestamps from a column: datetimes as they are, numbers as unix epochs, text by format; offsets converted to `tz`."
+    if date_unit not in ("auto", "s", "ms", "us", "ns"):
+        raise ConfigError(f"date_unit={date_unit!r} is invalid; allowed: 'auto', 's', 'ms', 'us', 'ns'")
+    if pd.api.types.is_datetime64_any_dtype(s): t = s
+    elif pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s) and date_format is None:
+        t = _from_epoch(s, date_unit, what)
+    else:
+        num = pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)
+        t = _from_text(s.map(lambda x: f"{x:.0f}" if pd.notna(x) else None) if num else s, date_format, dayfirst, what)
+    bad = t.isna().to_numpy() & s.notna().to_numpy()
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        how = f"date_format={date_format!r}" if date_format else "date_format (e.g. %d/%m/%Y) or dayfirst"
+        raise DataError(f"{what} holds a value that is not a date ({s.iloc[i]!r} at row {i}); fix or drop that row, or set {how}")
+    if t.dt.tz is not None: t = t.dt.tz_convert(tz or "UTC").dt.tz_localize(None)
+    years = t.dt.year.dropna()
+    if len(years) and (years.min() < _YEARS[0] or years.max() > _YEARS[1]):
+        j = int(np.flatnonzero(((t.dt.year < _YEARS[0]) | (t.dt.year > _YEARS[1])).to_numpy())[0])
+        raise DataError(f"{what} gives year {t.iloc[j].year} ({s.iloc[j]!r} at row {j}); "
+                        f"check date_unit or date_format (qtnb reads {_YEARS[0]}-{_YEARS[1]})")
+    return t
+
 # %% ../nbs/02_data.ipynb #f87755c1
 _TIME_NAMES = ("date", "time", "timestamp", "datetime")
+_FILE_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
 
-def _index_by_time(df: pd.DataFrame, time_col: str | None, where: str) -> pd.DataFrame:
+def frame_options(config: DataConfig) -> dict:
+    "The keyword arguments of `load_frame` that `config` sets: the time column and how its timestamps are read."
+    return dict(time_col=config.time_col, date_unit=config.date_unit, date_format=config.date_format,
+                dayfirst=config.dayfirst, tz=config.tz)
+
+def _index_by_time(df: pd.DataFrame, time_col: str | None, where: str, **dates) -> pd.DataFrame:
     if len(df) == 0 or len(df.columns) == 0:
         raise DataError(f"{where} is empty ({len(df)} rows, {len(df.columns)} columns); pass a frame with data")
-    if time_col is None and isinstance(df.index, pd.DatetimeIndex): return df
+    if time_col is None and isinstance(df.index, pd.DatetimeIndex):
+        if df.index.tz is None: return df
+        out = df.copy(); out.index = df.index.tz_convert(dates.get("tz") or "UTC").tz_localize(None); return out
     if time_col is None:
         time_col = next((c for c in df.columns if str(c).lower() in _TIME_NAMES), None)
         if time_col is None:
-            raise DataError(f"{where} has no DatetimeIndex and no time column (looked for {', '.join(_TIME_NAMES)}); "
-                            f"set a DatetimeIndex (df.set_index(pd.to_datetime(df['col']))) or pass time_col")
+            fix = "name that column date or set time_col" if where.startswith("data file") else \
+                  "set a DatetimeIndex (df.set_index(pd.to_datetime(df['col']))) or pass time_col"
+            raise DataError(f"{where} has no DatetimeIndex and no time column (looked for {', '.join(_TIME_NAMES)}; "
+                            f"columns: {', '.join(map(str, df.columns))[:120]}); {fix}")
     if time_col not in df.columns:
         raise DataError(f"time column {time_col!r} is not in {where} (columns: {', '.join(map(str, df.columns))}); fix time_col")
-    t = pd.to_datetime(df[time_col], errors="coerce")
-    bad = t.isna() & df[time_col].notna()
-    if bad.any():
-        i = int(np.flatnonzero(bad.to_numpy())[0])
-        raise DataError(f"time column {time_col!r} of {where} holds a value that is not a date ({df[time_col].iloc[i]!r} "
-                        f"at row {i}); fix or drop that row")
+    t = parse_times(df[time_col], what=f"time column {time_col!r} of {where}", **dates)
     out = df.drop(columns=[time_col])
     out.index = pd.DatetimeIndex(t, name=str(time_col))
     return out
 
+def data_file(source: str | Path) -> Path | None:
+    "The data file `source` names, checked (exists, a file, readable, not empty, a known suffix); None for a dataset name."
+    from qtnb.datasets import dataset_names
+    s = str(source); p = Path(s).expanduser()
+    sfx = "".join(p.suffixes).lower()
+    if not isinstance(source, Path) and not p.is_file() and (s in dataset_names() or s.startswith("synthetic:")): return None
+    if not (isinstance(source, Path) or p.exists() or "/" in s or sfx.endswith(_FILE_SUFFIXES)): return None
+    if p.is_dir(): raise DataError(f"data path {p} is a directory; give one .csv, .csv.gz or .parquet file in it")
+    if not p.exists(): raise DataError(f"data file {p} does not exist; check the path (relative paths start at {Path.cwd()})")
+    if not sfx.endswith(_FILE_SUFFIXES): raise DataError(f"data file {p} has suffix {sfx or '(none)'}; qtnb reads .csv, .csv.gz and .parquet")
+    try:
+        with open(p, "rb") as f: first = f.read(1)
+    except OSError as e: raise DataError(f"data file {p} cannot be read ({e.strerror or e}); check its permissions") from None
+    if not first: raise DataError(f"data file {p} is empty (0 bytes); write the data into it or give another file")
+    return p
+
 def load_frame(source: pd.DataFrame | str | Path, # a DataFrame, a .csv/.csv.gz/.parquet path, or a dataset name
-               *, time_col: str | None = None) -> pd.DataFrame:
-    "A frame with a DatetimeIndex from a DataFrame, a CSV/Parquet file or a qtnb dataset name."
-    if isinstance(source, pd.DataFrame): return _index_by_time(source, time_col, "the frame")
+               *, time_col: str | None = None, date_unit: str = "auto", date_format: str | None = None,
+               dayfirst: bool = False, tz: str | None = None) -> pd.DataFrame:
+    "A frame with a naive DatetimeIndex from a DataFrame, a CSV/Parquet file or a qtnb dataset name (see `parse_times`)."
+    dates = dict(date_unit=date_unit, date_format=date_format, dayfirst=dayfirst, tz=tz)
+    if isinstance(source, pd.DataFrame): return _index_by_time(source, time_col, "the frame", **dates)
     if not isinstance(source, (str, Path)):
         raise DataError(f"expected a DataFrame, a CSV/Parquet path or a dataset name, got {type(source).__name__}; "
                         f"pass one of those")
-    s = str(source)
-    suffixes = "".join(Path(s).suffixes).lower()
-    is_path = isinstance(source, Path) or Path(s).exists() or any(suffixes.endswith(x) for x in (".csv", ".csv.gz", ".parquet", ".pq"))
-    if not is_path: return _index_by_time(load_dataset(s), time_col, f"dataset {s!r}")
-    p = Path(s).expanduser()
-    if not p.is_file(): raise DataError(f"data file {p} does not exist; check the path (relative paths start at {Path.cwd()})")
-    try:
-        if suffixes.endswith((".parquet", ".pq")): df = pd.read_parquet(p)
-        elif ".csv" in suffixes: df = pd.read_csv(p)
-        else: raise DataError(f"data file {p} has suffix {suffixes or '(none)'}; qtnb reads .csv, .csv.gz and .parquet")
-    except DataError: raise
+    p = data_file(source)
+    if p is None: return _index_by_time(load_dataset(str(source)), time_col, f"dataset {str(source)!r}", **dates)
+    try: df = pd.read_parquet(p) if "".join(p.suffixes).lower().endswith((".parquet", ".pq")) else pd.read_csv(p)
     except ImportError as e: raise DataError(f"reading {p} needs a Parquet engine ({e.name}); pip install pyarrow") from None
+    except pd.errors.EmptyDataError: raise DataError(f"data file {p} holds no data (no columns); write a header and rows") from None
     except Exception as e:
         raise DataError(f"cannot read data file {p}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; "
                         f"check the file format") from None
     if len(df.columns) and str(df.columns[0]).startswith("Unnamed") and time_col is None:
         df = df.rename(columns={df.columns[0]: "date"})  # an index written by to_csv without a name
-    return _index_by_time(df, time_col, f"data file {p.name}")
+    return _index_by_time(df, time_col, f"data file {p.name}", **dates)
 
 # %% ../nbs/02_data.ipynb #0bf2625d
 def _symbol_col(df: pd.DataFrame, symbol_col: str | None) -> str | None:
@@ -156,7 +229,7 @@ def validate_frame(df: pd.DataFrame, *,
             n_nan, n_inf = int(np.isnan(vals).sum()), int(np.isinf(vals).sum())
             what = f"{n_nan} NaN" if np.isnan(vals[r, c]) else f"{n_inf} infinite"
             raise DataError(f"column {cols[c]!r} has {what} value(s), first at {out.index[r]} ({where(r)}); "
-                            f"clean the data or set fill='ffill' or fill='drop'")
+                            f"clean the data or set {qcfg.param_hint('fill', 'ffill')} (or {qcfg.param_hint('fill', 'drop')})")
         out = out.copy()
         out[cols] = out[cols].astype("float64").replace([np.inf, -np.inf], np.nan)
         if fill == "ffill":
@@ -946,7 +1019,7 @@ def prepare(config: qcfg.DataConfig | dict | None = None,
             **overrides) -> Prepared:
     "Validate, featurise, target, split and window the data of `config`: the one entry point of the data module."
     c = as_data_config(config, **overrides)
-    df = load_frame(c.data if frame is None else frame, time_col=c.time_col)
+    df = load_frame(c.data if frame is None else frame, **frame_options(c))
     sym = _symbol_col(df, c.symbol_col)
     feats = list(features) if features is not None else c.features
     specs = feature_specs(feats, [x for x in df.columns if x != sym], price_col=c.price_col)
