@@ -20,11 +20,13 @@ from .config import QtnbConfig, param, atomic_write, read_yaml, load_settings, r
 from .errors import ConfigError, DataError, QtnbError
 
 # %% auto #0
-__all__ = ['PIPELINES', 'resolve_runs_dir', 'PipelineParams', 'TrainParams', 'BacktestParams', 'TuneParams', 'ExportParams',
-           'default_search_space', 'parse_value', 'pipeline_class', 'check_params', 'check_runs_dir', 'pipeline_run',
-           'say', 'EpochLog', 'FoldResult', 'fold_predictions', 'stitch', 'oos_metrics', 'train_folds', 'mean_metrics',
-           'train', 'use_static_plotly', 'Report', 'backtest', 'tune', 'latest_model_run', 'export', 'PipelineFailed',
-           'pipeline_notebook', 'run_pipeline', 'parse_grid', 'grid_combinations', 'sweep', 'sweep_figure']
+__all__ = ['PIPELINES', 'resolve_runs_dir', 'PipelineParams', 'TrainParams', 'check_data_source', 'check_features',
+           'check_model_shapes', 'largest_allocation', 'free_memory', 'check_memory', 'BacktestParams', 'TuneParams',
+           'ExportParams', 'default_search_space', 'parse_value', 'pipeline_class', 'check_params', 'check_runs_dir',
+           'pipeline_run', 'say', 'EpochLog', 'FoldResult', 'fold_predictions', 'stitch', 'oos_metrics', 'train_folds',
+           'mean_metrics', 'train', 'use_static_plotly', 'Report', 'backtest', 'tune', 'latest_model_run', 'export',
+           'PipelineFailed', 'pipeline_notebook', 'run_pipeline', 'parse_grid', 'grid_combinations', 'sweep',
+           'sweep_figure']
 
 # %% ../nbs/12_pipeline.ipynb #8df3eba0
 def resolve_runs_dir(runs_dir: str | Path | None = None) -> Path:
@@ -51,6 +53,12 @@ class TrainParams(PipelineParams):
     pipeline: ClassVar[str] = "train"
     data: str = param("sp500", description="sp500, nasdaq, synthetic:random_walk|planted|regimes, or a CSV/Parquet path.", group="data")
     symbol_col: str | None = param(None, description="Column naming the symbol in a multi-symbol frame.", group="data", advanced=True)
+    fill: Literal["none", "ffill", "drop"] = param("none", description="NaN/inf in the data: refuse, forward-fill within a symbol, or drop the rows.", group="data", advanced=True)
+    time_col: str | None = param(None, description="Column holding the timestamps (default: date, time, timestamp or datetime).", group="data", advanced=True)
+    date_unit: Literal["auto", "s", "ms", "us", "ns"] = param("auto", description="Unit of numeric (unix epoch) timestamps; auto: by magnitude.", group="data", advanced=True)
+    date_format: str | None = param(None, description="strftime format of text timestamps, e.g. %d/%m/%Y (default: inferred).", group="data", advanced=True)
+    dayfirst: bool = param(False, description="Read text dates day first (31/01/2020) when no date_format is given.", group="data", advanced=True)
+    tz: str | None = param(None, description="Time zone of the index: timestamps with offsets are converted to it (default UTC); naive ones are taken as in it.", group="data", advanced=True)
     features: list[str] = param(["default"], description="Feature names or presets, computed causally.", group="data")
     target: Literal["return", "direction"] = param("return", description="Forward return (regression) or its direction (classification).", group="data")
     horizon: int = param(1, description="Rows ahead the target looks.", group="data", ge=1, le=252)
@@ -66,10 +74,64 @@ class TrainParams(PipelineParams):
     embargo: int = param(0, description="Rows skipped after each evaluation range.", group="validation", ge=0)
     export: bool = param(False, description="Export the trained model to ONNX (model.onnx in the run folder).", group="export")
 
+# %% ../nbs/12_pipeline.ipynb #16ac3b0f
+def check_data_source(data: str) -> None:
+    "ConfigError unless `data` is a dataset name or a readable, non-empty CSV/Parquet file (nothing is read)."
+    from qtnb.data import data_file
+    from qtnb.datasets import dataset_names
+    try: path = data_file(data)
+    except DataError as e: raise ConfigError(f"data: {e}") from None
+    if path is None and data not in dataset_names():
+        raise ConfigError(f"data={data!r} is neither a dataset ({', '.join(dataset_names())}) nor a .csv/.parquet file path; fix data")
+
+def check_features(dc) -> int:
+    "The number of features `dc.features` names (columns of `raw`/`col:` not counted); ConfigError listing the known ones."
+    from qtnb.data import feature_specs
+    return max(1, len(feature_specs(dc.features, (), price_col=dc.price_col)))
+
+def check_model_shapes(model_cfg: dict, *, n_features: int, seq_len: int) -> None:
+    "Build the model on the meta device (no memory) for `seq_len`: shape errors (a kernel longer than the window) surface now."
+    import torch
+    from qtnb.models.core import create_model
+    try:
+        with torch.device("meta"): create_model(model_cfg, n_features=n_features, seq_len=seq_len)
+    except ConfigError: raise
+    except QtnbError as e: raise ConfigError(f"model={model_cfg['name']!r} cannot be built for seq_len={seq_len}: {e}") from None
+
+def largest_allocation(model_cfg: dict, *, batch_size: int, seq_len: int, n_features: int) -> tuple[int, str]:
+    "The bytes of the largest single tensor a training step asks for, and how they were counted."
+    from qtnb.models.core import as_model_config
+    need, what = batch_size * seq_len * n_features * 4, f"the input batch (batch_size x seq_len x features x 4 bytes = {batch_size} x {seq_len} x {n_features} x 4)"
+    heads = getattr(as_model_config(model_cfg), "n_heads", None)
+    if heads:
+        t = seq_len + (getattr(as_model_config(model_cfg), "pooling", None) == "cls")
+        if batch_size * heads * t * t * 4 > need:
+            need, what = batch_size * heads * t * t * 4, f"one attention matrix (batch_size x n_heads x seq_len^2 x 4 bytes = {batch_size} x {heads} x {t}^2 x 4)"
+    return need, what
+
+def free_memory(device: str = "auto") -> tuple[int, str]:
+    "Free bytes where training runs: the CUDA device's free memory when it is a GPU, else available RAM."
+    import psutil, torch
+    if (device == "auto" or device.startswith("cuda")) and torch.cuda.is_available():
+        i = int(device.split(":")[1]) if ":" in device else torch.cuda.current_device()
+        return int(torch.cuda.mem_get_info(i)[0]), f"cuda:{i}"
+    return int(psutil.virtual_memory().available), "RAM"
+
+def check_memory(model_cfg: dict, *, batch_size: int, seq_len: int, n_features: int, device: str = "auto",
+                 free: int | None = None) -> None:  # free bytes; default: free_memory(device)
+    "ConfigError when the largest allocation of a training step is over half the free memory of `device`."
+    need, what = largest_allocation(model_cfg, batch_size=batch_size, seq_len=seq_len, n_features=n_features)
+    where = "given"
+    if free is None: free, where = free_memory(device)
+    if need > free / 2:
+        raise ConfigError(f"seq_len={seq_len} with batch_size={batch_size} needs {need / 1e9:.1f} GB for {what}, more than half "
+                          f"of the {free / 1e9:.1f} GB free ({where}); lower seq_len or batch_size")
+
 # %% ../nbs/12_pipeline.ipynb #89604717
 def _data_fields(p: TrainParams) -> dict:
     return dict(data=p.data, symbol_col=p.symbol_col, features=list(p.features), target=p.target, horizon=p.horizon,
-                seq_len=p.seq_len, validation=p.validation, n_folds=p.n_folds, embargo=p.embargo)
+                seq_len=p.seq_len, validation=p.validation, n_folds=p.n_folds, embargo=p.embargo, fill=p.fill,
+                time_col=p.time_col, date_unit=p.date_unit, date_format=p.date_format, dayfirst=p.dayfirst, tz=p.tz)
 
 def _data_config(self: TrainParams):
     "The DataConfig these parameters describe."
@@ -105,8 +167,12 @@ def _train_config(self: TrainParams):
 
 def _check_train(self: TrainParams) -> TrainParams:
     dc = self.data_config()
-    self.model_spec(dc)
-    self.train_config()
+    check_data_source(dc.data)
+    n_features = check_features(dc)
+    mcfg = self.model_spec(dc)
+    tcfg = self.train_config()
+    check_model_shapes(mcfg, n_features=n_features, seq_len=dc.seq_len)
+    check_memory(mcfg, batch_size=tcfg.batch_size, seq_len=dc.seq_len, n_features=n_features, device=tcfg.device)
     return self
 
 TrainParams.data_config, TrainParams.model_spec, TrainParams.train_config = _data_config, _model_spec, _train_config
