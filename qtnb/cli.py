@@ -6,7 +6,7 @@ Docs: https://qtnb.github.io/qtnb/cli.html.md"""
 
 # %% ../nbs/12a_cli.ipynb #51532d1d
 from __future__ import annotations
-import argparse, json, os, shutil, sys, textwrap
+import argparse, contextlib, json, os, shutil, sys, textwrap
 from pathlib import Path
 
 import qtnb
@@ -106,10 +106,29 @@ def build_parser() -> argparse.ArgumentParser:
 # %% ../nbs/12a_cli.ipynb #211b30b5
 def _echo(*a): print(*a, flush=True)
 
+def _once(pairs, flag: str) -> dict[str, str]:
+    "The NAME VALUE pairs of a repeatable option as a dict; ConfigError when a NAME comes twice (argparse keeps both)."
+    out = {}
+    for k, v in pairs or []:
+        if k in out: raise ConfigError(f"{flag} {k} is given twice ({out[k]!r} and {v!r}); give each name once")
+        out[k] = v
+    return out
+
 def _parse_params(pipeline: str, pairs) -> dict:
     from qtnb.pipeline import parse_value, pipeline_class
     cls = pipeline_class(pipeline)
-    return {k: parse_value(cls, k, v) for k, v in (pairs or [])}
+    return {k: parse_value(cls, k, v) for k, v in _once(pairs, "-p").items()}
+
+@contextlib.contextmanager
+def _cli_param_style(command: str):
+    "While `run` or `sweep` runs, messages suggest fixes as `-p NAME VALUE` (kernels and workers inherit the variable)."
+    from qtnb.config import PARAM_STYLE_ENV
+    old = os.environ.get(PARAM_STYLE_ENV)
+    if command in ("run", "sweep"): os.environ[PARAM_STYLE_ENV] = "cli"
+    try: yield
+    finally:
+        if old is None: os.environ.pop(PARAM_STYLE_ENV, None)
+        else: os.environ[PARAM_STYLE_ENV] = old
 
 def cmd_run(args) -> int:
     from qtnb.pipeline import PipelineFailed, run_pipeline
@@ -135,10 +154,12 @@ def cmd_sweep(args) -> int:
     from qtnb.pipeline import parse_grid, parse_value, pipeline_class, sweep
     cls = pipeline_class(args.pipeline)
     grid = {}
-    for k, v in args.grid or []:
+    for k, v in _once(args.grid, "-g").items():
         vals = parse_grid(v)
         grid[k] = [parse_value(cls, k, x) if isinstance(x, str) else x for x in vals]
     params = _parse_params(args.pipeline, args.param)
+    both = [k for k in grid if k in params]
+    if both: raise ConfigError(f"{both[0]} is given by -p and by -g; sweep it with -g or fix it with -p, not both")
     def done(r, n): _echo(f"[{r['index'] + 1}/{n}] {r['state']:<9} {r['run_id'] or ''} {r['error'] or ''}")
     table, folder = sweep(args.pipeline, grid, params, yaml_path=args.params_file, workers=args.workers,
                           runs_dir=args.runs_dir, name=args.name, on_done=done)
@@ -238,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     if extra and args.command != "lab": parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
     if args.command is None: parser.print_help(); return 2
-    try: return COMMANDS[args.command](args) or 0
+    try:
+        with _cli_param_style(args.command): return COMMANDS[args.command](args) or 0
     except KeyboardInterrupt:
         print("qtnb: interrupted", file=sys.stderr); return 130
     except ConfigError as e:
