@@ -68,6 +68,9 @@ def _from_text(s: pd.Series, fmt: str | None, dayfirst: bool, what: str) -> pd.S
         raise DataError(f"{what} mixes timestamps with a UTC offset ({txt.iloc[int(np.argmax(off))]!r}) and without one "
                         f"({txt.iloc[int(np.argmin(off))]!r}); give every timestamp an offset, or none")
     kw = {"format": fmt} if fmt else {"dayfirst": dayfirst}
+    if dayfirst and not fmt:   # pandas would read 2020-01-13 as %Y-%d-%m: ISO dates are never day first
+        iso = pd.to_datetime(s, errors="coerce", utc=bool(off.any()), format="ISO8601")
+        if iso.notna().sum() == len(txt): return iso
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)   # "could not infer format": the per-value fallback is what we want
         try: return pd.to_datetime(s, errors="coerce", utc=bool(off.any()), **kw)
