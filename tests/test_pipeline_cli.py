@@ -116,13 +116,16 @@ def test_tune_pipeline_links_trials_and_runs(tmp_path):
     eq(len([p for p in tmp_path.iterdir() if (p / "status.json").exists()]), 6)   # one more trial, one more tune run
 
 def test_failing_run_exits_non_zero_and_keeps_the_notebook(tmp_path):
-    r = qtnb("run", "train", "-p", "data", str(tmp_path / "missing.csv"), runs=tmp_path / "runs")
+    from qtnb.datasets import random_walk
+    df = random_walk(200); df.iloc[50, df.columns.get_loc("Close")] = float("nan")   # found only when the kernel reads it
+    df.to_csv(tmp_path / "gappy.csv")
+    r = qtnb("run", "train", "-p", "data", str(tmp_path / "gappy.csv"), runs=tmp_path / "runs")
     eq(r.returncode, 1)
-    assert "DataError" in r.stderr and "missing.csv" in r.stderr and "notebook.ipynb" in r.stderr
+    assert "DataError" in r.stderr and "column 'Close' has 1 NaN" in r.stderr and "notebook.ipynb" in r.stderr
     run = only_run(tmp_path / "runs")
     st = status(run)
     eq(st["state"], "failed")
-    assert "missing.csv does not exist" in st["error"]
+    assert "set -p fill ffill" in st["error"]
     nb = nbformat.read(run / "notebook.ipynb", as_version=4)
     errs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert errs and errs[0]["ename"] == "DataError"
