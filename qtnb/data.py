@@ -975,7 +975,7 @@ class Prepared:
             if bad.any():
                 i = first + int(np.argmax(bad)); j = int(np.argmax(~np.isfinite(X[i])))
                 raise DataError(f"feature {self.feature_names[j]!r} is not finite at {frame.index[i]} ({who}) after its "
-                                f"warm-up; check the input there or set fill='ffill'")
+                                f"warm-up; check the input there or set {qcfg.param_hint('fill', 'ffill')}")
             keep[first:last] = True
             label_row[first:last] = np.arange(first, last) + max(hs)
         self._blocks = []
