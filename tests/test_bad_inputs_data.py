@@ -234,3 +234,18 @@ def test_epoch_panel_and_aware_parquet(tmp_path):
     assert got[0] == pd.Timestamp("2000-01-03 05:00")
     local = prepare(cfg(data=str(tmp_path / "aware.parquet"), tz="America/New_York")).frame.index
     assert list(local) == list(rw().index)                                   # back on New York's midnights
+
+
+def test_unreadable_file(tmp_path):
+    "A file that exists but cannot be read: no permission (as a user), or an I/O error (as root, who may read anything)."
+    import os
+    p = tmp_path / "locked.csv"
+    if os.geteuid() != 0:
+        rw().to_csv(p); p.chmod(0)
+        fragment = "locked.csv cannot be read (Permission denied)"
+    else:
+        p.symlink_to("/proc/self/mem")     # opens, but reading offset 0 fails with EIO
+        fragment = "locked.csv cannot be read (Input/output error)"
+    with pytest.raises(DataError) as info:
+        prepare(cfg(data=str(p)))
+    assert fragment in str(info.value) and "\n" not in str(info.value), str(info.value)
