@@ -27,7 +27,7 @@ __all__ = ['RUN_STATES', 'FINISHED_STATES', 'HEARTBEAT_MIN_S', 'LINEAGE_PACKAGES
            'new_run_id', 'process_record', 'process_alive', 'Run', 'process_gone', 'create_run', 'open_run',
            'lineage_info', 'rng_state', 'set_rng_state', 'list_runs', 'compare_runs', 'RegistryError',
            'VersionNotFound', 'check_model_name', 'check_stage', 'parse_ref', 'register_version', 'set_stage',
-           'resolve_version', 'model_versions', 'load_version', 'save_estimator', 'load_estimator', 'RunRegistered',
+           'resolve_version', 'model_versions', 'load_version', 'save_estimator', 'load_estimator', 'NeedsForce',
            'check_run_id', 'delete_run']
 
 # %% ../nbs/10_runs.ipynb #d6ee5e8a
@@ -885,12 +885,16 @@ def load_estimator(run: str | Run, *, runs_dir: str | Path | None = None):
 def _registered(reg: dict, run_id: str) -> list[str]:
     return [f"{n}@{v['version']}" for n, m in sorted(reg["models"].items()) for v in m["versions"] if v.get("run_id") == run_id]
 
-class RunRegistered(RunError):
-    "A run that registered model versions use: deleting it needs force."
-    def __init__(self, run_id: str, versions: list[str]):
-        self.run_id, self.versions = run_id, versions
-        super().__init__(f"run {run_id} holds the registered model versions {', '.join(versions)}; register a replacement "
-                         f"and archive them, or pass force=True to delete the run and those versions")
+class NeedsForce(RunError):
+    "Deleting the run needs force (registered versions use it, or it is marked running and nothing tells whether it is)."
+    def __init__(self, template: str): # the message, with {force} where the flag goes
+        self.template = template
+        super().__init__(template.format(force="force=True"))
+    def with_flag(self, flag: str) -> str: return self.template.format(force=flag)
+
+def _needs_force_registered(run_id: str, used: list[str]) -> NeedsForce:
+    return NeedsForce(f"run {run_id} holds the registered model versions {', '.join(used)}; register a replacement and "
+                      "archive them, or pass {force} to delete the run and those versions")
 
 def check_run_id(run_id: Any) -> str:
     "`run_id` when it is a bare run id (one folder name of the store); `ConfigError` for paths, '..', '/' and NUL."
@@ -920,7 +924,7 @@ def delete_run(run_id: str | Run, *, runs_dir: str | Path | None = None,
     with _registry_update(root) as reg:                      # under the lock: nobody registers the run while it goes
         if path.is_symlink():
             used = _registered(reg, run_id)
-            if used and not force: raise RunRegistered(run_id, used)
+            if used and not force: raise _needs_force_registered(run_id, used)
             os.unlink(path)                                  # the link, never what it points to
         else:
             if not _is_run(path): open_run(run_id, runs_dir=root)      # RunNotFound: close matches, or "not a run"
@@ -928,10 +932,10 @@ def delete_run(run_id: str | Run, *, runs_dir: str | Path | None = None,
             live = _live(st) if st.get("state") in ("running", "queued") else None
             if live: raise RunError(f"run {run_id} is live ({live}); stop it first: a live run is not deleted, even with force")
             if st.get("state") in ("running", "queued") and not force:
-                raise RunError(f"run {run_id} is marked {st['state']} and qtnb cannot tell whether its process still runs; "
-                               f"stop it, or pass force=True if it crashed")
+                raise NeedsForce(f"run {run_id} is marked {st['state']} and qtnb cannot tell whether its process still runs; "
+                                 "stop it, or pass {force} if it crashed")
             used = _registered(reg, run_id)
-            if used and not force: raise RunRegistered(run_id, used)
+            if used and not force: raise _needs_force_registered(run_id, used)
             trash = root / f".deleting-{run_id}-{secrets.token_hex(4)}"
             os.rename(path, trash)                           # gone from listings at once; removed below
         for m in reg["models"].values(): m["versions"] = [v for v in m["versions"] if v.get("run_id") != run_id]
