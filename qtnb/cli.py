@@ -127,7 +127,7 @@ def cmd_run(args) -> int:
     _echo(f"\n{st.get('state')}: run {run.id}")
     if not args.quiet: return 0 if st.get("state") in ("completed", "stopped") else 1   # the notebook printed where things are
     for label, name in (("notebook", "notebook.ipynb"), ("metrics", "metrics.json"), ("model", "checkpoints/best.pt"),
-                        ("model", "model.pkl"), ("exported", "model.onnx")):
+                        ("model", "estimator/manifest.json"), ("exported", "model.onnx")):
         f = Path(run.path) / name
         if f.exists(): _echo(f"  {label:<9}{f}")
     return 0 if st.get("state") in ("completed", "stopped") else 1

@@ -364,7 +364,7 @@ def mean_metrics(dicts: list[dict]) -> dict:
     return {k: float(np.mean([d[k] for d in dicts if k in d])) for k in keys}
 
 def _save_model(run, fr: FoldResult, model_cfg: dict, many: bool) -> Path | None:
-    "Keep the run's model: the last fold's best.pt (walk-forward) or, for estimators, model.pkl."
+    "Keep the run's model: the last fold's best.pt (walk-forward) or, for estimators, save_estimator's files."
     from qtnb.models.core import is_torch_model
     model = fr.trainer.model
     if not is_torch_model(model):
