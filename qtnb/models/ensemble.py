@@ -188,7 +188,7 @@ def _load_weights_npz(module, data: bytes, where: str):
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as z: sd = {k: torch.from_numpy(z[k].copy()) for k in z.files}
         module.load_state_dict(sd)
-    except (ValueError, OSError, RuntimeError, KeyError) as e:
+    except Exception as e:                               # not an .npz of arrays, or arrays of other shapes
         raise ModelError(f"{where} weights cannot be loaded ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:100]}); "
                          f"save the ensemble again") from None
     return module.eval()
