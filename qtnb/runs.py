@@ -170,6 +170,14 @@ def process_gone(st: dict) -> str | None:
         return f"no heartbeat for {age:.0f} s from process {st['pid']} on host {st.get('host')}"
     return None
 
+from fastcore.basics import patch
+
+@patch(as_prop=True)
+def recorded_status(self: Run) -> dict:
+    "status.json as written, nothing inferred: for a run's own writers deciding what to write next ({} when unreadable)."
+    try: return _read_json(self.path / "status.json", "status file")
+    except RunError: return {}
+
 def _status(self) -> dict:
     "The run's status.json, `interrupted` when its process is gone (state 'unknown' and a `problem` when it cannot be read)."
     try: st = _read_json(self.path / "status.json", "status file")
