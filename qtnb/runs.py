@@ -929,6 +929,7 @@ def delete_run(run_id: str | Run, *, runs_dir: str | Path | None = None,
         root, run_id = (_root(runs_dir) if runs_dir is not None else run_id.path.parent), run_id.id
     else: root = _root(runs_dir)
     path, trash = root / check_run_id(run_id), None          # root resolved, one plain name: always inside the store
+    if not root.is_dir(): raise RunNotFound(f"run {run_id!r} not found: run store {root} does not exist; check runs_dir")
     with _registry_update(root) as reg:                      # under the lock: nobody registers the run while it goes
         if path.is_symlink():
             used = _registered(reg, run_id)

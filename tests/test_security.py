@@ -98,6 +98,8 @@ def test_delete_run_python_api_refuses_paths(tmp_path):
     for handle in (Run(project), open_run(str(project))):                   # a handle on a folder qtnb did not make
         with pytest.raises(ConfigError, match="is not a folder qtnb made"): delete_run(handle, force=True)
     assert intact(project)
+    with pytest.raises(RunError, match="does not exist"): delete_run("20240101-000000-x-abcd", runs_dir=tmp_path / "nowhere")
+    assert not (tmp_path / "nowhere").exists()                              # deleting creates nothing either
 
 def test_a_symlinked_run_folder_loses_the_link_only(tmp_path):
     store, project = tmp_path / "store", sentinel_project(tmp_path)
