@@ -761,7 +761,7 @@ def _sweep_dir(root: Path, name: str) -> Path:
     from qtnb.runs import new_run_id
     (root / "sweeps").mkdir(parents=True, exist_ok=True)
     for _ in range(1000):
-        d = root / "sweeps" / new_run_id(name)
+        d = root / "sweeps" / new_run_id(name, field="sweep name")
         try: d.mkdir(); return d
         except FileExistsError: continue
     raise ConfigError(f"no free sweep id for {name!r} in {root / 'sweeps'}")

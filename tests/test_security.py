@@ -5,7 +5,7 @@ from another host went stale, reads as interrupted in `qtnb runs list` and the P
 
 Every pickle planted here would create a marker file if anything unpickled it; each test first proves its payload
 is live (unpickling it for real creates a marker), then asserts the marker never appears on qtnb's paths."""
-import json, os, pickle, shutil, signal, subprocess, sys, textwrap, time
+import json, os, pickle, re, shutil, signal, subprocess, sys, textwrap, time
 from pathlib import Path
 
 import numpy as np
@@ -225,13 +225,13 @@ def test_another_hosts_heartbeat_decides(tmp_path):
     store = tmp_path / "store"
     far = create_run("far", runs_dir=store)
     beat = dict(pid=4242, host="node-that-is-not-here", pid_start=1.0, heartbeat_s=30.0)
-    far.set_status("running", **beat, heartbeat=time.time() - 20)           # within 3 beats (90 s): alive
+    far.set_status("running", **beat, heartbeat=time.time())                # a beat just now (stale after 90 s)
     eq(_listed_state(store, far.id), "running")
     r = qtnb("runs", "rm", far.id, "--force", "--runs-dir", store)
     eq(r.returncode, 1); assert "stop it first" in one_line_error(r)
     far.set_status("running", heartbeat=time.time() - 400)
     eq(_listed_state(store, far.id), "interrupted")
-    assert "no heartbeat for 40" in far.status["problem"]
+    assert re.search(r"no heartbeat for \d+ s from process 4242 on host node-that-is-not-here", far.status["problem"])
     old = create_run("old", runs_dir=store)
     old.set_status("running", pid=None, host=None)                          # an old run: no pid, nothing tells
     eq(_listed_state(store, old.id), "running")
@@ -383,7 +383,7 @@ def test_run_model_and_sweep_names_are_refused_from_the_command_line(tmp_path):
         r = qtnb("models", "register", run.id, model_name, "--runs-dir", store)
         eq(r.returncode, 2); assert f"model name {model_name!r} is not allowed" in one_line_error(r)
     r = qtnb("sweep", "train", "-p", "data", "synthetic:planted", "-g", "model", "linear,mlp", "--name", "../sweep", "--runs-dir", store)
-    eq(r.returncode, 2); assert "'../sweep' is not allowed" in one_line_error(r)
+    eq(r.returncode, 2); assert "sweep name '../sweep' is not allowed" in one_line_error(r)
     eq(sorted(p.name for p in tmp_path.iterdir()), before)
     eq([p.name for p in store.iterdir() if not p.name.startswith(".") and p.name != "sweeps"], [run.id])
     assert not (store / "sweeps").exists() or not any((store / "sweeps").iterdir())     # no sweep folder was made
@@ -395,7 +395,7 @@ def test_run_model_and_sweep_names_are_refused_in_python(tmp_path):
     for bad in [*BAD_NAMES, "nul\0byte", str(tmp_path / "abs")]:
         with pytest.raises(ConfigError, match="run name .* is not allowed"): create_run(bad, runs_dir=store)
         with pytest.raises(ConfigError, match="model name .* is not allowed"): register_version(run, bad)
-        with pytest.raises(ConfigError, match="is not allowed"):
+        with pytest.raises(ConfigError, match="sweep name .* is not allowed"):
             sweep("train", {"model": ["linear"]}, {"data": "synthetic:planted"}, name=bad, runs_dir=store)
         with pytest.raises(ConfigError, match="is not allowed"):
             run_pipeline("train", {"data": "synthetic:planted", "model": "linear"}, name=bad, runs_dir=store)
