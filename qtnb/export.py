@@ -694,7 +694,7 @@ def _record_export(run, entry: dict) -> None:
     atomic_write(p, json.dumps(lineage, indent=2, default=str))
 
 def export_run(run_id: str, *, format: str = "onnx", precision: str = "fp32", runs_dir: str | Path | None = None) -> Path:
-    "Export run `run_id`'s best checkpoint into its run folder (model.onnx, model.ts or a TensorRT engine) and record it in lineage."
+    "Export run `run_id`'s model (best checkpoint, or saved estimator) into its run folder (model.onnx, model.ts or a TensorRT engine); record it in lineage."
     from qtnb.data import prepare
     from qtnb.models.core import create_model, is_torch_model
     from qtnb.runs import open_run
@@ -705,7 +705,7 @@ def export_run(run_id: str, *, format: str = "onnx", precision: str = "fp32", ru
     prep = prepare(dict(data_cfg, cache=False) if "cache" not in data_cfg else data_cfg)
     fold = prep.folds[-1]
     model = create_model(model_cfg, n_features=len(prep.feature_names), seq_len=prep.config.seq_len)
-    if not is_torch_model(model): raise ExportError(f"{model_cfg['name']} is not a torch model; export it with export_estimator")
+    if not is_torch_model(model): return _export_estimator_run(run, prep, format=format, precision=precision)
     try: model.load_state_dict(_state_dict(run.load_checkpoint("best")))
     except QtnbError: raise
     except RuntimeError as e: raise ExportError(f"run {run_id}'s best checkpoint does not fit its {model_cfg['name']} config: {str(e).splitlines()[0][:160]}") from None
@@ -731,6 +731,18 @@ def export_run(run_id: str, *, format: str = "onnx", precision: str = "fp32", ru
                 entry["quantization"] = quantization_report(folder / "model.onnx", out, xt, yt)
     entry.update(path=out.name, sha256=hashlib.sha256(out.read_bytes()).hexdigest(), data_fingerprint=prep.fingerprint)
     _record_export(run, entry)
+    return out
+
+def _export_estimator_run(run, prep, *, format: str, precision: str) -> Path:
+    "An estimator run's model, loaded by `qtnb.runs.load_estimator` (own-format files, hashes checked), exported to ONNX."
+    from qtnb.runs import load_estimator
+    if format != "onnx" or precision != "fp32":
+        raise ExportError(f"run {run.id} holds an estimator, which exports to ONNX fp32 only; use format='onnx', precision='fp32'")
+    model = load_estimator(run)
+    out = export_estimator(model, Path(run.path) / "model.onnx", meta=export_meta(model, prep, fold=prep.folds[-1]))
+    _record_export(run, dict(format="onnx" if out.suffix == ".onnx" else "native", precision="fp32", path=out.name,
+                             time=time.strftime("%Y-%m-%dT%H:%M:%S"), qtnb=qtnb.__version__, data_fingerprint=prep.fingerprint,
+                             sha256=hashlib.sha256(out.read_bytes()).hexdigest()))
     return out
 
 # %% ../nbs/08_export.ipynb #997769b0

@@ -21,12 +21,14 @@ from .config import atomic_write, read_yaml, runs_dir as default_runs_dir
 from .errors import ConfigError, QtnbError
 
 # %% auto #0
-__all__ = ['RUN_STATES', 'FINISHED_STATES', 'LINEAGE_PACKAGES', 'KEY_METRICS', 'LIST_COLUMNS', 'REGISTRY_FILE', 'REGISTRY_FORMAT',
-           'STAGES', 'REGISTRABLE_STATES', 'LINEAGE_KEYS', 'VERSION_COLUMNS', 'VERSION_METRICS', 'RunError',
-           'RunNotFound', 'plain', 'sanitize_name', 'new_run_id', 'process_record', 'process_alive', 'Run',
-           'create_run', 'open_run', 'lineage_info', 'rng_state', 'set_rng_state', 'list_runs', 'compare_runs',
-           'RegistryError', 'VersionNotFound', 'check_model_name', 'check_stage', 'parse_ref', 'register_version',
-           'set_stage', 'resolve_version', 'model_versions', 'load_version', 'save_estimator', 'delete_run']
+__all__ = ['RUN_STATES', 'FINISHED_STATES', 'HEARTBEAT_MIN_S', 'LINEAGE_PACKAGES', 'KEY_METRICS', 'LIST_COLUMNS', 'REGISTRY_FILE',
+           'REGISTRY_FORMAT', 'STAGES', 'REGISTRABLE_STATES', 'ESTIMATOR_DIR', 'ESTIMATOR_FORMAT', 'ESTIMATOR_MANIFEST',
+           'LINEAGE_KEYS', 'VERSION_COLUMNS', 'VERSION_METRICS', 'RunError', 'RunNotFound', 'plain', 'sanitize_name',
+           'new_run_id', 'process_record', 'process_alive', 'Run', 'process_gone', 'create_run', 'open_run',
+           'lineage_info', 'rng_state', 'set_rng_state', 'list_runs', 'compare_runs', 'RegistryError',
+           'VersionNotFound', 'check_model_name', 'check_stage', 'parse_ref', 'register_version', 'set_stage',
+           'resolve_version', 'model_versions', 'load_version', 'save_estimator', 'load_estimator', 'NeedsForce',
+           'check_run_id', 'delete_run']
 
 # %% ../nbs/10_runs.ipynb #d6ee5e8a
 RUN_STATES = ("queued", "running", "completed", "failed", "stopped", "interrupted", "pruned")
@@ -67,13 +69,17 @@ def _seconds(a: str | None, b: str | None) -> float | None:
 
 # %% ../nbs/10_runs.ipynb #81a705b9
 def sanitize_name(name: str) -> str:
-    "`name` reduced to letters, digits, `_`, `.` and `-` (at most 64 characters), or 'run' when nothing is left."
+    "A name qtnb derives (never one a user typed) reduced to letters, digits, `_`, `.` and `-` (at most 64), or 'run'."
     s = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("._-")[:64]
+    s = re.sub(r"\.{2,}", ".", s)
     return s or "run"
 
-def new_run_id(name: str, *, when: float | None = None) -> str:
-    "A fresh run id `YYYYmmdd-HHMMSS-<name>-<4 hex>` (not yet reserved: `create_run` reserves it)."
-    return f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(when))}-{sanitize_name(name)}-{secrets.token_hex(2)}"
+def new_run_id(name: str, *, when: float | None = None,
+               field: str = "run name") -> str: # what the name is called in the error (run name, sweep name)
+    "A fresh run id `YYYYmmdd-HHMMSS-<name>-<4 hex>` (not yet reserved: `create_run` reserves it); `name` must be a slug."
+    from qtnb.config import check_slug
+    check_slug(name, field)
+    return f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(when))}-{name}-{secrets.token_hex(2)}"
 
 _RUN_ID = re.compile(r"^(\d{8}-\d{6})-(.+)-([0-9a-f]{4})$")
 
@@ -142,12 +148,48 @@ def _read_json(path: Path, what: str) -> dict:
     if not isinstance(data, dict): raise RunError(f"{what} {path} holds a {type(data).__name__}, not an object; fix or delete it")
     return data
 
+HEARTBEAT_MIN_S = 30.0   # a heartbeat older than max(3 beats, this) means the process is gone
+
+def _beat_age(st: dict) -> float | None:
+    "Seconds since the run's last heartbeat (None when it records none)."
+    try: return time.time() - float(st["heartbeat"])
+    except (KeyError, TypeError, ValueError): return None
+
+def _beat_limit(st: dict) -> float:
+    try: every = float(st.get("heartbeat_s") or 0)
+    except (TypeError, ValueError): every = 0.0
+    return max(3 * every, HEARTBEAT_MIN_S)
+
+def process_gone(st: dict) -> str | None:
+    "Why the process of a running (or queued) run that recorded a pid is gone; None while it may run, or nothing tells."
+    if st.get("state") not in ("running", "queued") or not st.get("pid"): return None
+    alive = process_alive(st)
+    if alive is False: return f"process {st['pid']} on host {st.get('host')} is gone"
+    age = _beat_age(st)
+    if alive is None and age is not None and age > _beat_limit(st):
+        return f"no heartbeat for {age:.0f} s from process {st['pid']} on host {st.get('host')}"
+    return None
+
+from fastcore.basics import patch
+
+@patch(as_prop=True)
+def recorded_status(self: Run) -> dict:
+    "status.json as written, nothing inferred: for a run's own writers deciding what to write next ({} when unreadable)."
+    try: return _read_json(self.path / "status.json", "status file")
+    except RunError: return {}
+
 def _status(self) -> dict:
-    "The run's status.json (state 'unknown' and a `problem` when it cannot be read)."
+    "The run's status.json, `interrupted` when its process is gone (state 'unknown' and a `problem` when it cannot be read)."
     try: st = _read_json(self.path / "status.json", "status file")
     except RunError as e: return {"id": self.id, "state": "unknown", "problem": str(e)}
     if not st: return {"id": self.id, "state": "unknown", "problem": f"{self.path / 'status.json'} is missing"}
-    if st.get("state") == "running" and st.get("started"):
+    why = process_gone(st)
+    if why:
+        st.update(recorded_state=st["state"], state="interrupted", problem=f"interrupted: {why}")
+        if _beat_age(st) is not None:
+            st.setdefault("ended", datetime.fromtimestamp(float(st["heartbeat"])).astimezone().isoformat(timespec="milliseconds"))
+        if st.get("started"): st["duration_s"] = _seconds(st["started"], st.get("ended") or _now())
+    elif st.get("state") == "running" and st.get("started"):
         st["duration_s"] = _seconds(st["started"], _now())
     return st
 
@@ -482,10 +524,13 @@ class VersionNotFound(RegistryError, LookupError):
     "No registered model or version matches the reference."
 
 def check_model_name(name: str) -> str:
-    "`name` when it is a valid registered-model name; `ConfigError` saying what is allowed otherwise."
-    if not isinstance(name, str) or not _MODEL_NAME.match(name):
-        raise ConfigError(f"model name {name!r} is invalid; use {_NAME_RULE}")
-    return name
+    "`name` when it is a valid registered-model name (a slug, as run names); `ConfigError` saying what is allowed otherwise."
+    from qtnb.config import check_slug
+    return check_slug(name, "model name")
+
+def _is_slug(name: str) -> bool:
+    try: check_model_name(name); return True
+    except ConfigError: return False
 
 def check_stage(stage: str) -> str:
     "`stage` when it is one of `STAGES`; `ConfigError` listing them otherwise."
@@ -496,7 +541,7 @@ def parse_ref(ref: str) -> tuple[str, str]:
     "A model reference split into (name, selector): `name@3` -> ('name', '3'); plain `name` -> ('name', 'latest')."
     m = _REF.match(ref) if isinstance(ref, str) else None
     sel = (m[2] or "latest") if m else ""
-    if not m or not _MODEL_NAME.match(m[1]) or not (sel.isdigit() or sel in ("latest", *STAGES[1:])):
+    if not m or not _is_slug(m[1]) or not (sel.isdigit() or sel in ("latest", *STAGES[1:])):
         raise ConfigError(f"model reference {ref!r} is invalid; use name, name@<version>, name@latest or "
                           f"name@production|staging|archived (e.g. 'sp500-mlp@3')")
     return m[1], sel
@@ -541,6 +586,13 @@ def _file_info(run: Run, rel: str) -> dict:
 
 # %% ../nbs/10_runs.ipynb #371d9934
 REGISTRABLE_STATES = ("completed", "stopped")
+ESTIMATOR_DIR, ESTIMATOR_FORMAT = "estimator", "qtnb-estimator-1"   # where save_estimator keeps an estimator (below)
+ESTIMATOR_MANIFEST = f"{ESTIMATOR_DIR}/manifest.json"
+
+def _pickle_refused(run: Run) -> str:
+    return (f"run {run.id} holds model.pkl, a pickle qtnb does not load (unpickling a file can run any code); train the "
+            f"run again so its estimator is saved in its own format ({ESTIMATOR_MANIFEST})")
+
 LINEAGE_KEYS = ("git_commit", "git_dirty", "packages", "data_fingerprint", "config_hash", "seed")
 
 def _model_params(params: dict) -> dict | None:
@@ -589,10 +641,14 @@ def register_version(run_id_or_run: str | Run, name: str, *,
         raise RegistryError(f"run {run.id}'s params.yaml names no model (params.model), so its model cannot be rebuilt; "
                             f"train it from a model config (Trainer({{'name': 'mlp'}}, run=run))")
     if (run.checkpoint_dir / "best.pt").is_file(): kind, rel = "torch", "checkpoints/best.pt"
-    elif (run.path / "model.pkl").is_file(): kind, rel = "estimator", "model.pkl"
+    elif (run.path / ESTIMATOR_MANIFEST).is_file():
+        kind, rel = "estimator", ESTIMATOR_MANIFEST
+        try: load_estimator(run)                         # registers only what loads: every file present, every hash right
+        except RunError as e: raise RegistryError(f"run {run.id} cannot be registered: {e}") from None
+    elif (run.path / "model.pkl").exists(): raise RegistryError(_pickle_refused(run))
     else:
-        raise RegistryError(f"run {run.id} has no model artifact (checkpoints/best.pt or model.pkl); train torch models "
-                            f"with a run, and save estimators with save_estimator(run, model)")
+        raise RegistryError(f"run {run.id} has no model artifact (checkpoints/best.pt or {ESTIMATOR_MANIFEST}); train "
+                            f"torch models with a run, and save estimators with save_estimator(run, model)")
     if kind == "torch" and not isinstance(params.get("inputs"), dict) and not isinstance(params.get("data"), dict):
         raise RegistryError(f"run {run.id}'s params.yaml records neither the model's inputs nor a data config, so its model "
                             f"cannot be rebuilt; train it again with this qtnb")
@@ -713,18 +769,19 @@ def _read_artifact(run: Run, entry: dict, ref: str) -> bytes:
 
 def load_version(ref: str, *, runs_dir: str | Path | None = None,
                  map_location: Any = "cpu") -> Any: # torch models: where the weights go
-    "The model `ref` names, ready to predict (torch: rebuilt, weights loaded, eval mode; estimators: unpickled)."
+    "The model `ref` names, ready to predict (torch: rebuilt, weights loaded, eval mode; estimators: `load_estimator`)."
     root = _root(runs_dir)
     entry = resolve_version(ref, runs_dir=root)
     ref = f"{entry['name']}@{entry['version']}"
     try: run = open_run(entry["run_id"], runs_dir=root)
     except RunNotFound: raise RegistryError(f"{ref}: its run {entry['run_id']} is no longer in {root}; register another run") from None
+    if entry["artifact"]["kind"] == "estimator" and entry["artifact"].get("path") != ESTIMATOR_MANIFEST:
+        raise RegistryError(f"{ref} was registered from {entry['artifact'].get('path')}, a pickle qtnb does not load "
+                            f"(unpickling a file can run any code); train the run again and register it as a new version")
     data = _read_artifact(run, entry, ref)
     if entry["artifact"]["kind"] == "estimator":
-        try: model = pickle.loads(data)
-        except Exception as e:
-            raise RegistryError(f"{ref}: model.pkl cannot be unpickled here ({type(e).__name__}: "
-                                f"{(str(e).splitlines() or [''])[0][:80]}); install the packages it was saved with") from None
+        try: model = _load_estimator(run, data)
+        except RunError as e: raise RegistryError(f"{ref}: {e}") from None
     else:
         import torch
         from qtnb.models.core import create_model
@@ -746,8 +803,15 @@ def load_version(ref: str, *, runs_dir: str | Path | None = None,
     return model
 
 # %% ../nbs/10_runs.ipynb #b0c23895
+def _merge_lineage(run: Run, **fields) -> None:
+    p = run.path / "lineage.json"
+    try: old = _read_json(p, "lineage file")
+    except RunError: old = {}
+    atomic_write(p, _dump_json({**old, **fields}))
+
 def save_estimator(run: str | Run, model, *, runs_dir: str | Path | None = None) -> Path:
-    "Pickle a fitted estimator (an `EstimatorModel`: linear, XGBoost, ensemble) to the run's model.pkl, atomically."
+    "Save a fitted estimator in its library's own format under the run's estimator/ folder; the manifest's path."
+    from qtnb.config import check_slug
     from qtnb.models.core import EstimatorModel, is_torch_model
     run = open_run(run, runs_dir=runs_dir)
     if is_torch_model(model):
@@ -756,27 +820,135 @@ def save_estimator(run: str | Run, model, *, runs_dir: str | Path | None = None)
     if not isinstance(model, EstimatorModel):
         raise RunError(f"save_estimator needs a qtnb EstimatorModel, not a {type(model).__name__}; build it with create_model")
     if not model.is_fitted: raise RunError(f"the {model.name} estimator is not fitted; fit it (Trainer(...).fit) before saving")
-    try: data = pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
+    if not callable(getattr(model, "state_files", None)):
+        raise RunError(f"{type(model).__name__} has no state_files(); qtnb saves estimators in their own format, never "
+                       f"pickled: give the class state_files() and load_state_files(files)")
+    folder = run.artifact(ESTIMATOR_DIR); folder.mkdir(exist_ok=True)
+    files = {}
+    for name, data in model.state_files().items():
+        check_slug(name, "estimator file name")
+        sha, (stem, suffix) = _sha256(data), os.path.splitext(name)
+        files[name] = {"path": f"{stem}.{sha[:12]}{suffix}", "sha256": sha, "bytes": len(data)}
+        atomic_write(folder / files[name]["path"], data)
+    manifest = dict(format=ESTIMATOR_FORMAT, model=plain(model.config), n_features=model.n_features, seq_len=model.seq_len,
+                    files=files, qtnb=qtnb.__version__, saved=_now())
+    raw = _dump_json(manifest).encode()
+    path = atomic_write(run.path / ESTIMATOR_MANIFEST, raw)         # last: a reader sees the old set or the new one
+    keep = {f["path"] for f in files.values()} | {"manifest.json"}
+    for p in folder.iterdir():
+        if p.name not in keep and not p.name.startswith("."): p.unlink()   # the parts of an earlier save
+    _merge_lineage(run, estimator=dict(path=ESTIMATOR_MANIFEST, sha256=_sha256(raw), bytes=len(raw)))
+    return path
+
+# %% ../nbs/10_runs.ipynb #4b520c8d
+def _load_estimator(run: Run, raw: bytes):
+    "The estimator the manifest bytes `raw` describe: JSON, hashed files, a config; no code from disk runs."
+    from qtnb.config import check_slug
+    from qtnb.models.core import create_model
+    mp = run.path / ESTIMATOR_MANIFEST
+    try: man = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise RunError(f"estimator manifest {mp} is not JSON; save the estimator again (save_estimator)") from None
+    if not isinstance(man, dict) or man.get("format") != ESTIMATOR_FORMAT or not isinstance(man.get("files"), dict) \
+            or not isinstance(man.get("model"), dict):
+        raise RunError(f"estimator manifest {mp} is not a {ESTIMATOR_FORMAT} manifest; save the estimator again")
+    files = {}
+    for name, info in man["files"].items():
+        try: rel = check_slug(info.get("path") if isinstance(info, dict) else None, "estimator file")
+        except ConfigError: raise RunError(f"estimator manifest {mp} names a file outside {mp.parent} ({info!r}); save the estimator again") from None
+        f = mp.parent / rel
+        if not f.is_file(): raise RunError(f"estimator file {f} is gone; restore it, or train the run again")
+        data = f.read_bytes()
+        if _sha256(data) != info.get("sha256"):
+            raise RunError(f"estimator file {f} changed since it was saved (sha256 {_sha256(data)[:12]}, saved "
+                           f"{str(info.get('sha256'))[:12]}); restore it, or train the run again")
+        files[name] = data
+    try: model = create_model(man["model"], n_features=int(man["n_features"]), seq_len=int(man["seq_len"]))
+    except (QtnbError, KeyError, TypeError, ValueError) as e:
+        raise RunError(f"estimator manifest {mp}: its model cannot be built ({(str(e).splitlines() or [''])[0][:120]})") from None
+    if not callable(getattr(model, "load_state_files", None)):
+        raise RunError(f"{type(model).__name__} cannot load saved files (no load_state_files); install the qtnb it was saved with")
+    try: return model.load_state_files(files)
+    except QtnbError as e: raise RunError(f"estimator in {mp.parent}: {e}") from None
     except Exception as e:
-        raise RunError(f"the {model.name} estimator cannot be pickled ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:80]}); "
-                       f"keep lambdas and open files out of it") from None
-    return atomic_write(run.artifact("model.pkl"), data)
+        raise RunError(f"estimator files in {mp.parent} cannot be loaded ({type(e).__name__}: "
+                       f"{(str(e).splitlines() or [''])[0][:80]}); train the run again") from None
+
+def load_estimator(run: str | Run, *, runs_dir: str | Path | None = None):
+    "The estimator `save_estimator` stored in `run`, rebuilt from its config and own-format files, hashes checked."
+    run = open_run(run, runs_dir=runs_dir)
+    mp = run.path / ESTIMATOR_MANIFEST
+    if not mp.is_file():
+        if (run.path / "model.pkl").exists(): raise RunError(_pickle_refused(run))
+        raise RunError(f"run {run.id} has no saved estimator ({mp} is missing); fit one and save_estimator(run, model)")
+    raw = mp.read_bytes()
+    try: rec = run.lineage.get("estimator") or {}
+    except RunError: rec = {}
+    if isinstance(rec, dict) and rec.get("sha256") and rec["sha256"] != _sha256(raw):
+        raise RunError(f"estimator manifest {mp} changed since it was saved (sha256 {_sha256(raw)[:12]}, lineage.json "
+                       f"records {str(rec['sha256'])[:12]}); restore it, or train the run again")
+    return _load_estimator(run, raw)
 
 # %% ../nbs/10_runs.ipynb #cec22e94
 def _registered(reg: dict, run_id: str) -> list[str]:
     return [f"{n}@{v['version']}" for n, m in sorted(reg["models"].items()) for v in m["versions"] if v.get("run_id") == run_id]
 
+class NeedsForce(RunError):
+    "Deleting the run needs force (registered versions use it, or it is marked running and nothing tells whether it is)."
+    def __init__(self, template: str): # the message, with {force} where the flag goes
+        self.template = template
+        super().__init__(template.format(force="force=True"))
+    def with_flag(self, flag: str) -> str: return self.template.format(force=flag)
+
+def _needs_force_registered(run_id: str, used: list[str]) -> NeedsForce:
+    return NeedsForce(f"run {run_id} holds the registered model versions {', '.join(used)}; register a replacement and "
+                      "archive them, or pass {force} to delete the run and those versions")
+
+def check_run_id(run_id: Any) -> str:
+    "`run_id` when it is a bare run id (one folder name of the store); `ConfigError` for paths, '..', '/' and NUL."
+    if not isinstance(run_id, str) or not run_id or run_id.startswith(".") or ".." in run_id or any(c in run_id for c in "/\\\0"):
+        raise ConfigError(f"run id {run_id!r} is not a run id; give an id as `qtnb runs list` shows it (paths, '..', '/' "
+                          f"and NUL are refused: only runs inside the run store are deleted)")
+    return run_id
+
+def _live(st: dict) -> str | None:
+    "Why the process of a running run may still run (alive, or a fresh heartbeat); None otherwise."
+    if not st.get("pid"): return None
+    alive, age = process_alive(st), _beat_age(st)
+    if alive: return f"process {st['pid']} on host {st.get('host')} is alive"
+    if alive is None and age is not None and age <= _beat_limit(st): return f"host {st.get('host')} beat {age:.0f} s ago"
+    return None
+
+# %% ../nbs/10_runs.ipynb #2cbcc763
 def delete_run(run_id: str | Run, *, runs_dir: str | Path | None = None,
-               force: bool = False) -> None: # also delete a run still marked running (a crash), or one registered versions use
-    "Delete a run folder and everything in it (with `force`, the registered versions that used it go too)."
-    run = open_run(run_id, runs_dir=runs_dir)
-    if run.status.get("state") == "running" and not force:
-        raise RunError(f"run {run.id} is marked running; stop it first, or pass force=True if it crashed")
-    root = run.path.parent
-    with _registry_update(root) as reg:                   # under the lock: nobody registers the run while it goes
-        used = _registered(reg, run.id)
-        if used and not force:
-            raise RunError(f"run {run.id} holds the registered model versions {', '.join(used)}; register a replacement "
-                           f"and archive them, or pass force=True to delete the run and those versions")
-        shutil.rmtree(run.path)
-        for m in reg["models"].values(): m["versions"] = [v for v in m["versions"] if v.get("run_id") != run.id]
+               force: bool = False) -> Path: # also delete a crashed run still marked running, or one registered versions use
+    "Delete run folder `<runs_dir>/<run_id>` (a link: the link only), never anything outside the store; the path removed."
+    if isinstance(run_id, Run):
+        if runs_dir is None and not _RUN_ID.match(run_id.id):
+            raise ConfigError(f"{run_id.path} is not a folder qtnb made (its name is no run id); pass its id and runs_dir")
+        root, run_id = (_root(runs_dir) if runs_dir is not None else run_id.path.parent), run_id.id
+    else: root = _root(runs_dir)
+    path, trash = root / check_run_id(run_id), None          # root resolved, one plain name: always inside the store
+    if not root.is_dir(): raise RunNotFound(f"run {run_id!r} not found: run store {root} does not exist; check runs_dir")
+    with _registry_update(root) as reg:                      # under the lock: nobody registers the run while it goes
+        if path.is_symlink():
+            used = _registered(reg, run_id)
+            if used and not force: raise _needs_force_registered(run_id, used)
+            os.unlink(path)                                  # the link, never what it points to
+        else:
+            if not _is_run(path): open_run(run_id, runs_dir=root)      # RunNotFound: close matches, or "not a run"
+            st = Run(path).status
+            live = _live(st) if st.get("state") in ("running", "queued") else None
+            if live: raise RunError(f"run {run_id} is live ({live}); stop it first: a live run is not deleted, even with force")
+            if st.get("state") in ("running", "queued") and not force:
+                raise NeedsForce(f"run {run_id} is marked {st['state']} and qtnb cannot tell whether its process still runs; "
+                                 "stop it, or pass {force} if it crashed")
+            used = _registered(reg, run_id)
+            if used and not force: raise _needs_force_registered(run_id, used)
+            trash = root / f".deleting-{run_id}-{secrets.token_hex(4)}"
+            os.rename(path, trash)                           # gone from listings at once; removed below
+        for m in reg["models"].values(): m["versions"] = [v for v in m["versions"] if v.get("run_id") != run_id]
+    if trash is not None:
+        try: shutil.rmtree(trash)
+        except OSError as e: raise RunError(f"run {run_id} was unlisted but {trash} is not fully removed ({e.strerror}); remove it by hand") from None
+    return path

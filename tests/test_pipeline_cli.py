@@ -95,7 +95,7 @@ def test_backtest_pipeline(tmp_path):
     assert TRADING <= set(bt["strategy"]) and TRADING <= set(bt["buy_hold"])
     df = pd.read_csv(run / "backtest.csv", index_col=0)
     assert {"equity", "drawdown", "buy_hold", "cost"} <= set(df.columns) and len(df) > 100
-    assert (run / "model.pkl").is_file()
+    assert (run / "estimator" / "manifest.json").is_file()
 
 def test_tune_pipeline_links_trials_and_runs(tmp_path):
     r = qtnb("run", "tune", "-p", "data", "synthetic:planted", "-p", "model", "mlp", "-p", "n_trials", "3", "-p", "sampler", "random",

@@ -99,10 +99,10 @@ def test_estimator_round_trip(tmp_path):
     t = Trainer({"name": "linear"}, run=run, importance=False); t.fit(TR, VA, test=TE)
     with pytest.raises(RegistryError) as e: register_version(run, "toy-linear")
     assert "save_estimator(run, model)" in one_line(e)
-    eq(save_estimator(run, t.model), run.path / "model.pkl")
+    eq(save_estimator(run, t.model), run.path / "estimator" / "manifest.json")
     (run.path / "model.onnx").write_bytes(b"not really onnx")
     v = register_version(run, "toy-linear", stage="production")
-    eq((v["artifact"]["kind"], v["artifact"]["path"], v["onnx"]["path"], v["onnx"]["bytes"]), ("estimator", "model.pkl", "model.onnx", 15))
+    eq((v["artifact"]["kind"], v["artifact"]["path"], v["onnx"]["path"], v["onnx"]["bytes"]), ("estimator", "estimator/manifest.json", "model.onnx", 15))
     m = load_version("toy-linear@production", runs_dir=tmp_path)
     x = TE.numpy()[0]
     eq(m.predict(x), t.model.predict(x))
@@ -171,7 +171,7 @@ def test_bad_references_and_stages(tmp_path):
     with pytest.raises(ConfigError) as e: register_version(run, "m", stage="prod")
     assert "stage 'prod' is unknown" in one_line(e)
     with pytest.raises(ConfigError) as e: register_version(run, "bad/name")
-    assert "model name 'bad/name' is invalid" in one_line(e)
+    assert "model name 'bad/name' is not allowed" in one_line(e)
     eq(model_versions(runs_dir=tmp_path)["name"].tolist(), ["m", "m2"])    # the refusals changed nothing
 
 

@@ -23,13 +23,13 @@ ID = re.compile(r"^\d{8}-\d{6}-[A-Za-z0-9_.-]+-[0-9a-f]{4}$")
 # ---------------------------------------------------------------- ids and creation
 
 def test_create_run_layout(tmp_path):
-    run = create_run("LSTM h=5 / sp500", runs_dir=tmp_path, params={"model": {"name": "lstm"}, "lr": np.float32(0.5)})
+    run = create_run("LSTM_h5.sp500", runs_dir=tmp_path, params={"model": {"name": "lstm"}, "lr": np.float32(0.5)})
     assert ID.match(run.id), run.id
-    eq(run.id.split("-", 2)[2][:-5], "LSTM_h_5_sp500")
+    eq(run.id.split("-", 2)[2][:-5], "LSTM_h5.sp500")
     eq(run.path, tmp_path.resolve() / run.id)
     eq(yaml.safe_load((run.path / "params.yaml").read_text()), {"model": {"name": "lstm"}, "lr": 0.5})
     st = json.loads((run.path / "status.json").read_text())
-    eq((st["state"], st["name"], st["pid"], st["id"]), ("running", "LSTM_h_5_sp500", os.getpid(), run.id))
+    eq((st["state"], st["name"], st["pid"], st["id"]), ("running", "LSTM_h5.sp500", os.getpid(), run.id))
     assert st["created"] and st["started"] and "ended" not in st
 
 
@@ -78,7 +78,7 @@ def test_status_lifecycle(tmp_path):
     st = run.set_status("running")                                        # resumed
     assert "ended" not in st and "error" not in st and st["resumed"] >= started
     for state in ("completed", "failed", "pruned"): eq(run.set_status(state)["state"], state)
-    with pytest.raises(ConfigError, match="run state 'finished' is invalid; use one of running, completed"):
+    with pytest.raises(ConfigError, match="run state 'finished' is invalid; use one of queued, running, completed"):
         run.set_status("finished")
 
 
@@ -353,7 +353,10 @@ def test_compare_and_delete(tmp_path):
     assert (tmp_path / "keep" / "data.csv").exists()
     delete_run(a.id, runs_dir=tmp_path)
     eq(list_runs(tmp_path)["id"].tolist(), [b.id])
-    live = create_run("live", runs_dir=tmp_path)
+    live = create_run("live", runs_dir=tmp_path)                             # this process runs it: live
+    with pytest.raises(RunError, match="stop it first"): delete_run(live.id, runs_dir=tmp_path, force=True)
+    assert live.path.exists()
+    live.set_status("running", pid=None)                                    # an old run: no pid, nothing tells
     with pytest.raises(RunError, match="marked running"): delete_run(live.id, runs_dir=tmp_path)
     delete_run(live, runs_dir=tmp_path, force=True)
     assert not live.path.exists()

@@ -171,3 +171,55 @@ def size_bytes(self: Ensemble) -> int:
 
 Ensemble.fit, Ensemble.predict, Ensemble.n_params, Ensemble.size_bytes = fit, predict, n_params, size_bytes
 register_model(Ensemble)
+
+# %% ../../nbs/03g_models.ensemble.ipynb #84f77ea9
+import io
+from fastcore.basics import patch
+
+def _weights_npz(module) -> bytes:
+    "A torch module's state dict as an .npz of plain arrays (bfloat16 stored as float32)."
+    import torch
+    arrays = {k: (v.detach().cpu().float() if v.dtype == torch.bfloat16 else v.detach().cpu()).numpy() for k, v in module.state_dict().items()}
+    buf = io.BytesIO(); np.savez(buf, **arrays)
+    return buf.getvalue()
+
+def _load_weights_npz(module, data: bytes, where: str):
+    import torch
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z: sd = {k: torch.from_numpy(z[k].copy()) for k in z.files}
+        module.load_state_dict(sd)
+    except Exception as e:                               # not an .npz of arrays, or arrays of other shapes
+        raise ModelError(f"{where} weights cannot be loaded ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:100]}); "
+                         f"save the ensemble again") from None
+    return module.eval()
+
+def _part(files: dict, prefix: str) -> dict: return {k[len(prefix):]: v for k, v in files.items() if k.startswith(prefix)}
+
+@patch
+def state_files(self: Ensemble) -> dict[str, bytes]:
+    "Every member's files (torch members: `weights.npz`) and the meta-learner's, prefixed `m0.`, `m1.`, ..., `meta.`."
+    if not self.is_fitted: raise ModelError("the ensemble is not fitted; call fit(x, y) first")
+    files = {}
+    for i, m in enumerate(self.members):
+        own = {"weights.npz": _weights_npz(m)} if is_torch_model(m) else m.state_files()
+        files.update({f"m{i}.{k}": v for k, v in own.items()})
+    if self.meta is not None: files.update({f"meta.{k}": v for k, v in self.meta.state_files().items()})
+    return files
+
+@patch
+def load_state_files(self: Ensemble, files: dict[str, bytes]) -> Ensemble:
+    "Restore what `state_files` wrote into the members (and meta-learner) this config builds."
+    for i, m in enumerate(self.members):
+        own = _part(files, f"m{i}.")
+        if not own: raise ModelError(f"ensemble files hold nothing for member {i} ({self.config.members[i]['name']}); save the ensemble again")
+        if is_torch_model(m):
+            if "weights.npz" not in own: raise ModelError(f"ensemble member {i} is a torch model but has no weights.npz; save the ensemble again")
+            _load_weights_npz(m, own["weights.npz"], f"ensemble member {i} ({self.config.members[i]['name']})")
+        else: m.load_state_files(own)
+    meta = _part(files, "meta.")
+    if (self.config.method == "stacking") != bool(meta):
+        raise ModelError(f"ensemble files {'lack' if not meta else 'have'} a meta-learner but the method is "
+                         f"{self.config.method!r}; load them with the config they were saved with")
+    if meta: self.meta = create_model(self.config.meta_config(), n_features=len(self.members) * self.n_outputs, seq_len=1).load_state_files(meta)
+    self._fitted = True
+    return self

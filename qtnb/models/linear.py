@@ -97,3 +97,43 @@ class Linear(EstimatorModel):
 
     def n_params(self) -> int: return (self.n_inputs + int(self.config.fit_intercept)) * self.n_outputs
     def size_bytes(self) -> int: return self.n_params() * 8
+
+# %% ../../nbs/03e_models.linear.ipynb #8a493ad4
+import json
+from fastcore.basics import patch
+
+@patch
+def state_files(self: Linear) -> dict[str, bytes]:
+    "The fitted coefficients as plain arrays in one JSON file, `linear.json` (no pickle)."
+    if not self.is_fitted: raise ModelError("the linear model is not fitted; call fit(x, y) first")
+    est = self.estimator
+    arrays = {k: np.asarray(getattr(est, k)) for k in ("coef_", "intercept_", "classes_") if hasattr(est, k)}
+    state = {"estimator": type(est).__name__, "n_features_in_": int(est.n_features_in_),
+             "dtypes": {k: str(a.dtype) for k, a in arrays.items()}, "fortran": bool(np.isfortran(arrays["coef_"])),
+             **{k: a.tolist() for k, a in arrays.items()}}
+    return {"linear.json": json.dumps(state).encode()}
+
+@patch
+def load_state_files(self: Linear, files: dict[str, bytes]) -> Linear:
+    "Restore what `state_files` wrote: plain numbers into a fresh scikit-learn estimator of the config's kind."
+    try: state = json.loads(files["linear.json"])
+    except (KeyError, ValueError, TypeError) as e:
+        raise ModelError(f"linear model files need linear.json with the coefficients ({type(e).__name__}); save the model again") from None
+    est = _regressor(self.config) if self.config.task == "regression" else _logistic(self.config)
+    if not isinstance(state, dict) or state.get("estimator") != type(est).__name__:
+        got = state.get("estimator") if isinstance(state, dict) else type(state).__name__
+        raise ModelError(f"linear.json holds a {got} but the config builds a {type(est).__name__}; save the model again")
+    try:
+        dt = {k: np.dtype((state.get("dtypes") or {}).get(k, "float64")) for k in ("coef_", "intercept_")}
+        if any(d.kind != "f" for d in dt.values()): raise TypeError(f"dtypes {dt}")   # float32 inputs keep float32 coefficients
+        coef, icpt = np.asarray(state["coef_"], dtype=dt["coef_"]), np.asarray(state["intercept_"], dtype=dt["intercept_"])
+    except (KeyError, ValueError, TypeError) as e:
+        raise ModelError(f"linear.json has no numeric coef_ and intercept_ ({type(e).__name__}); save the model again") from None
+    if coef.ndim not in (1, 2) or coef.shape[-1] != self.n_inputs:
+        raise ModelError(f"linear.json has coefficients of shape {coef.shape} but the model takes {self.n_inputs} inputs; "
+                         f"load it with the config it was saved with")
+    if state.get("fortran"): coef = np.asfortranarray(coef)     # the same memory order sums in the same order: equal bits
+    est.coef_, est.intercept_, est.n_features_in_ = coef, icpt, self.n_inputs
+    if "classes_" in state: est.classes_ = np.asarray(state["classes_"], dtype=np.int64)
+    self.estimator = est
+    return self

@@ -111,3 +111,33 @@ def gain_importance(self: XGBoost, feature_names: list[str] | None = None) -> pd
     return pd.Series(gain, index=names, name="gain").sort_values(ascending=False)
 
 XGBoost.gain_importance = gain_importance
+
+# %% ../../nbs/03f_models.xgboost.ipynb #136cb18e
+import json
+from fastcore.basics import patch
+
+@patch
+def state_files(self: XGBoost) -> dict[str, bytes]:
+    "The booster in XGBoost's UBJSON format (`booster.ubj`) and its best iteration (`xgboost.json`); no pickle."
+    if not self.is_fitted: raise ModelError("the xgboost model is not fitted; call fit(x, y) first")
+    return {"booster.ubj": bytes(self.booster.save_raw("ubj")),
+            "xgboost.json": json.dumps({"best_iteration": self.best_iteration}).encode()}
+
+@patch
+def load_state_files(self: XGBoost, files: dict[str, bytes]) -> XGBoost:
+    "Restore what `state_files` wrote with XGBoost's own loader."
+    import xgboost as xgb
+    if "booster.ubj" not in files: raise ModelError("xgboost model files need booster.ubj; save the model again")
+    try: extra = json.loads(files.get("xgboost.json", b"{}"))
+    except ValueError: raise ModelError("xgboost.json is not valid JSON; save the model again") from None
+    booster = xgb.Booster()
+    try: booster.load_model(bytearray(files["booster.ubj"]))
+    except xgb.core.XGBoostError as e:
+        raise ModelError(f"booster.ubj is not an XGBoost model ({(str(e).strip().splitlines() or [''])[-1][:80]}); save the model again") from None
+    want = (self.config.lags or self.seq_len) * self.n_features
+    if booster.num_features() != want:
+        raise ModelError(f"booster.ubj was trained on {booster.num_features()} inputs but the model takes {want}; "
+                         f"load it with the config it was saved with")
+    booster.set_param({"device": _device(self.config)})      # saved on a GPU, loaded where there may be none
+    self.booster, self.best_iteration = booster, (extra or {}).get("best_iteration")
+    return self
