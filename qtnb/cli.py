@@ -62,14 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
         a = rsub.add_parser(n, help=h)
         a.add_argument("--runs-dir", metavar="DIR", help="run store (default: settings.ini's)")
         if n == "list":
-            a.add_argument("--state", help="only runs in this state (running, completed, failed, stopped, pruned)")
+            a.add_argument("--state", help="only runs in this state (running, completed, failed, stopped, interrupted, pruned)")
             a.add_argument("--name", help="only runs whose name contains this")
             a.add_argument("-n", "--limit", type=int, default=50, help="at most this many (default 50)")
         if n == "show": a.add_argument("run", metavar="RUN_ID")
         if n == "compare": a.add_argument("runs", metavar="RUN_ID", nargs="+")
         if n == "rm":
-            a.add_argument("runs", metavar="RUN_ID", nargs="+")
-            a.add_argument("--force", action="store_true", help="also delete running or registered runs")
+            a.add_argument("runs", metavar="RUN_ID", nargs="+", help="run ids as `qtnb runs list` shows them (not paths)")
+            a.add_argument("--force", action="store_true", help="also delete registered runs, or runs marked running whose "
+                           "process cannot be checked (a live run is never deleted)")
 
     ms = sub.add_parser("models", help="the model registry: register runs' models, set stages, list versions")
     msub = ms.add_subparsers(dest="models_command", metavar="ACTION")
@@ -145,7 +146,7 @@ def cmd_run(args) -> int:
     _echo(f"\n{st.get('state')}: run {run.id}")
     if not args.quiet: return 0 if st.get("state") in ("completed", "stopped") else 1   # the notebook printed where things are
     for label, name in (("notebook", "notebook.ipynb"), ("metrics", "metrics.json"), ("model", "checkpoints/best.pt"),
-                        ("model", "model.pkl"), ("exported", "model.onnx")):
+                        ("model", "estimator/manifest.json"), ("exported", "model.onnx")):
         f = Path(run.path) / name
         if f.exists(): _echo(f"  {label:<9}{f}")
     return 0 if st.get("state") in ("completed", "stopped") else 1
@@ -194,8 +195,13 @@ def cmd_runs(args) -> int:
                                            if p.is_file() and "folds" not in p.relative_to(run.path).parts[:1])))
     elif c == "compare": _echo(_table(R.compare_runs(args.runs, runs_dir=args.runs_dir)))
     elif c == "rm":
+        for rid in args.runs: R.check_run_id(rid)               # ids, never paths: all checked before anything goes
+        root = R._root(args.runs_dir)
         for rid in args.runs:
-            R.delete_run(rid, runs_dir=args.runs_dir, force=args.force); _echo(f"deleted {rid}")
+            link = (root / rid).is_symlink()
+            try: R.delete_run(rid, runs_dir=root, force=args.force)
+            except R.NeedsForce as e: raise R.RunError(e.with_flag("--force")) from None
+            _echo(f"removed the link {rid} (the folder it points to is kept)" if link else f"deleted {rid}")
     return 0
 
 def _safe(fn):

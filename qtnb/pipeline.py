@@ -430,7 +430,7 @@ def mean_metrics(dicts: list[dict]) -> dict:
     return {k: float(np.mean([d[k] for d in dicts if k in d])) for k in keys}
 
 def _save_model(run, fr: FoldResult, model_cfg: dict, many: bool) -> Path | None:
-    "Keep the run's model: the last fold's best.pt (walk-forward) or, for estimators, model.pkl."
+    "Keep the run's model: the last fold's best.pt (walk-forward) or, for estimators, save_estimator's files."
     from qtnb.models.core import is_torch_model
     model = fr.trainer.model
     if not is_torch_model(model):
@@ -827,7 +827,7 @@ def _sweep_dir(root: Path, name: str) -> Path:
     from qtnb.runs import new_run_id
     (root / "sweeps").mkdir(parents=True, exist_ok=True)
     for _ in range(1000):
-        d = root / "sweeps" / new_run_id(name)
+        d = root / "sweeps" / new_run_id(name, field="sweep name")
         try: d.mkdir(); return d
         except FileExistsError: continue
     raise ConfigError(f"no free sweep id for {name!r} in {root / 'sweeps'}")
