@@ -231,20 +231,42 @@ COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "runs": cmd_runs, "models": cmd_
             "dashboard": cmd_dashboard, "lab": cmd_lab}
 
 # %% ../nbs/12a_cli.ipynb #07079a95
+def _raise_interrupted(signum, frame):
+    try: from qtnb.runs import RunInterrupted
+    except ImportError: raise KeyboardInterrupt from None     # the signal came while qtnb.runs was being imported
+    raise RunInterrupted(signum)
+
+def _interrupted_line(e: KeyboardInterrupt) -> str:
+    "One line for a command stopped by a signal: which, and where the run (or the sweep's summary) is."
+    line = f"qtnb: {e}" if getattr(e, "signum", None) else "qtnb: interrupted"
+    run = getattr(e, "run", None)
+    if run is not None:
+        try: state = run.status.get("state")
+        except Exception: state = "unknown"
+        nb = Path(run.path) / "notebook.ipynb"
+        line += f"; run {run.id} is {state}" + (f" (notebook: {nb})" if nb.is_file() else "")
+    if getattr(e, "folder", None) is not None: line += f"; sweep summary: {e.folder / 'summary.csv'}"
+    return line
+
 def main(argv: list[str] | None = None) -> int:
-    "The `qtnb` command; returns the exit code."
+    "The `qtnb` command; returns the exit code (128 + the signal's number when SIGTERM, SIGINT or SIGHUP stopped it)."
+    import signal, threading
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "lab": parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
     if args.command is None: parser.print_help(); return 2
+    sigs = [s for s in (getattr(signal, n, None) for n in ("SIGTERM", "SIGINT", "SIGHUP")) if s is not None]
+    old = {s: signal.signal(s, _raise_interrupted) for s in sigs} if threading.current_thread() is threading.main_thread() else {}
     try: return COMMANDS[args.command](args) or 0
-    except KeyboardInterrupt:
-        print("qtnb: interrupted", file=sys.stderr); return 130
+    except KeyboardInterrupt as e:
+        print(_interrupted_line(e), file=sys.stderr, flush=True); return 128 + int(getattr(e, "signum", signal.SIGINT))
     except ConfigError as e:
         print(f"qtnb: error: {e}", file=sys.stderr); return 2
     except QtnbError as e:
         print(f"qtnb: error: {e}", file=sys.stderr); return 1
+    finally:
+        for s, h in old.items(): signal.signal(s, h if h is not None else signal.SIG_DFL)
 
 def entry() -> None:
     "Console-script entry point."

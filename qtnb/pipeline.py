@@ -20,11 +20,12 @@ from .config import QtnbConfig, param, atomic_write, read_yaml, load_settings, r
 from .errors import ConfigError, DataError, QtnbError
 
 # %% auto #0
-__all__ = ['PIPELINES', 'resolve_runs_dir', 'PipelineParams', 'TrainParams', 'BacktestParams', 'TuneParams', 'ExportParams',
-           'default_search_space', 'parse_value', 'pipeline_class', 'check_params', 'check_runs_dir', 'pipeline_run',
-           'say', 'EpochLog', 'FoldResult', 'fold_predictions', 'stitch', 'oos_metrics', 'train_folds', 'mean_metrics',
-           'train', 'use_static_plotly', 'Report', 'backtest', 'tune', 'latest_model_run', 'export', 'PipelineFailed',
-           'pipeline_notebook', 'run_pipeline', 'parse_grid', 'grid_combinations', 'sweep', 'sweep_figure']
+__all__ = ['PIPELINES', 'FORWARD_GRACE_S', 'resolve_runs_dir', 'PipelineParams', 'TrainParams', 'BacktestParams', 'TuneParams',
+           'ExportParams', 'default_search_space', 'parse_value', 'pipeline_class', 'check_params', 'check_runs_dir',
+           'pipeline_run', 'say', 'EpochLog', 'FoldResult', 'fold_predictions', 'stitch', 'oos_metrics', 'train_folds',
+           'mean_metrics', 'train', 'use_static_plotly', 'Report', 'backtest', 'tune', 'latest_model_run', 'export',
+           'PipelineFailed', 'pipeline_notebook', 'run_pipeline', 'parse_grid', 'grid_combinations', 'sweep',
+           'sweep_figure']
 
 # %% ../nbs/12_pipeline.ipynb #8df3eba0
 def resolve_runs_dir(runs_dir: str | Path | None = None) -> Path:
@@ -394,12 +395,15 @@ def _export_model(run, fr: FoldResult, prep) -> Path:
 
 @contextlib.contextmanager
 def _failing(run):
-    "Mark `run` failed with the error's one line if the block raises (the trainer marks its own failures too)."
-    try: yield
-    except BaseException as e:
-        if run is not None and run.status.get("state") in ("running", "completed", None):
-            run.set_status("stopped" if isinstance(e, KeyboardInterrupt) else "failed", error=f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}")
-        raise
+    "Keep `run`'s heartbeat (a signal ends it 'interrupted') and mark it failed with the error's one line if the block raises."
+    from qtnb.runs import RunInterrupted
+    with run.heartbeat() if run is not None else contextlib.nullcontext():
+        try: yield
+        except BaseException as e:
+            if run is not None and _best_effort(lambda: run.status.get("state")) in ("running", "completed", None):
+                state = "interrupted" if isinstance(e, RunInterrupted) else "stopped" if isinstance(e, KeyboardInterrupt) else "failed"
+                _best_effort(run.set_status, state, error=f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}")
+            raise
 
 def train(p: TrainParams | dict | None = None, *, verbose: bool = True, cost_bps: float | None = None, **params) -> "Report":
     "Run the train pipeline in-process: the same work as `qtnb run train`, returning a Report."
@@ -700,32 +704,171 @@ def run_pipeline(pipeline: str, params: dict | None = None, *, yaml_path: str | 
     p = check_params(pipeline, params, yaml_path=yaml_path)
     if name is not None: p = p.model_copy(update={"run_name": name})
     root = check_runs_dir(runs_dir if runs_dir is not None else p.runs_dir)
-    run = create_run(_default_name(p), runs_dir=root,
-                     params={"pipeline": pipeline, "parameters": p.model_dump(mode="json", exclude={"run_id", "runs_dir"})})
-    inject = {k: v for k, v in p.model_dump(mode="json").items() if k in given or k == "run_name" and v is not None}
-    inject.update(run_id=run.id, runs_dir=str(root))
-    out = Path(run.path) / "notebook.ipynb"
-    try:
-        pm.execute_notebook(str(pipeline_notebook(pipeline)), str(out), parameters=inject, progress_bar=progress_bar,
-                            stdout_file=stdout or sys.stdout, stderr_file=stderr or sys.stderr, cwd=os.getcwd(),
-                            start_timeout=start_timeout, kernel_name="python3",
-                            # a saved notebook carries plotly.js (~5 MB): saving it after every cell cost ~8 s a run;
-                            # papermill still saves every 30 s while a cell runs, at the end, and on failure
-                            request_save_on_cell_execute=False,
-                            extra_arguments=["--IPKernelApp.log_level=ERROR"])   # no transport notice per kernel
-    except KeyboardInterrupt:
-        run.set_status("stopped", error="interrupted (Ctrl-C)"); raise
-    except Exception as e:
-        line = _error_line(e)
-        cell = getattr(e, "exec_count", None)
-        st = run.status
-        if st.get("state") not in ("failed", "stopped") or not st.get("error"):
-            run.set_status("failed", error=line, cell=cell)
-        else: run.set_status(st["state"], error=st["error"], cell=cell)
-        where = f" in cell [{cell}]" if cell is not None else ""
-        raise PipelineFailed(f"run {run.id} failed{where}: {line} (notebook: {out})", run) from None
+    with _forward_signals() as got:
+        run = create_run(_default_name(p), runs_dir=root,
+                         params={"pipeline": pipeline, "parameters": p.model_dump(mode="json", exclude={"run_id", "runs_dir"})})
+        run.set_status("running", launcher_pid=os.getpid())        # the kernel stamps its own pid and heartbeat
+        inject = {k: v for k, v in p.model_dump(mode="json").items() if k in given or k == "run_name" and v is not None}
+        inject.update(run_id=run.id, runs_dir=str(root))
+        out = Path(run.path) / "notebook.ipynb"
+        engine = _papermill_setup()
+        try:
+            pm.execute_notebook(str(pipeline_notebook(pipeline)), str(out), parameters=inject, progress_bar=progress_bar,
+                                stdout_file=stdout or sys.stdout, stderr_file=stderr or sys.stderr, cwd=os.getcwd(),
+                                start_timeout=start_timeout, kernel_name="python3", kernel_manager_class=_kernel_manager(),
+                                engine_name=engine, request_save_on_cell_execute=True,  # saves: see _papermill_setup
+                                extra_arguments=["--IPKernelApp.log_level=ERROR"])   # no transport notice per kernel
+        except KeyboardInterrupt as e:                  # a second signal, or the kernel did not stop in time
+            _stop_kernels(); _interrupted(run, got[0] if got else getattr(e, "signum", signal.SIGINT))
+        except DiskFull as e:
+            _best_effort(run.set_status, "failed", error=str(e)); raise
+        except Exception as e:
+            if got: _interrupted(run, got[0])
+            if getattr(e, "ename", None) == "RunInterrupted":      # the kernel itself got the signal (Slurm, systemd)
+                _interrupted(run, _signal_number(getattr(e, "evalue", "")))
+            _failed(run, e, out)
+        if got: _interrupted(run, got[0])               # the kernel finished its cell although asked to stop
     if run.status.get("state") == "running": run.set_status("completed")
     return run
+
+
+# %% ../nbs/12_pipeline.ipynb #a16cace7
+import signal, threading
+from .errors import DiskFull
+
+FORWARD_GRACE_S = 30.0   # seconds a signalled kernel gets to end its run and its cell before qtnb stops waiting
+
+def _kernel_children() -> list[int]:
+    "The pids of the Jupyter kernels this process started (papermill's)."
+    import psutil
+    out = []
+    for k in psutil.Process().children():
+        try:
+            if any("ipykernel" in a for a in k.cmdline()): out.append(k.pid)
+        except psutil.Error: pass
+    return out
+
+def _stop_kernels() -> None:
+    for pid in _kernel_children():
+        with contextlib.suppress(ProcessLookupError): os.kill(pid, signal.SIGKILL)
+
+@contextlib.contextmanager
+def _forward_signals(grace: float = FORWARD_GRACE_S):
+    "While the block runs papermill: SIGTERM/SIGINT/SIGHUP interrupt the kernels (SIGINT never kills an ipykernel); the list of signals received."
+    from qtnb.runs import INTERRUPT_SIGNALS, RunInterrupted
+    got, timers, t0 = [], [], []
+    def handler(signum, frame):
+        if got:
+            if time.monotonic() - t0[0] < 1.0: return        # the same signal delivered twice: to the group and forwarded
+            raise RunInterrupted(got[0])
+        got.append(signum); t0.append(time.monotonic())
+        kernels = _kernel_children()
+        if not kernels: raise RunInterrupted(signum)          # no kernel yet: nothing to wait for
+        for pid in kernels:
+            with contextlib.suppress(ProcessLookupError): os.kill(pid, signal.SIGINT)
+        t = threading.Timer(grace, os.kill, (os.getpid(), signum)); t.daemon = True; t.start(); timers.append(t)
+    if threading.current_thread() is not threading.main_thread():
+        yield got; return
+    old = {s: signal.signal(s, handler) for s in INTERRUPT_SIGNALS}
+    try: yield got
+    finally:
+        for t in timers: t.cancel()
+        for s, h in old.items(): signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+# %% ../nbs/12_pipeline.ipynb #0fcda20d
+def _best_effort(fn, *args, **kwargs):
+    "Call `fn`; an error (status.json on a full disk, say) is dropped: the record still tells readers what happened."
+    try: return fn(*args, **kwargs)
+    except Exception: return None
+
+def _signal_number(text: str) -> int:
+    "The signal named in 'interrupted by SIGTERM' (SIGINT when none is)."
+    import re
+    m = re.search(r"\b(SIG[A-Z]+)\b", str(text))
+    return int(getattr(signal, m[1], signal.SIGINT)) if m else int(signal.SIGINT)
+
+def _interrupted(run, signum: int):
+    "End `run` 'interrupted' by `signum` unless it completed, and raise `RunInterrupted` carrying the run."
+    from qtnb.runs import RunInterrupted
+    e = RunInterrupted(signum)
+    st = _best_effort(lambda: run.status) or {}
+    if st.get("state") != "completed": _best_effort(run.set_status, "interrupted", error=str(e))
+    e.run = run
+    raise e from None
+
+def _failed(run, e: Exception, out: Path):
+    "Record a failed (or, when its kernel died, interrupted) pipeline run; raise `PipelineFailed` naming it."
+    line = _error_line(e)
+    cell = getattr(e, "exec_count", None)
+    st = _best_effort(lambda: run.status) or {}
+    if type(e).__name__ == "DeadKernelError":
+        line = "the kernel died (killed by a signal, or by the out-of-memory killer)"
+        if st.get("state") in ("running", "completed", None): _best_effort(run.set_status, "interrupted", error=line, cell=cell)
+    elif st.get("state") not in ("failed", "stopped", "interrupted") or not st.get("error"):
+        _best_effort(run.set_status, "failed", error=line, cell=cell)
+    else: _best_effort(run.set_status, st["state"], error=st["error"], cell=cell)
+    where = f" in cell [{cell}]" if cell is not None else ""
+    what = "was interrupted" if type(e).__name__ == "DeadKernelError" else "failed"
+    raise PipelineFailed(f"run {run.id} {what}{where}: {line} (notebook: {out})", run) from None
+
+# %% ../nbs/12_pipeline.ipynb #72272eeb
+import functools
+
+_PAPERMILL_READY = []
+
+def _papermill_setup() -> str:
+    "Route papermill's writes of absolute local paths through `atomic_write`, and register the 'qtnb' engine; its name."
+    if _PAPERMILL_READY: return "qtnb"
+    from papermill.engines import NBClientEngine, NotebookExecutionManager, papermill_engines
+    from papermill.iorw import LocalHandler, papermill_io
+    class AtomicLocalHandler(LocalHandler):
+        def write(self, buf, path): return atomic_write(path, buf)   # papermill's own truncates the file in place
+    papermill_io.register("/", AtomicLocalHandler())             # an absolute path starts with '/': this handler wins
+
+    class RecordManager(NotebookExecutionManager):
+        "Saves at the start, every `autosave_cell_every` s, on a failing cell and at the end (even when the kernel died)."
+        # not after every cell: a record carries plotly.js (~5 MB), and a save per cell cost ~8 s a run
+        _per_cell = False
+        def save(self, **kwargs):
+            if self._per_cell and (self.now() - self.last_save_time).total_seconds() < self.autosave_cell_every: return
+            return super().save(**kwargs)
+        def cell_start(self, *args, **kwargs):
+            self._per_cell = True
+            try: return super().cell_start(*args, **kwargs)
+            finally: self._per_cell = False
+        def cell_complete(self, *args, **kwargs):
+            self._per_cell = True
+            try: return super().cell_complete(*args, **kwargs)
+            finally: self._per_cell = False
+
+    class RecordEngine(NBClientEngine):
+        @classmethod
+        def execute_notebook(cls, nb, kernel_name, output_path=None, progress_bar=True, log_output=False,
+                             autosave_cell_every=30, **kwargs):
+            # papermill's Engine.execute_notebook, with RecordManager in place of NotebookExecutionManager
+            nb_man = RecordManager(nb, output_path=output_path, progress_bar=progress_bar, log_output=log_output,
+                                   autosave_cell_every=autosave_cell_every)
+            nb_man.notebook_start()
+            try: cls.execute_managed_notebook(nb_man, kernel_name, log_output=log_output, **kwargs)
+            finally:
+                nb_man.cleanup_pbar()
+                nb_man.notebook_complete()
+            return nb_man.nb
+    papermill_engines.register("qtnb", RecordEngine)
+    _PAPERMILL_READY.append(True)
+    return "qtnb"
+
+@functools.cache
+def _kernel_manager():
+    "jupyter_client's AsyncKernelManager without the SIGINT it sends a kernel just before the shutdown request."
+    from jupyter_client.manager import AsyncKernelManager
+    class QuietKernelManager(AsyncKernelManager):
+        # No public option turns that interrupt off; this one override of the private `_async_interrupt_kernel`
+        # (which `shutdown_kernel` calls) skips it while shutting down, and only then.
+        async def _async_interrupt_kernel(self):
+            if self.shutting_down: return
+            await super()._async_interrupt_kernel()
+    return QuietKernelManager
 
 # %% ../nbs/12_pipeline.ipynb #0a5cbc78
 def parse_grid(values: str) -> list:
@@ -742,20 +885,32 @@ def grid_combinations(grid: dict[str, list]) -> list[dict]:
     return [dict(zip(keys, vals)) for vals in itertools.product(*(grid[k] for k in keys))]
 
 def _sweep_one(job: dict) -> dict:
-    "One sweep run in a worker process; its id, state and error (never raises)."
+    "One sweep run in a worker process; its id, state and error (never raises but for a signal's `RunInterrupted`)."
+    from qtnb.runs import RunInterrupted
     os.environ.setdefault("OMP_NUM_THREADS", str(job["threads"]))
     log = Path(job["log_dir"]) / f"{job['index']:03d}.log"
+    def keep_log(run):
+        if run is not None: _best_effort(shutil.move, str(log), str(Path(run.path) / "log.txt"))
     try:
         with open(log, "w") as f:
             run = run_pipeline(job["pipeline"], job["params"], yaml_path=job["yaml_path"], runs_dir=job["runs_dir"],
                                name=job["name"], stdout=f, stderr=f)
-        shutil.move(str(log), str(Path(run.path) / "log.txt"))
+        keep_log(run)
         return dict(index=job["index"], run_id=run.id, state=run.status.get("state"), error=None)
     except PipelineFailed as e:
-        if e.run is not None: shutil.move(str(log), str(Path(e.run.path) / "log.txt"))
+        keep_log(e.run)
         return dict(index=job["index"], run_id=getattr(e.run, "id", None), state="failed", error=str(e))
+    except RunInterrupted as e:
+        keep_log(getattr(e, "run", None))
+        return dict(index=job["index"], run_id=getattr(getattr(e, "run", None), "id", None), state="interrupted",
+                    error=str(e), signum=e.signum)
     except Exception as e:
         return dict(index=job["index"], run_id=None, state="failed", error=_error_line(e))
+
+def _ignore_signals() -> None:
+    "A sweep worker between runs: signals are the sweep's to handle (it interrupts the running ones with SIGINT)."
+    from qtnb.runs import INTERRUPT_SIGNALS
+    for s in INTERRUPT_SIGNALS: signal.signal(s, signal.SIG_IGN)
 
 def _sweep_dir(root: Path, name: str) -> Path:
     from qtnb.runs import new_run_id
@@ -782,16 +937,34 @@ def sweep(pipeline: str, grid: dict[str, list], params: dict | None = None, *, y
     threads = max(1, (os.cpu_count() or 1) // min(workers, len(combos)))
     jobs = [dict(pipeline=pipeline, params={**(params or {}), **c}, yaml_path=None if yaml_path is None else str(yaml_path),
                  runs_dir=str(root), name=f"{base}-{i}", index=i, threads=threads, log_dir=str(folder)) for i, c in enumerate(combos)]
-    results = []
+    results, got = [], []
+    def record(r):
+        results.append(r)
+        if r["state"] == "interrupted" and not got: got.append(r.get("signum", signal.SIGINT))
+        if on_done: on_done(r, len(jobs))
     if workers == 1:
         for j in jobs:
-            results.append(_sweep_one(j))
-            if on_done: on_done(results[-1], len(jobs))
+            if got: break
+            record(_sweep_one(j))                          # run_pipeline handles the signals of each run
     else:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as ex:
-            for r in ex.map(_sweep_one, jobs):
-                results.append(r)
-                if on_done: on_done(r, len(jobs))
+        from concurrent.futures import CancelledError
+        from qtnb.runs import INTERRUPT_SIGNALS
+        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_ignore_signals) as ex:
+            futures = [ex.submit(_sweep_one, j) for j in jobs]
+            def stop(signum, frame):                       # no new runs; the running ones end 'interrupted'
+                if not got: got.append(signum)
+                for f in futures: f.cancel()
+                import psutil
+                for w in psutil.Process().children():
+                    with contextlib.suppress(psutil.Error): w.send_signal(signal.SIGINT)
+            main = threading.current_thread() is threading.main_thread()
+            old = {s: signal.signal(s, stop) for s in INTERRUPT_SIGNALS} if main else {}
+            try:
+                for f in futures:
+                    try: record(f.result())
+                    except CancelledError: pass
+            finally:
+                for s, h in old.items(): signal.signal(s, h if h is not None else signal.SIG_DFL)
     ok = [r["run_id"] for r in results if r["run_id"]]
     table = compare_runs(ok, runs_dir=root) if ok else pd.DataFrame()
     grid_cols = pd.DataFrame([{**combos[r["index"]], "run_id": r["run_id"], "sweep_state": r["state"], "sweep_error": r["error"]}
@@ -802,7 +975,14 @@ def sweep(pipeline: str, grid: dict[str, list], params: dict | None = None, *, y
     atomic_write(folder / "summary.csv", table.to_csv())
     atomic_write(folder / "sweep.json", json.dumps({"pipeline": pipeline, "grid": grid, "params": params or {},
                                                     "runs": results}, indent=2, default=str))
-    sweep_figure(table, list(grid)).write_html(folder / "summary.html", include_plotlyjs=True)
+    atomic_write(folder / "summary.html", sweep_figure(table, list(grid)).to_html(include_plotlyjs=True))
+    if got:
+        from qtnb.runs import RunInterrupted, open_run
+        e = RunInterrupted(got[0]); e.folder = folder
+        for r in results:                                  # workers saw the SIGINT the sweep sent them: record the real signal
+            if r["state"] == "interrupted" and r["run_id"] and r.get("signum") != e.signum:
+                _best_effort(lambda: open_run(r["run_id"], runs_dir=root).set_status("interrupted", error=str(e)))
+        raise e
     return table, folder
 
 def sweep_figure(table: pd.DataFrame, grid_keys: list[str]):
