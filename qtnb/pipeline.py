@@ -328,9 +328,8 @@ def _range_dates(prep, ranges) -> list | None:
     return [str(d[a].date()), str(d[min(b, len(d)) - 1].date())]
 
 def _copy_atomic(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    shutil.copyfile(src, tmp); os.replace(tmp, dst)
+    "Copy `src` to `dst` with `atomic_write`'s guarantees (old or new file; `DiskFull` when space runs out)."
+    with open(src, "rb") as f: atomic_write(dst, lambda out: shutil.copyfileobj(f, out))
 
 def train_folds(prep, model_cfg: dict, train_cfg, *, run=None, folds=None, verbose: bool = True) -> list[FoldResult]:
     "Train `model_cfg` on each fold of `prep` (all by default); with a run, walk-forward folds get runs under run/folds."
@@ -704,8 +703,9 @@ def run_pipeline(pipeline: str, params: dict | None = None, *, yaml_path: str | 
     p = check_params(pipeline, params, yaml_path=yaml_path)
     if name is not None: p = p.model_copy(update={"run_name": name})
     root = check_runs_dir(runs_dir if runs_dir is not None else p.runs_dir)
-    with _forward_signals() as got:
-        run = create_run(_default_name(p), runs_dir=root,
+    with _forward_signals() as signals:
+        got = signals["got"]
+        run = signals["run"] = create_run(_default_name(p), runs_dir=root,
                          params={"pipeline": pipeline, "parameters": p.model_dump(mode="json", exclude={"run_id", "runs_dir"})})
         run.set_status("running", launcher_pid=os.getpid())        # the kernel stamps its own pid and heartbeat
         inject = {k: v for k, v in p.model_dump(mode="json").items() if k in given or k == "run_name" and v is not None}
@@ -720,8 +720,10 @@ def run_pipeline(pipeline: str, params: dict | None = None, *, yaml_path: str | 
                                 extra_arguments=["--IPKernelApp.log_level=ERROR"])   # no transport notice per kernel
         except KeyboardInterrupt as e:                  # a second signal, or the kernel did not stop in time
             _stop_kernels(); _interrupted(run, got[0] if got else getattr(e, "signum", signal.SIGINT))
-        except DiskFull as e:
-            _best_effort(run.set_status, "failed", error=str(e)); raise
+        except DiskFull as e:                           # the notebook record did not fit; keep an earlier error
+            if (_best_effort(lambda: run.status) or {}).get("state") in ("running", "completed", None):
+                _best_effort(run.set_status, "failed", error=str(e))
+            raise
         except Exception as e:
             if got: _interrupted(run, got[0])
             if getattr(e, "ename", None) == "RunInterrupted":      # the kernel itself got the signal (Slurm, systemd)
@@ -754,23 +756,29 @@ def _stop_kernels() -> None:
 
 @contextlib.contextmanager
 def _forward_signals(grace: float = FORWARD_GRACE_S):
-    "While the block runs papermill: SIGTERM/SIGINT/SIGHUP interrupt the kernels (SIGINT never kills an ipykernel); the list of signals received."
+    """While papermill runs a kernel: SIGTERM/SIGINT/SIGHUP interrupt it (SIGINT never kills an ipykernel). Yields a dict:
+    `got` lists the signals received; set `run` to the run, so a kernel still starting (it has not stamped the run) is
+    stopped at once instead."""
     from qtnb.runs import INTERRUPT_SIGNALS, RunInterrupted
-    got, timers, t0 = [], [], []
+    box, timers, t0 = {"got": [], "run": None}, [], []
+    got = box["got"]
     def handler(signum, frame):
         if got:
             if time.monotonic() - t0[0] < 1.0: return        # the same signal delivered twice: to the group and forwarded
             raise RunInterrupted(got[0])
         got.append(signum); t0.append(time.monotonic())
         kernels = _kernel_children()
-        if not kernels: raise RunInterrupted(signum)          # no kernel yet: nothing to wait for
-        for pid in kernels:
-            with contextlib.suppress(ProcessLookupError): os.kill(pid, signal.SIGINT)
+        run = box["run"]
+        owner = _best_effort(lambda: run.status.get("pid")) if run is not None else None
+        if owner not in kernels:                              # no kernel, or one still starting: nothing to wait for
+            _stop_kernels()
+            raise RunInterrupted(signum)
+        with contextlib.suppress(ProcessLookupError): os.kill(owner, signal.SIGINT)
         t = threading.Timer(grace, os.kill, (os.getpid(), signum)); t.daemon = True; t.start(); timers.append(t)
     if threading.current_thread() is not threading.main_thread():
-        yield got; return
+        yield box; return
     old = {s: signal.signal(s, handler) for s in INTERRUPT_SIGNALS}
-    try: yield got
+    try: yield box
     finally:
         for t in timers: t.cancel()
         for s, h in old.items(): signal.signal(s, h if h is not None else signal.SIG_DFL)
