@@ -363,7 +363,10 @@ def _beat_loop(run: Run, stop: threading.Event, every: float) -> None:
         except Exception: pass          # a beat never takes the run down; a missed one shows as heartbeat age
 
 def _on_signal(fired: list):
+    owner = os.getpid()
     def handler(signum, frame):
+        if os.getpid() != owner:        # a forked child (a data-loader worker) inherited the handler: die as usual
+            signal.signal(signum, signal.SIG_DFL); os.kill(os.getpid(), signum); return
         if fired: return                # already unwinding from the first signal: let cleanup finish
         fired.append(signum)
         raise RunInterrupted(signum)
@@ -374,7 +377,7 @@ def _on_signal(fired: list):
 def heartbeat(self: Run, every: float = HEARTBEAT_S, *,
               signals: bool = True): # in the main thread, turn SIGTERM/SIGINT/SIGHUP into RunInterrupted for the block
     "Keep the run's process record and heartbeat fresh while the block runs; a signal ends it as `interrupted`."
-    key = self.path
+    key = (os.getpid(), self.path)     # a forked child inherits the dict, not the thread
     with _BEATING_LOCK:
         entry = _BEATING.get(key)
         if entry is None:
