@@ -597,7 +597,7 @@ def _run_start(self: Trainer, train: Windows, data_fingerprint: str | None) -> N
                         "feature_names": list(train.feature_names) or None, "task": train.task, "n_outputs": train.n_outputs}
     self.run.write_params(params)
     self.run.set_status("running")
-    self.run.beat()                            # this process, now: the record readers check for a live run
+    if hasattr(self.run, "beat"): self.run.beat()   # this process, now: the record readers check for a live run
     self.run.write_lineage(seed=self.config.seed, data_fingerprint=data_fingerprint, config_hash=chash)
 
 def _sync_history(self: Trainer) -> None:
@@ -742,7 +742,7 @@ def fit(self: Trainer, train: Windows, val: Windows | None = None, *,
     self._busy = True
     try:
         # with a run: its process record and heartbeat stay fresh, and SIGTERM/SIGINT/SIGHUP end it 'interrupted'
-        with self.run.heartbeat() if self.run is not None else contextlib.nullcontext():
+        with self.run.heartbeat() if hasattr(self.run, "heartbeat") else contextlib.nullcontext():
             return self._fit(train, val, resume=resume, test=test, inverse_target=inverse_target, data_fingerprint=data_fingerprint)
     finally: self._busy = False
 

@@ -55,7 +55,7 @@ def qtnb_cmd(*args, runs):
 def run_cmd(cmd, timeout=600) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ENV, cwd=REPO)
 
-def wait_until(pred, timeout=180.0, what="condition"):
+def wait_until(pred, timeout=300.0, what="condition"):
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
         v = pred()
