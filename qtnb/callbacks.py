@@ -6,14 +6,14 @@ Docs: https://qtnb.github.io/qtnb/callbacks.html.md"""
 
 # %% ../nbs/05_callbacks.ipynb #7037693e
 from __future__ import annotations
-import math, os, tempfile, time
+import math, os, time
 from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence
 
 import pandas as pd
 import torch
 
-from .config import atomic_write
+from .config import atomic_save, atomic_write
 from .errors import ConfigError, NonFiniteLoss
 from .metrics import MetricTracker
 
@@ -128,20 +128,8 @@ class EarlyStopping(Callback):
 
 # %% ../nbs/05_callbacks.ipynb #31ae13c8
 def save_state(state: dict, path: str | Path) -> Path:
-    "Write `state` with torch.save to `path` atomically (temporary file, fsync, rename)."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try: os.unlink(tmp)
-        except FileNotFoundError: pass
-        raise
-    return path
+    "Write `state` with torch.save to `path` atomically (`qtnb.config.atomic_save`: old or new file, `DiskFull` when space runs out)."
+    return atomic_save(state, path)
 
 def load_state(path: str | Path, map_location: Any = "cpu") -> dict:
     "A checkpoint written by `save_state` or `Checkpoint`, loaded with `weights_only=True`; `ConfigError` when unusable."

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 # %% auto #0
 __all__ = ['QtnbError', 'ConfigError', 'DataError', 'InsufficientData', 'ModelError', 'TrainingError', 'NonFiniteLoss',
-           'ConvergenceFailed', 'TuningError', 'ExportError', 'TensorRTUnavailable']
+           'ConvergenceFailed', 'TuningError', 'ExportError', 'TensorRTUnavailable', 'DiskFull']
 
 # %% ../nbs/00_errors.ipynb #3fa2a675
 class QtnbError(Exception):
@@ -46,3 +46,8 @@ class ExportError(QtnbError):
 
 class TensorRTUnavailable(ExportError):
     "TensorRT (or a CUDA GPU) is not available on this machine."
+
+# %% ../nbs/00_errors.ipynb #f4602029
+class DiskFull(QtnbError, OSError):
+    "A file could not be written for lack of space (disk, quota or file-size limit); the file it would replace is intact."
+    def __str__(self) -> str: return self.args[0] if self.args else ""   # OSError's own would print "[Errno 28] None: path"

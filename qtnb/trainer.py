@@ -597,6 +597,7 @@ def _run_start(self: Trainer, train: Windows, data_fingerprint: str | None) -> N
                         "feature_names": list(train.feature_names) or None, "task": train.task, "n_outputs": train.n_outputs}
     self.run.write_params(params)
     self.run.set_status("running")
+    if hasattr(self.run, "beat"): self.run.beat()   # this process, now: the record readers check for a live run
     self.run.write_lineage(seed=self.config.seed, data_fingerprint=data_fingerprint, config_hash=chash)
 
 def _sync_history(self: Trainer) -> None:
@@ -739,7 +740,10 @@ def fit(self: Trainer, train: Windows, val: Windows | None = None, *,
     "Train on `train`, validate on `val` each epoch, evaluate `test` at the end; a `FitResult`."
     if self._busy: raise TrainingError("this trainer is already fitting; wait for it or use another Trainer")
     self._busy = True
-    try: return self._fit(train, val, resume=resume, test=test, inverse_target=inverse_target, data_fingerprint=data_fingerprint)
+    try:
+        # with a run: its process record and heartbeat stay fresh, and SIGTERM/SIGINT/SIGHUP end it 'interrupted'
+        with self.run.heartbeat() if hasattr(self.run, "heartbeat") else contextlib.nullcontext():
+            return self._fit(train, val, resume=resume, test=test, inverse_target=inverse_target, data_fingerprint=data_fingerprint)
     finally: self._busy = False
 
 def _fit(self: Trainer, train, val, *, resume, test, inverse_target, data_fingerprint) -> FitResult:
@@ -773,8 +777,8 @@ def _fit(self: Trainer, train, val, *, resume, test, inverse_target, data_finger
                 except Exception: pass
             if err is e: raise
             raise err from e
-    except KeyboardInterrupt as e:
-        self._state = "stopped"; self._fail_run(e, "stopped")
+    except KeyboardInterrupt as e:     # Ctrl-C in a notebook: stopped; a signal (qtnb.runs.RunInterrupted): interrupted
+        self._state = "stopped"; self._fail_run(e, "interrupted" if hasattr(e, "signum") else "stopped")
         for fn in self._table["on_exception"]:
             try: fn(self, e)
             except Exception: pass
