@@ -39,24 +39,22 @@ TRAIN = dict(num_epochs=EPOCHS, batch_size=64, early_stopping_patience=0)
 
 # Settings tried on the way to qtnb's defaults, each measured on the same random-search targets: the TPE sampler's
 # keywords (None: qtnb's make_sampler as it is) and the pruner's name and keywords (None: make_pruner as it is).
+MV = dict(multivariate=True, group=True, constant_liar=True)
 VARIANTS = {
     "defaults": (None, None),
-    "optuna_tpe_median": (dict(n_startup_trials=10), ("median", dict(n_startup_trials=5, n_warmup_steps=1))),
-    "mv_tpe10_hyperband": (dict(multivariate=True, group=True, constant_liar=True, n_startup_trials=10),
-                           ("hyperband", dict(min_resource=1, reduction_factor=3))),
-    "mv_tpe5_hyperband": (dict(multivariate=True, group=True, constant_liar=True, n_startup_trials=5),
-                          ("hyperband", dict(min_resource=1, reduction_factor=3))),
-    "mv_tpe5_asha": (dict(multivariate=True, group=True, constant_liar=True, n_startup_trials=5),
-                     ("successive_halving", dict(min_resource=1, reduction_factor=3))),
-    "mv_tpe5_asha_min3": (dict(multivariate=True, group=True, constant_liar=True, n_startup_trials=5),
-                          ("successive_halving", dict(min_resource=3, reduction_factor=3))),
+    "independent_tpe10_median": (dict(multivariate=False, n_startup_trials=10), ("median", dict(n_startup_trials=5, n_warmup_steps=1))),
+    "mv_tpe5_hyperband": (dict(MV, n_startup_trials=5), ("hyperband", dict(min_resource=1, reduction_factor=3))),
+    "mv_tpe5_asha": (dict(MV, n_startup_trials=5), ("successive_halving", dict(min_resource=1, reduction_factor=3))),
+    "mv_tpe5_asha_min3": (dict(MV, n_startup_trials=5), ("successive_halving", dict(min_resource=3, reduction_factor=3))),
 }
 
 
 def _apply(variant: str) -> str:
     "Patch qtnb.tuner's sampler/pruner factories for `variant` (in this worker process only); the pruner name to ask for."
-    import optuna
+    import optuna, warnings
     import qtnb.tuner as qt
+    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    qt.make_sampler, qt.make_pruner = qt.__dict__.setdefault("_bench_original", (qt.make_sampler, qt.make_pruner))  # a reused worker
     skw, pr = VARIANTS[variant]
     if skw is not None:
         qt.make_sampler = lambda name="tpe", *, seed=None, **_: optuna.samplers.TPESampler(seed=seed, **skw)
@@ -151,7 +149,8 @@ def measure(variants: list[str], pool: ProcessPoolExecutor):
 
 
 def main():
-    which = list(VARIANTS) if sys.argv[1:] == ["ablation"] else ["defaults"]
+    which = (os.environ.get("QTNB_BENCH_VARIANTS", ",".join(VARIANTS)).split(",") if sys.argv[1:] == ["ablation"]
+             else ["defaults"])
     with Bench("bench_pruning", seeds=SEEDS, random_trials=N_RANDOM, epochs_per_trial=EPOCHS, variants=which,
                processes=PROCESSES), ProcessPoolExecutor(PROCESSES) as pool:
         measure(which, pool)

@@ -41,7 +41,8 @@ from qtnb.trainer import TrainConfig, fit_fold
 from qtnb.tuner import SearchSpace, Tuner, run_workers
 
 EPOCHS = 27
-PAIRS, N_TRIALS, ROUNDS = 30, 24, int(os.environ.get("QTNB_BENCH_ROUNDS", 3))
+PAIRS, N_TRIALS = int(os.environ.get("QTNB_BENCH_PAIRS", 30)), int(os.environ.get("QTNB_BENCH_TRIALS", 24))  # smaller only to develop
+ROUNDS = int(os.environ.get("QTNB_BENCH_ROUNDS", 3))
 TRAIN = dict(num_epochs=EPOCHS, batch_size=64, early_stopping_patience=0)
 
 
