@@ -2,6 +2,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+from fastcore.test import test_eq as eq
 
 from qtnb.data import DataConfig, Split, prepare
 from qtnb.datasets import multi_symbol, random_walk
@@ -129,9 +130,15 @@ def test_good_files_load(tmp_path):
     assert len(a.folds[0].train) == len(b.folds[0].train) > 0
 
 
-def test_corpus_is_large_enough():
-    assert len(CASES) >= 15
-    assert len({c[3] for c in CASES}) == len(CASES)  # every message is distinct
+def test_each_bad_input_gets_its_own_message():
+    "The messages qtnb gives are all different: no two bad inputs fall through to one generic refusal."
+    said = {}
+    for name, make, _, _ in CASES:
+        try: make()
+        except QtnbError as e: said.setdefault(str(e), []).append(name)
+    same = {m: names for m, names in said.items() if len(names) > 1}
+    assert not same, same
+    eq(sum(len(v) for v in said.values()), len(CASES))          # every case was refused
 
 
 # --- timestamps and files (issue 13): each a specific one-line error, or a correct parse -------------------------

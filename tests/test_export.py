@@ -164,22 +164,20 @@ def test_onnx_without_qtnb_metadata(tmp_path):
 
 
 # ---------------------------------------------------------------- the registry's torch families
-def _registry_torch_families():
-    try:
-        from qtnb.models.core import create_model, is_torch_model, list_models
-    except ImportError:
-        return []
-    out = []
-    for m in list_models():
-        try: model = create_model(m["name"], n_features=F, seq_len=L)
-        except Exception: continue  # a family that cannot build with defaults (e.g. an ensemble needing members) is tested elsewhere
-        if is_torch_model(model): out.append(m["name"])
-    return out
+TORCH_FAMILIES = ["cnn", "cnn_lstm", "gru", "lstm", "mlp", "transformer"]   # every torch family the registry ships
+OTHER_FAMILIES = ["ensemble", "linear", "xgboost"]                            # estimators: exported by export_estimator
 
 
-@pytest.mark.parametrize("name", _registry_torch_families() or ["(none registered)"])
+def test_registry_families_are_the_expected_ones():
+    "Every registered family builds with its defaults, and the torch ones are exactly those the parity test covers."
+    from qtnb.models.core import create_model, is_torch_model, list_models
+    built = {m["name"]: create_model(m["name"], n_features=F, seq_len=L) for m in list_models()}   # a failure here fails
+    eq(sorted(built), sorted(TORCH_FAMILIES + OTHER_FAMILIES))
+    eq(sorted(n for n, m in built.items() if is_torch_model(m)), TORCH_FAMILIES)
+
+
+@pytest.mark.parametrize("name", TORCH_FAMILIES)
 def test_registry_family_parity(name, tmp_path):
-    if name == "(none registered)": pytest.skip("qtnb.models has no torch family yet")
     from qtnb.models.core import create_model
     torch.manual_seed(0)
     m = create_model(name, n_features=F, seq_len=L).eval()

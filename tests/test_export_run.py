@@ -1,6 +1,6 @@
-"""export_run against a run folder (params.yaml, checkpoints/best.pt, lineage.json) and raw-frame inference against
-the model applied to qtnb.data's windows."""
-import json, sys, types
+"""export_run against a real run in a temporary run store (created, checkpointed and reopened through qtnb.runs), and
+raw-frame inference against the model applied to qtnb.data's windows."""
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,34 +13,24 @@ from qtnb.errors import ExportError
 from qtnb.export import InferenceSession, export_meta, export_onnx, export_run, read_meta
 from qtnb.data import prepare
 from qtnb.models.core import create_model
+from qtnb.runs import create_run, open_run
 
 PARAMS = dict(data="sp500", seq_len=16, features=["default"], target="return", horizon=1, model="lstm",
               model_params={"hidden_size": 16, "num_layers": 1})
 
 
-class FolderRun:
-    "A run folder read the way qtnb.runs' contract describes: .path, .params, .load_checkpoint(name)."
-    def __init__(self, path): self.path, self.id = Path(path), Path(path).name
-    @property
-    def params(self): return yaml.safe_load((self.path / "params.yaml").read_text())
-    def load_checkpoint(self, name): return torch.load(self.path / "checkpoints" / f"{name}.pt", weights_only=True)
-
-
 @pytest.fixture
-def run(tmp_path, monkeypatch):
-    "A finished run in a temporary run store; qtnb.runs.open_run is pointed at it (the real module when present)."
-    d = tmp_path / "runs" / "20250101-000000-train-abcd"
-    (d / "checkpoints").mkdir(parents=True)
-    (d / "params.yaml").write_text(yaml.safe_dump(PARAMS))
-    (d / "lineage.json").write_text(json.dumps({"seed": 42}))
+def run(tmp_path):
+    "A finished training run in a temporary run store, written through qtnb.runs: params, lineage, best checkpoint."
+    r = create_run("train", runs_dir=tmp_path / "runs", params=PARAMS)
+    r.write_lineage(seed=42)
     prep = prepare(dict(data="sp500", seq_len=16, cache=False))
     torch.manual_seed(0)
     m = create_model({"name": "lstm", "hidden_size": 16, "num_layers": 1}, n_features=len(prep.feature_names), seq_len=16).eval()
-    torch.save({"model": m.state_dict(), "epoch": 3}, d / "checkpoints" / "best.pt")
-    fake = types.ModuleType("qtnb.runs")
-    fake.open_run = lambda run_id, runs_dir=None: FolderRun(Path(runs_dir or tmp_path / "runs") / run_id)
-    monkeypatch.setitem(sys.modules, "qtnb.runs", fake)
-    return d, m, prep
+    r.save_checkpoint({"model": m.state_dict(), "epoch": 3}, "best")
+    r.set_status("completed")
+    eq(open_run(r.id, runs_dir=tmp_path / "runs"), r)             # the store finds it by id
+    return r.path, m, prep
 
 
 def test_export_run_writes_into_the_run_and_lineage(run, tmp_path):

@@ -66,13 +66,15 @@ def test_failing_trials_are_recorded_and_the_study_goes_on(tmp_path):
 def test_pruned_trials_mark_their_runs(tmp_path):
     space = SearchSpace(model="mlp").log_uniform("learning_rate", 1e-5, 3e-2)
     t = tuner(tmp_path, space, pruner="median", train={**TRAIN, "num_epochs": 6})
-    from qtnb.tuner import make_pruner
-    t.pruner_name = "median"
+    eq(type(t.study.pruner).__name__, "MedianPruner")                  # the pruner asked for is the study's
     study = t.optimize(10)
     pruned = [tr for tr in study.trials if tr.state == TrialState.PRUNED]
+    assert pruned, [(tr.params, tr.state, tr.intermediate_values) for tr in study.trials]   # learning rates 1e-5 lose
     for tr in pruned:
         eq(open_run(tr.user_attrs["run_id"], runs_dir=tmp_path).status["state"], "pruned")
         assert max(tr.intermediate_values) < 6
+    for tr in study.trials:
+        if tr.state == TrialState.COMPLETE: eq(open_run(tr.user_attrs["run_id"], runs_dir=tmp_path).status["state"], "completed")
     eq(trial_counts(study)["finished"], 10)
 
 
@@ -94,8 +96,11 @@ def test_xgboost_prunes_through_optuna_integration(tmp_path):
     rounds = [len(tr.intermediate_values) for tr in study.trials]
     assert max(rounds) == 30, rounds                      # one report per boosting round, not per epoch
     assert all(tr.user_attrs.get("run_id") for tr in study.trials)
-    for tr in study.trials:
-        if tr.state == TrialState.PRUNED: eq(open_run(tr.user_attrs["run_id"], runs_dir=tmp_path).status["state"], "pruned")
+    pruned = [tr for tr in study.trials if tr.state == TrialState.PRUNED]
+    assert pruned, [(tr.params, tr.state, len(tr.intermediate_values)) for tr in study.trials]
+    for tr in pruned:
+        assert len(tr.intermediate_values) < 30, tr.intermediate_values   # stopped between boosting rounds
+        eq(open_run(tr.user_attrs["run_id"], runs_dir=tmp_path).status["state"], "pruned")
     eq(trial_counts(study)["finished"], 8)
 
 

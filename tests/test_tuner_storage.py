@@ -10,6 +10,7 @@ from fastcore.test import test_eq as eq
 from optuna.trial import TrialState
 
 from conftest import require
+from qtnb.errors import ConfigError
 from qtnb.tuner import SearchSpace, Tuner, trial_counts, storage_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,8 +158,11 @@ def test_four_workers_on_postgresql(postgres, tmp_path):
 
 
 def test_sqlite_url_with_workers_is_refused(tmp_path):
-    with pytest.raises(Exception, match="database is locked"):
+    # qtnb's own refusal, before any worker starts: not SQLite's error from two processes writing at once
+    with pytest.raises(ConfigError, match=r"is SQLite, which 2 worker processes cannot share .*pass a journal file") as info:
         Tuner(space(), slow_square, storage=f"sqlite:///{tmp_path}/x.db", runs_dir=tmp_path).optimize(4, workers=2)
+    assert info.value.__cause__ is None and "\n" not in str(info.value), info.value
+    eq(list(tmp_path.glob("*.journal")), [])
 
 
 # --- optuna-dashboard ------------------------------------------------------------------------------------------------

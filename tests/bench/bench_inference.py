@@ -1,67 +1,78 @@
-"""Inference latency and throughput of one MLP and one LSTM across backends, measured side by side in one run.
+"""Batch-1 inference latency: ONNX Runtime against eager PyTorch, for the registry's default MLP and LSTM.
 
-For each model: batch-1 p50 and p99 and batch-256 throughput for torch eager (under torch.inference_mode), TorchScript,
-onnxruntime FP32 and onnxruntime dynamic INT8, alternating backends A B C D / D C B A over several rounds. Prints one
-JSON line per figure; the goal lines are `ort_vs_torch_p50_mlp` and `ort_vs_torch_p50_lstm` (onnxruntime batch-1 p50 over
-torch eager p50, goal <= 0.5). Uses qtnb's model registry when it is there, else equivalent small nn.Modules.
+Each model (qtnb's registry defaults, seq_len 64, 16 features) is served by eager PyTorch (qtnb's InferenceSession on
+the module, under torch.inference_mode) and by ONNX Runtime (the FP32 export, qtnb's InferenceSession on the file).
+A contestant's call makes N batch-1 predictions on one fixed window and returns their latencies; contestants are
+measured side by side by tests/bench/_timing.py (a warm-up call each, then ROUNDS rotating rounds); p50 and p99 are
+taken over all latencies of a contestant. Figures, defined before anything is measured:
 
-Run from the repo root: `.venv/bin/python tests/bench/bench_inference.py [--rounds 7] [--n 300]`.
+  ort_vs_torch_p50_matched_mlp / _lstm              kind matched, goal <= 0.5: ONNX Runtime's batch-1 p50 over eager
+                                                    PyTorch's, both runtimes at 1 intra-op thread.
+  ort_vs_torch_p50_matched_mlp_all_cores / _lstm_…  kind matched, goal <= 0.5: the same with both at every core.
+  ort_vs_torch_p50_default_mlp / _lstm              kind default, report only: each runtime at its own default threads
+                                                    (torch's default intra-op pool; onnxruntime's default session).
+  ort_int8_vs_torch_p50_matched_mlp / _lstm         report only: dynamically quantized INT8 ONNX at 1 thread.
+
+Run from the repo root with no arguments: python tests/bench/bench_inference.py (about a minute on 2 cores).
 """
-import argparse, json, os, platform, sys, time
+import os, tempfile, time
+from pathlib import Path
 
+import numpy as np
 import torch
-from torch import nn
 
-from qtnb.export import compare_backends
+from _timing import Bench, emit, interleaved, ratio
+from qtnb.export import InferenceSession, export_onnx, quantize_dynamic_int8
+from qtnb.models.core import create_model
 
 SEQ_LEN, N_FEATURES = 64, 16
+ROUNDS = int(os.environ.get("QTNB_BENCH_ROUNDS", 6))
+N = int(os.environ.get("QTNB_BENCH_N", 200))        # batch-1 calls per contestant per round
+CORES = os.cpu_count() or 1
+DEFAULT_TORCH_THREADS = torch.get_num_threads()    # torch's own default, read before anything changes it
 
 
-class MLP(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(SEQ_LEN * N_FEATURES, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 1))
-    def forward(self, x): return self.net(x)
+def latencies(session, x):
+    "N batch-1 predictions; their latencies in ms."
+    out = []
+    for _ in range(N):
+        t0 = time.perf_counter()
+        session.predict(x, record=False)
+        out.append((time.perf_counter() - t0) * 1e3)
+    return out
 
 
-class LSTM(nn.Module):
-    def __init__(self):
-        super().__init__(); self.lstm = nn.LSTM(N_FEATURES, 64, num_layers=2, batch_first=True); self.head = nn.Linear(64, 1)
-    def forward(self, x): return self.head(self.lstm(x)[0][:, -1])
-
-
-def model(name: str):
-    "The registry's model when qtnb.models is installed, else the stand-in above (said in the output)."
-    try:
-        from qtnb.models.core import create_model
-        return create_model(name, n_features=N_FEATURES, seq_len=SEQ_LEN).eval(), "qtnb.models"
-    except Exception:
-        return {"mlp": MLP, "lstm": LSTM}[name]().eval(), "standin"
+def group(name, sessions, torch_threads, x):
+    "Measure `sessions` side by side with torch at `torch_threads`; {backend: Stats}."
+    torch.set_num_threads(torch_threads)
+    return interleaved({b: (lambda s=s: latencies(s, x)) for b, s in sessions.items()}, ROUNDS)
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=6)
-    ap.add_argument("--n", type=int, default=300, help="batch-1 calls per backend per round")
-    ap.add_argument("--batch", type=int, default=256)
-    a = ap.parse_args()
-    torch.manual_seed(0)
-    t0 = time.time()
-    print(json.dumps({"info": "bench_inference", "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-                      "ort_threads": 1, "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),
-                      "seq_len": SEQ_LEN, "n_features": N_FEATURES, "rounds": a.rounds, "n": a.n}))
-    for name in ("mlp", "lstm"):
-        m, source = model(name)
-        df, _ = compare_backends(m, seq_len=SEQ_LEN, n_features=N_FEATURES, rounds=a.rounds, n=a.n, throughput_batch=a.batch,
-                                 n_throughput=5, threads=1)
-        for backend, r in df.iterrows():
-            print(json.dumps({"model": name, "source": source, "backend": backend, "p50_ms": round(r.p50_ms, 4),
-                              "p99_ms": round(r.p99_ms, 4), f"throughput_b{a.batch}": round(r.throughput, 1),
-                              "p50_vs_torch": round(r.p50_vs_torch, 3)}))
-        print(json.dumps({"figure": f"ort_vs_torch_p50_{name}", "value": round(float(df.loc["onnxruntime", "p50_vs_torch"]), 3), "goal": "<= 0.5"}))
-        print(json.dumps({"figure": f"ort_int8_vs_torch_p50_{name}", "value": round(float(df.loc["onnxruntime_int8", "p50_vs_torch"]), 3)}))
-    print(json.dumps({"info": "done", "seconds": round(time.time() - t0, 1)}))
+    x = np.random.default_rng(0).standard_normal((1, SEQ_LEN, N_FEATURES)).astype(np.float32)
+    with Bench("bench_inference", seq_len=SEQ_LEN, n_features=N_FEATURES, rounds=ROUNDS, calls_per_round=N, cores=CORES,
+               torch_default_threads=DEFAULT_TORCH_THREADS), tempfile.TemporaryDirectory() as d:
+        for name in ("mlp", "lstm"):
+            torch.manual_seed(0)
+            model = create_model(name, n_features=N_FEATURES, seq_len=SEQ_LEN).eval()
+            path = export_onnx(model, Path(d) / f"{name}.onnx", seq_len=SEQ_LEN, n_features=N_FEATURES)
+            eager = InferenceSession(model, meta=InferenceSession(path).meta, device="cpu")
+            settings = {"matched": (1, 1), "matched_all_cores": (CORES, CORES), "default": (DEFAULT_TORCH_THREADS, None)}
+            for label, (tt, ot) in settings.items():
+                sessions = {"torch": eager, "onnxruntime": InferenceSession(path, threads=ot, device="cpu")}
+                if label == "matched": sessions["onnxruntime_int8"] = InferenceSession(quantize_dynamic_int8(path), threads=1, device="cpu")
+                st = group(label, sessions, tt, x)
+                kind = "default" if label == "default" else "matched"
+                fig = f"ort_vs_torch_p50_{kind}_{name}" + ("_all_cores" if label == "matched_all_cores" else "")
+                value, q = ratio(st["onnxruntime"], st["torch"])
+                detail = {b: {"p50_ms": s.median, "p99_ms": s.quantile(0.99), "quartiles_ms": s.quartiles} for b, s in st.items()}
+                emit(fig, value, None if kind == "default" else "<= 0.5", kind, model=name, torch_threads=tt,
+                     ort_threads=ot if ot is not None else "onnxruntime default", round_ratio_quartiles=q, latency=detail)
+                if "onnxruntime_int8" in st:
+                    v8, q8 = ratio(st["onnxruntime_int8"], st["torch"])
+                    emit(f"ort_int8_vs_torch_p50_matched_{name}", v8, None, "matched", model=name, threads=1, round_ratio_quartiles=q8)
+        torch.set_num_threads(DEFAULT_TORCH_THREADS)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

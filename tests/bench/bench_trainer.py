@@ -1,41 +1,54 @@
-"""qtnb's Trainer vs a minimal hand-written PyTorch loop vs PyTorch Lightning's Trainer: training throughput.
+"""qtnb's Trainer against a hand-written PyTorch loop and against PyTorch Lightning: training throughput.
 
-Small LSTM (hidden 32, 1 layer) and MLP (hidden 64, 32) from qtnb's registry, seq_len 64, 16 features, batch 256,
-regression on synthetic data (20,000 windows). Every contestant trains the same model (same initial weights) with
-Adam, no clipping, no validation, for EPOCHS epochs per measurement; throughput is windows per second of the whole
-`fit` call (set-up included) or of the raw loop. Contestants run side by side, interleaved (A B C, A B C, ...), for
-ROUNDS rounds; the medians are compared. Printed as JSON lines:
+Task: a small LSTM (hidden 32, 1 layer) and an MLP (hidden 64, 32) from qtnb's registry, seq_len 64, 16 features,
+batch 256, regression on synthetic data (20,000 windows), no validation, no clipping, constant learning rate 1e-3,
+1 epoch (LSTM) or 5 epochs (MLP) per measurement. Every contestant starts from the same initial weights. Throughput is windows trained
+per second of wall time of the whole `fit` call (set-up included) or of the raw loop. The contestants are measured side
+by side by tests/bench/_timing.py: one warm-up call each, then ROUNDS rotating rounds; medians are compared, with the
+quartiles of the per-round ratios beside them. One intra-op thread by default (QTNB_BENCH_THREADS overrides) for every
+contestant.
 
-  trainer_vs_raw_loop(_mlp)   qtnb samples/s over the raw loop's (goal >= 0.95)
-  trainer_vs_lightning(_mlp)  qtnb samples/s over Lightning's (goal >= 1.2)
-  ..._cuda                    the same on the GPU, where CUDA exists (qtnb and the raw loop on device-resident
-                              windows, Lightning's DataLoader pinned and copied per batch, as its users run it)
-  lstm_cuda_amp_samples_per_s qtnb, default LSTM, fp16 AMP, windows resident on the GPU (only where CUDA exists)
+Figures, defined before anything is measured (none of them may be redefined toward an easier one):
 
-The raw loop gathers batches the way a careful hand-written loop does: a shuffled index per epoch and one indexing
-operation on the zero-copy strided window view. Lightning gets what its users write: a standard DataLoader
-(num_workers=0, shuffle=True) over a TensorDataset of materialised windows (per-sample indexing + default collate);
-the ratio against a per-sample Dataset that slices each window from the series is printed beside it,
-with its progress bar, logger, checkpointing and model summary off.
+  trainer_vs_raw_loop_matched(_mlp)       kind matched, goal >= 0.97. qtnb's Trainer at its defaults (fused Adam, batches
+                                          gathered in one indexing operation from the zero-copy window view) over a raw
+                                          loop given the same: fused Adam, the same `Windows.batches` gather, the same
+                                          thread count, dtype and batch. Measures what qtnb adds to a training loop.
+  trainer_vs_raw_loop_default(_mlp)       kind default, report only. qtnb at its defaults over the loop PyTorch's
+                                          tutorials show: torch.optim.Adam with its defaults and a DataLoader
+                                          (shuffle=True, num_workers=0) over a TensorDataset of materialised windows.
+  trainer_vs_lightning_matched(_mlp)      kind matched, goals >= 1.05 (LSTM) and >= 1.4 (MLP). qtnb over Lightning's
+                                          Trainer given the same fused Adam and the same one-gather batches (an iterable
+                                          of `Windows.batches`); progress bar, logger, checkpointing, model summary off.
+  trainer_vs_lightning_default(_mlp)      kind default, report only. qtnb over Lightning as its documentation shows its
+                                          users: the DataLoader over a TensorDataset of materialised windows
+                                          (shuffle=True, num_workers=0) and torch.optim.Adam with its defaults.
+  ..._cuda                                the same four on the GPU where CUDA exists: qtnb, the matched raw loop and the
+                                          matched Lightning all get device-resident windows and batches; the default
+                                          contestants get host DataLoaders (pinned), as their users write them.
+  lstm_cuda_amp_samples_per_s             qtnb, the registry's default LSTM, fp16 AMP, device-resident windows (CUDA only).
 
-Runs with one intra-op thread (QTNB_BENCH_THREADS overrides) so neighbours on a shared machine disturb it less.
-Run from the repo root, no arguments: python tests/bench/bench_trainer.py
+Run from the repo root with no arguments: python tests/bench/bench_trainer.py (under 5 minutes on 2 cores;
+QTNB_BENCH_ROUNDS shortens it for development).
 """
-import json, logging, os, statistics, sys, time, warnings
+import logging, os, time, warnings
 
 import numpy as np
 import torch
 from torch import nn
 
+from _timing import Bench, emit, interleaved, ratio
 from qtnb.data import Windows
 from qtnb.models.core import create_model
 from qtnb.trainer import Trainer
 
 N, L, F, B = 20_000, 64, 16, 256
-EPOCHS = int(os.environ.get("QTNB_BENCH_EPOCHS", 2))
+EPOCHS_OF = {"lstm": 1, "mlp": 5}                   # about 2-3 s of training per measurement on one core
 ROUNDS = int(os.environ.get("QTNB_BENCH_ROUNDS", 7))
+THREADS = int(os.environ.get("QTNB_BENCH_THREADS", 1))
 MODELS = {"lstm": {"name": "lstm", "hidden_size": 32, "num_layers": 1, "dropout": 0.0},
           "mlp": {"name": "mlp", "hidden_sizes": [64, 32], "dropout": 0.0}}
+GOALS = {("raw", "lstm"): ">= 0.97", ("raw", "mlp"): ">= 0.97", ("lightning", "lstm"): ">= 1.05", ("lightning", "mlp"): ">= 1.4"}
 
 
 def data(device="cpu", n=N):
@@ -51,112 +64,126 @@ def fresh(cfg, device="cpu"):
     return create_model(cfg, n_features=F, seq_len=L).to(device)
 
 
-def run_qtnb(cfg, w, device="cpu", **kw):
+def sync(device):
+    if device != "cpu": torch.cuda.synchronize()
+
+
+def adam(model, matched: bool, device):
+    "Fused Adam for the matched contestants (what qtnb runs by default), torch's default Adam otherwise."
+    return torch.optim.Adam(model.parameters(), lr=1e-3, **({"fused": True} if matched and device in ("cpu", "cuda") else {}))
+
+
+class SameBatches:
+    "An epoch of `Windows.batches` (one gather per batch, shuffled by a per-epoch generator): the matched data path."
+    def __init__(self, w): self.w, self.epoch = w, 0
+    def __len__(self): return -(-len(self.w) // B)
+    def __iter__(self):
+        self.epoch += 1
+        return self.w.batches(B, shuffle=True, generator=torch.Generator().manual_seed(self.epoch))
+
+
+def host_loader(w, device):
+    "The DataLoader users write: a TensorDataset of materialised windows on the host, shuffled, no workers."
+    from torch.utils.data import DataLoader, TensorDataset
+    xs, ys = w.to("cpu")[:]
+    return DataLoader(TensorDataset(xs.contiguous(), ys), batch_size=B, shuffle=True, num_workers=0,
+                      pin_memory=device != "cpu", generator=torch.Generator().manual_seed(0))
+
+
+def run_qtnb(cfg, w, device="cpu", epochs=1, **kw):
     m = fresh(cfg, device)
-    tr = Trainer(m, num_epochs=EPOCHS, batch_size=B, learning_rate=1e-3, optimizer="adam", gradient_clip_norm=0.0,
+    tr = Trainer(m, num_epochs=epochs, batch_size=B, learning_rate=1e-3, optimizer="adam", gradient_clip_norm=0.0,
                  early_stopping_patience=0, scheduler="constant", importance=False, device=device, **kw)
+    sync(device)
     t0 = time.perf_counter()
     tr.fit(w)
-    if device != "cpu": torch.cuda.synchronize()
-    return EPOCHS * len(w) / (time.perf_counter() - t0)
+    sync(device)
+    return epochs * len(w) / (time.perf_counter() - t0)
 
 
-def run_raw(cfg, w, device="cpu"):
+def run_raw(cfg, w, device, batches, matched: bool, epochs: int):
+
     m = fresh(cfg, device)
-    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
     lossf = nn.MSELoss()
+    sync(device)
     t0 = time.perf_counter()
-    xs, ys = w.view(), w.targets()
-    for epoch in range(EPOCHS):
-        perm = torch.randperm(len(w), generator=torch.Generator().manual_seed(epoch)).to(device)
-        m.train()
-        for s in range(0, len(w), B):
-            idx = perm[s:s + B]
-            loss = lossf(m(xs[idx]), ys[idx])
+    opt = adam(m, matched, device)
+    m.train()
+    for _ in range(epochs):
+        for xb, yb in batches:
+            if not matched: xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+            loss = lossf(m(xb), yb)
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-    float(loss.detach())                            # waits for the device
-    return EPOCHS * len(w) / (time.perf_counter() - t0)
+    float(loss.detach())                                # waits for the device
+    return epochs * len(w) / (time.perf_counter() - t0)
 
 
-def lightning_setup(w, device="cpu"):
+def lightning_runner(device):
+
     import pytorch_lightning as pl
-    from torch.utils.data import DataLoader, TensorDataset
-    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"): logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
-    w = w.to("cpu")                                 # a DataLoader's tensors live on the host; Lightning moves each batch
-    xs, ys = w[:]                                   # materialised windows (n, L, F): what a Dataset of windows holds
-    ds = TensorDataset(xs.contiguous(), ys)
-    cuda = device != "cpu"
 
     class Module(pl.LightningModule):
-        def __init__(self, model):
+        def __init__(self, model, matched):
             super().__init__()
-            self.model, self.lossf = model, nn.MSELoss()
+            self.model, self.lossf, self.matched = model, nn.MSELoss(), matched
         def training_step(self, batch, i):
             xb, yb = batch
             return self.lossf(self.model(xb), yb)
-        def configure_optimizers(self): return torch.optim.Adam(self.model.parameters(), lr=1e-3)
+        def configure_optimizers(self): return adam(self.model, self.matched, device)
 
-    class PerSample(torch.utils.data.Dataset):
-        "The other usual Dataset: window i sliced from the series, its target at the window's last row."
-        def __len__(self): return len(w)
-        def __getitem__(self, i): return w.x[i:i + L], w.y[i + L - 1]
-
-    def run(cfg, per_sample=False):
-        dl = DataLoader(PerSample() if per_sample else ds, batch_size=B, shuffle=True, num_workers=0, pin_memory=cuda)
-        mod = Module(fresh(cfg))
-        trainer = pl.Trainer(max_epochs=EPOCHS, accelerator="cuda" if cuda else "cpu", devices=1, logger=False,
+    def run(cfg, w, batches, matched: bool, epochs: int):
+        mod = Module(fresh(cfg, device if matched else "cpu"), matched)
+        trainer = pl.Trainer(max_epochs=epochs, accelerator="cuda" if device != "cpu" else "cpu", devices=1, logger=False,
                              enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                              num_sanity_val_steps=0, limit_val_batches=0)
+        sync(device)
         t0 = time.perf_counter()
-        trainer.fit(mod, dl)
-        if cuda: torch.cuda.synchronize()
-        return EPOCHS * len(ds) / (time.perf_counter() - t0)
+        trainer.fit(mod, batches)
+        sync(device)
+        return epochs * len(w) / (time.perf_counter() - t0)
     return run
 
 
-def emit(figure, value, goal, **extra):
-    print(json.dumps({"figure": figure, "value": round(value, 3), "goal": goal, **extra}), flush=True)
-
-
-def compare(device, threads):
-    "qtnb, the raw loop and Lightning side by side on `device`; one JSON line per figure."
+def compare(device):
+    "The five contestants side by side on `device`, for each model; one JSON line per figure."
     w = data(device)
-    run_lightning = lightning_setup(w, device)
+    lightning = lightning_runner(device)
+    loader = host_loader(w, device)
     for name, cfg in MODELS.items():
-        contestants = {"qtnb": lambda: run_qtnb(cfg, w, device), "raw": lambda: run_raw(cfg, w, device),
-                       "lightning": lambda: run_lightning(cfg), "lightning_per_sample": lambda: run_lightning(cfg, per_sample=True)}
-        for f in contestants.values(): f()             # warm-up: imports, allocator, kernels
-        rates = {k: [] for k in contestants}
-        for _ in range(ROUNDS):
-            for k, f in contestants.items(): rates[k].append(f())
-        med = {k: statistics.median(v) for k, v in rates.items()}
+        same, ep = SameBatches(w), EPOCHS_OF[name]
+        contestants = {"qtnb": lambda: run_qtnb(cfg, w, device, ep),
+                       "raw_matched": lambda: run_raw(cfg, w, device, same, True, ep),
+                       "lightning_matched": lambda: lightning(cfg, w, SameBatches(w), True, ep),
+                       "raw_default": lambda: run_raw(cfg, w, device, loader, False, ep),
+                       "lightning_default": lambda: lightning(cfg, w, loader, False, ep)}
+        st = interleaved(contestants, ROUNDS)
         sfx = ("" if name == "lstm" else "_mlp") + ("" if device == "cpu" else "_cuda")
-        common = dict(model=name, device=device, samples_per_s={k: round(v) for k, v in med.items()}, rounds=ROUNDS,
-                      epochs=EPOCHS, windows=N, threads=threads)
-        emit(f"trainer_vs_raw_loop{sfx}", med["qtnb"] / med["raw"], ">= 0.95", **common)
-        emit(f"trainer_vs_lightning{sfx}", med["qtnb"] / med["lightning"], ">= 1.2",
-             lightning_data="standard DataLoader (shuffle, num_workers=0) over a TensorDataset of materialised windows"
-                            + ("" if device == "cpu" else ", pinned, each batch copied to the GPU by Lightning"),
-             vs_lightning_per_sample_dataset=round(med["qtnb"] / med["lightning_per_sample"], 3), **common)
+        per_s = {k: round(v.median) for k, v in st.items()}
+        for other in ("raw", "lightning"):
+            for kind in ("matched", "default"):
+                value, q = ratio(st["qtnb"], st[f"{other}_{kind}"])
+                emit(f"trainer_vs_{'raw_loop' if other == 'raw' else other}_{kind}{sfx}", value,
+                     GOALS[other, name] if kind == "matched" else None, kind, model=name, device=device, epochs=ep,
+                     round_ratio_quartiles=q, samples_per_s=per_s,
+                     qtnb_quartiles=st["qtnb"].quartiles, other_quartiles=st[f"{other}_{kind}"].quartiles)
 
 
 def main():
-    threads = int(os.environ.get("QTNB_BENCH_THREADS", 1))
-    torch.set_num_threads(threads)
-    compare("cpu", threads)
-    if torch.cuda.is_available():
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
-        compare("cuda", torch.get_num_threads())
-        wc = data("cuda", n=50_000)
-        cfg = {"name": "lstm"}                          # the registry's default LSTM
-        run_qtnb(cfg, wc, "cuda", mixed_precision="fp16")
-        r = statistics.median(run_qtnb(cfg, wc, "cuda", mixed_precision="fp16") for _ in range(3))
-        emit("lstm_cuda_amp_samples_per_s", r, "report", device=torch.cuda.get_device_name(0), windows=50_000,
-             batch_size=B, mixed_precision="fp16", data="device-resident Windows")
+    torch.set_num_threads(THREADS)
+    with Bench("bench_trainer", windows=N, seq_len=L, features=F, batch_size=B, epochs=EPOCHS_OF, rounds=ROUNDS,
+               threads_per_contestant=THREADS, models=MODELS):
+        compare("cpu")
+        if torch.cuda.is_available():
+            torch.set_num_threads(max(1, os.cpu_count() or 1))
+            compare("cuda")
+            wc = data("cuda", n=50_000)
+            st = interleaved({"amp": lambda: run_qtnb({"name": "lstm"}, wc, "cuda", mixed_precision="fp16")}, 3)
+            emit("lstm_cuda_amp_samples_per_s", st["amp"].median, None, "report", device=torch.cuda.get_device_name(0),
+                 windows=50_000, batch_size=B, mixed_precision="fp16", data="device-resident Windows", quartiles=st["amp"].quartiles)
 
 
 if __name__ == "__main__":

@@ -1,23 +1,28 @@
-"""Tuner benchmark on a fixed synthetic task; prints JSON lines.
+"""Tuner benchmarks on a fixed synthetic task; prints JSON lines (pruning_epoch_fraction is in bench_pruning.py).
 
 Task: the next log return of a chaotic logistic-map series is a deterministic nonlinear function of the current one,
-so a small MLP can learn it, and how fast depends strongly on learning rate, width and weight decay.
+so a small MLP can learn it. Figures, defined before anything is measured:
 
-- pruning_epoch_fraction: training epochs TPE + Hyperband needs until its best validation loss reaches the best that
-  30 full random-search trials found, divided by the epochs random search spent (median over seeds).
-- tuner_overhead: what the tuner adds to a trial over calling the Trainer directly (fit_fold into a run, as the
-  tuner does): the trial's wall time outside the fit (sampling, Optuna's storage, run bookkeeping, freeing memory)
-  plus its pruning callback's time inside, less the direct caller's own time outside the fit (creating the run),
-  over the direct call's wall time; medians of 30 trials, direct fits and
-  tuner trials in turn. Beside it, the plain difference of the two wall times (median and quartiles of the 30
-  pairs): a fit's own time wanders by 5-20% on a shared machine, more than the overhead, so it corroborates only.
-- workers_2_vs_1: trials per minute with 2 worker processes against 1 (torch threads 1 per worker, equal trials),
-  measured alternately; steady state (each worker's trials after its first, over the end of its first to the end of
-  its last, summed over workers) and, as a second field, wall clock including process start and the idle tail.
+- tuner_overhead (goal <= 0.05): what the tuner adds to a trial over calling the Trainer directly (fit_fold into a
+  run, as the tuner does): the trial's wall time outside the fit (sampling, Optuna's storage, run bookkeeping, freeing
+  memory) plus its pruning callback's time inside, less the direct caller's own time outside the fit (creating the
+  run), over the direct call's wall time; medians of PAIRS trials, direct fits and tuner trials in turn. Beside it,
+  the plain difference of the two wall times (median and quartiles of the pairs): a fit's own time wanders by 5-20%
+  on a shared machine, more than the overhead, so it corroborates only.
+- workers_2_vs_1 (goal >= 1.7): throughput while both workers run. For a study of N_TRIALS equal trials run by
+  `run_workers` (1 torch thread per worker), let t0 be the latest of the workers' first completions and t1 the
+  earliest of their last completions (each trial's worker is the pid its run records); the throughput is the number
+  of trials completed in (t0, t1] over t1 - t0, and 0 when there is no such window (workers that never overlap). The
+  same definition with one worker is its completions after its first over the span to its last. The figure is the
+  median throughput with 2 workers over the median with 1.
+- workers_2_vs_1_wall (goal >= 1.5): the same whole studies' trials per wall second, from the call that starts the
+  worker processes to its return (process start, data loading and the idle tail included), 2 workers over 1.
+The 1- and 2-worker studies are measured side by side by tests/bench/_timing.py (one short warm-up study each, then
+ROUNDS rotating rounds).
 
-Run from the repository root: `python tests/bench/bench_tuner.py` (under 5 minutes on 2 cores).
+Run from the repository root with no arguments: `python tests/bench/bench_tuner.py` (under 5 minutes on 2 cores).
 """
-import json, os, statistics, sys, tempfile, time
+import os, statistics, sys, tempfile, time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +32,7 @@ import torch
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 torch.set_num_threads(1)
 
+from _timing import Bench, Stats, emit, interleaved, ratio
 from qtnb.config import DataConfig
 from qtnb.data import prepare
 from qtnb.datasets import ohlcv_from_returns
@@ -35,7 +41,8 @@ from qtnb.trainer import TrainConfig, fit_fold
 from qtnb.tuner import SearchSpace, Tuner, run_workers
 
 EPOCHS = 27
-SEEDS = [int(s) for s in os.environ.get("BENCH_SEEDS", "0,1,2").split(",")]
+PAIRS, N_TRIALS = int(os.environ.get("QTNB_BENCH_PAIRS", 30)), int(os.environ.get("QTNB_BENCH_TRIALS", 24))  # smaller only to develop
+ROUNDS = int(os.environ.get("QTNB_BENCH_ROUNDS", 3))
 TRAIN = dict(num_epochs=EPOCHS, batch_size=64, early_stopping_patience=0)
 
 
@@ -52,41 +59,12 @@ SPACE = (SearchSpace(model="mlp").log_uniform("learning_rate", 1e-5, 1e-1)
          .log_uniform("weight_decay", 1e-6, 1e-1))
 
 
-def report(figure, value, goal, **extra):
-    print(json.dumps({"figure": figure, "value": round(value, 4), "goal": goal, **extra}), flush=True)
-
-
-def epochs_of(trials): return sum(len(t.intermediate_values) for t in trials)
-
-
 def tuner(tmp, name, **kw):
     return Tuner(SPACE, "val_loss", data=PREPARED, train=TRAIN, study_name=name, storage=f"sqlite:///{tmp}/bench.db",
                  runs_dir=tmp / "runs", **kw)
 
 
-def pruning_fraction(tmp: Path) -> float:
-    fractions, detail = [], []
-    for seed in SEEDS:
-        rs = tuner(tmp, f"random-{seed}", sampler="random", pruner="none", seed=seed)
-        study = rs.optimize(30, write_outputs=False)
-        target, spent = study.best_value, epochs_of(study.trials)
-        tpe = tuner(tmp, f"tpe-hb-{seed}", sampler="tpe", pruner="hyperband", seed=seed)
-        used = None
-        for n in range(1, 91):
-            st = tpe.optimize(n, write_outputs=False)
-            done = [t for t in st.trials if t.state == optuna.trial.TrialState.COMPLETE]
-            if done and st.best_value <= target:
-                used = epochs_of(st.trials); break
-            if epochs_of(st.trials) >= spent: break
-        used = used if used is not None else epochs_of(tpe.study.trials)   # not reached: everything it spent (>= 1)
-        fractions.append(used / spent)
-        detail.append({"seed": seed, "random_best": round(target, 6), "random_epochs": spent, "tpe_hb_epochs": used,
-                       "tpe_hb_trials": len(tpe.study.trials), "reached": used < spent})
-    report("pruning_epoch_fraction", statistics.median(fractions), "<= 0.35", per_seed=detail)
-    return statistics.median(fractions)
-
-
-def tuner_overhead(tmp: Path, pairs: int = 30) -> float:
+def tuner_overhead(tmp: Path, pairs: int = PAIRS) -> float:
     "The tuner's own time per trial (outside the fit, plus its pruning callback inside) over a direct fit_fold's time."
     import qtnb.trainer
     from qtnb.callbacks import PruningCallback
@@ -126,51 +104,59 @@ def tuner_overhead(tmp: Path, pairs: int = 30) -> float:
     own = [u - i + c - x for u, i, c, x in zip(tuned, inner, cb, direct_outside)]
     d, o = statistics.median(direct), statistics.median(own)
     diff = [u / x - 1 for u, x in zip(tuned, direct)]
-    report("tuner_overhead", o / d, "<= 0.05", tuner_ms_per_trial=round(1000 * o, 1), direct_s_per_trial=round(d, 4),
+    emit("tuner_overhead", o / d, "<= 0.05", "matched", tuner_ms_per_trial=round(1000 * o, 1), direct_s_per_trial=round(d, 4),
            pruning_callback_ms_per_trial=round(1000 * statistics.median(cb), 2), pairs=pairs,
            by_difference_median=round(statistics.median(diff), 4),
            by_difference_quartiles=[round(x, 3) for x in statistics.quantiles(diff, n=4)])
     return o / d
 
 
-def workers_ratio(tmp: Path, n_trials: int = 16, rounds: int = 3) -> float:
-    "The same random-search study with 1 and with 2 worker processes (1 torch thread each), alternating."
+def window_rate(trials, pid_of) -> float:
+    "Trials completed per second in (t0, t1]: t0 the latest first completion of a worker, t1 the earliest last one."
+    ends = {}
+    for x in trials: ends.setdefault(pid_of(x), []).append(x.datetime_complete.timestamp())
+    t0 = max(min(e) for e in ends.values()); t1 = min(max(e) for e in ends.values())
+    if t1 <= t0: return 0.0
+    return sum(t0 < e <= t1 for es in ends.values() for e in es) / (t1 - t0)
+
+
+def workers_ratio(tmp: Path):
+    "The same study of equal trials with 1 and with 2 worker processes (1 torch thread each), side by side."
     prepared = prepare(DATA, frame=logistic_frame(4000))
     fixed = SearchSpace(model="mlp").categorical("learning_rate", [3e-3]).categorical("hidden_sizes", [[32]])  # equal trials
-    steady, wall = {1: [], 2: []}, {1: [], 2: []}
-    for r in range(rounds):
-        for w in (1, 2):
-            t = Tuner(fixed, "val_loss", data=prepared, train={**TRAIN, "num_epochs": 12, "batch_size": 32}, sampler="random",
-                      pruner="none", seed=r, study_name=f"workers-{w}-{r}", storage=str(tmp / "workers.journal"), runs_dir=tmp / "runs")
-            study = t.study
-            a = time.perf_counter()
-            run_workers(t, n_trials, w, threads=1)
-            wall[w].append(n_trials / (time.perf_counter() - a) * 60)
-            # steady state: each worker's trials after its first, over the end of its first to the end of its last (the
-            # run's status names its pid), summed over workers; this leaves out process start-up, each process's first
-            # trial (torch's first kernels and allocations) and the idle tail while the other worker finishes
-            by_pid = {}
-            for x in study.get_trials(deepcopy=False):
-                pid = open_run(x.user_attrs["run_id"], runs_dir=tmp / "runs").status["pid"]
-                by_pid.setdefault(pid, []).append(x)
-            rate = 0.0
-            for ts in by_pid.values():
-                ends = sorted(x.datetime_complete for x in ts)
-                if len(ends) > 2: rate += (len(ends) - 1) / (ends[-1] - ends[0]).total_seconds() * 60
-            steady[w].append(rate)
-    s1, s2 = statistics.median(steady[1]), statistics.median(steady[2])
-    w1, w2 = statistics.median(wall[1]), statistics.median(wall[2])
-    report("workers_2_vs_1", s2 / s1, ">= 1.6", trials_per_min_1=round(s1, 1), trials_per_min_2=round(s2, 1),
-           wall_ratio_incl_process_start=round(w2 / w1, 3), cores=os.cpu_count())
-    return s2 / s1
+    window = {1: Stats(), 2: Stats()}
+    made = [0]
+
+    def study(w: int, n: int, record: bool = True) -> float:
+        made[0] += 1
+        t = Tuner(fixed, "val_loss", data=prepared, train={**TRAIN, "num_epochs": 12, "batch_size": 32}, sampler="random",
+                  pruner="none", seed=0, study_name=f"workers-{w}-{made[0]}", storage=str(tmp / "workers.journal"),
+                  runs_dir=tmp / "runs")
+        a = time.perf_counter()
+        run_workers(t, n, w, threads=1)
+        wall = n / (time.perf_counter() - a)
+        pids = {}
+        def pid_of(x):
+            if x.number not in pids: pids[x.number] = open_run(x.user_attrs["run_id"], runs_dir=tmp / "runs").status["pid"]
+            return pids[x.number]
+        done = [x for x in t.study.get_trials(deepcopy=False) if x.datetime_complete is not None]
+        if record: window[w].rounds.append(window_rate(done, pid_of))
+        return wall
+
+    study(1, 4, False); study(2, 4, False)                       # warm-up: each contestant once, a short study
+    st = interleaved({1: lambda: study(1, N_TRIALS), 2: lambda: study(2, N_TRIALS)}, ROUNDS, warmup=0)
+    value, q = ratio(window[2], window[1])
+    emit("workers_2_vs_1", value, ">= 1.7", "matched", trials_per_s={w: window[w].summary() for w in (1, 2)},
+         round_ratio_quartiles=q, trials=N_TRIALS, rounds=ROUNDS, cores=os.cpu_count())
+    value, q = ratio(st[2], st[1])
+    emit("workers_2_vs_1_wall", value, ">= 1.5", "matched", trials_per_s={w: st[w].summary() for w in (1, 2)},
+         round_ratio_quartiles=q, trials=N_TRIALS, rounds=ROUNDS, cores=os.cpu_count())
 
 
 if __name__ == "__main__":
-    t0 = time.time()
-    with tempfile.TemporaryDirectory(prefix="qtnb-bench-tuner-") as d:
+    which = sys.argv[1:] or ["overhead", "workers"]
+    with Bench("bench_tuner", which=which, pairs=PAIRS, trials=N_TRIALS, rounds=ROUNDS), \
+            tempfile.TemporaryDirectory(prefix="qtnb-bench-tuner-") as d:
         tmp = Path(d)
-        which = sys.argv[1:] or ["overhead", "workers", "pruning"]
         if "overhead" in which: tuner_overhead(tmp)
         if "workers" in which: workers_ratio(tmp)
-        if "pruning" in which: pruning_fraction(tmp)
-    print(json.dumps({"figure": "bench_seconds", "value": round(time.time() - t0, 1)}), flush=True)
