@@ -499,6 +499,9 @@ def train(p: TrainParams | dict | None = None, *, verbose: bool = True, cost_bps
         run.write_metrics(metrics)
         atomic_write(Path(run.path) / "predictions.csv", pred.to_csv(index=False))
         model_path = _save_model(run, last, mcfg, many)
+        if many:                                     # the run's model is the last fold's: so is its preprocessing
+            from qtnb.predict import save_preprocess
+            save_preprocess(run, prep, prep.folds[last.index])
         params_all = run.params
         run.write_lineage(seed=p.seed, data_fingerprint=prep.fingerprint, config_hash=_config_hash(
             {k: params_all.get(k) for k in ("data", "model", "train")}), extra={"pipeline": p.pipeline})

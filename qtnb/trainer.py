@@ -858,4 +858,7 @@ def fit_fold(fold, model_config, train_config: TrainConfig | qcfg.TrainConfig | 
     try: train, val, test = fold.train, fold.val, fold.test
     except QtnbError as e: trainer._fail_run(e); raise
     res = trainer.fit(train, val, test=test, resume=resume, inverse_target=fold.inverse_target, data_fingerprint=fp)
+    if run is not None and hasattr(fold, "prepared"):
+        from qtnb.predict import save_preprocess     # what qtnb.predict needs to turn new frames into this model's inputs
+        save_preprocess(run, fold.prepared, fold)
     return trainer, res
