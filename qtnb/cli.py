@@ -13,8 +13,8 @@ import qtnb
 from .errors import ConfigError, QtnbError
 
 # %% auto #0
-__all__ = ['COMMANDS', 'build_parser', 'cmd_run', 'cmd_sweep', 'cmd_runs', 'cmd_models', 'cmd_export', 'tutorial_notebook',
-           'cmd_lab', 'cmd_dashboard', 'main', 'entry']
+__all__ = ['SUBCOMMANDS', 'COMMANDS', 'build_parser', 'cmd_run', 'cmd_sweep', 'cmd_runs', 'cmd_models', 'cmd_export',
+           'tutorial_notebook', 'cmd_lab', 'cmd_dashboard', 'main', 'entry', 'predictor_for', 'cmd_predict']
 
 # %% ../nbs/12a_cli.ipynb #b72bc24b
 def _pipeline_help() -> str:
@@ -27,6 +27,8 @@ def _pipeline_help() -> str:
     out.append("\nexamples:\n  qtnb run train -p model lstm -p epochs 20\n  qtnb run tune -p model gru -p n_trials 30"
                "\n  qtnb sweep train -g model mlp,lstm -g lr 1e-3,1e-2 --workers 2")
     return "\n".join(out)
+
+SUBCOMMANDS: list = []   # functions add(subparsers) of commands defined further down (predict, serve)
 
 def build_parser() -> argparse.ArgumentParser:
     "The `qtnb` argument parser."
@@ -101,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     l.add_argument("--no-browser", action="store_true", help="do not open a browser")
     l.add_argument("--print-command", action="store_true", help="print the command instead of running it")
     l.epilog = "Other options (--ServerApp.ip=..., --IdentityProvider.token=...) are passed on to JupyterLab."
+    for add in SUBCOMMANDS: add(sub)
     return P
 
 # %% ../nbs/12a_cli.ipynb #211b30b5
@@ -271,3 +274,42 @@ def main(argv: list[str] | None = None) -> int:
 def entry() -> None:
     "Console-script entry point."
     sys.exit(main())
+
+# %% ../nbs/12a_cli.ipynb #f6855f37
+def _add_predict(sub) -> None:
+    from qtnb.predict import BACKENDS
+    a = sub.add_parser("predict", help="predictions of a run's or a registered model on new data",
+                       description="One prediction per window end date (and symbol) of --data, in the target's units.")
+    a.add_argument("model", metavar="RUN|NAME[@STAGE]", help="a run id, or a registered model (name, name@3, name@production)")
+    a.add_argument("--data", required=True, metavar="FILE", help="CSV or Parquet of raw rows (the columns the run was trained on)")
+    a.add_argument("--out", metavar="FILE", help="write .csv or .parquet instead of printing")
+    a.add_argument("--backend", choices=BACKENDS, default="torch", help="torch (default), onnx or torchscript")
+    a.add_argument("--last", type=int, metavar="N", help="only each symbol's last N windows")
+    a.add_argument("--runs-dir", metavar="DIR", help="run store (default: settings.ini's)")
+
+def predictor_for(ref: str, *, backend: str = "torch", runs_dir=None):
+    "The `Predictor` of a run id or a registered model reference."
+    from qtnb.predict import Predictor
+    from qtnb.runs import _is_run, _root
+    if "@" not in ref and _is_run(_root(runs_dir) / ref): return Predictor.from_run(ref, backend=backend, runs_dir=runs_dir)
+    return Predictor.from_registry(ref, backend=backend, runs_dir=runs_dir)
+
+def cmd_predict(args) -> int:
+    from qtnb.config import atomic_write
+    from qtnb.errors import DataError
+    if args.last is not None and args.last < 1: raise ConfigError(f"--last {args.last} must be at least 1")
+    if args.out and not args.out.endswith((".csv", ".parquet")): raise ConfigError(f"--out {args.out}: give a .csv or .parquet file")
+    p = predictor_for(args.model, backend=args.backend, runs_dir=args.runs_dir)
+    try: out = p.predict(args.data, last=args.last)
+    except DataError as e: print(f"qtnb: error: {e}", file=sys.stderr); return 2
+    if not args.out: _echo(out.to_string(index=False)); return 0
+    import io
+    buf = io.BytesIO()
+    if args.out.endswith(".parquet"): out.to_parquet(buf, index=False)
+    else: buf.write(out.to_csv(index=False).encode())
+    atomic_write(args.out, buf.getvalue())
+    _echo(f"{len(out)} predictions -> {args.out}")
+    return 0
+
+SUBCOMMANDS.append(_add_predict)
+COMMANDS["predict"] = cmd_predict
