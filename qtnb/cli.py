@@ -14,7 +14,8 @@ from .errors import ConfigError, QtnbError
 
 # %% auto #0
 __all__ = ['SUBCOMMANDS', 'COMMANDS', 'build_parser', 'cmd_run', 'cmd_sweep', 'cmd_runs', 'cmd_models', 'cmd_export',
-           'tutorial_notebook', 'cmd_lab', 'cmd_dashboard', 'main', 'entry', 'predictor_for', 'cmd_predict']
+           'tutorial_notebook', 'cmd_lab', 'cmd_dashboard', 'main', 'entry', 'predictor_for', 'cmd_predict',
+           'cmd_serve']
 
 # %% ../nbs/12a_cli.ipynb #b72bc24b
 def _pipeline_help() -> str:
@@ -313,3 +314,23 @@ def cmd_predict(args) -> int:
 
 SUBCOMMANDS.append(_add_predict)
 COMMANDS["predict"] = cmd_predict
+
+# %% ../nbs/12a_cli.ipynb #355d32f1
+def _add_serve(sub) -> None:
+    a = sub.add_parser("serve", help="the HTTP API: start, watch and steer runs, predict with registered models",
+                       description="Serve the run store and the model registry over HTTP (FastAPI; docs at /docs) until Ctrl-C.")
+    a.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; any other needs --token)")
+    a.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    a.add_argument("--token", help="bearer token clients must send (default: $QTNB_TOKEN)")
+    a.add_argument("--slots", type=int, help="runs at a time (default: settings.ini [serve] slots, else 2)")
+    a.add_argument("--max-body", type=int, default=5 * 2**20, metavar="BYTES", help="largest request body (default 5 MB)")
+    a.add_argument("--runs-dir", metavar="DIR", help="run store (default: settings.ini's)")
+
+def cmd_serve(args) -> int:
+    from qtnb.serve import serve
+    if args.slots is not None and args.slots < 1: raise ConfigError(f"--slots {args.slots} must be at least 1")
+    serve(args.host, args.port, token=args.token, runs_dir=args.runs_dir, slots=args.slots, max_body=args.max_body)
+    return 0
+
+SUBCOMMANDS.append(_add_serve)
+COMMANDS["serve"] = cmd_serve
