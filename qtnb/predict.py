@@ -52,11 +52,11 @@ def _context(prep, rows: int) -> pd.DataFrame:
     return df.groupby(sym, sort=False).tail(rows) if sym else df.tail(rows)
 
 def _lookback(prep) -> int:
-    "Rows of history the features and one window need: twice the longest feature window, plus seq_len and a margin."
+    "Rows of history kept: 20 times the longest feature window (RSI's exponential average forgets to ~1e-9), plus seq_len."
     from qtnb.data import feature_specs
     c = prep.config
     specs = feature_specs(c.features, [x for x in prep.frame.columns if x != prep.symbol_col], price_col=c.price_col)
-    return 2 * max([s.window or 1 for s in specs] + [1]) + c.seq_len + 8
+    return 20 * max([s.window or 1 for s in specs] + [1]) + c.seq_len + 8
 
 def preprocess_state(prep, fold=None) -> tuple[dict, dict[str, np.ndarray]]:
     "The preprocess record of `prep` (a `Prepared`) and `fold` (default its last): (JSON-able dict, named arrays)."

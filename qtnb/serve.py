@@ -263,6 +263,14 @@ def _add_run_routes(app: FastAPI, root: Path, jobs: JobQueue) -> None:
         except QtnbError as e: raise HTTPException(409 if not isinstance(e, ConfigError) else 422, str(e).splitlines()[0]) from None
 
 # %% ../nbs/14_serve.ipynb #05b4155c
+def _number(v: str):
+    "A history.csv cell as the number it holds (int, then float), None when empty, else the text."
+    if v in ("", None): return None
+    for kind in (int, float):
+        try: return kind(v)
+        except ValueError: pass
+    return v
+
 async def follow(run, *, every: float = 0.25):
     "Server-sent events of `run`: `epoch` per history row, `status` on each state change, until the run finishes."
     from qtnb.runs import _read_history_rows
@@ -270,7 +278,7 @@ async def follow(run, *, every: float = 0.25):
     while True:
         st = run.status.get("state")
         _, rows = _read_history_rows(run.path / "history.csv")
-        for row in rows[sent:]: yield f"event: epoch\ndata: {json.dumps(_json(row))}\n\n"
+        for row in rows[sent:]: yield f"event: epoch\ndata: {json.dumps(_json({k: _number(v) for k, v in row.items()}))}\n\n"
         sent = max(sent, len(rows))
         if st != state:
             state = st

@@ -77,6 +77,16 @@ def test_backends_agree(runs, data, model):
         close(got[col].to_numpy(), ref[col].to_numpy(), eps=1e-5)
     eq(len(ref), 60)                                                      # every new date, history from the stored context
 
+def test_new_rows_alone_match_the_full_history(runs, data):
+    "A frame of only the new rows gets the same predictions as the whole history, thanks to the stored context."
+    root, r = runs
+    d, df = data
+    P = Predictor.from_run(r["mlp"].id, runs_dir=root)
+    alone = P.predict(d / "new.csv")
+    full = P.predict(df.iloc[:SPLIT + 60], start=df.index[SPLIT])
+    eq(list(alone.date), list(full.date))
+    close(alone.y_pred.to_numpy(), full.y_pred.to_numpy(), eps=1e-7)
+
 def test_registry_version_column(runs, data):
     root, r = runs
     register_version(r["mlp"].id, "spxm", stage="production", runs_dir=root)
