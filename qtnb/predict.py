@@ -316,14 +316,14 @@ def raw(self: Predictor, x: np.ndarray) -> np.ndarray:
 _CLASS_NAMES = {2: ("down", "up"), 3: ("down", "flat", "up")}
 
 @patch
-def outputs(self: Predictor, raw: np.ndarray, keys: pd.DataFrame) -> pd.DataFrame:
-    "Raw model outputs as a frame in the target's units: returns, or direction probabilities, plus the trading signal."
+def columns(self: Predictor, raw: np.ndarray, symbols: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    "Raw model outputs as named columns in the target's units: returns, or direction probabilities; and the trading signal."
     from qtnb.metrics import class_probabilities, prediction_signal
-    s, a, out = self.preprocess.state, self.preprocess.arrays, keys.copy()
+    s, a, out = self.preprocess.state, self.preprocess.arrays, {}
     if s["task"] == "regression":
         pred = raw
         if s["target_scaler"] is not None:
-            i = 0 if not s["target_scaler"]["symbols"] else keys["symbol"].map({k: j for j, k in enumerate(s["target_scaler"]["symbols"])}).to_numpy()
+            i = 0 if not s["target_scaler"]["symbols"] else pd.Series(symbols).map({k: j for j, k in enumerate(s["target_scaler"]["symbols"])}).to_numpy()
             pred = raw * a["y_scale"][i] + a["y_center"][i]
         pred = np.asarray(pred, dtype=np.float64)
         for j in range(pred.shape[1]): out["y_pred" if j == 0 else f"y_pred_h{j}"] = pred[:, j]
@@ -335,8 +335,13 @@ def outputs(self: Predictor, raw: np.ndarray, keys: pd.DataFrame) -> pd.DataFram
         for j, name in enumerate(_CLASS_NAMES.get(k, range(k))): out[f"prob_{name}"] = p[:, j]
         out["y_pred"] = (raw[:, 0] > 0).astype(int) if raw.shape[1] == 1 else raw.argmax(1)
         out["signal"] = prediction_signal("classification", raw, n_classes=k, from_logits=True) if len(raw) else np.zeros(0)
-    out["run_id"], out["model_version"] = self.run_id, self.version
     return out
+
+@patch
+def outputs(self: Predictor, raw: np.ndarray, keys: pd.DataFrame) -> pd.DataFrame:
+    "Raw model outputs as a frame beside their `keys` (date, symbol), with the run id and the model version."
+    cols = self.columns(raw, keys["symbol"].to_numpy() if "symbol" in keys else None)
+    return pd.DataFrame({**{k: keys[k].to_numpy() for k in keys}, **cols, "run_id": self.run_id, "model_version": self.version})
 
 @patch
 def predict(self: Predictor, frame, *, last: int | None = None, start=None, end=None) -> pd.DataFrame:

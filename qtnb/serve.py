@@ -296,13 +296,17 @@ def _add_stream_route(app: FastAPI, root: Path) -> None:
 class Predictors:
     "One warm ONNX Runtime `Predictor` per registered model version, made on first use."
     def __init__(self, root: Path, backend: str = "onnx"):
-        self.root, self.backend, self.cache, self.lock = root, backend, {}, threading.Lock()
+        self.root, self.backend, self.cache, self.refs, self.lock = root, backend, {}, {}, threading.Lock()
 
     def get(self, ref: str):
         from qtnb.predict import Predictor
-        from qtnb.runs import resolve_version
-        entry = resolve_version(ref, runs_dir=self.root)
-        key = f"{entry['name']}@{entry['version']}"
+        from qtnb.runs import REGISTRY_FILE, resolve_version
+        try: stamp = (self.root / REGISTRY_FILE).stat().st_mtime_ns
+        except OSError: stamp = None
+        key = self.refs.get((ref, stamp))                      # the registry unchanged since: the same version
+        if key is None:
+            entry = resolve_version(ref, runs_dir=self.root)
+            key = self.refs[(ref, stamp)] = f"{entry['name']}@{entry['version']}"
         p = self.cache.get(key)
         if p is None:
             with self.lock:
@@ -343,10 +347,12 @@ def _add_model_routes(app: FastAPI, root: Path, predictors: Predictors) -> None:
             n = p.preprocess
             if windows.ndim != 3 or windows.shape[1:] != (n.seq_len, len(n.feature_names)):
                 raise DataError(f"windows have shape {windows.shape}; this model takes (batch, {n.seq_len}, {len(n.feature_names)})")
-            return p.outputs(p.raw(windows), pd.DataFrame({"window": np.arange(len(windows))}))
+            cols = {k: v.tolist() for k, v in p.columns(p.raw(windows)).items()}   # no frame: this path is the hot one
+            return [dict(window=i, **{k: v[i] for k, v in cols.items()}, run_id=p.run_id, model_version=p.version)
+                    for i in range(len(windows))]
         try: out = await asyncio.to_thread(work)
         except QtnbError as e: raise _error(e) from None
-        return {"predictions": _records(out)}
+        return {"predictions": out if isinstance(out, list) else _records(out)}
 
 # %% ../nbs/14_serve.ipynb #85f96996
 def serve_slots(settings=None) -> int:

@@ -103,6 +103,11 @@ def test_start_queue_stream_control_predict(server, data, tmp_path):
     close(got.y_pred.to_numpy(), cli.y_pred.to_numpy(), eps=1e-6)
     csv = c.post("/models/spx@production/predict", content=(data / "new.csv").read_bytes(), headers={"content-type": "text/csv"})
     close(pd.DataFrame(csv.json()["predictions"]).y_pred.to_numpy(), cli.y_pred.to_numpy(), eps=1e-6)
+    from qtnb.predict import Predictor
+    x, _ = Predictor.from_registry("spx@production", runs_dir=runs).preprocess.windows(data / "new.csv", last=2)
+    win = c.post("/models/spx@production/predict", json={"windows": x.tolist()}).json()["predictions"]
+    close(np.array([w["y_pred"] for w in win]), cli.y_pred.to_numpy()[-2:], eps=1e-6)
+    eq([w["model_version"] for w in win], ["spx@1", "spx@1"])
     bad = c.post("/models/spx@production/predict", json={"rows": json.loads(new.drop(columns=["Close"]).to_json(orient="records"))})
     eq(bad.status_code, 422); assert "'Close'" in bad.json()["detail"]
 
