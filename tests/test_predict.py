@@ -113,7 +113,8 @@ def test_bad_data_exits_2_in_one_line(runs, data, tmp_path):
 
 def test_unseen_symbol_when_scaled_per_symbol(tmp_path):
     f = load_frame("synthetic:planted").iloc[:600]
-    panel = pd.concat([f.assign(symbol="AAA"), f.assign(symbol="BBB")])
+    g = load_frame("synthetic:random_walk").iloc[:600]
+    panel = pd.concat([f.assign(symbol="AAA"), g.assign(symbol="BBB")])
     prep = prepare(dict(data="synthetic:planted", seq_len=8, cache=False, symbol_col="symbol"), panel)
     fold = prep.folds[0]
     fold.scalers = {s: Scaler("standard").fit(prep._X[prep._symbols == s]) for s in ("AAA", "BBB")}
@@ -121,11 +122,12 @@ def test_unseen_symbol_when_scaled_per_symbol(tmp_path):
     save_preprocess(run, prep, fold)
     pp = load_preprocess(run)
     assert pp.per_symbol
-    x, keys = pp.windows(panel.iloc[:1200], last=1)
+    x, keys = pp.windows(panel, last=1)
     eq(list(keys.symbol), ["AAA", "BBB"])
-    a = prep._X[prep._symbols == "AAA"]
-    last = prep.features[(prep.frame.symbol == "AAA").to_numpy()].to_numpy()[-1]   # AAA's newest row, scaled by AAA's scaler
-    close(x[0, -1], ((last - a.mean(0)) / a.std(0)).astype(np.float32), eps=1e-5)
+    for i, s in enumerate(("AAA", "BBB")):
+        a = prep._X[prep._symbols == s]
+        last = prep.features[(prep.frame.symbol == s).to_numpy()].to_numpy()[-1]   # the symbol's newest row, by its own scaler
+        close(x[i, -1], ((last - a.mean(0)) / a.std(0)).astype(np.float32), eps=1e-5)
     with pytest.raises(DataError, match="'CCC' was never seen"): pp.windows(f.assign(symbol="CCC"))
 
 class Boom:
