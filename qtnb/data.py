@@ -494,7 +494,8 @@ class Windows:
                  feature_names: Sequence[str] | None = None,
                  task: Literal["regression", "classification"] = "regression",
                  n_outputs: int | None = None,         # horizons (regression) or 1 (binary) / classes (3+)
-                 forward_returns=None,                 # (T,) unscaled forward log return per row, for trading metrics
+                 forward_returns=None,                 # (T,) one-period log return t -> t+1 per row: what a signal at t earns
+                 horizon: int = 1,                     # the target's (first) horizon, for trading in h-period blocks
                  dates: pd.DatetimeIndex | None = None, # (T,) date of each row
                  symbols: np.ndarray | None = None,    # (T,) symbol of each row
                  augment: Augment | None = None,       # what batches(augment=True) applies; None for evaluation windows
@@ -517,7 +518,8 @@ class Windows:
         self.feature_names = list(feature_names) if feature_names is not None else [f"f{i}" for i in range(F)]
         if len(self.feature_names) != F: raise DataError(f"{len(self.feature_names)} feature names for {F} features")
         self.n_outputs = n_outputs if n_outputs is not None else (self.y.shape[1] if self.y.dim() == 2 else int(self.y.max()) + 1)
-        self._fr = None if forward_returns is None else np.asarray(forward_returns, dtype=np.float32)
+        self._fr = None if forward_returns is None else np.asarray(forward_returns, dtype=np.float64)
+        self.horizon = int(horizon)
         self._dates, self._symbols = dates, symbols
         self._strided = self.x.as_strided((T - self.seq_len + 1, self.seq_len, F), (F, F, 1))
 
@@ -605,7 +607,7 @@ class Windows:
 
     @property
     def forward_returns(self) -> np.ndarray | None:
-        "Unscaled forward log return at the first horizon for each window, float32 (n,)."
+        "One-period log return from each window's last row to the next (t -> t+1), float64 (n,), at any horizon."
         return None if self._fr is None else self._fr[self.ends.cpu().numpy()]
 
     @property
@@ -828,7 +830,7 @@ class Fold:
         rows = np.cumsum(touched[:-1]) > 0
         scaler = Scaler(c.scaler).fit(P._X[rows])
         x = torch.from_numpy(scaler.transform(P._X).astype(np.float32))
-        fr = P._R[:, 0].astype(np.float32)
+        fr = P._R1                                       # trading is on one-period returns whatever the horizon
         if c.task == "regression":
             tscaler = Scaler(c.target_scaler).fit(P._R[train_ends]) if c.target_scaler != "none" else None
             y = torch.from_numpy((tscaler.transform(P._R) if tscaler else P._R).astype(np.float32))
@@ -837,7 +839,7 @@ class Fold:
             tscaler = None
             y = torch.from_numpy(direction(P._R[:, 0], c.n_classes, c.dead_band))
             n_out = 1 if c.n_classes == 2 else c.n_classes
-        kw = dict(feature_names=P.feature_names, task=c.task, n_outputs=n_out, forward_returns=fr,
+        kw = dict(feature_names=P.feature_names, task=c.task, n_outputs=n_out, forward_returns=fr, horizon=c.all_horizons[0],
                   dates=P._dates, symbols=P._symbols)
         def win(role):
             ends = np.flatnonzero(m[role])
@@ -878,6 +880,7 @@ class Prepared:
         self.symbol_col = sym
         hs = c.all_horizons
         R = forward_returns(frame, hs, price_col=c.price_col, symbol_col=sym).to_numpy()
+        R1 = R[:, hs.index(1)] if 1 in hs else forward_returns(frame, [1], price_col=c.price_col, symbol_col=sym).to_numpy()[:, 0]
         X = features.to_numpy(dtype="float64")
         codes = pd.factorize(frame[sym].astype(str), sort=True)[0] if sym else np.zeros(len(frame), dtype=np.int64)
         names = np.asarray(frame[sym].astype(str)) if sym else None
@@ -904,7 +907,7 @@ class Prepared:
             label_row[first:last] = np.arange(first, last) + max(hs)
         self._blocks = []
         kept = np.flatnonzero(keep)
-        self._X, self._R = X[kept], R[kept]
+        self._X, self._R, self._R1 = X[kept], R[kept], R1[kept]
         self._dates = frame.index[kept]
         self._symbols = names[kept] if names is not None else None
         kcodes = codes[kept]

@@ -306,18 +306,20 @@ def stitch(folds: list[FoldResult]) -> pd.DataFrame:
     if not frames: return pd.DataFrame()
     return pd.concat(frames, ignore_index=True).sort_values(["date", "fold"], kind="stable").reset_index(drop=True)
 
-def oos_metrics(pred: pd.DataFrame, task: str, *, cost_bps: float = 0.0) -> dict:
+def oos_metrics(pred: pd.DataFrame, task: str, *, cost_bps: float = 0.0,
+                horizon: int = 1, hold: str = "next") -> dict: # how the signal is traded: qtnb.metrics.hold_periods
     "Metrics (task and trading) of stitched out-of-sample predictions, computed in return space."
     from qtnb.metrics import compute_metrics
     if pred.empty: return {}
     if task == "regression":
         t = pred[[c for c in pred if c.startswith("y_true")]].to_numpy()
         p = pred[[c for c in pred if c.startswith("y_pred")]].to_numpy()
-        return compute_metrics(task, t, p, forward_returns=pred["forward_return"].to_numpy(), cost_bps=cost_bps)
+        return compute_metrics(task, t, p, forward_returns=pred["forward_return"].to_numpy(), cost_bps=cost_bps,
+                               horizon=horizon, hold=hold)
     logits = pred[[c for c in pred if c.startswith("logit_")]].to_numpy()
     n_classes = 2 if logits.shape[1] == 1 else logits.shape[1]
     return compute_metrics(task, pred["y_true"].to_numpy(), logits, n_classes=n_classes, from_logits=True,
-                           forward_returns=pred["forward_return"].to_numpy(), cost_bps=cost_bps)
+                           forward_returns=pred["forward_return"].to_numpy(), cost_bps=cost_bps, horizon=horizon, hold=hold)
 
 # %% ../nbs/12_pipeline.ipynb #bf681ae8
 def _range_dates(prep, ranges) -> list | None:
@@ -404,6 +406,7 @@ def _failing(run):
 def train(p: TrainParams | dict | None = None, *, verbose: bool = True, cost_bps: float | None = None, **params) -> "Report":
     "Run the train pipeline in-process: the same work as `qtnb run train`, returning a Report."
     from qtnb.data import prepare
+    from qtnb.metrics import trading_convention
     p = p if isinstance(p, TrainParams) else TrainParams(**{**(p or {}), **params}).check()
     dc, tcfg = p.data_config(), p.train_config()
     if cost_bps is not None: tcfg = tcfg.model_copy(update={"cost_bps": cost_bps})
@@ -421,9 +424,11 @@ def train(p: TrainParams | dict | None = None, *, verbose: bool = True, cost_bps
         pred = stitch(folds)
         cost = tcfg.cost_bps
         if many:
-            metrics = {"val": mean_metrics([f.result.val_metrics for f in folds]), "test": oos_metrics(pred, dc.task, cost_bps=cost)}
+            metrics = {"val": mean_metrics([f.result.val_metrics for f in folds]),
+                       "test": oos_metrics(pred, dc.task, cost_bps=cost, horizon=dc.all_horizons[0], hold=tcfg.trade_hold)}
         else:
             metrics = {"val": last.result.val_metrics, "test": last.result.test_metrics}
+        metrics["trading"] = trading_convention(dc.all_horizons[0], tcfg.trade_hold)
         metrics["folds"] = [dict(fold=f.index, name=f.name, run_id=f.run_id, **{f"{k}_dates": v for k, v in f.ranges.items()},
                                  best_epoch=f.result.best_epoch, epochs=f.result.epochs, val=f.result.val_metrics,
                                  test=f.result.test_metrics) for f in folds]
@@ -474,6 +479,7 @@ class Report:
         if self.model_path is not None: lines.append(f"model    {self.model_path}")
         if self.exported is not None: lines.append(f"exported {self.exported}")
         if head: lines.append(f"test     {head}")
+        if "trading" in self.metrics: lines.append(f"trading  {self.metrics['trading']['definition']}")
         return "\n".join(lines)
 
     def __repr__(self): return f"Report({self.params.pipeline}, run {self.run.id})"
@@ -552,7 +558,9 @@ def _backtest(self: Report, cost_bps: float | None = None) -> pd.DataFrame:
     if d is None or d.empty: return pd.DataFrame()
     if "symbol" in d: d = d[d["symbol"] == d["symbol"].iloc[0]]
     cost = getattr(self.params, "cost_bps", 0.0) if cost_bps is None else cost_bps
-    return backtest(d["signal"].to_numpy(), d["forward_return"].to_numpy(), pd.DatetimeIndex(d["date"]), cost_bps=cost)
+    tr = self.metrics.get("trading", {})
+    return backtest(d["signal"].to_numpy(), d["forward_return"].to_numpy(), pd.DatetimeIndex(d["date"]), cost_bps=cost,
+                    horizon=tr.get("horizon", 1), hold=tr.get("hold", "next"))
 
 def _plot_equity(self: Report, cost_bps: float | None = None):
     "Equity of the strategy against buy-and-hold, and its drawdown, out of sample."
@@ -581,8 +589,10 @@ def backtest(p: BacktestParams | dict | None = None, *, verbose: bool = True, **
     rep = train(p, verbose=verbose, cost_bps=p.cost_bps)
     bt = rep.backtest()
     if not bt.empty:
-        hold = trading_metrics(np.ones(len(bt)), bt["asset_return"].to_numpy(), log_returns=False)
-        rep.metrics["backtest"] = {"strategy": bt.attrs["metrics"], "buy_hold": hold, "cost_bps": p.cost_bps,
+        tr = rep.metrics["trading"]
+        hold = trading_metrics(np.ones(len(bt)), bt["asset_return"].to_numpy(), log_returns=False,
+                               periods_per_year=tr["periods_per_year"] / (tr["horizon"] if tr["hold"] == "blocks" else 1))
+        rep.metrics["backtest"] = {"strategy": bt.attrs["metrics"], "buy_hold": hold, "cost_bps": p.cost_bps, "trading": tr["definition"],
                                    "start": str(bt.index[0].date()), "end": str(bt.index[-1].date())}
         rep.run.write_metrics(rep.metrics)
         atomic_write(rep.run_dir / "backtest.csv", bt.to_csv())

@@ -26,8 +26,9 @@ from .errors import ConfigError, QtnbError, TuningError
 __all__ = ['KINDS', 'SAMPLERS', 'PRUNERS', 'PLOTS', 'Param', 'SearchSpace', 'train_config_class', 'as_search_space',
            'make_sampler', 'make_pruner', 'JournalHeartbeatStorage', 'JournalFlock', 'journal_lock', 'StorageSpec',
            'storage_spec', 'objective_names', 'check_objective', 'objective_directions', 'fail_reason', 'free_memory',
-           'trial_counts', 'run_trials', 'run_workers', 'Tuner', 'trial_record', 'DashboardURL', 'dashboard_storage',
-           'start_dashboard', 'objective_value', 'xgboost_pruning', 'tune_symbols']
+           'trial_counts', 'run_trials', 'run_workers', 'Tuner', 'record_trading', 'study_deflated_sharpe',
+           'trial_record', 'DashboardURL', 'dashboard_storage', 'start_dashboard', 'objective_value', 'xgboost_pruning',
+           'tune_symbols']
 
 # %% ../nbs/07_tuner.ipynb #2e26023c
 KINDS = ("log_uniform", "uniform", "int", "categorical", "conditional")
@@ -820,6 +821,26 @@ def _claim_lock(self: Tuner) -> BaseJournalFileLock:
 
 Tuner._objective, Tuner.optimize, Tuner._warm_up, Tuner._claim_lock = _objective, _optimize, _warm_up, _claim_lock
 
+# %% ../nbs/07_tuner.ipynb #d17fd50e
+def record_trading(trial: optuna.Trial, metrics: dict, *, prefix: str = "", # e.g. 'val_' for a history row
+                   periods_per_year: float = 252) -> None:
+    "Keep a trial's Sharpe ratio, periods, skewness and kurtosis (from trading metrics) as its `trading` user attribute."
+    from qtnb.metrics import TRADING_METRICS
+    rec = {k: metrics.get(prefix + k) for k in ("sharpe", "n", "skew", "kurtosis")}
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in rec.values()): return
+    trial.set_user_attr("trading", {**{k: float(v) for k, v in rec.items()}, "periods_per_year": float(periods_per_year)})
+
+def study_deflated_sharpe(study: optuna.Study, best: optuna.trial.FrozenTrial | None = None) -> dict | None:
+    "Deflated Sharpe ratio of the best trial (default: the study's) among the complete trials that recorded trading figures."
+    from qtnb.metrics import deflated_sharpe
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if isinstance(t.user_attrs.get("trading"), dict)]
+    best = best if best is not None else (study.best_trial if len(study.directions) == 1 and done else None)
+    rec = best.user_attrs.get("trading") if best is not None else None
+    if len(done) < 2 or not isinstance(rec, dict): return None
+    out = deflated_sharpe([t.user_attrs["trading"]["sharpe"] for t in done], n=int(rec["n"]), skew=rec["skew"],
+                          kurtosis=rec["kurtosis"], periods_per_year=rec["periods_per_year"], best=rec["sharpe"])
+    return {"trial": best.number, **out}
+
 # %% ../nbs/07_tuner.ipynb #8525e537
 def _iso(d) -> str | None: return d.isoformat(timespec="milliseconds") if d else None
 
@@ -849,7 +870,7 @@ def _best_trial(self: Tuner) -> optuna.trial.FrozenTrial:
     return min(study.best_trials, key=lambda t: sign * t.values[0])
 
 def _statistics(self: Tuner) -> dict:
-    "Counts by state, success rate, durations and best value(s) of the study."
+    "Counts by state, success rate, durations, best value(s) and the deflated Sharpe of the best trial."
     trials = self.study.get_trials(deepcopy=False)
     c = trial_counts(self.study)
     durs = [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials if t.datetime_start and t.datetime_complete]
@@ -863,6 +884,7 @@ def _statistics(self: Tuner) -> dict:
     try:
         b = self.best_trial()
         out["best"] = {"trial": b.number, "values": b.values, "run_id": b.user_attrs.get("run_id")}
+        out["deflated_sharpe"] = study_deflated_sharpe(self.study, b)
     except TuningError: out["best"] = None
     return _jsonable(out)
 
@@ -1105,6 +1127,9 @@ def _train_trial(self: Tuner, trial: optuna.Trial, params: dict):
             run.set_status("pruned", error=str(e.__cause__)); raise e.__cause__ from None
         raise
     values = [objective_value(res, n) for n in self.objectives]
+    on_test = all(o.startswith("test_") for o in self.objectives)
+    span = prep.config.all_horizons[0] if tcfg.trade_hold == "blocks" else 1
+    record_trading(trial, res.test_metrics if on_test else res.val_metrics, periods_per_year=252 / span)
     return values[0] if len(values) == 1 else values
 
 Tuner._trial_resume, Tuner._train_trial = _trial_resume, _train_trial

@@ -45,9 +45,11 @@ REPORTS = {
     ("## Learning curves", "report.plot_history()"),
     ("## Predictions against actual\n\nOut of sample: the test range (each fold's test range, stitched, for walk-forward).",
      "report.plot_predictions()"),
-    ("## Metrics\n\nMetric names are DESIGN.md's; for walk-forward, `test` is the stitched out-of-sample series in return space.",
+    ("## Metrics\n\nMetric names are qtnb.metrics'; for walk-forward, `test` is the stitched out-of-sample series in return space.",
      "report.metrics_table()"),
-    ("## Trading\n\nThe model's signal traded on the forward returns, against buy-and-hold.", "report.plot_equity()"),
+    ("## Trading\n\nThe model's signal traded after costs, against buy-and-hold, on one-period returns (or non-overlapping "
+     "horizon-long blocks when the trainer's `trade_hold` is 'blocks'): the next line says which.",
+     "print(report.metrics['trading']['definition'])\nreport.plot_equity()"),
     ("## Where it is", "print(report.summary())"),
 ]),
 "backtest": ("Backtest", "Walk-forward training and a trading evaluation of the stitched out-of-sample predictions.", [
@@ -58,7 +60,8 @@ REPORTS = {
      "report.metrics_table()"),
     ("## Equity and drawdown against buy-and-hold\n\nAfter costs of `cost_bps` per unit turnover; dotted lines mark fold boundaries.",
      "report.plot_equity()"),
-    ("## Trading metrics", "import pandas as pd\npd.DataFrame({k: report.metrics['backtest'][k] for k in ('strategy', 'buy_hold')})"),
+    ("## Trading metrics\n\nStrategy and buy-and-hold over the same dates and the same convention (printed first).",
+     "import pandas as pd\nprint(report.metrics['backtest']['trading'])\npd.DataFrame({k: report.metrics['backtest'][k] for k in ('strategy', 'buy_hold')})"),
     ("## Predictions against actual", "report.plot_predictions()"),
     ("## Learning curves", "report.plot_history()"),
     ("## Where it is", "print(report.summary())"),
