@@ -619,7 +619,8 @@ def tune(p: TuneParams | dict | None = None, *, verbose: bool = True, **params) 
         bm = open_run(best_run, runs_dir=Path(run.path).parent).metrics if best_run else {}
         metrics = {"val": bm.get("val", {}), "test": bm.get("test", {}),
                    "study": {"name": tuner.study_name, "best_trial": best.number, "best_value": best.value if len(tuner.objectives) == 1 else best.values,
-                             "best_params": best.params, "best_run_id": best_run, **{k: v for k, v in stats.items() if isinstance(v, (int, float, str))}}}
+                             "best_params": best.params, "best_run_id": best_run, **{k: v for k, v in stats.items() if isinstance(v, (int, float, str))},
+                             "deflated_sharpe": stats.get("deflated_sharpe")}}
         run.write_metrics(metrics)
         trials = tuner.study.trials_dataframe()
         atomic_write(Path(run.path) / "trials.csv", trials.to_csv(index=False))

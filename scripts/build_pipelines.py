@@ -50,6 +50,12 @@ REPORTS = {
     ("## Trading\n\nThe model's signal traded after costs, against buy-and-hold, on one-period returns (or non-overlapping "
      "horizon-long blocks when the trainer's `trade_hold` is 'blocks'): the next line says which.",
      "print(report.metrics['trading']['definition'])\nreport.plot_equity()"),
+    ("## Is it significant?\n\nOn the test range: `n` periods; directional accuracy with its standard error and binomial "
+     "p-value against a coin; the probabilistic Sharpe ratio against 0 (`psr`, 0.95 or more is significant at 5%); and the "
+     "Diebold-Mariano test of the model against the naive zero-return forecast (`dm_stat` < 0 with `dm_pvalue` < 0.05: "
+     "the model's errors are significantly smaller).",
+     "import pandas as pd\npd.Series({k: report.metrics['test'].get(k) for k in ('n', 'directional_accuracy', 'directional_accuracy_se', "
+     "'directional_accuracy_pvalue', 'sharpe', 'psr', 'dm_stat', 'dm_pvalue')}, name='test').to_frame()"),
     ("## Where it is", "print(report.summary())"),
 ]),
 "backtest": ("Backtest", "Walk-forward training and a trading evaluation of the stitched out-of-sample predictions.", [
@@ -62,6 +68,12 @@ REPORTS = {
      "report.plot_equity()"),
     ("## Trading metrics\n\nStrategy and buy-and-hold over the same dates and the same convention (printed first).",
      "import pandas as pd\nprint(report.metrics['backtest']['trading'])\npd.DataFrame({k: report.metrics['backtest'][k] for k in ('strategy', 'buy_hold')})"),
+    ("## Is it significant?\n\nOn the test range: `n` periods; directional accuracy with its standard error and binomial "
+     "p-value against a coin; the probabilistic Sharpe ratio against 0 (`psr`, 0.95 or more is significant at 5%); and the "
+     "Diebold-Mariano test of the model against the naive zero-return forecast (`dm_stat` < 0 with `dm_pvalue` < 0.05: "
+     "the model's errors are significantly smaller).",
+     "import pandas as pd\npd.Series({k: report.metrics['test'].get(k) for k in ('n', 'directional_accuracy', 'directional_accuracy_se', "
+     "'directional_accuracy_pvalue', 'sharpe', 'psr', 'dm_stat', 'dm_pvalue')}, name='test').to_frame()"),
     ("## Predictions against actual", "report.plot_predictions()"),
     ("## Learning curves", "report.plot_history()"),
     ("## Where it is", "print(report.summary())"),
@@ -72,6 +84,11 @@ REPORTS = {
     ("## Intermediate values\n\nThe objective after each epoch of each trial: what the pruner judged.", "tuner.plot('intermediate')"),
     ("## Parameter importances", "from qtnb.errors import TuningError\ntry: fig = tuner.plot('importances')\nexcept TuningError as e: fig = None; print(f'no importances yet ({e})')\nfig"),
     ("## Best trial", "import pandas as pd\nbest = report.metrics['study']\nprint(f\"trial {best['best_trial']} (run {best['best_run_id']}): {best['best_value']}\")\npd.Series(best['best_params'], name='best parameters').to_frame()"),
+    ("## Is the best trial's Sharpe more than luck?\n\nThe deflated Sharpe ratio (Bailey and López de Prado) of the best trial, given how "
+     "many trials were tried and how much their Sharpe ratios varied: `sr0` is the Sharpe the best of that many unskilled trials "
+     "would reach; `p_value` < 0.05 says the best trial beats it.",
+     "ds = report.metrics['study'].get('deflated_sharpe')\nprint('no trial recorded a Sharpe ratio (the objective split has no trading metrics)' if ds is None else "
+     "pd.Series(ds, name='deflated Sharpe').to_string())"),
     ("## Trials\n\nEach trial's run id links it to its run folder (history, checkpoints, metrics).",
      "cols = [c for c in report.extra['trials'].columns if c in ('number', 'state', 'value', 'duration', 'user_attrs_run_id') or c.startswith('params_')]\nreport.extra['trials'][cols]"),
     ("## Where it is", "print(report.summary())"),

@@ -97,3 +97,96 @@ def test_edge_cases_are_documented_values():
     assert math.isinf(empyrical.sortino_ratio(np.array([0.01, 0.02, 0.01])))   # where empyrical says +inf
     flat = trading_metrics([0, 0, 0], [0.01, -0.02, 0.03])
     eq((flat["sharpe"], flat["sortino"], flat["calmar"]), (0.0, 0.0, 0.0))
+
+
+# ---- significance -------------------------------------------------------------------------------------------------
+from scipy import stats as sps
+from qtnb.datasets import planted, random_walk
+from qtnb.metrics import probabilistic_sharpe
+from qtnb.tuner import SearchSpace, Tuner, record_trading
+
+def test_directional_accuracy_carries_n_its_standard_error_and_binomial_p_value():
+    rng = np.random.default_rng(4)
+    r = rng.normal(0, 0.01, 700); r[::50] = 0.0                       # some periods without a move are not counted
+    sig = np.where(rng.random(700) < 0.56, np.sign(r), -np.sign(r))
+    m = trading_metrics(sig, r)
+    moving = r != 0
+    hits = int((np.sign(sig[moving]) == np.sign(r[moving])).sum())
+    eq(m["n"], 700)
+    assert close(m["directional_accuracy"], hits / moving.sum())
+    assert close(m["directional_accuracy_se"], math.sqrt(m["directional_accuracy"] * (1 - m["directional_accuracy"]) / moving.sum()))
+    assert close(m["directional_accuracy_pvalue"], sps.binomtest(hits, int(moving.sum()), 0.5).pvalue)
+
+def test_probabilistic_sharpe_follows_bailey_and_lopez_de_prado():
+    s = np.random.default_rng(5).standard_t(4, 1000) * 0.01 + 0.0008   # fat tails, some edge
+    m = trading_metrics(np.ones(1000), s, log_returns=False)
+    sr, g3, g4 = s.mean() / s.std(ddof=1), sps.skew(s), sps.kurtosis(s, fisher=False)
+    want = sps.norm.cdf(sr * math.sqrt(999) / math.sqrt(1 - g3 * sr + (g4 - 1) / 4 * sr ** 2))
+    assert close(m["psr"], want) and close(m["sharpe"], sr * math.sqrt(252))
+
+def study_of(returns: np.ndarray, signal_of, space, tmp, name) -> dict:
+    "A 50-trial study whose trials trade `signal_of(params)` on `returns`; its statistics file's deflated Sharpe."
+    def strategy(params, trial):
+        m = trading_metrics(signal_of(params), returns)
+        record_trading(trial, m)                                       # what the Trainer objective records
+        return m["sharpe"]
+    t = Tuner(space, strategy, direction="maximize", sampler="random", pruner="none", seed=0,
+              storage=f"sqlite:///{tmp}/{name}.db", runs_dir=tmp, study_name=name)
+    t.optimize(50)
+    import json
+    return json.loads((t.study_dir / "statistics.json").read_text())["deflated_sharpe"]
+
+def test_deflated_sharpe_of_a_50_trial_study_separates_luck_from_a_planted_signal(tmp_path):
+    walk = np.log(random_walk(1000, seed=11)["Close"]).diff().to_numpy()[1:]
+    lagged = np.r_[0.0, walk[:-1]]
+    luck = study_of(walk, lambda p: np.sign(p["a"] * lagged + np.random.default_rng(p["seed"]).normal(0, 0.01, len(walk))),
+                    SearchSpace().uniform("a", -1, 1).int("seed", 0, 10 ** 6), tmp_path, "walk")
+    eq(luck["n_trials"], 50)
+    assert luck["best_sharpe"] > 1.0, luck                             # the best raw Sharpe looks good ...
+    assert luck["p_value"] > 0.05, luck                                # ... and is luck
+    pl = np.log(planted(2000, seed=11)["Close"]).diff().to_numpy()[1:]
+    half = len(pl) // 2
+    def fitted_ar(p):                                                  # a linear model on the first half, traded on the second
+        X = np.column_stack([np.r_[np.zeros(k), pl[:-k]] for k in range(1, p["lags"] + 1)])
+        w = np.linalg.solve(X[:half].T @ X[:half] + p["ridge"] * np.eye(p["lags"]), X[:half].T @ pl[:half])
+        return np.sign(X[half:] @ w)
+    real = study_of(pl[half:], fitted_ar, SearchSpace().int("lags", 1, 5).uniform("ridge", 0.0, 0.01), tmp_path, "planted")
+    eq(real["n_trials"], 50)
+    assert real["p_value"] < 0.05, real                                # an AR signal survives 50 trials
+
+
+# ---- one definition everywhere: metrics.json, the backtest, the report --------------------------------------------
+def test_pipeline_metrics_trade_one_period_returns_at_horizon_5(tmp_path):
+    import json
+    from qtnb.pipeline import backtest
+    rep = backtest(data="sp500", model="linear", horizon=5, seq_len=8, n_folds=2, cost_bps=0, runs_dir=tmp_path, verbose=False)
+    m = json.loads((rep.run_dir / "metrics.json").read_text())
+    pred = pd.read_csv(rep.run_dir / "predictions.csv", parse_dates=["date"])
+    sp = load_sp500()
+    p, t = sp["Close"].to_numpy(), sp.index.get_indexer(pred["date"])
+    one = np.log(p[t + 1] / p[t])
+    np.testing.assert_allclose(pred["forward_return"], one, rtol=0, atol=1e-12)
+    want = empyrical_figures(pred["signal"].to_numpy() * np.expm1(one), 252)
+    for k in ("sharpe", "sortino", "max_drawdown", "total_return"):
+        assert close(m["test"][k], want[k]), k                               # metrics.json
+        assert close(m["backtest"]["strategy"][k], want[k]), k               # the backtest's table
+    hold = empyrical_figures(np.expm1(one), 252)
+    assert close(m["backtest"]["buy_hold"]["sharpe"], hold["sharpe"])
+    eq(m["trading"]["hold"], "next")
+    assert "t to t+1" in rep.summary()
+    for k in ("n", "directional_accuracy_se", "directional_accuracy_pvalue", "psr", "dm_stat", "dm_pvalue"):
+        assert math.isfinite(m["test"][k]), k
+    eq(m["test"]["n"], len(pred))
+
+
+def test_tune_pipeline_reports_the_deflated_sharpe_of_its_best_trial(tmp_path):
+    import json
+    from qtnb.pipeline import tune
+    rep = tune(data="synthetic:planted", model="linear", n_trials=3, sampler="random", pruner="none", seq_len=8, epochs=2,
+               objective="val_sharpe", runs_dir=tmp_path, verbose=False)
+    ds = rep.metrics["study"]["deflated_sharpe"]
+    eq(ds["n_trials"], 3); eq(ds["trial"], rep.metrics["study"]["best_trial"])
+    stats = json.loads((rep.extra["tuner"].study_dir / "statistics.json").read_text())
+    eq(stats["deflated_sharpe"], json.loads(json.dumps(ds)))
+    trials = rep.extra["tuner"].study.trials
+    assert close(ds["best_sharpe"], max(t.user_attrs["trading"]["sharpe"] for t in trials))
