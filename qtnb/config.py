@@ -280,7 +280,8 @@ class DataConfig(QtnbConfig):
     n_folds: int = param(5, description="Folds for walk-forward and k-fold schemes.", group="validation", ge=2, le=100)
     train_window: Literal["expanding", "sliding"] = param("expanding", description="Walk-forward training window.", group="validation", advanced=True)
     purge: int | None = param(None, description="Rows dropped between training and evaluation; at least the horizon (default: the horizon).", group="validation", advanced=True, ge=0)
-    embargo: int = param(0, description="Rows skipped after each evaluation range before training resumes.", group="validation", advanced=True, ge=0)
+    embargo: int | None = param(None, description="Rows skipped after each evaluation range before training resumes (and before it where training is on both sides); default: the longest feature lookback, the least allowed.", group="validation", advanced=True, ge=0)
+    allow_feature_overlap: bool = param(False, description="Allow an embargo shorter than the longest feature lookback (training inputs then see evaluation prices).", group="validation", advanced=True)
     horizons: list[int] | None = param(None, description="Several horizons at once (regression); default [horizon].", group="target", advanced=True)
     price_col: str = param("Close", description="Price column the returns and targets are computed from.", group="data", advanced=True)
     time_col: str | None = param(None, description="Column holding timestamps when the frame has no DatetimeIndex.", group="data", advanced=True)
@@ -295,7 +296,7 @@ class DataConfig(QtnbConfig):
 
     presets: ClassVar = {"easy": dict(seq_len=32, validation="holdout"),
                          "medium": dict(seq_len=64, validation="walk_forward", n_folds=5),
-                         "advanced": dict(seq_len=128, validation="walk_forward", n_folds=8, embargo=5)}
+                         "advanced": dict(seq_len=128, validation="walk_forward", n_folds=8)}
 
     @model_validator(mode="after")
     def _check(self):

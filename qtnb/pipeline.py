@@ -63,13 +63,15 @@ class TrainParams(PipelineParams):
     seed: int = param(42, description="Seed for weights, shuffling and augmentation.", group="training", ge=0, le=2**32 - 1)
     validation: Literal["holdout", "walk_forward"] = param("holdout", description="Temporal holdout, or walk-forward with one model per fold.", group="validation")
     n_folds: int = param(5, description="Walk-forward folds.", group="validation", ge=2, le=100)
-    embargo: int = param(0, description="Rows skipped after each evaluation range.", group="validation", ge=0)
+    embargo: int | None = param(None, description="Rows skipped after each evaluation range; default (None): the longest feature lookback, the least allowed.", group="validation", ge=0)
+    allow_feature_overlap: bool = param(False, description="Allow an embargo shorter than the longest feature lookback.", group="validation")
     export: bool = param(False, description="Export the trained model to ONNX (model.onnx in the run folder).", group="export")
 
 # %% ../nbs/12_pipeline.ipynb #89604717
 def _data_fields(p: TrainParams) -> dict:
     return dict(data=p.data, symbol_col=p.symbol_col, features=list(p.features), target=p.target, horizon=p.horizon,
-                seq_len=p.seq_len, validation=p.validation, n_folds=p.n_folds, embargo=p.embargo)
+                seq_len=p.seq_len, validation=p.validation, n_folds=p.n_folds, embargo=p.embargo,
+                allow_feature_overlap=p.allow_feature_overlap)
 
 def _data_config(self: TrainParams):
     "The DataConfig these parameters describe."
@@ -415,7 +417,8 @@ def train(p: TrainParams | dict | None = None, *, verbose: bool = True, cost_bps
     t0 = time.perf_counter()
     with _failing(run):
         prep = prepare(dc)
-        run.write_params({**run.params, "data": dc.model_dump(mode="json"), "model": mcfg, "train": tcfg.model_dump(mode="json")})
+        # the data config as prepared: embargo resolved from the features' lookback, allow_feature_overlap recorded
+        run.write_params({**run.params, "data": prep.config.model_dump(mode="json"), "model": mcfg, "train": tcfg.model_dump(mode="json")})
         if verbose: say(f"run {run.id}: {p.model} on {p.data}, {p.validation}, {len(prep.folds)} fold(s), "
                           f"{len(prep.feature_names)} features")
         many = len(prep.folds) > 1
