@@ -271,6 +271,7 @@ class DataConfig(QtnbConfig):
     dead_band: float = param(0.0, description="Absolute return below which the 3-class target is 'flat'.", group="target", advanced=True, ge=0, le=0.5)
     seq_len: int = param(64, description="Rows in each input window.", group="windows", ge=1, le=4096)
     scaler: Literal["standard", "robust", "minmax", "none"] = param("standard", description="Scaler fitted on each fold's training rows only.", group="windows")
+    scaler_scope: Literal["symbol", "pooled"] = param("symbol", description="Panels: one scaler per symbol (fitted on its own training rows), or one pooled over all symbols.", group="windows", advanced=True)
     fill: Literal["none", "ffill", "drop"] = param("none", description="What to do with NaN/inf: refuse, forward-fill, or drop rows.", group="data", advanced=True)
     validation: Literal["holdout", "walk_forward", "purged_kfold", "stratified_kfold", "leave_one_out"] = param(
         "holdout", description="Split scheme.", group="validation")

@@ -899,7 +899,14 @@ class Fold:
         np.add.at(touched, train_ends - L + 1, 1); np.add.at(touched, train_ends + 1, -1)
         rows = np.cumsum(touched[:-1]) > 0
         scaler = Scaler(c.scaler).fit(P._X[rows])
-        x = torch.from_numpy(scaler.transform(P._X).astype(np.float32))
+        X, by_symbol = scaler.transform(P._X), {}
+        if P._symbols is not None and c.scaler_scope == "symbol":       # each symbol scaled by its own training rows
+            for k, name in enumerate(P._symbol_names):
+                own = P._codes == k
+                fit = rows & own
+                by_symbol[name] = Scaler(c.scaler).fit(P._X[fit]) if fit.any() else scaler   # no training rows: pooled
+                X[own] = by_symbol[name].transform(P._X[own])
+        x = torch.from_numpy(X.astype(np.float32))
         fr = P._R1                                       # trading is on one-period returns whatever the horizon
         if c.task == "regression":
             tscaler = Scaler(c.target_scaler).fit(P._R[train_ends]) if c.target_scaler != "none" else None
@@ -917,10 +924,12 @@ class Fold:
             if len(ends) == 0:
                 raise InsufficientData(f"{self.name}: the {role} range has no windows after purging; give it more rows")
             return Windows(x, y, ends, L, augment=P.augment if role == "train" else None, role=role, **kw)
-        self._built = dict(scaler=scaler, target_scaler=tscaler, train=win("train"), val=win("val"), test=win("test"))
+        self._built = dict(scaler=scaler, symbol_scalers=by_symbol, target_scaler=tscaler, train=win("train"), val=win("val"), test=win("test"))
         return self._built
 
-    scaler = property(lambda self: self._build()["scaler"], doc="Feature scaler fitted on this fold's training rows.")
+    scaler = property(lambda self: self._build()["scaler"], doc="Feature scaler fitted on this fold's training rows (all symbols).")
+    symbol_scalers = property(lambda self: self._build()["symbol_scalers"],
+                              doc="Panels with scaler_scope='symbol': each symbol's scaler, fitted on its own training rows.")
     target_scaler = property(lambda self: self._build()["target_scaler"], doc="Regression target scaler (or None).")
     train = property(lambda self: self._build()["train"], doc="Training `Windows`.")
     val = property(lambda self: self._build()["val"], doc="Validation `Windows` (None when the plan has none).")
@@ -983,6 +992,7 @@ class Prepared:
         self._dates = frame.index[kept]
         self._symbols = names[kept] if names is not None else None
         kcodes = codes[kept]
+        self._codes, self._symbol_names = kcodes, (list(pd.factorize(frame[sym].astype(str), sort=True)[1]) if sym else [])
         T, L = len(kept), c.seq_len
         newblock = np.concatenate([[True], (kcodes[1:] != kcodes[:-1]) | (np.diff(kept) != 1)])
         block_start = np.maximum.accumulate(np.where(newblock, np.arange(T), 0))

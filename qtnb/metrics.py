@@ -20,7 +20,8 @@ __all__ = ['REGRESSION_METRICS', 'CLASSIFICATION_METRICS', 'TRADING_METRICS', 'S
            'SPLIT_PREFIXES', 'RATIO_CAP', 'regression_metrics', 'class_probabilities', 'binary_auc', 'confusion',
            'classification_metrics', 'binomial_significance', 'probabilistic_sharpe', 'deflated_sharpe',
            'diebold_mariano', 'forecast_significance', 'hold_periods', 'trading_convention', 'equity_curve',
-           'trading_metrics', 'backtest', 'prediction_signal', 'compute_metrics', 'metric_direction', 'MetricTracker']
+           'trading_metrics', 'backtest', 'portfolio_returns', 'portfolio_metrics', 'symbol_table', 'prediction_signal',
+           'compute_metrics', 'metric_direction', 'MetricTracker']
 
 # %% ../nbs/04_metrics.ipynb #08f72cf0
 REGRESSION_METRICS = ("mse", "rmse", "mae", "r2", "corr", "snr_db")
@@ -317,7 +318,11 @@ def trading_metrics(signal, returns, *, cost_bps: float = 0.0, periods_per_year:
     if periods_per_year <= 0: raise ConfigError(f"periods_per_year={periods_per_year} is invalid; use e.g. 252 for daily data")
     signal, returns, span, _ = hold_periods(signal, returns, horizon=horizon, hold=hold, log_returns=log_returns)
     pos, simple, cost, s = _trade(signal, returns, cost_bps, log_returns)
-    ppy = periods_per_year / span
+    return _summary(s, periods_per_year / span, pos, simple, turnover=float(np.mean(np.abs(np.diff(pos, prepend=0.0)))),
+                    exposure=float(np.mean(np.abs(pos))))
+
+def _summary(s: np.ndarray, ppy: float, pos: np.ndarray, simple: np.ndarray, *, turnover: float, exposure: float) -> dict[str, float]:
+    "The trading figures of strategy returns `s`; accuracy and hit rate from the positions `pos` held on returns `simple`."
     n, ann = len(s), math.sqrt(ppy)
     eq = np.cumprod(1.0 + s)
     peak = np.maximum.accumulate(np.r_[1.0, eq])[1:]
@@ -336,8 +341,8 @@ def trading_metrics(signal, returns, *, cost_bps: float = 0.0, periods_per_year:
         sharpe=_ratio(mean * ann, std) if n > 1 else 0.0, sortino=_ratio(mean * ann, downside) if n > 1 else 0.0,
         max_drawdown=mdd, calmar=_ratio(annual, mdd),
         hit_rate=float(np.mean(pos[active] * simple[active] > 0)) if active.any() else float("nan"),
-        turnover=float(np.mean(np.abs(np.diff(pos, prepend=0.0)))), total_return=final - 1.0, annual_return=float(annual),
-        annual_volatility=std * ann, exposure=float(np.mean(np.abs(pos))),
+        turnover=turnover, total_return=final - 1.0, annual_return=float(annual),
+        annual_volatility=std * ann, exposure=exposure,
         n=n, directional_accuracy_se=se, directional_accuracy_pvalue=pval,
         psr=probabilistic_sharpe(sr, n, skew=skew, kurtosis=kurt), skew=skew, kurtosis=kurt)
 
@@ -369,6 +374,65 @@ def backtest(signal, returns, dates=None, *, cost_bps: float = 0.0, benchmark=No
     df.attrs["metrics"] = trading_metrics(pos, simple, cost_bps=cost_bps, periods_per_year=periods_per_year / span, log_returns=False)
     return df
 
+# %% ../nbs/04_metrics.ipynb #b35319da
+def _panel(signal, returns, dates, symbols, log_returns: bool) -> pd.DataFrame:
+    pos = _finite(_array(signal, "signal"), "signal").reshape(-1)
+    r = _finite(_array(returns, "returns"), "returns").reshape(-1)
+    _same_rows(pos, r, "signal", "returns")
+    if np.abs(pos).max() > 1 + 1e-9: raise DataError(f"signal reaches {np.abs(pos).max():g}, outside [-1, 1]; scale it")
+    if dates is None or symbols is None: raise DataError("a portfolio needs dates and symbols, one per row; pass both")
+    df = pd.DataFrame(dict(date=pd.DatetimeIndex(dates), symbol=np.asarray(symbols).astype(str), s=pos,
+                           r=np.expm1(r) if log_returns else r))
+    _same_rows(pos, df, "signal", "dates")
+    if df.duplicated(["date", "symbol"]).any():
+        d = df[df.duplicated(["date", "symbol"])].iloc[0]
+        raise DataError(f"symbol {d['symbol']!r} has two rows on {d['date'].date()}; pass one signal per symbol and date")
+    return df
+
+def portfolio_returns(signal, returns, dates, symbols, *, weighting: Literal["equal", "signal"] = "equal",
+                      long_only: bool = False, cost_bps: float = 0.0, log_returns: bool = True) -> pd.DataFrame:
+    "Per date: gross return, costs, turnover, exposure and the portfolio's return of trading every symbol's signal."
+    if weighting not in ("equal", "signal"): raise ConfigError(f"weighting={weighting!r} is invalid; allowed: 'equal', 'signal'")
+    if cost_bps < 0: raise ConfigError(f"cost_bps={cost_bps} is negative; costs are >= 0 basis points")
+    df = _panel(signal, returns, dates, symbols, log_returns)
+    S, R = df.pivot(index="date", columns="symbol", values="s"), df.pivot(index="date", columns="symbol", values="r")
+    if long_only: S = S.clip(lower=0)
+    if weighting == "equal": W = S.div(S.notna().sum(axis=1), axis=0)
+    else:
+        gross = S.abs().sum(axis=1)
+        W = S.div(gross.where(gross > 0), axis=0).where(S.notna())
+    W = W.fillna(0.0)
+    turn = W.diff().abs()
+    turn.iloc[0] = W.iloc[0].abs()
+    cost = cost_bps * 1e-4 * turn.sum(axis=1)
+    gross_ret = (W * R.fillna(0.0)).sum(axis=1)
+    out = pd.DataFrame(dict(gross_return=gross_ret, cost=cost, portfolio_return=gross_ret - cost, turnover=turn.sum(axis=1),
+                            exposure=W.abs().sum(axis=1), n_symbols=S.notna().sum(axis=1)))
+    out.attrs["weights"], out.attrs["turnover_by_symbol"] = W, turn
+    return out
+
+# %% ../nbs/04_metrics.ipynb #df12f72f
+def portfolio_metrics(signal, returns, dates, symbols, *, weighting: Literal["equal", "signal"] = "equal",
+                      long_only: bool = False, cost_bps: float = 0.0, periods_per_year: float = 252,
+                      log_returns: bool = True) -> dict[str, float]:
+    "`trading_metrics`' figures for the portfolio of every symbol's signal (see `portfolio_returns`)."
+    pr = portfolio_returns(signal, returns, dates, symbols, weighting=weighting, long_only=long_only, cost_bps=cost_bps,
+                           log_returns=log_returns)
+    df = _panel(signal, returns, dates, symbols, log_returns)
+    pos = df["s"].clip(lower=0).to_numpy() if long_only else df["s"].to_numpy()
+    out = _summary(pr["portfolio_return"].to_numpy(), periods_per_year, pos, df["r"].to_numpy(),
+                   turnover=float(pr["turnover"].mean()), exposure=float(pr["exposure"].mean()))
+    return {**out, "n_symbols": int(df["symbol"].nunique())}
+
+def symbol_table(signal, returns, dates, symbols, *, cost_bps: float = 0.0, periods_per_year: float = 252,
+                 log_returns: bool = True) -> pd.DataFrame:
+    "Each symbol's own trading figures (its signal on its returns, after costs), best Sharpe first."
+    df = _panel(signal, returns, dates, symbols, log_returns)
+    rows = {s: trading_metrics(g["s"].to_numpy(), g["r"].to_numpy(), cost_bps=cost_bps, periods_per_year=periods_per_year,
+                               log_returns=False) for s, g in df.sort_values("date").groupby("symbol")}
+    cols = ["n", "sharpe", "psr", "directional_accuracy", "directional_accuracy_pvalue", "total_return", "max_drawdown", "turnover"]
+    return pd.DataFrame(rows).T[cols].sort_values("sharpe", ascending=False).rename_axis("symbol")
+
 # %% ../nbs/04_metrics.ipynb #f97ed70a
 def prediction_signal(task: str, y_pred, *, n_classes: int = 2, from_logits: bool | None = None) -> np.ndarray:
     "Position per row from a model's predictions: sign of the predicted return, `2p - 1` (binary) or `p(up) - p(down)`."
@@ -385,6 +449,8 @@ def compute_metrics(task: Literal["regression", "classification"], y_true, y_pre
                     cost_bps: float = 0.0, n_classes: int = 2, periods_per_year: float = 252, log_returns: bool = True,
                     from_logits: bool | None = None,
                     horizon: int = 1, hold: Literal["next", "blocks"] = "next", # how the signal is held: see `hold_periods`
+                    dates=None, symbols=None, # a panel (several symbols) is traded as one portfolio: see `portfolio_metrics`
+                    weighting: Literal["equal", "signal"] = "equal", long_only: bool = False,
                    ) -> dict[str, Any]:
     "The task's metrics of `y_pred` against `y_true`, plus trading metrics of its signal when `forward_returns` is given."
     if task == "regression": out = regression_metrics(y_true, y_pred)
@@ -396,8 +462,14 @@ def compute_metrics(task: Literal["regression", "classification"], y_true, y_pre
         r = _array(forward_returns, "forward_returns")
         r = r.reshape(len(r), -1)[:, 0]
         sig = prediction_signal(task, y_pred, n_classes=n_classes, from_logits=from_logits)
-        out.update(trading_metrics(sig, r, cost_bps=cost_bps, periods_per_year=periods_per_year, log_returns=log_returns,
-                                   horizon=horizon, hold=hold))
+        if symbols is not None and len(set(np.asarray(symbols).tolist())) > 1:
+            if hold == "blocks" and horizon > 1:
+                raise ConfigError("hold='blocks' trades one series; a panel of several symbols is traded one period at a time (hold='next')")
+            out.update(portfolio_metrics(sig, r, dates, symbols, weighting=weighting, long_only=long_only, cost_bps=cost_bps,
+                                         periods_per_year=periods_per_year, log_returns=log_returns))
+        else:
+            out.update(trading_metrics(sig, r, cost_bps=cost_bps, periods_per_year=periods_per_year, log_returns=log_returns,
+                                       horizon=horizon, hold=hold))
     return out
 
 # %% ../nbs/04_metrics.ipynb #f9739069

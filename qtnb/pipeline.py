@@ -309,19 +309,22 @@ def stitch(folds: list[FoldResult]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True).sort_values(["date", "fold"], kind="stable").reset_index(drop=True)
 
 def oos_metrics(pred: pd.DataFrame, task: str, *, cost_bps: float = 0.0,
-                horizon: int = 1, hold: str = "next") -> dict: # how the signal is traded: qtnb.metrics.hold_periods
+                horizon: int = 1, hold: str = "next", # how the signal is traded: qtnb.metrics.hold_periods
+                weighting: str = "equal", long_only: bool = False) -> dict: # a panel's portfolio: qtnb.metrics.portfolio_returns
     "Metrics (task and trading) of stitched out-of-sample predictions, computed in return space."
     from qtnb.metrics import compute_metrics
     if pred.empty: return {}
+    panel = dict(dates=pred["date"].to_numpy(), symbols=pred["symbol"].to_numpy(), weighting=weighting,
+                 long_only=long_only) if "symbol" in pred else {}
     if task == "regression":
         t = pred[[c for c in pred if c.startswith("y_true")]].to_numpy()
         p = pred[[c for c in pred if c.startswith("y_pred")]].to_numpy()
         return compute_metrics(task, t, p, forward_returns=pred["forward_return"].to_numpy(), cost_bps=cost_bps,
-                               horizon=horizon, hold=hold)
+                               horizon=horizon, hold=hold, **panel)
     logits = pred[[c for c in pred if c.startswith("logit_")]].to_numpy()
     n_classes = 2 if logits.shape[1] == 1 else logits.shape[1]
     return compute_metrics(task, pred["y_true"].to_numpy(), logits, n_classes=n_classes, from_logits=True,
-                           forward_returns=pred["forward_return"].to_numpy(), cost_bps=cost_bps, horizon=horizon, hold=hold)
+                           forward_returns=pred["forward_return"].to_numpy(), cost_bps=cost_bps, horizon=horizon, hold=hold, **panel)
 
 # %% ../nbs/12_pipeline.ipynb #bf681ae8
 def _range_dates(prep, ranges) -> list | None:
@@ -428,10 +431,15 @@ def train(p: TrainParams | dict | None = None, *, verbose: bool = True, cost_bps
         cost = tcfg.cost_bps
         if many:
             metrics = {"val": mean_metrics([f.result.val_metrics for f in folds]),
-                       "test": oos_metrics(pred, dc.task, cost_bps=cost, horizon=dc.all_horizons[0], hold=tcfg.trade_hold)}
+                       "test": oos_metrics(pred, dc.task, cost_bps=cost, horizon=dc.all_horizons[0], hold=tcfg.trade_hold,
+                                           weighting=tcfg.portfolio_weighting, long_only=tcfg.long_only)}
         else:
             metrics = {"val": last.result.val_metrics, "test": last.result.test_metrics}
-        metrics["trading"] = trading_convention(dc.all_horizons[0], tcfg.trade_hold)
+        metrics["trading"] = {**trading_convention(dc.all_horizons[0], tcfg.trade_hold), "weighting": tcfg.portfolio_weighting,
+                              "long_only": tcfg.long_only}
+        if "symbol" in pred and pred["symbol"].nunique() > 1:
+            metrics["trading"]["definition"] += (f"; the {pred['symbol'].nunique()} symbols traded as one "
+                                                 f"{tcfg.portfolio_weighting}-weight{' long-only' if tcfg.long_only else ''} portfolio")
         metrics["folds"] = [dict(fold=f.index, name=f.name, run_id=f.run_id, **{f"{k}_dates": v for k, v in f.ranges.items()},
                                  best_epoch=f.result.best_epoch, epochs=f.result.epochs, val=f.result.val_metrics,
                                  test=f.result.test_metrics) for f in folds]
@@ -536,7 +544,7 @@ def _plot_predictions(self: Report, max_points: int = 3000):
     from plotly.subplots import make_subplots
     d = self.predictions
     if d is None or d.empty: return go.Figure()
-    if "symbol" in d: d = d[d["symbol"] == d["symbol"].iloc[0]]
+    if "symbol" in d: d = d[d["symbol"] == d["symbol"].iloc[0]]   # one symbol's predictions (the backtest trades all)
     d = d.iloc[:: max(1, len(d) // max_points)]
     reg = self.params.target == "return"
     fig = make_subplots(rows=1, cols=2, column_widths=[0.7, 0.3],
@@ -559,11 +567,26 @@ def _backtest(self: Report, cost_bps: float | None = None) -> pd.DataFrame:
     from qtnb.metrics import backtest
     d = self.predictions
     if d is None or d.empty: return pd.DataFrame()
-    if "symbol" in d: d = d[d["symbol"] == d["symbol"].iloc[0]]
     cost = getattr(self.params, "cost_bps", 0.0) if cost_bps is None else cost_bps
     tr = self.metrics.get("trading", {})
+    if "symbol" in d and d["symbol"].nunique() > 1: return _portfolio_backtest(d, cost, tr)
     return backtest(d["signal"].to_numpy(), d["forward_return"].to_numpy(), pd.DatetimeIndex(d["date"]), cost_bps=cost,
                     horizon=tr.get("horizon", 1), hold=tr.get("hold", "next"))
+
+def _portfolio_backtest(d: pd.DataFrame, cost: float, tr: dict) -> pd.DataFrame:
+    "A panel's backtest: the per-date portfolio of every symbol (qtnb.metrics.portfolio_returns), with the same columns."
+    from qtnb.metrics import portfolio_metrics, portfolio_returns
+    kw = dict(weighting=tr.get("weighting", "equal"), long_only=tr.get("long_only", False))
+    args = (d["signal"].to_numpy(), d["forward_return"].to_numpy(), pd.DatetimeIndex(d["date"]), d["symbol"].to_numpy())
+    pr = portfolio_returns(*args, cost_bps=cost, **kw)
+    hold = portfolio_returns(np.ones(len(d)), *args[1:])                  # equal-weight buy-and-hold of every symbol
+    eq = np.cumprod(1 + pr["portfolio_return"].to_numpy())
+    bt = pd.DataFrame(dict(position=pr["exposure"], asset_return=hold["portfolio_return"], cost=pr["cost"],
+                           strategy_return=pr["portfolio_return"], equity=eq,
+                           drawdown=1 - eq / np.maximum.accumulate(np.r_[1.0, eq])[1:],
+                           buy_hold=np.cumprod(1 + hold["portfolio_return"].to_numpy())), index=pr.index)
+    bt.attrs["metrics"] = portfolio_metrics(*args, cost_bps=cost, **kw)
+    return bt
 
 def _plot_equity(self: Report, cost_bps: float | None = None):
     "Equity of the strategy against buy-and-hold, and its drawdown, out of sample."
@@ -595,8 +618,17 @@ def backtest(p: BacktestParams | dict | None = None, *, verbose: bool = True, **
         tr = rep.metrics["trading"]
         hold = trading_metrics(np.ones(len(bt)), bt["asset_return"].to_numpy(), log_returns=False,
                                periods_per_year=tr["periods_per_year"] / (tr["horizon"] if tr["hold"] == "blocks" else 1))
+        d = rep.predictions
+        symbols = None
+        if d is not None and "symbol" in d and d["symbol"].nunique() > 1:
+            from qtnb.metrics import symbol_table
+            symbols = symbol_table(d["signal"].to_numpy(), d["forward_return"].to_numpy(), pd.DatetimeIndex(d["date"]),
+                                   d["symbol"].to_numpy(), cost_bps=p.cost_bps)
         rep.metrics["backtest"] = {"strategy": bt.attrs["metrics"], "buy_hold": hold, "cost_bps": p.cost_bps, "trading": tr["definition"],
                                    "start": str(bt.index[0].date()), "end": str(bt.index[-1].date())}
+        if symbols is not None:
+            rep.metrics["backtest"]["symbols"] = symbols.to_dict(orient="index")
+            atomic_write(rep.run_dir / "symbols.csv", symbols.to_csv())
         rep.run.write_metrics(rep.metrics)
         atomic_write(rep.run_dir / "backtest.csv", bt.to_csv())
     return rep

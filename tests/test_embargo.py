@@ -37,6 +37,9 @@ def leaks(c: DataConfig, frame, folds) -> list[str]:
         if not torch.equal(y0, y1): found.append(f"{f.name}: targets")
         if not (np.array_equal(f.scaler.center, g.scaler.center) and np.array_equal(f.scaler.scale, g.scaler.scale)):
             found.append(f"{f.name}: scaler")
+        for sym, sc in f.symbol_scalers.items():                       # a panel's per-symbol scalers
+            if not (np.array_equal(sc.center, g.symbol_scalers[sym].center) and np.array_equal(sc.scale, g.symbol_scalers[sym].scale)):
+                found.append(f"{f.name}: scaler of {sym}")
         if f.target_scaler is not None and not np.array_equal(f.target_scaler.center, g.target_scaler.center):
             found.append(f"{f.name}: target scaler")
     return found
@@ -55,6 +58,7 @@ def test_a_panel_split_by_date_keeps_every_symbol_clean():
     panel = multi_symbol("random_walk", ("AAA", "BBB", "CCC"), n=500, seed=4)
     c = DataConfig(seq_len=6, horizon=3, features=EVERY_FEATURE, validation="purged_kfold", n_folds=3, cache=False)
     eq(leaks(c, panel, range(3)), [])
+    eq(len(prepare(c, panel).folds[0].symbol_scalers), 3)
 
 def test_without_the_embargo_the_leak_is_there():
     frame = random_walk(700, seed=2)
