@@ -26,7 +26,7 @@ __all__ = ['AUGMENTATIONS', 'DataConfig', 'FEATURES', 'FEATURE_PRESETS', 'LOOKBA
            'validate_frame', 'ewm_cutoff', 'register_feature', 'FeatureSpec', 'feature_specs', 'feature_columns',
            'default_cache_dir', 'compute_features', 'forward_returns', 'direction', 'make_target', 'Scaler', 'Augment',
            'Windows', 'Split', 'split_plan', 'check_plan', 'resolve_embargo', 'fingerprint', 'Fold', 'Prepared',
-           'prepare']
+           'prepare', 'trend_regime', 'volatility_regime', 'hmm_regime']
 
 # %% ../nbs/02_data.ipynb #f4437c15
 AUGMENTATIONS = ("jitter", "scaling", "slicing", "mixup")
@@ -1079,3 +1079,41 @@ def _plot_splits(self: Prepared, max_folds: int = 30):
     return fig
 
 Prepared.stats, Prepared.plot_splits = _stats, _plot_splits
+
+# %% ../nbs/02_data.ipynb #35362873
+def trend_regime(close: pd.Series, window: int = 200) -> pd.Series:
+    "1 where the close is above its `window`-row moving average, 0 below; NaN during the warm-up."
+    c = close.astype("float64")
+    ma = _rmean(c, window)
+    return (c > ma).astype("float64").where(ma.notna())
+
+FEATURES["trend"] = (lambda df, n, pc: trend_regime(_close(df, pc), n), 200, ())
+LOOKBACKS["trend"] = lambda n: n
+
+def volatility_regime(close: pd.Series, train, *, window: int = 20, quantiles: Sequence[float] = (1 / 3, 2 / 3)) -> pd.Series:
+    "0 (calm) to len(quantiles) (turbulent): rolling volatility against its quantiles on the training rows `train`."
+    vol = _rstd(np.log(close.astype("float64")).diff(), window)
+    fit = vol[np.asarray(train, dtype=bool)].dropna()
+    if fit.empty: raise InsufficientData(f"volatility_regime has no training row past its {window}-row window; give it more")
+    cuts = np.quantile(fit.to_numpy(), quantiles)
+    return pd.Series(np.searchsorted(cuts, vol.to_numpy(), side="right").astype("float64"), index=close.index).where(vol.notna())
+
+# %% ../nbs/02_data.ipynb #359805b2
+def hmm_regime(close: pd.Series, train, *, n_states: int = 2, seed: int = 0) -> pd.Series:
+    "Gaussian HMM of log returns fitted on the rows `train` only, then filtered forward; states numbered calm to turbulent."
+    from hmmlearn.hmm import GaussianHMM
+    from scipy.special import logsumexp
+    from scipy.stats import norm
+    r = np.log(close.astype("float64")).diff().to_numpy()
+    t = np.asarray(train, dtype=bool) & np.isfinite(r)
+    if t.sum() < 10 * n_states: raise InsufficientData(f"hmm_regime has {int(t.sum())} training returns; give it more")
+    m = GaussianHMM(n_components=n_states, covariance_type="diag", n_iter=100, random_state=seed).fit(r[t].reshape(-1, 1))
+    mu, sd = m.means_[:, 0], np.sqrt(m.covars_.reshape(n_states, -1)[:, 0])
+    rank = np.empty(n_states); rank[np.argsort(sd)] = np.arange(n_states)
+    logA, la, out = np.log(m.transmat_ + 1e-300), None, np.full(len(r), np.nan)
+    for i in np.flatnonzero(np.isfinite(r)):                   # forward filtering: P(state_t | returns up to t)
+        prior = np.log(m.startprob_ + 1e-300) if la is None else logsumexp(la[:, None] + logA, axis=0)
+        la = prior + norm.logpdf(r[i], mu, sd)
+        la -= logsumexp(la)
+        out[i] = rank[int(np.argmax(la))]
+    return pd.Series(out, index=close.index)

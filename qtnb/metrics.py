@@ -20,8 +20,8 @@ __all__ = ['REGRESSION_METRICS', 'CLASSIFICATION_METRICS', 'TRADING_METRICS', 'S
            'SPLIT_PREFIXES', 'RATIO_CAP', 'regression_metrics', 'class_probabilities', 'binary_auc', 'confusion',
            'classification_metrics', 'binomial_significance', 'probabilistic_sharpe', 'deflated_sharpe',
            'diebold_mariano', 'forecast_significance', 'hold_periods', 'trading_convention', 'equity_curve',
-           'trading_metrics', 'backtest', 'portfolio_returns', 'portfolio_metrics', 'symbol_table', 'prediction_signal',
-           'compute_metrics', 'metric_direction', 'MetricTracker']
+           'trading_metrics', 'backtest', 'portfolio_returns', 'portfolio_metrics', 'symbol_table', 'metrics_by_regime',
+           'prediction_signal', 'compute_metrics', 'metric_direction', 'MetricTracker']
 
 # %% ../nbs/04_metrics.ipynb #08f72cf0
 REGRESSION_METRICS = ("mse", "rmse", "mae", "r2", "corr", "snr_db")
@@ -432,6 +432,21 @@ def symbol_table(signal, returns, dates, symbols, *, cost_bps: float = 0.0, peri
                                log_returns=False) for s, g in df.sort_values("date").groupby("symbol")}
     cols = ["n", "sharpe", "psr", "directional_accuracy", "directional_accuracy_pvalue", "total_return", "max_drawdown", "turnover"]
     return pd.DataFrame(rows).T[cols].sort_values("sharpe", ascending=False).rename_axis("symbol")
+
+# %% ../nbs/04_metrics.ipynb #558548a7
+def metrics_by_regime(signal, returns, regime, *, cost_bps: float = 0.0, periods_per_year: float = 252,
+                      log_returns: bool = True) -> pd.DataFrame:
+    "`trading_metrics` of the periods in each regime (rows with no regime label left out), one row per regime."
+    pos, r = _array(signal, "signal").reshape(-1), _array(returns, "returns").reshape(-1)
+    g = np.asarray(regime, dtype="float64").reshape(-1)
+    _same_rows(pos, g, "signal", "regime")
+    rows = {}
+    for k in np.unique(g[np.isfinite(g)]):
+        m = g == k
+        rows[int(k) if float(k).is_integer() else k] = {"share": float(m.mean()), **trading_metrics(
+            pos[m], r[m], cost_bps=cost_bps, periods_per_year=periods_per_year, log_returns=log_returns)}
+    cols = ["share", "n", "sharpe", "psr", "directional_accuracy", "directional_accuracy_pvalue", "total_return", "max_drawdown"]
+    return pd.DataFrame(rows).T[cols].rename_axis("regime")
 
 # %% ../nbs/04_metrics.ipynb #f97ed70a
 def prediction_signal(task: str, y_pred, *, n_classes: int = 2, from_logits: bool | None = None) -> np.ndarray:

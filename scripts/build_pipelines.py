@@ -74,6 +74,11 @@ REPORTS = {
      "the model's errors are significantly smaller).",
      "import pandas as pd\npd.Series({k: report.metrics['test'].get(k) for k in ('n', 'directional_accuracy', 'directional_accuracy_se', "
      "'directional_accuracy_pvalue', 'sharpe', 'psr', 'dm_stat', 'dm_pvalue')}, name='test').to_frame()"),
+    ("## By market regime\n\nThe same out-of-sample trades split by trend regime (1: close above its 200-day average) and "
+     "volatility regime (0 calm to 2 turbulent, quantiles fitted on the dates before the first prediction).",
+     "reg = report.metrics['backtest'].get('regimes', {})\nfor kind in ('trend', 'volatility'):\n    if kind in reg: display(pd.DataFrame(reg[kind]).T.rename_axis(kind))"),
+    ("## Per symbol\n\nA panel is traded as one portfolio; each symbol's own figures show which ones carry it (best Sharpe first).",
+     "pd.DataFrame(report.metrics['backtest'].get('symbols', {})).T"),
     ("## Predictions against actual", "report.plot_predictions()"),
     ("## Learning curves", "report.plot_history()"),
     ("## Where it is", "print(report.summary())"),

@@ -9,7 +9,7 @@ from qtnb.data import DataConfig, FEATURES, feature_specs, prepare
 from qtnb.datasets import multi_symbol, random_walk
 from qtnb.errors import ConfigError
 
-EVERY_FEATURE = ["ret_3", "logret_2", "vol_5", "mom_5", "rsi_6", "ma_gap_5", "range", "volume_z_5", "dow", "month", "dom"]
+EVERY_FEATURE = ["ret_3", "logret_2", "vol_5", "mom_5", "rsi_6", "ma_gap_5", "range", "volume_z_5", "dow", "month", "dom", "trend_10"]
 PRICES = ["Open", "High", "Low", "Close", "Adj Close"]
 SCHEMES = [dict(validation="holdout"), dict(validation="walk_forward", n_folds=3), dict(validation="purged_kfold", n_folds=3),
            dict(validation="stratified_kfold", n_folds=2), dict(validation="leave_one_out")]

@@ -177,6 +177,14 @@ def test_pipeline_metrics_trade_one_period_returns_at_horizon_5(tmp_path):
     for k in ("n", "directional_accuracy_se", "directional_accuracy_pvalue", "psr", "dm_stat", "dm_pvalue"):
         assert math.isfinite(m["test"][k]), k
     eq(m["test"]["n"], len(pred))
+    reg = m["backtest"]["regimes"]                                           # broken down by regime, every row once
+    for kind in ("trend", "volatility"):
+        eq(sum(r["n"] for r in reg[kind].values()), len(pred))
+    from qtnb.data import volatility_regime
+    v = volatility_regime(sp["Close"], sp.index < pred["date"].min()).reindex(pred["date"]).to_numpy()
+    calm = v == 0
+    assert close(reg["volatility"]["0"]["total_return"] if "0" in reg["volatility"] else reg["volatility"][0]["total_return"],
+                 float(np.prod(1 + pred["signal"].to_numpy()[calm] * np.expm1(one[calm])) - 1))
 
 
 def test_tune_pipeline_reports_the_deflated_sharpe_of_its_best_trial(tmp_path):

@@ -52,20 +52,23 @@ def check_traded(run: Path, df: pd.DataFrame, cost_bps: float):
     np.testing.assert_allclose(pred["forward_return"], one, atol=1e-12)
     return m, daily
 
-@pytest.mark.parametrize("model,params", [("lstm", '{"hidden_size": 8, "num_layers": 1}'), ("xgboost", '{"n_estimators": 20, "max_depth": 3}')])
-def test_a_20_symbol_panel_through_train_and_backtest(panel_csv, tmp_path, model, params):
+LSTM = ["-p", "model", "lstm", "-p", "model_params", '{"hidden_size": 8, "num_layers": 1}']
+XGB = ["-p", "model", "xgboost", "-p", "model_params", '{"n_estimators": 20, "max_depth": 3}']
+
+@pytest.mark.parametrize("command,model", [("train", LSTM), ("backtest", XGB)], ids=["train-lstm", "backtest-xgboost"])
+def test_a_20_symbol_panel_through_the_command_line(panel_csv, tmp_path, command, model):
     path, df = panel_csv
-    common = ["-p", "data", path, "-p", "symbol_col", "ticker", "-p", "model", model, "-p", "model_params", params,
-              "-p", "epochs", "2", *FAST]
-    tr = qtnb("run", "train", *common, "-p", "validation", "walk_forward", runs=tmp_path / "train")
-    check_traded(tr, df, 0.0)
-    eq(yaml.safe_load((tr / "params.yaml").read_text())["data"]["symbol_col"], "ticker")
-    bt = qtnb("run", "backtest", *common, "-p", "cost_bps", "5", runs=tmp_path / "backtest")
-    m, daily = check_traded(bt, df, 5.0)
-    table = pd.read_csv(bt / "backtest.csv", index_col=0, parse_dates=True)
-    np.testing.assert_allclose(table["strategy_return"], daily.to_numpy(), atol=1e-12)   # the backtest's portfolio
-    eq(len(m["backtest"]["symbols"]), 20)
+    cost = 5.0 if command == "backtest" else 0.0
+    extra = ["-p", "cost_bps", "5"] if command == "backtest" else ["-p", "validation", "walk_forward"]
+    run = qtnb("run", command, "-p", "data", path, "-p", "symbol_col", "ticker", *model, "-p", "epochs", "2", *FAST, *extra,
+               runs=tmp_path)
+    m, daily = check_traded(run, df, cost)
+    eq(yaml.safe_load((run / "params.yaml").read_text())["data"]["symbol_col"], "ticker")
     assert "20 symbols traded as one equal-weight portfolio" in m["trading"]["definition"]
+    if command == "backtest":
+        table = pd.read_csv(run / "backtest.csv", index_col=0, parse_dates=True)
+        np.testing.assert_allclose(table["strategy_return"], daily.to_numpy(), atol=1e-12)   # the backtest's portfolio
+        eq(len(m["backtest"]["symbols"]), 20)
 
 def test_the_symbol_table_finds_the_planted_symbol(tmp_path):
     from qtnb.pipeline import backtest
