@@ -198,3 +198,17 @@ def test_tune_pipeline_reports_the_deflated_sharpe_of_its_best_trial(tmp_path):
     eq(stats["deflated_sharpe"], json.loads(json.dumps(ds)))
     trials = rep.extra["tuner"].study.trials
     assert close(ds["best_sharpe"], max(t.user_attrs["trading"]["sharpe"] for t in trials))
+
+
+def test_the_tuner_panel_shows_the_deflated_sharpe_of_the_best_trial():
+    import optuna
+    from qtnb.widgets import TunerPanel
+    walk = np.random.default_rng(7).normal(0, 0.01, 300)
+    def coin(trial):
+        m = trading_metrics(np.sign(np.random.default_rng(trial.suggest_int("s", 0, 10 ** 6)).normal(size=300)), walk)
+        record_trading(trial, m)
+        return m["sharpe"]
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(coin, n_trials=12)
+    panel = TunerPanel(study); panel.refresh()
+    assert "deflated Sharpe p = " in panel.best.value and "over 12 trials" in panel.best.value
