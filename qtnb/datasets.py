@@ -57,8 +57,15 @@ def ohlcv_from_returns(log_returns: np.ndarray, *, seed: int = 0, start: str = "
                          "Volume": volume}, index=idx)
 
 # %% ../nbs/01_datasets.ipynb #bcdb3b8b
-def random_walk(n: int = 5031, *, seed: int = 0, vol: float = 0.01, drift: float = 0.0, start: str = "2000-01-03") -> pd.DataFrame:
+def _names(k: int) -> list[str]:
+    if k < 1: raise DataError(f"n_symbols={k} is invalid; use 1 or more")
+    return [f"S{i:02d}" for i in range(k)]
+
+def random_walk(n: int = 5031, *, seed: int = 0, vol: float = 0.01, drift: float = 0.0, start: str = "2000-01-03",
+                n_symbols: int = 1, # > 1: a panel of independent walks S00, S01, ... in a long frame with a `symbol` column
+               ) -> pd.DataFrame:
     "Geometric random walk: i.i.d. normal log returns; the best possible forecast is the drift."
+    if n_symbols != 1: return multi_symbol(random_walk, _names(n_symbols), seed=seed, n=n, vol=vol, drift=drift, start=start)
     r = np.random.default_rng(seed).normal(drift, vol, n)
     df = ohlcv_from_returns(r, seed=seed, start=start)
     df.attrs.update(generator="random_walk", seed=seed, optimal_r2=0.0)
@@ -78,8 +85,21 @@ def ar_optimal_r2(phi) -> float:
     if not np.isfinite(gamma0) or gamma0 <= 0: raise DataError(f"AR coefficients {phi.tolist()} are not stationary; shrink them")
     return float(1 - 1 / gamma0)
 
-def planted(n: int = 5031, *, seed: int = 0, phi=(0.5, -0.3), vol: float = 0.01, start: str = "2000-01-03") -> pd.DataFrame:
+def planted(n: int = 5031, *, seed: int = 0, phi=(0.5, -0.3), vol: float = 0.01, start: str = "2000-01-03",
+            n_symbols: int = 1,              # > 1: a panel S00, S01, ... with a `symbol` column
+            n_planted: int | None = None,    # panels: the first n_planted symbols carry the signal, the rest are random walks
+           ) -> pd.DataFrame:
     "Returns that follow an AR process in their own lags; `attrs['optimal_r2']` is the best achievable one-step R²."
+    if n_symbols != 1 or n_planted is not None:
+        names = _names(n_symbols)
+        k = n_symbols if n_planted is None else n_planted
+        if not 0 <= k <= n_symbols: raise DataError(f"n_planted={n_planted} must be 0 to n_symbols={n_symbols}")
+        def one(i): return (planted(n, seed=seed + 1000 * (i + 1), phi=phi, vol=vol, start=start) if i < k else
+                            random_walk(n, seed=seed + 1000 * (i + 1), vol=vol, start=start))
+        out = pd.concat([one(i).assign(symbol=s)[["symbol", *OHLCV]] for i, s in enumerate(names)])
+        out.attrs.update(generator="planted", seed=seed, phi=list(phi), optimal_r2=ar_optimal_r2(phi), symbols=names,
+                         planted_symbols=names[:k])
+        return out
     phi = tuple(float(x) for x in phi)
     r2 = ar_optimal_r2(phi)
     rng = np.random.default_rng(seed)

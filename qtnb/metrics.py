@@ -11,22 +11,28 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 import pandas as pd
+from scipy import stats as sps
 
 from .errors import ConfigError, DataError
 
 # %% auto #0
-__all__ = ['REGRESSION_METRICS', 'CLASSIFICATION_METRICS', 'TRADING_METRICS', 'METRIC_NAMES', 'MINIMIZE', 'SPLIT_PREFIXES',
-           'regression_metrics', 'class_probabilities', 'binary_auc', 'confusion', 'classification_metrics',
-           'equity_curve', 'trading_metrics', 'backtest', 'prediction_signal', 'compute_metrics', 'metric_direction',
-           'MetricTracker']
+__all__ = ['REGRESSION_METRICS', 'CLASSIFICATION_METRICS', 'TRADING_METRICS', 'SIGNIFICANCE_METRICS', 'METRIC_NAMES', 'MINIMIZE',
+           'SPLIT_PREFIXES', 'RATIO_CAP', 'regression_metrics', 'class_probabilities', 'binary_auc', 'confusion',
+           'classification_metrics', 'binomial_significance', 'probabilistic_sharpe', 'deflated_sharpe',
+           'diebold_mariano', 'forecast_significance', 'hold_periods', 'trading_convention', 'equity_curve',
+           'trading_metrics', 'backtest', 'portfolio_returns', 'portfolio_metrics', 'symbol_table', 'metrics_by_regime',
+           'prediction_signal', 'compute_metrics', 'metric_direction', 'MetricTracker']
 
 # %% ../nbs/04_metrics.ipynb #08f72cf0
 REGRESSION_METRICS = ("mse", "rmse", "mae", "r2", "corr", "snr_db")
 CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "confusion_matrix")
 TRADING_METRICS = ("directional_accuracy", "sharpe", "sortino", "max_drawdown", "calmar", "hit_rate", "turnover",
                    "total_return", "annual_return", "annual_volatility", "exposure")
-METRIC_NAMES = ("loss",) + REGRESSION_METRICS + CLASSIFICATION_METRICS + TRADING_METRICS
-MINIMIZE = frozenset({"loss", "mse", "rmse", "mae", "max_drawdown", "turnover", "annual_volatility", "log_loss"})
+SIGNIFICANCE_METRICS = ("n", "directional_accuracy_se", "directional_accuracy_pvalue", "psr", "skew", "kurtosis",
+                        "dm_stat", "dm_pvalue")
+METRIC_NAMES = ("loss",) + REGRESSION_METRICS + CLASSIFICATION_METRICS + TRADING_METRICS + SIGNIFICANCE_METRICS
+MINIMIZE = frozenset({"loss", "mse", "rmse", "mae", "max_drawdown", "turnover", "annual_volatility", "log_loss",
+                       "se", "pvalue", "dm_stat"})
 SPLIT_PREFIXES = ("train_", "val_", "valid_", "test_")
 
 # %% ../nbs/04_metrics.ipynb #19c31ddd
@@ -167,6 +173,99 @@ def classification_metrics(y_true, logits_or_probs, *, n_classes: int = 2,
     return dict(accuracy=float(tp.sum() / len(y)), precision=float(precision), recall=float(recall), f1=float(f),
                 roc_auc=float(auc), confusion_matrix=cm.astype(int).tolist())
 
+# %% ../nbs/04_metrics.ipynb #264340fd
+def binomial_significance(hits: int, n: int, p0: float = 0.5) -> tuple[float, float]:
+    "Standard error of the share `hits / n` and the exact two-sided binomial p-value against `p0`; nan when n is 0."
+    if n <= 0: return float("nan"), float("nan")
+    a = hits / n
+    return math.sqrt(a * (1 - a) / n), float(sps.binomtest(int(hits), int(n), p0).pvalue)
+
+# %% ../nbs/04_metrics.ipynb #308b09a4
+def probabilistic_sharpe(sharpe: float, n: int, *, skew: float = 0.0, kurtosis: float = 3.0, # γ₃, γ₄ (3 for normal)
+                         benchmark: float = 0.0) -> float:
+    "P(true per-period Sharpe > `benchmark`) given an observed per-period `sharpe` over `n` periods; nan for n < 2."
+    if n < 2 or not math.isfinite(sharpe): return float("nan") if n < 2 else float(sharpe > benchmark)
+    var = 1.0 - skew * sharpe + (kurtosis - 1.0) / 4.0 * sharpe ** 2
+    if not var > 0: return float("nan")
+    return float(sps.norm.cdf((sharpe - benchmark) * math.sqrt(n - 1) / math.sqrt(var)))
+
+# %% ../nbs/04_metrics.ipynb #953e47e9
+def deflated_sharpe(sharpes: Sequence[float], # every trial's annualised Sharpe ratio (the best among them is judged)
+                    *, n: int, skew: float = 0.0, kurtosis: float = 3.0, # the best trial's periods and return moments
+                    periods_per_year: float = 252, best: float | None = None) -> dict[str, float]:
+    "Deflated Sharpe ratio of the best of `sharpes`, its p-value, SR₀ (annualised) and the trial count and variance."
+    s = np.asarray([x for x in sharpes if x is not None and math.isfinite(x)], dtype=np.float64) / math.sqrt(periods_per_year)
+    if len(s) < 2: raise DataError(f"the deflated Sharpe needs the Sharpe ratios of at least 2 trials, got {len(s)}")
+    top = s.max() if best is None else best / math.sqrt(periods_per_year)
+    N, var, g = len(s), float(s.var(ddof=1)), 0.5772156649015329
+    sr0 = math.sqrt(var) * float((1 - g) * sps.norm.ppf(1 - 1 / N) + g * sps.norm.ppf(1 - 1 / (N * math.e)))
+    dsr = probabilistic_sharpe(float(top), n, skew=skew, kurtosis=kurtosis, benchmark=sr0)
+    return dict(deflated_sharpe=dsr, p_value=1 - dsr, sr0=sr0 * math.sqrt(periods_per_year), best_sharpe=float(top) * math.sqrt(periods_per_year),
+                n_trials=N, sharpe_variance=var * periods_per_year)
+
+# %% ../nbs/04_metrics.ipynb #e537712c
+def diebold_mariano(loss_model, loss_naive, *, horizon: int = 1) -> tuple[float, float]:
+    "Diebold-Mariano statistic (HLN-corrected; negative: the model's loss is lower) and two-sided p-value."
+    d = _finite(_array(loss_model, "loss_model"), "loss_model").reshape(-1) - _finite(_array(loss_naive, "loss_naive"), "loss_naive").reshape(-1)
+    n, h = len(d), max(1, int(horizon))
+    if n < 2: return float("nan"), float("nan")
+    dc = d - d.mean()
+    lrv = float(dc @ dc) / n + 2 * sum(float(dc[k:] @ dc[:-k]) / n for k in range(1, min(h, n)))
+    if not lrv > 0: lrv = float(dc @ dc) / n
+    if not lrv > 0: return 0.0 if d.mean() == 0 else math.copysign(math.inf, d.mean()), 1.0 if d.mean() == 0 else 0.0
+    dm = d.mean() / math.sqrt(lrv / n) * math.sqrt(max(n + 1 - 2 * h + h * (h - 1) / n, 1e-12) / n)
+    return float(dm), float(2 * sps.t.sf(abs(dm), n - 1))
+
+def forecast_significance(task: str, y_true, y_pred, *, horizon: int = 1, n_classes: int = 2,
+                          from_logits: bool | None = None) -> dict[str, float]:
+    "`dm_stat` and `dm_pvalue` of the model against the naive forecast (a zero return; even odds for a classifier)."
+    if task == "regression":
+        t, p = _finite(_array(y_true, "y_true"), "y_true"), _finite(_array(y_pred, "y_pred"), "y_pred")
+        t, p = t.reshape(len(t), -1)[:, 0], p.reshape(len(p), -1)[:, 0]
+        _same_rows(t, p, "y_true", "y_pred")
+        stat, pv = diebold_mariano((t - p) ** 2, t ** 2, horizon=horizon)
+    else:
+        y = _labels(y_true, n_classes)
+        pr = class_probabilities(y_pred, n_classes=n_classes, from_logits=from_logits)
+        onehot = np.eye(n_classes)[y]
+        stat, pv = diebold_mariano(((pr - onehot) ** 2).sum(1), ((1 / n_classes - onehot) ** 2).sum(1), horizon=horizon)
+    return dict(dm_stat=stat, dm_pvalue=pv)
+
+# %% ../nbs/04_metrics.ipynb #c5f79d82
+def hold_periods(signal, returns, *, horizon: int = 1, # the forecast horizon h of the signal
+                 hold: Literal["next", "blocks"] = "next", # one-period holds, or non-overlapping h-period blocks
+                 log_returns: bool = True, # `returns` are one-period log returns; False for simple returns
+                ) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
+    "The positions and returns traded (same kind as `returns`), the periods each spans, and the rows they start at."
+    if hold not in ("next", "blocks"): raise ConfigError(f"hold={hold!r} is invalid; allowed: 'next', 'blocks'")
+    if isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)) or horizon < 1:
+        raise ConfigError(f"horizon={horizon!r} is invalid; use a whole number of periods >= 1")
+    pos, r = _array(signal, "signal"), _array(returns, "returns")
+    if hold == "next" or horizon == 1: return pos, r, 1, np.arange(len(pos))
+    r = _finite(r, "returns").reshape(len(r), -1)[:, 0]
+    _same_rows(pos, r, "signal", "returns")
+    if pos.reshape(len(pos), -1).shape[1] != 1: raise DataError(f"signal has shape {pos.shape}; pass one position per period (n,)")
+    nb = len(r) // horizon
+    if nb == 0: raise DataError(f"returns has {len(r)} rows, fewer than one block of horizon={horizon}; "
+                                f"pass more rows or use hold='next'")
+    starts = np.arange(nb) * horizon
+    blk = r[:nb * horizon].reshape(nb, horizon)
+    ret = blk.sum(1) if log_returns else np.prod(1.0 + blk, axis=1) - 1.0
+    return pos.reshape(-1)[starts], ret, int(horizon), starts
+
+# %% ../nbs/04_metrics.ipynb #3675bac1
+def trading_convention(horizon: int = 1, hold: Literal["next", "blocks"] = "next", periods_per_year: float = 252) -> dict:
+    "How trading figures are computed (hold, horizon, periods a year and a sentence), for metrics.json and reports."
+    hold_periods([0.0], [0.0], horizon=horizon, hold="next")        # the same checks of horizon
+    if hold not in ("next", "blocks"): raise ConfigError(f"hold={hold!r} is invalid; allowed: 'next', 'blocks'")
+    if hold == "next" or horizon == 1:
+        text = (f"one-period returns: the signal formed at t earns the return from t to t+1 (forecast horizon {horizon}), "
+                f"annualised with {periods_per_year:g} periods a year")
+    else:
+        text = (f"non-overlapping {horizon}-period blocks: the signal every {horizon} periods is held for {horizon}, "
+                f"annualised with {periods_per_year:g} / {horizon} blocks a year")
+    return dict(hold=hold, horizon=int(horizon), periods_per_year=float(periods_per_year), definition=text)
+
 # %% ../nbs/04_metrics.ipynb #cd3160b9
 def _trade(signal, returns, cost_bps: float, log_returns: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     "Positions, asset simple returns, costs and strategy simple returns, one per period."
@@ -191,58 +290,163 @@ def _trade(signal, returns, cost_bps: float, log_returns: bool) -> tuple[np.ndar
 
 def equity_curve(signal, returns, *, cost_bps: float = 0.0,
                  log_returns: bool = True, # `returns` are log returns (qtnb.data's targets); False for simple returns
+                 horizon: int = 1, hold: Literal["next", "blocks"] = "next", # see `hold_periods`
                 ) -> np.ndarray | pd.Series:
     "Equity after each period of trading `signal` on `returns` from a starting equity of 1 (a Series when `returns` is one)."
-    eq = np.cumprod(1.0 + _trade(signal, returns, cost_bps, log_returns)[3])
     idx = next((x.index for x in (returns, signal) if isinstance(x, pd.Series)), None)
-    return pd.Series(eq, index=idx, name="equity") if idx is not None else eq
+    signal, returns, _, keep = hold_periods(signal, returns, horizon=horizon, hold=hold, log_returns=log_returns)
+    eq = np.cumprod(1.0 + _trade(signal, returns, cost_bps, log_returns and hold == "next")[3])
+    return pd.Series(eq, index=idx[keep], name="equity") if idx is not None else eq
+
 
 # %% ../nbs/04_metrics.ipynb #01aa7bbf
-def _ratio(num: float, den: float) -> float: return float(num / den) if den > 1e-15 else 0.0
+RATIO_CAP = 1e4   # |sharpe|, |sortino| and |calmar| never exceed this; a gain without risk scores +RATIO_CAP
 
-def trading_metrics(signal, returns, *, cost_bps: float = 0.0, periods_per_year: int = 252,
+def _ratio(num: float, den: float) -> float:
+    "`num / den` clipped to ±RATIO_CAP; a zero denominator gives ±RATIO_CAP by the sign of `num` (0.0 when `num` is 0)."
+    if num == 0: return 0.0
+    with np.errstate(divide="ignore", over="ignore"):
+        q = np.float64(num) / np.float64(den) if den > 0 else math.copysign(math.inf, num)
+    return float(np.clip(q, -RATIO_CAP, RATIO_CAP))
+
+def trading_metrics(signal, returns, *, cost_bps: float = 0.0, periods_per_year: float = 252,
                     log_returns: bool = True, # `returns` are log returns (qtnb.data's targets); False for simple returns
+                    horizon: int = 1, # the signal's forecast horizon (used by hold='blocks')
+                    hold: Literal["next", "blocks"] = "next", # one-period holds, or non-overlapping h-period blocks
                    ) -> dict[str, float]:
-    "Sharpe, Sortino, max drawdown, Calmar, hit rate, turnover, returns, ... of trading `signal` on `returns` after costs."
+    "Sharpe, Sortino, max drawdown, Calmar, hit rate, turnover, returns, ... of trading `signal` on one-period `returns` after costs."
     if periods_per_year <= 0: raise ConfigError(f"periods_per_year={periods_per_year} is invalid; use e.g. 252 for daily data")
+    signal, returns, span, _ = hold_periods(signal, returns, horizon=horizon, hold=hold, log_returns=log_returns)
     pos, simple, cost, s = _trade(signal, returns, cost_bps, log_returns)
-    n, ann = len(s), math.sqrt(periods_per_year)
+    return _summary(s, periods_per_year / span, pos, simple, turnover=float(np.mean(np.abs(np.diff(pos, prepend=0.0)))),
+                    exposure=float(np.mean(np.abs(pos))))
+
+def _summary(s: np.ndarray, ppy: float, pos: np.ndarray, simple: np.ndarray, *, turnover: float, exposure: float) -> dict[str, float]:
+    "The trading figures of strategy returns `s`; accuracy and hit rate from the positions `pos` held on returns `simple`."
+    n, ann = len(s), math.sqrt(ppy)
     eq = np.cumprod(1.0 + s)
     peak = np.maximum.accumulate(np.r_[1.0, eq])[1:]
     mdd = float(np.max(1.0 - eq / peak))
     mean, std = float(s.mean()), float(s.std(ddof=1)) if n > 1 else 0.0
     downside = math.sqrt(float(np.mean(np.minimum(s, 0.0) ** 2)))
     final = float(eq[-1])
-    annual = final ** (periods_per_year / n) - 1.0 if final > 0 else -1.0
+    annual = final ** (ppy / n) - 1.0 if final > 0 else -1.0
     moving, active = simple != 0, pos != 0
+    hits = int(np.sum(np.sign(pos[moving]) == np.sign(simple[moving])))
+    se, pval = binomial_significance(hits, int(moving.sum()))
+    sr = (mean / std if std > 0 else (math.copysign(math.inf, mean) if mean else 0.0)) if n > 1 else float("nan")
+    skew, kurt = (float(sps.skew(s)), float(sps.kurtosis(s, fisher=False))) if std > 0 else (0.0, 3.0)
     return dict(
-        directional_accuracy=float(np.mean(np.sign(pos[moving]) == np.sign(simple[moving]))) if moving.any() else float("nan"),
-        sharpe=_ratio(mean, std) * ann, sortino=_ratio(mean, downside) * ann, max_drawdown=mdd,
-        calmar=_ratio(annual, mdd), hit_rate=float(np.mean(pos[active] * simple[active] > 0)) if active.any() else float("nan"),
-        turnover=float(np.mean(np.abs(np.diff(pos, prepend=0.0)))), total_return=final - 1.0, annual_return=float(annual),
-        annual_volatility=std * ann, exposure=float(np.mean(np.abs(pos))))
+        directional_accuracy=hits / int(moving.sum()) if moving.any() else float("nan"),
+        sharpe=_ratio(mean * ann, std) if n > 1 else 0.0, sortino=_ratio(mean * ann, downside) if n > 1 else 0.0,
+        max_drawdown=mdd, calmar=_ratio(annual, mdd),
+        hit_rate=float(np.mean(pos[active] * simple[active] > 0)) if active.any() else float("nan"),
+        turnover=turnover, total_return=final - 1.0, annual_return=float(annual),
+        annual_volatility=std * ann, exposure=exposure,
+        n=n, directional_accuracy_se=se, directional_accuracy_pvalue=pval,
+        psr=probabilistic_sharpe(sr, n, skew=skew, kurtosis=kurt), skew=skew, kurtosis=kurt)
 
 # %% ../nbs/04_metrics.ipynb #9cb3944c
-def backtest(signal, returns, dates=None, *, cost_bps: float = 0.0, benchmark=None, periods_per_year: int = 252,
-             log_returns: bool = True, # `returns` (and `benchmark`) are log returns; False for simple returns
+def backtest(signal, returns, dates=None, *, cost_bps: float = 0.0, benchmark=None, periods_per_year: float = 252,
+             log_returns: bool = True, # `returns` (and `benchmark`) are one-period log returns; False for simple returns
+             horizon: int = 1, hold: Literal["next", "blocks"] = "next", # see `hold_periods`
             ) -> pd.DataFrame:
     "Period-by-period position, returns, costs, equity, drawdown and buy-and-hold equity of trading `signal` on `returns`."
-    pos, simple, cost, s = _trade(signal, returns, cost_bps, log_returns)
+    if dates is not None:
+        index = pd.Index(dates)
+        if len(index) != len(_array(signal, "signal")):
+            raise DataError(f"dates has {len(index)} rows but signal has {len(_array(signal, 'signal'))}; pass one date per period")
+    else: index = next((x.index for x in (returns, signal) if isinstance(x, pd.Series)), None)
+    if benchmark is not None:
+        b = _finite(_array(benchmark, "benchmark"), "benchmark").reshape(-1)
+        _same_rows(b, _array(signal, "signal"), "benchmark", "signal")
+    sig, ret, span, rows = hold_periods(signal, returns, horizon=horizon, hold=hold, log_returns=log_returns)
+    pos, simple, cost, s = _trade(sig, ret, cost_bps, log_returns)
     eq = np.cumprod(1.0 + s)
     peak = np.maximum.accumulate(np.r_[1.0, eq])[1:]
     if benchmark is None: bench = simple
     else:
-        b = _finite(_array(benchmark, "benchmark"), "benchmark").reshape(-1)
-        _same_rows(b, pos, "benchmark", "signal")
-        bench = np.expm1(b) if log_returns else b
-    if dates is not None:
-        index = pd.Index(dates)
-        if len(index) != len(pos): raise DataError(f"dates has {len(index)} rows but signal has {len(pos)}; pass one date per period")
-    else: index = next((x.index for x in (returns, signal) if isinstance(x, pd.Series)), None)
+        bb = hold_periods(b, b, horizon=horizon, hold=hold, log_returns=log_returns)[1]
+        bench = np.expm1(bb) if log_returns else bb
     df = pd.DataFrame(dict(position=pos, asset_return=simple, cost=cost, strategy_return=s, equity=eq,
-                           drawdown=1.0 - eq / peak, buy_hold=np.cumprod(1.0 + bench)), index=index)
-    df.attrs["metrics"] = trading_metrics(pos, simple, cost_bps=cost_bps, periods_per_year=periods_per_year, log_returns=False)
+                           drawdown=1.0 - eq / peak, buy_hold=np.cumprod(1.0 + bench)),
+                      index=index[rows] if index is not None else None)
+    df.attrs["metrics"] = trading_metrics(pos, simple, cost_bps=cost_bps, periods_per_year=periods_per_year / span, log_returns=False)
     return df
+
+# %% ../nbs/04_metrics.ipynb #b35319da
+def _panel(signal, returns, dates, symbols, log_returns: bool) -> pd.DataFrame:
+    pos = _finite(_array(signal, "signal"), "signal").reshape(-1)
+    r = _finite(_array(returns, "returns"), "returns").reshape(-1)
+    _same_rows(pos, r, "signal", "returns")
+    if np.abs(pos).max() > 1 + 1e-9: raise DataError(f"signal reaches {np.abs(pos).max():g}, outside [-1, 1]; scale it")
+    if dates is None or symbols is None: raise DataError("a portfolio needs dates and symbols, one per row; pass both")
+    df = pd.DataFrame(dict(date=pd.DatetimeIndex(dates), symbol=np.asarray(symbols).astype(str), s=pos,
+                           r=np.expm1(r) if log_returns else r))
+    _same_rows(pos, df, "signal", "dates")
+    if df.duplicated(["date", "symbol"]).any():
+        d = df[df.duplicated(["date", "symbol"])].iloc[0]
+        raise DataError(f"symbol {d['symbol']!r} has two rows on {d['date'].date()}; pass one signal per symbol and date")
+    return df
+
+def portfolio_returns(signal, returns, dates, symbols, *, weighting: Literal["equal", "signal"] = "equal",
+                      long_only: bool = False, cost_bps: float = 0.0, log_returns: bool = True) -> pd.DataFrame:
+    "Per date: gross return, costs, turnover, exposure and the portfolio's return of trading every symbol's signal."
+    if weighting not in ("equal", "signal"): raise ConfigError(f"weighting={weighting!r} is invalid; allowed: 'equal', 'signal'")
+    if cost_bps < 0: raise ConfigError(f"cost_bps={cost_bps} is negative; costs are >= 0 basis points")
+    df = _panel(signal, returns, dates, symbols, log_returns)
+    S, R = df.pivot(index="date", columns="symbol", values="s"), df.pivot(index="date", columns="symbol", values="r")
+    if long_only: S = S.clip(lower=0)
+    if weighting == "equal": W = S.div(S.notna().sum(axis=1), axis=0)
+    else:
+        gross = S.abs().sum(axis=1)
+        W = S.div(gross.where(gross > 0), axis=0).where(S.notna())
+    W = W.fillna(0.0)
+    turn = W.diff().abs()
+    turn.iloc[0] = W.iloc[0].abs()
+    cost = cost_bps * 1e-4 * turn.sum(axis=1)
+    gross_ret = (W * R.fillna(0.0)).sum(axis=1)
+    out = pd.DataFrame(dict(gross_return=gross_ret, cost=cost, portfolio_return=gross_ret - cost, turnover=turn.sum(axis=1),
+                            exposure=W.abs().sum(axis=1), n_symbols=S.notna().sum(axis=1)))
+    out.attrs["weights"], out.attrs["turnover_by_symbol"] = W, turn
+    return out
+
+# %% ../nbs/04_metrics.ipynb #df12f72f
+def portfolio_metrics(signal, returns, dates, symbols, *, weighting: Literal["equal", "signal"] = "equal",
+                      long_only: bool = False, cost_bps: float = 0.0, periods_per_year: float = 252,
+                      log_returns: bool = True) -> dict[str, float]:
+    "`trading_metrics`' figures for the portfolio of every symbol's signal (see `portfolio_returns`)."
+    pr = portfolio_returns(signal, returns, dates, symbols, weighting=weighting, long_only=long_only, cost_bps=cost_bps,
+                           log_returns=log_returns)
+    df = _panel(signal, returns, dates, symbols, log_returns)
+    pos = df["s"].clip(lower=0).to_numpy() if long_only else df["s"].to_numpy()
+    out = _summary(pr["portfolio_return"].to_numpy(), periods_per_year, pos, df["r"].to_numpy(),
+                   turnover=float(pr["turnover"].mean()), exposure=float(pr["exposure"].mean()))
+    return {**out, "n_symbols": int(df["symbol"].nunique())}
+
+def symbol_table(signal, returns, dates, symbols, *, cost_bps: float = 0.0, periods_per_year: float = 252,
+                 log_returns: bool = True) -> pd.DataFrame:
+    "Each symbol's own trading figures (its signal on its returns, after costs), best Sharpe first."
+    df = _panel(signal, returns, dates, symbols, log_returns)
+    rows = {s: trading_metrics(g["s"].to_numpy(), g["r"].to_numpy(), cost_bps=cost_bps, periods_per_year=periods_per_year,
+                               log_returns=False) for s, g in df.sort_values("date").groupby("symbol")}
+    cols = ["n", "sharpe", "psr", "directional_accuracy", "directional_accuracy_pvalue", "total_return", "max_drawdown", "turnover"]
+    return pd.DataFrame(rows).T[cols].sort_values("sharpe", ascending=False).rename_axis("symbol")
+
+# %% ../nbs/04_metrics.ipynb #558548a7
+def metrics_by_regime(signal, returns, regime, *, cost_bps: float = 0.0, periods_per_year: float = 252,
+                      log_returns: bool = True) -> pd.DataFrame:
+    "`trading_metrics` of the periods in each regime (rows with no regime label left out), one row per regime."
+    pos, r = _array(signal, "signal").reshape(-1), _array(returns, "returns").reshape(-1)
+    g = np.asarray(regime, dtype="float64").reshape(-1)
+    _same_rows(pos, g, "signal", "regime")
+    rows = {}
+    for k in np.unique(g[np.isfinite(g)]):
+        m = g == k
+        rows[int(k) if float(k).is_integer() else k] = {"share": float(m.mean()), **trading_metrics(
+            pos[m], r[m], cost_bps=cost_bps, periods_per_year=periods_per_year, log_returns=log_returns)}
+    cols = ["share", "n", "sharpe", "psr", "directional_accuracy", "directional_accuracy_pvalue", "total_return", "max_drawdown"]
+    return pd.DataFrame(rows).T[cols].rename_axis("regime")
 
 # %% ../nbs/04_metrics.ipynb #f97ed70a
 def prediction_signal(task: str, y_pred, *, n_classes: int = 2, from_logits: bool | None = None) -> np.ndarray:
@@ -257,17 +461,30 @@ def prediction_signal(task: str, y_pred, *, n_classes: int = 2, from_logits: boo
 
 def compute_metrics(task: Literal["regression", "classification"], y_true, y_pred, *,
                     forward_returns=None, # per-row forward return the signal is traded on; None skips trading metrics
-                    cost_bps: float = 0.0, n_classes: int = 2, periods_per_year: int = 252, log_returns: bool = True,
-                    from_logits: bool | None = None) -> dict[str, Any]:
+                    cost_bps: float = 0.0, n_classes: int = 2, periods_per_year: float = 252, log_returns: bool = True,
+                    from_logits: bool | None = None,
+                    horizon: int = 1, hold: Literal["next", "blocks"] = "next", # how the signal is held: see `hold_periods`
+                    dates=None, symbols=None, # a panel (several symbols) is traded as one portfolio: see `portfolio_metrics`
+                    weighting: Literal["equal", "signal"] = "equal", long_only: bool = False,
+                   ) -> dict[str, Any]:
     "The task's metrics of `y_pred` against `y_true`, plus trading metrics of its signal when `forward_returns` is given."
     if task == "regression": out = regression_metrics(y_true, y_pred)
     elif task == "classification": out = classification_metrics(y_true, y_pred, n_classes=n_classes, from_logits=from_logits)
     else: raise ConfigError(f"task={task!r} is unknown; use 'regression' or 'classification'")
+    out["n"] = len(_array(y_true, "y_true"))
     if forward_returns is not None:
+        out.update(forecast_significance(task, y_true, y_pred, horizon=horizon, n_classes=n_classes, from_logits=from_logits))
         r = _array(forward_returns, "forward_returns")
         r = r.reshape(len(r), -1)[:, 0]
         sig = prediction_signal(task, y_pred, n_classes=n_classes, from_logits=from_logits)
-        out.update(trading_metrics(sig, r, cost_bps=cost_bps, periods_per_year=periods_per_year, log_returns=log_returns))
+        if symbols is not None and len(set(np.asarray(symbols).tolist())) > 1:
+            if hold == "blocks" and horizon > 1:
+                raise ConfigError("hold='blocks' trades one series; a panel of several symbols is traded one period at a time (hold='next')")
+            out.update(portfolio_metrics(sig, r, dates, symbols, weighting=weighting, long_only=long_only, cost_bps=cost_bps,
+                                         periods_per_year=periods_per_year, log_returns=log_returns))
+        else:
+            out.update(trading_metrics(sig, r, cost_bps=cost_bps, periods_per_year=periods_per_year, log_returns=log_returns,
+                                       horizon=horizon, hold=hold))
     return out
 
 # %% ../nbs/04_metrics.ipynb #f9739069

@@ -849,7 +849,10 @@ class TunerPanel(W.VBox):
         if done and not multi:
             b = study.best_trial
             rows = [{"parameter": k, "value": v} for k, v in b.params.items()]
-            self.best.value = (f"<b>best trial #{b.number}</b>: {html.escape(_fmt(b.value))}" + _table(rows, cls="qtnb-best-table"))
+            from qtnb.tuner import study_deflated_sharpe
+            ds = study_deflated_sharpe(study, b)      # is the best Sharpe more than the luck of many trials?
+            dsr = (f" &middot; deflated Sharpe p = {ds['p_value']:.3g} over {ds['n_trials']} trials" if ds else "")
+            self.best.value = (f"<b>best trial #{b.number}</b>: {html.escape(_fmt(b.value))}{dsr}" + _table(rows, cls="qtnb-best-table"))
         else: self.best.value = '<i style="color:#999">no completed trial yet</i>'
         rows = []
         for t in trials[::-1][:200]:

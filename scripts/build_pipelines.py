@@ -45,9 +45,17 @@ REPORTS = {
     ("## Learning curves", "report.plot_history()"),
     ("## Predictions against actual\n\nOut of sample: the test range (each fold's test range, stitched, for walk-forward).",
      "report.plot_predictions()"),
-    ("## Metrics\n\nMetric names are DESIGN.md's; for walk-forward, `test` is the stitched out-of-sample series in return space.",
+    ("## Metrics\n\nMetric names are qtnb.metrics'; for walk-forward, `test` is the stitched out-of-sample series in return space.",
      "report.metrics_table()"),
-    ("## Trading\n\nThe model's signal traded on the forward returns, against buy-and-hold.", "report.plot_equity()"),
+    ("## Trading\n\nThe model's signal traded after costs, against buy-and-hold, on one-period returns (or non-overlapping "
+     "horizon-long blocks when the trainer's `trade_hold` is 'blocks'): the next line says which.",
+     "print(report.metrics['trading']['definition'])\nreport.plot_equity()"),
+    ("## Is it significant?\n\nOn the test range: `n` periods; directional accuracy with its standard error and binomial "
+     "p-value against a coin; the probabilistic Sharpe ratio against 0 (`psr`, 0.95 or more is significant at 5%); and the "
+     "Diebold-Mariano test of the model against the naive zero-return forecast (`dm_stat` < 0 with `dm_pvalue` < 0.05: "
+     "the model's errors are significantly smaller).",
+     "import pandas as pd\npd.Series({k: report.metrics['test'].get(k) for k in ('n', 'directional_accuracy', 'directional_accuracy_se', "
+     "'directional_accuracy_pvalue', 'sharpe', 'psr', 'dm_stat', 'dm_pvalue')}, name='test').to_frame()"),
     ("## Where it is", "print(report.summary())"),
 ]),
 "backtest": ("Backtest", "Walk-forward training and a trading evaluation of the stitched out-of-sample predictions.", [
@@ -58,7 +66,19 @@ REPORTS = {
      "report.metrics_table()"),
     ("## Equity and drawdown against buy-and-hold\n\nAfter costs of `cost_bps` per unit turnover; dotted lines mark fold boundaries.",
      "report.plot_equity()"),
-    ("## Trading metrics", "import pandas as pd\npd.DataFrame({k: report.metrics['backtest'][k] for k in ('strategy', 'buy_hold')})"),
+    ("## Trading metrics\n\nStrategy and buy-and-hold over the same dates and the same convention (printed first).",
+     "import pandas as pd\nprint(report.metrics['backtest']['trading'])\npd.DataFrame({k: report.metrics['backtest'][k] for k in ('strategy', 'buy_hold')})"),
+    ("## Is it significant?\n\nOn the test range: `n` periods; directional accuracy with its standard error and binomial "
+     "p-value against a coin; the probabilistic Sharpe ratio against 0 (`psr`, 0.95 or more is significant at 5%); and the "
+     "Diebold-Mariano test of the model against the naive zero-return forecast (`dm_stat` < 0 with `dm_pvalue` < 0.05: "
+     "the model's errors are significantly smaller).",
+     "import pandas as pd\npd.Series({k: report.metrics['test'].get(k) for k in ('n', 'directional_accuracy', 'directional_accuracy_se', "
+     "'directional_accuracy_pvalue', 'sharpe', 'psr', 'dm_stat', 'dm_pvalue')}, name='test').to_frame()"),
+    ("## By market regime\n\nThe same out-of-sample trades split by trend regime (1: close above its 200-day average) and "
+     "volatility regime (0 calm to 2 turbulent, quantiles fitted on the dates before the first prediction).",
+     "reg = report.metrics['backtest'].get('regimes', {})\nfor kind in ('trend', 'volatility'):\n    if kind in reg: display(pd.DataFrame(reg[kind]).T.rename_axis(kind))"),
+    ("## Per symbol\n\nA panel is traded as one portfolio; each symbol's own figures show which ones carry it (best Sharpe first).",
+     "pd.DataFrame(report.metrics['backtest'].get('symbols', {})).T"),
     ("## Predictions against actual", "report.plot_predictions()"),
     ("## Learning curves", "report.plot_history()"),
     ("## Where it is", "print(report.summary())"),
@@ -69,6 +89,11 @@ REPORTS = {
     ("## Intermediate values\n\nThe objective after each epoch of each trial: what the pruner judged.", "tuner.plot('intermediate')"),
     ("## Parameter importances", "from qtnb.errors import TuningError\ntry: fig = tuner.plot('importances')\nexcept TuningError as e: fig = None; print(f'no importances yet ({e})')\nfig"),
     ("## Best trial", "import pandas as pd\nbest = report.metrics['study']\nprint(f\"trial {best['best_trial']} (run {best['best_run_id']}): {best['best_value']}\")\npd.Series(best['best_params'], name='best parameters').to_frame()"),
+    ("## Is the best trial's Sharpe more than luck?\n\nThe deflated Sharpe ratio (Bailey and López de Prado) of the best trial, given how "
+     "many trials were tried and how much their Sharpe ratios varied: `sr0` is the Sharpe the best of that many unskilled trials "
+     "would reach; `p_value` < 0.05 says the best trial beats it.",
+     "ds = report.metrics['study'].get('deflated_sharpe')\nprint('no trial recorded a Sharpe ratio (the objective split has no trading metrics)' if ds is None else "
+     "pd.Series(ds, name='deflated Sharpe').to_string())"),
     ("## Trials\n\nEach trial's run id links it to its run folder (history, checkpoints, metrics).",
      "cols = [c for c in report.extra['trials'].columns if c in ('number', 'state', 'value', 'duration', 'user_attrs_run_id') or c.startswith('params_')]\nreport.extra['trials'][cols]"),
     ("## Where it is", "print(report.summary())"),

@@ -60,12 +60,12 @@ def assert_no_leak(pr: Prepared, frame: pd.DataFrame, folds=None):
 
 SCHEMES = [
     dict(validation="holdout"),
-    dict(validation="holdout", horizons=[1, 5, 10], embargo=3),
+    dict(validation="holdout", horizons=[1, 5, 10], embargo=100),
     dict(validation="walk_forward", n_folds=4),
     dict(validation="walk_forward", n_folds=4, train_window="sliding", max_train_size=150, horizon=5),
-    dict(validation="purged_kfold", n_folds=5, embargo=10),
+    dict(validation="purged_kfold", n_folds=5, embargo=100),
     dict(validation="purged_kfold", n_folds=4, horizon=3, purge=7),
-    dict(validation="stratified_kfold", n_folds=3, target="direction", embargo=5),
+    dict(validation="stratified_kfold", n_folds=3, target="direction", features=["returns"], embargo=25),
     dict(validation="stratified_kfold", n_folds=3, horizons=[1, 2]),
 ]
 
@@ -94,7 +94,7 @@ def test_no_leak_multi_symbol_with_gaps(kw):
 
 def test_no_leak_leave_one_out():
     df = random_walk(160, seed=1)
-    pr = prepare(DataConfig(seq_len=8, validation="leave_one_out", embargo=2, features=["logret_1", "vol_5"], cache=False), df)
+    pr = prepare(DataConfig(seq_len=8, validation="leave_one_out", embargo=6, features=["logret_1", "vol_5"], cache=False), df)
     assert len(pr.folds) > 100
     assert_no_leak(pr, df, folds=pr.folds[::9])
     eq(len(pr.folds[50].val), 1)
@@ -121,7 +121,7 @@ def test_walk_forward_never_trains_after_evaluation(kw):
 @pytest.mark.parametrize("scaler", ["standard", "robust", "minmax"])
 def test_scaler_ignores_evaluation_rows(validation, scaler):
     df = random_walk(900, seed=5)
-    c = DataConfig(seq_len=16, validation=validation, n_folds=3, scaler=scaler, embargo=4, cache=False)
+    c = DataConfig(seq_len=16, validation=validation, n_folds=3, scaler=scaler, cache=False)
     base = prepare(c, df)
     feats = base.features.copy()
     for i, f in enumerate(base.folds):

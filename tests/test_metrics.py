@@ -9,7 +9,7 @@ from fastcore.test import test_eq as eq, test_close as close, test_fail as fails
 from sklearn import metrics as skm
 
 from qtnb.errors import ConfigError, DataError, QtnbError
-from qtnb.metrics import (METRIC_NAMES, MetricTracker, backtest, classification_metrics, compute_metrics, equity_curve,
+from qtnb.metrics import (RATIO_CAP, METRIC_NAMES, MetricTracker, backtest, classification_metrics, compute_metrics, equity_curve,
                           metric_direction, regression_metrics, trading_metrics)
 
 
@@ -139,7 +139,7 @@ def test_drawdown_counts_from_the_starting_equity():
     m = trading_metrics([1, 1, 1], [-0.10, -0.10, 0.50], log_returns=False)
     close(m["max_drawdown"], 1 - 0.9 * 0.9, eps=1e-12)                          # peak is the initial 1
     close(m["total_return"], 0.81 * 1.5 - 1, eps=1e-12)
-    close(m["calmar"], ((0.81 * 1.5) ** (252 / 3) - 1) / 0.19, eps=1e-6)
+    close(m["calmar"], min(RATIO_CAP, ((0.81 * 1.5) ** (252 / 3) - 1) / 0.19), eps=1e-6)   # 3 periods annualised: capped
 
 
 def test_quarterly_annualisation_and_log_returns():
@@ -157,7 +157,7 @@ def test_zero_volatility_and_flat_strategies():
     eq((z["sharpe"], z["sortino"], z["calmar"], z["max_drawdown"], z["turnover"], z["total_return"]), (0.0,) * 6)
     assert math.isnan(z["hit_rate"])
     c = trading_metrics(np.ones(5), np.full(5, 0.001), log_returns=False)      # constant gain: no volatility, no losses
-    eq((c["sharpe"], c["sortino"], c["calmar"]), (0.0, 0.0, 0.0))
+    eq((c["sharpe"], c["sortino"], c["calmar"]), (RATIO_CAP, RATIO_CAP, RATIO_CAP))  # the documented cap: ranked best
     assert all(math.isfinite(v) for k, v in c.items() if k != "hit_rate")
 
 
