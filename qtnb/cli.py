@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("dashboard", help="serve optuna-dashboard for the tuning studies on 127.0.0.1",
                        description="Serve optuna-dashboard for a study storage until Ctrl-C; trials show their run_id, "
                                    "which `qtnb runs show` opens.")
-    d.add_argument("--storage", metavar="URL|FILE", help="RDB URL or journal file (default: settings.ini [storage] study_storage)")
+    d.add_argument("--storage", metavar="URL|FILE", help="RDB URL, SQLite file or journal file (default: every study of the run store)")
+    d.add_argument("--runs-dir", metavar="DIR", help="run store whose studies to serve (default: settings.ini's)")
     d.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     d.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
 
@@ -223,8 +224,11 @@ def cmd_lab(args) -> int:
     os.execv(sys.executable, cmd)
 
 def cmd_dashboard(args) -> int:
+    import warnings
     from qtnb.tuner import start_dashboard
-    start_dashboard(args.storage, host=args.host, port=args.port)   # prints its URL, serves until Ctrl-C
+    with warnings.catch_warnings():   # a damaged study storage left out of the run store's: one line, the rest is served
+        warnings.showwarning = lambda message, *a, **k: print(f"qtnb: warning: {message}", file=sys.stderr, flush=True)
+        start_dashboard(args.storage, runs_dir=args.runs_dir, host=args.host, port=args.port)   # prints its URL, serves until Ctrl-C
     return 0
 
 COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "runs": cmd_runs, "models": cmd_models, "export": cmd_export,

@@ -164,22 +164,24 @@ def _search_space(self: TuneParams):
     return space
 
 def _tuner(self: TuneParams, runs_dir=None):
-    "The Tuner these parameters describe (it checks space, objective, sampler and pruner against the model)."
-    from qtnb.tuner import Tuner, storage_spec
+    "The Tuner these parameters describe (it checks space, objective, sampler and pruner against the model, and the study's storage)."
+    from qtnb.tuner import Tuner
     dc = self.data_config()
     base = self.model_spec(dc)
     train = {k: v for k, v in self.train_config().model_dump().items()}
     train["importance"] = False
     root = resolve_runs_dir(runs_dir if runs_dir is not None else self.runs_dir)
-    # the default run store keeps settings.ini's study storage; another run store gets its own study file
-    storage = None if root == default_runs_dir() else (
-              f"sqlite:///{root / 'optuna.db'}" if self.workers == 1 else str(root / "optuna.journal"))
+    # the study's storage is the one recorded in the run store, else a journal there, whatever `workers` says
     return Tuner(self.search_space_obj(), self.objective, data=dc, model=base, train=train, sampler=self.sampler,
-                 pruner=self.pruner, study_name=self.study_name, storage=storage, runs_dir=root, seed=self.seed)
+                 pruner=self.pruner, study_name=self.study_name, runs_dir=root, seed=self.seed)
 
 def _check_tune(self: TuneParams) -> TuneParams:
+    from qtnb.tuner import check_storage
     _check_train(self)
-    self.tuner()
+    spec = check_storage(self.tuner().storage)   # a damaged study file fails here, before a kernel starts (exit code 2)
+    if self.workers > 1 and spec.is_sqlite:
+        raise ConfigError(f"workers={self.workers}: the study lives in SQLite ({spec.display()}), which worker processes cannot share "
+                          "without 'database is locked'; continue it with -p workers 1, or tune a new study_name (a journal)")
     return self
 
 TuneParams.search_space_obj, TuneParams.tuner, TuneParams.check = _search_space, _tuner, _check_tune
@@ -591,9 +593,10 @@ def backtest(p: BacktestParams | dict | None = None, *, verbose: bool = True, **
 # %% ../nbs/12_pipeline.ipynb #bce9edfc
 def tune(p: TuneParams | dict | None = None, *, verbose: bool = True, **params) -> Report:
     "Run the tune pipeline in-process: optimise the study, record the best trial in the pipeline's run."
-    from qtnb.runs import open_run
+    from qtnb.runs import open_run, process_record
     p = p if isinstance(p, TuneParams) else TuneParams(**{**(p or {}), **params}).check()
     run = pipeline_run(p, f"tune-{p.model}")
+    run.set_status("running", **process_record())   # the process doing the tuning: a reader can tell when it is gone
     with _failing(run):
         tuner = p.tuner(runs_dir=Path(run.path).parent)
         run.write_params({**run.params, "study": {"name": tuner.study_name, "storage": tuner.storage.display(),
