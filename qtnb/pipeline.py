@@ -700,7 +700,7 @@ def run_pipeline(pipeline: str, params: dict | None = None, *, yaml_path: str | 
     given = {**(read_yaml(yaml_path) if yaml_path is not None else {}), **(params or {})}
     for k in ("run_id",):
         if k in given: raise ConfigError(f"{k} is set by qtnb run; use --name to name the run")
-    p = check_params(pipeline, params, yaml_path=yaml_path)
+    p = check_params(pipeline, {**(params or {}), **({'runs_dir': str(runs_dir)} if runs_dir is not None else {})}, yaml_path=yaml_path)   # the tune check reads the run store's study record
     if name is not None: p = p.model_copy(update={"run_name": name})
     root = check_runs_dir(runs_dir if runs_dir is not None else p.runs_dir)
     run = create_run(_default_name(p), runs_dir=root,

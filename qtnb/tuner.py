@@ -606,15 +606,31 @@ def _retry_callback(study: optuna.Study) -> Callable:
             cb = RetryAndMarkRun(max_retry=3, inherit_intermediate_values=True)
     return cb
 
+def _split_metric(name: str) -> tuple[str, str]:
+    for p, split in (("val_", "val"), ("valid_", "val"), ("test_", "test"), ("train_", "train")):
+        if name.startswith(p): return split, name[len(p):]
+    return "val", name
+
+def _run_values(study: optuna.Study, run) -> list[float] | None:
+    "The objective values a completed trial run recorded in metrics.json (None when one is missing)."
+    names = (study.user_attrs.get("qtnb") or {}).get("objectives") or []
+    try: m = run.metrics
+    except QtnbError: return None
+    vals = [(m.get(split) or {}).get(key) for split, key in map(_split_metric, names)]
+    return [float(v) for v in vals] if names and all(isinstance(v, (int, float)) for v in vals) else None
+
 def fail_trial(study: optuna.Study, trial_id: int, why: str) -> bool:
     "Fail trial `trial_id` if RUNNING (its process stopped or was interrupted), queue it again and mark its run; whether it was."
     s = study._storage
-    state = s.get_trial(trial_id).state
-    if state == TrialState.RUNNING:
+    ft = s.get_trial(trial_id)
+    if ft.state == TrialState.RUNNING:
+        run = _trial_run(study, ft)   # its run completed, and the process died before telling Optuna: the trial completes
+        values = _run_values(study, run) if run is not None and run.status.get("state") == "completed" else None
         try:
+            if values is not None: s.set_trial_state_values(trial_id, state=TrialState.COMPLETE, values=values); return False
             if not s.set_trial_state_values(trial_id, state=TrialState.FAIL): return False
         except optuna.exceptions.UpdateFinishedTrialError: return False   # another process got there first
-    elif state != TrialState.FAIL: return False
+    elif ft.state != TrialState.FAIL: return False
     ft = s.get_trial(trial_id)
     mark_interrupted(study, ft, why)
     _retry_callback(study)(study, ft)
@@ -1365,11 +1381,6 @@ def _prepare(self: Tuner):
 Tuner._prepare = _prepare
 
 # %% ../nbs/07_tuner.ipynb #624b05a3
-def _split_metric(name: str) -> tuple[str, str]:
-    for p, split in (("val_", "val"), ("valid_", "val"), ("test_", "test"), ("train_", "train")):
-        if name.startswith(p): return split, name[len(p):]
-    return "val", name
-
 def objective_value(result, name: str) -> float:
     "The value of objective `name` (val_<metric> or test_<metric>) in a FitResult."
     split, key = _split_metric(name)
