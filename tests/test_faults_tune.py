@@ -227,6 +227,7 @@ def test_changing_workers_keeps_one_study_in_one_storage(tmp_path):
 def test_a_study_begun_in_sqlite_is_continued_there(tmp_path):
     "A study qtnb put in optuna.db before storages were recorded is found there and continued, not forked."
     runs = tmp_path / "runs"
+    runs.mkdir()
     old = optuna.create_study(study_name=STUDY, storage=f"sqlite:///{runs}/optuna.db")
     old.enqueue_trial({"learning_rate": 1e-3, "dropout": 0.125}); del old
     r = run(tune_cmd(runs, n=2))
