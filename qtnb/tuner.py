@@ -1231,7 +1231,9 @@ def dashboard_storage(storage: str | Path | BaseStorage | None = None, *,
         try: parts.append(_read_storage(spec))
         except StudyStorageError as e: warnings.warn(f"left out: {e}")   # the other studies are still served
     if not parts:
-        raise StudyStorageError(f"no readable study storage in the run store ({len(specs)} damaged); run `qtnb run tune` first or pass --storage")
+        root = Path(runs_dir).expanduser().resolve() if runs_dir is not None else default_runs_dir()
+        raise StudyStorageError(f"no study storage in run store {root}" + (f" can be read ({len(specs)} damaged)" if specs else "")
+                                + "; run `qtnb run tune` first, or pass --storage / --runs-dir")
     return parts[0] if len(parts) == 1 else StoreStudies(parts)
 
 def start_dashboard(storage: str | Path | BaseStorage | None = None, *, # default: every study of the run store

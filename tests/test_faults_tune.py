@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 from qtnb.runs import Run, process_alive
 from qtnb.tuner import SearchSpace, StorageSpec, Tuner, start_dashboard, trial_counts
 
+pytestmark = pytest.mark.slow   # each case runs `qtnb run tune` (a kernel, trials, sometimes 4 workers) once or twice
 QTNB = str(Path(sys.executable).parent / "qtnb")
 REPO = Path(__file__).resolve().parents[1]
 N = 4
