@@ -109,7 +109,7 @@ def test_tune_pipeline_links_trials_and_runs(tmp_path):
     eq(status(best)["state"], "completed")
     eq(yaml.safe_load((best / "params.yaml").read_text())["tuning"]["trial"], study["best_trial"])
     eq(len(pd.read_csv(tune_run / "trials.csv")), 3)
-    assert (tmp_path / "optuna.db").is_file()
+    assert (tmp_path / "optuna.journal").is_file() and (tmp_path / "studies" / study["name"] / "study.json").is_file()
     r2 = qtnb("run", "tune", "-p", "data", "synthetic:planted", "-p", "model", "mlp", "-p", "n_trials", "4", "-p", "sampler", "random",
               "-p", "pruner", "none", *SMALL, runs=tmp_path)                 # the same command continues the study
     assert r2.returncode == 0, r2.stderr[-2000:]

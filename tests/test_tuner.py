@@ -163,7 +163,7 @@ CRASH = textwrap.dedent('''
 
     t = Tuner(SearchSpace(model="mlp").log_uniform("learning_rate", 1e-3, 3e-2), "val_loss",
               data=DataConfig(data="synthetic:planted", seq_len=8, cache=False), frame=planted(500),
-              train=dict(num_epochs=6, batch_size=64, early_stopping_patience=0), study_name="crash", sampler="random",
+              train=dict(num_epochs=int(sys.argv[3]) if len(sys.argv) > 3 else 6, batch_size=64, early_stopping_patience=0), study_name="crash", sampler="random",
               pruner="none", seed=0, storage=sys.argv[2], runs_dir=folder, heartbeat_interval=1, grace_period=2)
     t.optimize(4)
     print("DONE", flush=True)
@@ -202,6 +202,34 @@ def test_kill_9_mid_trial_retry_resumes_from_checkpoint(tmp_path):
     eq(list(hist["epoch"]), [1, 2, 3, 4, 5, 6])                      # epochs 1-3 came from the checkpoint
     eq(sorted(retry[0].intermediate_values), [1, 2, 3, 4, 5, 6])     # inherited 1-3, reported 4-6
     eq(trial_counts(st)["finished"], 4)
+    eq(crashed_run.status["state"], "interrupted")                     # the killed trial's run says so, written
+    assert (new_run.path / "checkpoints" / "best.pt").is_file()
+
+
+def test_a_retry_with_another_config_starts_afresh(tmp_path):
+    "Killed in a 6-epoch study, rerun with 4 epochs: the retry does not carry the old checkpoint, and it leaves a best."
+    script = tmp_path / "tune.py"
+    script.write_text(CRASH)
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    cmd = [sys.executable, str(script), str(tmp_path), storage]
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 90
+    while not (tmp_path / "killed-in-trial-2").exists():
+        assert p.poll() is None, p.stdout.read().decode()[-3000:]
+        assert time.time() < deadline, "trial 2 never reached epoch 3"
+        time.sleep(0.05)
+    os.kill(p.pid, signal.SIGKILL); p.wait()
+    out = subprocess.run(cmd + ["4"], cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0 and "DONE" in out.stdout, (out.stdout + out.stderr)[-3000:]
+    st = optuna.load_study(study_name="crash", storage=storage_spec(storage).open())
+    retry = [t for t in st.trials if t.system_attrs.get("failed_trial") == 2]
+    eq(len(retry), 1); eq(retry[0].state, TrialState.COMPLETE)
+    eq(retry[0].user_attrs["resumed_from"], None)
+    new_run = open_run(retry[0].user_attrs["run_id"], runs_dir=tmp_path)
+    eq(new_run.params["tuning"]["resumed_from"], None)
+    eq(list(new_run.history["epoch"]), [1, 2, 3, 4])                  # trained afresh under its own config
+    assert (new_run.path / "checkpoints" / "best.pt").is_file()
+    eq(open_run(st.trials[2].user_attrs["run_id"], runs_dir=tmp_path).status["state"], "interrupted")
 
 
 def test_out_of_memory_and_nan_are_fail_reasons_and_the_study_goes_on(tmp_path):

@@ -48,14 +48,27 @@ CASES = {
     "grid over a continuous range": (lambda tmp: Tuner(SearchSpace().uniform("x", 0, 1), f, sampler="grid"), ConfigError, "grid sampler needs a step"),
     "n_trials = 0": (lambda tmp: Tuner(SearchSpace().uniform("x", 0, 1), f, storage=f"sqlite:///{tmp}/b.db", runs_dir=tmp).optimize(0),
                      ConfigError, "n_trials=0 must be a positive integer"),
-    "storage that is neither URL nor journal": (lambda tmp: Tuner(SearchSpace().uniform("x", 0, 1), f, storage="optuna.db"),
+    "storage that is neither URL nor journal": (lambda tmp: Tuner(SearchSpace().uniform("x", 0, 1), f, storage="optuna.txt"),
                                                 ConfigError, "neither a URL"),
     "grace period shorter than heartbeat": (lambda tmp: Tuner(SearchSpace().uniform("x", 0, 1), f, heartbeat_interval=5, grace_period=3),
                                             ConfigError, "grace_period=3 must exceed"),
     "unreachable PostgreSQL": (lambda tmp: Tuner(SearchSpace().uniform("x", 0, 1), f, storage="postgresql+psycopg2://u@127.0.0.1:1/db").study,
                                TuningError, "cannot open study storage"),
     "dashboard of a missing journal": (lambda tmp: start_dashboard(tmp / "missing.journal", port=0), TuningError, "does not exist"),
+    "dashboard of a damaged SQLite file": (lambda tmp: start_dashboard(_garbage(tmp / "x.db"), port=0), ConfigError, "cannot be read"),
+    "dashboard of a damaged journal": (lambda tmp: start_dashboard(_garbage(tmp / "x.journal"), port=0), ConfigError, "damaged at line 1"),
+    "study in a damaged SQLite file": (lambda tmp: Tuner(SearchSpace().uniform("x", 0, 1), f, storage=_garbage(tmp / "x.db"), runs_dir=tmp).study,
+                                       ConfigError, "cannot open study storage"),
+    "study in a damaged journal": (lambda tmp: Tuner(SearchSpace().uniform("x", 0, 1), f, storage=_garbage(tmp / "x.journal"), runs_dir=tmp).study,
+                                   ConfigError, "cannot be read"),
+    **{f"study_name {bad!r}": (lambda tmp, bad=bad: Tuner(SearchSpace().uniform("x", 0, 1), f, study_name=bad, runs_dir=tmp),
+                               ConfigError, "study_name") for bad in ("../../../x", "/tmp/x", "a/b", "x\0y", "..", "")},
 }
+
+
+def _garbage(path):
+    path.write_bytes(b"\x00garbage, not a study storage\n" * 64)
+    return path
 
 
 @pytest.mark.parametrize("case", list(CASES))

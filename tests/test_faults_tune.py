@@ -1,0 +1,298 @@
+"""Faults during `qtnb run tune`: kill -9, SIGTERM and SIGINT at random (seeded) points with 1 and 4 workers, damaged
+study files, a study whose `workers` change, reproducibility, parallel launches of one study and study names that are
+not slugs. After each fault no run says `running` without a live process, the study opens, the dashboard serves it,
+and the same command again completes the budget with exactly n_trials complete trials."""
+import json, os, random, signal, subprocess, sys, time, urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import optuna
+import psutil
+import pytest
+import yaml
+from fastcore.test import test_eq as eq
+from optuna.trial import TrialState
+
+from qtnb.runs import Run, process_alive
+from qtnb.tuner import SearchSpace, StorageSpec, Tuner, start_dashboard, trial_counts
+
+pytestmark = pytest.mark.slow   # each case runs `qtnb run tune` (a kernel, trials, sometimes 4 workers) once or twice
+QTNB = str(Path(sys.executable).parent / "qtnb")
+REPO = Path(__file__).resolve().parents[1]
+N = 4
+STUDY = "faults"
+
+
+def tune_cmd(runs, *extra, n=N, workers=1):
+    return [QTNB, "run", "tune", "-q", "-p", "data", "synthetic:planted", "-p", "model", "mlp", "-p", "seq_len", "8",
+            "-p", "epochs", "2", "-p", "sampler", "random", "-p", "pruner", "none", "-p", "seed", "0",
+            "-p", "study_name", STUDY, "-p", "n_trials", str(n), "-p", "workers", str(workers), *map(str, extra), "--runs-dir", str(runs)]
+
+
+def run(cmd, timeout=400):
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def run_dirs(runs: Path):
+    return [p for p in runs.iterdir() if (p / "status.json").is_file()] if runs.is_dir() else []
+
+
+def trial_runs(runs: Path):
+    return [p for p in run_dirs(runs) if f"-{STUDY}-t" in p.name]
+
+
+def seen_state(path: Path) -> str:
+    "The state a reader reports: qtnb.runs reports `interrupted` for a running run whose recorded process is gone."
+    st = Run(path).status
+    if st.get("state") == "running" and process_alive(st) is False: return "interrupted"
+    return st.get("state")
+
+
+def no_ghosts(runs: Path):
+    "No run says `running` unless its recorded process is alive (a run with no process record that says running is a ghost)."
+    ghosts = [(p.name, Run(p).status) for p in run_dirs(runs) if seen_state(p) == "running" and process_alive(Run(p).status) is not True]
+    assert not ghosts, ghosts
+
+
+def open_study(runs: Path, name=STUDY) -> optuna.Study:
+    url = json.loads((runs / "studies" / name / "study.json").read_text())["storage"]
+    return optuna.load_study(study_name=name, storage=StorageSpec(url).open())
+
+
+def dashboard_serves(runs: Path, name=STUDY):
+    "The run store's dashboard on a free loopback port lists the study."
+    url = start_dashboard(runs_dir=runs, port=0, background=True)
+    try:
+        assert url.startswith("http://127.0.0.1:"), url
+        got = json.loads(urllib.request.urlopen(url.replace("/dashboard/", "/api/studies"), timeout=30).read())
+        assert name in [s["study_name"] for s in got["study_summaries"]], got
+    finally: url.stop()
+
+
+def budget_complete(runs: Path, n=N):
+    "Exactly n complete trials, none running, every complete trial's run completed with a best checkpoint, every failed one's run ended."
+    st = open_study(runs)
+    trials = st.get_trials(deepcopy=False)
+    eq(trial_counts(st)["complete"], n)
+    eq(trial_counts(st)["finished"], n)
+    eq([t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)], [])
+    for t in trials:
+        path = runs / t.user_attrs["run_id"] if "run_id" in t.user_attrs else None
+        if t.state == TrialState.COMPLETE:
+            eq(Run(path).status["state"], "completed")
+            assert (path / "checkpoints" / "best.pt").is_file(), path
+        elif path is not None and path.is_dir():
+            assert Run(path).status["state"] in ("interrupted", "failed", "stopped"), (t.number, Run(path).status)
+    for p in trial_runs(runs): assert Run(p).status["state"] != "running", (p.name, Run(p).status)   # trial runs: written, not inferred
+    return st
+
+
+def kill_at_random_point(cmd, runs: Path, sig, target: str, seed: int):
+    "Start `cmd`, wait for a random number of trial runs and a random delay, send `sig` to the command (or its whole tree)."
+    rng = random.Random(seed)
+    k, delay = rng.randint(1, N - 1), rng.uniform(0.0, 1.5)
+    p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 300
+    while len(trial_runs(runs)) < k:
+        assert p.poll() is None, p.stdout.read().decode()[-3000:]
+        assert time.time() < deadline, f"no {k} trial runs after 300 s"
+        time.sleep(0.05)
+    time.sleep(delay)
+    top = psutil.Process(p.pid)
+    procs = [top] + top.children(recursive=True)
+    for q in (procs if target == "tree" else procs[:1]):
+        try: q.send_signal(sig)
+        except psutil.NoSuchProcess: pass
+    _, alive = psutil.wait_procs(procs, timeout=90)   # nothing the command started keeps running (no orphan workers)
+    survivors = [(q.pid, q.cmdline()[-3:]) for q in alive if q.is_running()]
+    for q in alive: q.kill()
+    p.wait(timeout=30)
+    assert not survivors, survivors
+    return p.stdout.read().decode()
+
+
+KILLS = [(sig, workers, target) for sig in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT) for workers in (1, 4) for target in ("tree",)]
+KILLS += [(signal.SIGKILL, 4, "top"), (signal.SIGTERM, 4, "top")]   # the qtnb process alone: its kernel and workers must follow
+
+
+@pytest.mark.parametrize("sig,workers,target", KILLS, ids=[f"{s.name}-w{w}-{t}" for s, w, t in KILLS])
+def test_signal_at_a_random_point_then_rerun(tmp_path, sig, workers, target):
+    runs = tmp_path / "runs"
+    cmd = tune_cmd(runs, workers=workers)
+    kill_at_random_point(cmd, runs, sig, target, seed=hash((sig.name, workers, target)) % 1000)
+    no_ghosts(runs)
+    open_study(runs)                       # the study still opens
+    dashboard_serves(runs)
+    r = run(cmd)                           # the same command completes the budget
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    no_ghosts(runs)
+    st = budget_complete(runs)
+    retried = [t for t in st.trials if t.system_attrs.get("failed_trial") is not None]
+    for t in retried:                      # a retry kept the parameters of the trial it replaces
+        eq(t.params, st.trials[t.system_attrs["failed_trial"]].params)
+
+
+# --- damaged study files ------------------------------------------------------------------------------------------------
+
+def _one_line_error(r, code, text):
+    eq(r.returncode, code)
+    lines = [l for l in r.stderr.strip().splitlines() if l.startswith("qtnb:")]
+    assert len(lines) == 1 and text in lines[0] and "Traceback" not in r.stderr, r.stderr[-3000:]
+
+
+def _study_in(runs: Path, storage: str, name=STUDY, n=2):
+    "A small study of plain trials in `storage`, recorded in run store `runs` (as a tune run would leave it)."
+    t = Tuner(SearchSpace().uniform("x", 0, 1), lambda p, tr: p["x"], study_name=name, storage=storage, runs_dir=runs,
+              sampler="random", pruner="none", seed=0)
+    t.optimize(n)
+    return t
+
+
+def _dashboard_cmd(*args):
+    "`qtnb dashboard ARGS --port 0`: (exit code, stderr) when it refuses, else the study names it serves (then stopped)."
+    p = subprocess.Popen([QTNB, "dashboard", *map(str, args), "--port", "0"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = p.stdout.readline()
+        if not line.startswith("optuna-dashboard: http://127.0.0.1:"):
+            p.wait(timeout=60)
+            return p.returncode, p.stderr.read()
+        got = json.loads(urllib.request.urlopen(line.split()[1].replace("/dashboard/", "/api/studies"), timeout=30).read())
+        return sorted(s["study_name"] for s in got["study_summaries"])
+    finally:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+            try: p.wait(timeout=30)
+            except subprocess.TimeoutExpired: p.kill(); raise
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_damaged_study_storage_is_a_one_line_error_and_the_rest_is_served(tmp_path, kind):
+    runs = tmp_path / "runs"
+    path = runs / ("optuna.db" if kind == "sqlite" else f"{STUDY}.journal")
+    _study_in(runs, f"sqlite:///{path}" if kind == "sqlite" else str(path))
+    _study_in(runs, str(runs / "other.journal"), name="other")                       # a healthy study beside it
+    damaged = b"\x00" * 100 + path.read_bytes()[100:] if kind == "sqlite" else path.read_bytes().replace(b"\n", b"\n!garbage\n", 1)
+    path.write_bytes(damaged)
+    before = {p.name for p in runs.iterdir()}
+    r = run(tune_cmd(runs))
+    _one_line_error(r, 2, str(path))                                                 # found before a kernel starts
+    eq(path.read_bytes(), damaged); eq({p.name for p in runs.iterdir()}, before)     # nothing written, nothing changed
+    code, err = _dashboard_cmd("--storage", path)
+    eq(code, 2); assert "cannot be read" in err or "damaged" in err, err
+    eq(_dashboard_cmd("--runs-dir", runs), ["other"])                                # the run store's other study is served
+    no_ghosts(runs)
+
+
+def test_torn_journal_tail_is_cut_and_the_study_continues(tmp_path):
+    runs = tmp_path / "runs"
+    r = run(tune_cmd(runs, n=2))
+    assert r.returncode == 0, r.stderr[-3000:]
+    journal = runs / "optuna.journal"
+    before = {t.number: t.params for t in open_study(runs).trials}
+    with open(journal, "ab") as f: f.write(b'{"op_code": 6, "worker_id": "x", "trial_id": 1, "st')   # a killed append
+    dashboard_serves(runs)
+    r = run(tune_cmd(runs))
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    st = budget_complete(runs)
+    eq({t.number: t.params for t in st.trials if t.number in before}, before)
+    assert (runs / "optuna.journal.torn").read_bytes().startswith(b'{"op_code": 6')
+    no_ghosts(runs)
+
+
+def test_damaged_study_record_is_a_one_line_error(tmp_path):
+    runs = tmp_path / "runs"
+    rec = runs / "studies" / STUDY / "study.json"
+    rec.parent.mkdir(parents=True); rec.write_text('{"storage": ')
+    _one_line_error(run(tune_cmd(runs)), 2, str(rec))
+    eq(rec.read_text(), '{"storage": ')
+
+
+# --- one study, one storage ------------------------------------------------------------------------------------------
+
+def test_changing_workers_keeps_one_study_in_one_storage(tmp_path):
+    runs = tmp_path / "runs"
+    for n, w in ((2, 1), (4, 4), (5, 1)):
+        r = run(tune_cmd(runs, n=n, workers=w))
+        assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    url = json.loads((runs / "studies" / STUDY / "study.json").read_text())["storage"]
+    eq(url, f"journal:{runs.resolve()}/optuna.journal")
+    tune_runs = set(run_dirs(runs)) - set(trial_runs(runs))
+    eq(len(tune_runs), 3)
+    for p in tune_runs:                    # params.yaml and metrics.json name the same storage, every time
+        eq(yaml.safe_load((p / "params.yaml").read_text())["study"]["storage"], url)
+        eq(json.loads((p / "metrics.json").read_text())["study"]["storage"], url)
+    assert not (runs / "optuna.db").exists()
+    budget_complete(runs, n=5)
+
+
+def test_a_study_begun_in_sqlite_is_continued_there(tmp_path):
+    "A study qtnb put in optuna.db before storages were recorded is found there and continued, not forked."
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    old = optuna.create_study(study_name=STUDY, storage=f"sqlite:///{runs}/optuna.db")
+    old.enqueue_trial({"learning_rate": 1e-3, "dropout": 0.125}); del old
+    r = run(tune_cmd(runs, n=2))
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    eq(json.loads((runs / "studies" / STUDY / "study.json").read_text())["storage"], f"sqlite:///{runs.resolve()}/optuna.db")
+    st = budget_complete(runs, n=2)
+    eq(st.trials[0].params["dropout"], 0.125)
+    assert not (runs / "optuna.journal").exists()
+    r = run(tune_cmd(runs, n=3, workers=2))                     # SQLite cannot take parallel writers: said in one line
+    _one_line_error(r, 2, "database is locked")
+
+
+@pytest.mark.parametrize("name", ["../../../x", "/tmp/qtnb-abs-study", "a/b", "..", "x y"])
+def test_study_names_that_are_not_slugs_are_refused_before_anything_is_written(tmp_path, name):
+    runs = tmp_path / "deep" / "er" / "runs"
+    cmd = tune_cmd(runs)
+    cmd[cmd.index(STUDY)] = name
+    _one_line_error(run(cmd), 2, "study_name")
+    eq(run_dirs(runs), [])
+    assert not (runs / "studies").exists() and not (tmp_path / "x").exists() and not Path("/tmp/qtnb-abs-study").exists()
+
+
+# --- reproducible tuning ------------------------------------------------------------------------------------------------
+
+def _trials(runs: Path):
+    return [(t.number, t.state.name, t.params, t.value) for t in open_study(runs).trials]
+
+
+def test_the_same_command_twice_gives_identical_trials(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    with ThreadPoolExecutor(2) as ex:
+        outs = list(ex.map(lambda r: run(tune_cmd(r, n=3)), (a, b)))
+    for r in outs: assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    ta, tb = _trials(a), _trials(b)
+    eq(len(ta), 3); eq(ta, tb)
+    eq(len({json.dumps(t[2], sort_keys=True) for t in ta}), 3)
+
+
+def test_a_one_point_space_gives_one_value_in_every_process(tmp_path):
+    "The first trial of each process used to differ (its model was built before seeding): here 4 trials, 2 workers, 1 value."
+    runs = tmp_path / "runs"
+    space = '{"learning_rate": {"type": "categorical", "choices": [0.003]}}'
+    r = run(tune_cmd(runs, "-p", "search_space", space, workers=2))
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    st = budget_complete(runs)
+    values = [t.value for t in st.trials]
+    pids = {Run(runs / t.user_attrs["run_id"]).status.get("pid") for t in st.trials}
+    assert len(pids) == 2, pids            # both workers ran trials, each its own first
+    eq(len(set(values)), 1)
+
+
+def test_two_parallel_launches_never_repeat_a_point(tmp_path):
+    "Two `qtnb run tune` of one study at once, on a grid with one point per trial: every point once."
+    runs = tmp_path / "runs"
+    lrs = [0.001, 0.002, 0.003, 0.004, 0.005, 0.006]
+    space = json.dumps({"learning_rate": {"type": "categorical", "choices": lrs}})
+    grid = tune_cmd(runs, "-p", "search_space", space, n=len(lrs))
+    grid[grid.index("random")] = "grid"
+    rnd = tune_cmd(tmp_path / "rnd", n=6)
+    rnd[rnd.index(STUDY)] = "random-pair"
+    with ThreadPoolExecutor(4) as ex:
+        outs = list(ex.map(run, [grid, grid, rnd, rnd]))
+    for r in outs: assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    st = budget_complete(runs, n=len(lrs))
+    eq(sorted(t.params["learning_rate"] for t in st.trials), lrs)
+    pts = [json.dumps(t.params, sort_keys=True) for t in open_study(tmp_path / "rnd", "random-pair").trials]
+    eq(len(pts), 6); eq(len(set(pts)), 6)   # seeds per trial number: the two launches do not replay each other's draws
