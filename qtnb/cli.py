@@ -13,8 +13,9 @@ import qtnb
 from .errors import ConfigError, QtnbError
 
 # %% auto #0
-__all__ = ['COMMANDS', 'build_parser', 'cmd_run', 'cmd_sweep', 'cmd_runs', 'cmd_models', 'cmd_export', 'tutorial_notebook',
-           'cmd_lab', 'cmd_dashboard', 'main', 'entry']
+__all__ = ['SUBCOMMANDS', 'COMMANDS', 'build_parser', 'cmd_run', 'cmd_sweep', 'cmd_runs', 'cmd_models', 'cmd_export',
+           'tutorial_notebook', 'cmd_lab', 'cmd_dashboard', 'main', 'entry', 'predictor_for', 'cmd_predict',
+           'cmd_serve']
 
 # %% ../nbs/12a_cli.ipynb #b72bc24b
 def _pipeline_help() -> str:
@@ -27,6 +28,8 @@ def _pipeline_help() -> str:
     out.append("\nexamples:\n  qtnb run train -p model lstm -p epochs 20\n  qtnb run tune -p model gru -p n_trials 30"
                "\n  qtnb sweep train -g model mlp,lstm -g lr 1e-3,1e-2 --workers 2")
     return "\n".join(out)
+
+SUBCOMMANDS: list = []   # functions add(subparsers) of commands defined further down (predict, serve)
 
 def build_parser() -> argparse.ArgumentParser:
     "The `qtnb` argument parser."
@@ -93,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("dashboard", help="serve optuna-dashboard for the tuning studies on 127.0.0.1",
                        description="Serve optuna-dashboard for a study storage until Ctrl-C; trials show their run_id, "
                                    "which `qtnb runs show` opens.")
-    d.add_argument("--storage", metavar="URL|FILE", help="RDB URL or journal file (default: settings.ini [storage] study_storage)")
+    d.add_argument("--storage", metavar="URL|FILE", help="RDB URL, SQLite file or journal file (default: every study of the run store)")
+    d.add_argument("--runs-dir", metavar="DIR", help="run store whose studies to serve (default: settings.ini's)")
     d.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     d.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
 
@@ -102,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     l.add_argument("--no-browser", action="store_true", help="do not open a browser")
     l.add_argument("--print-command", action="store_true", help="print the command instead of running it")
     l.epilog = "Other options (--ServerApp.ip=..., --IdentityProvider.token=...) are passed on to JupyterLab."
+    for add in SUBCOMMANDS: add(sub)
     return P
 
 # %% ../nbs/12a_cli.ipynb #211b30b5
@@ -250,30 +255,114 @@ def cmd_lab(args) -> int:
     os.execv(sys.executable, cmd)
 
 def cmd_dashboard(args) -> int:
+    import warnings
     from qtnb.tuner import start_dashboard
-    start_dashboard(args.storage, host=args.host, port=args.port)   # prints its URL, serves until Ctrl-C
+    with warnings.catch_warnings():   # a damaged study storage left out of the run store's: one line, the rest is served
+        warnings.showwarning = lambda message, *a, **k: print(f"qtnb: warning: {message}", file=sys.stderr, flush=True)
+        start_dashboard(args.storage, runs_dir=args.runs_dir, host=args.host, port=args.port)   # prints its URL, serves until Ctrl-C
     return 0
 
 COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "runs": cmd_runs, "models": cmd_models, "export": cmd_export,
             "dashboard": cmd_dashboard, "lab": cmd_lab}
 
 # %% ../nbs/12a_cli.ipynb #07079a95
+def _raise_interrupted(signum, frame):
+    try: from qtnb.runs import RunInterrupted
+    except ImportError: raise KeyboardInterrupt from None     # the signal came while qtnb.runs was being imported
+    raise RunInterrupted(signum)
+
+def _interrupted_line(e: KeyboardInterrupt) -> str:
+    "One line for a command stopped by a signal: which, and where the run (or the sweep's summary) is."
+    line = f"qtnb: {e}" if getattr(e, "signum", None) else "qtnb: interrupted"
+    run = getattr(e, "run", None)
+    if run is not None:
+        try: state = run.status.get("state")
+        except Exception: state = "unknown"
+        nb = Path(run.path) / "notebook.ipynb"
+        line += f"; run {run.id} is {state}" + (f" (notebook: {nb})" if nb.is_file() else "")
+    if getattr(e, "folder", None) is not None: line += f"; sweep summary: {e.folder / 'summary.csv'}"
+    return line
+
 def main(argv: list[str] | None = None) -> int:
-    "The `qtnb` command; returns the exit code."
+    "The `qtnb` command; returns the exit code (128 + the signal's number when SIGTERM, SIGINT or SIGHUP stopped it)."
+    import signal, threading
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "lab": parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
     if args.command is None: parser.print_help(); return 2
+    sigs = [s for s in (getattr(signal, n, None) for n in ("SIGTERM", "SIGINT", "SIGHUP")) if s is not None]
+    old = {s: signal.signal(s, _raise_interrupted) for s in sigs} if threading.current_thread() is threading.main_thread() else {}
     try:
         with _cli_param_style(args.command): return COMMANDS[args.command](args) or 0
-    except KeyboardInterrupt:
-        print("qtnb: interrupted", file=sys.stderr); return 130
+    except KeyboardInterrupt as e:
+        print(_interrupted_line(e), file=sys.stderr, flush=True); return 128 + int(getattr(e, "signum", signal.SIGINT))
     except ConfigError as e:
         print(f"qtnb: error: {e}", file=sys.stderr); return 2
     except QtnbError as e:
         print(f"qtnb: error: {e}", file=sys.stderr); return 1
+    finally:
+        for s, h in old.items(): signal.signal(s, h if h is not None else signal.SIG_DFL)
 
 def entry() -> None:
     "Console-script entry point."
     sys.exit(main())
+
+# %% ../nbs/12a_cli.ipynb #f6855f37
+def _add_predict(sub) -> None:
+    from qtnb.predict import BACKENDS
+    a = sub.add_parser("predict", help="predictions of a run's or a registered model on new data",
+                       description="One prediction per window end date (and symbol) of --data, in the target's units.")
+    a.add_argument("model", metavar="RUN|NAME[@STAGE]", help="a run id, or a registered model (name, name@3, name@production)")
+    a.add_argument("--data", required=True, metavar="FILE", help="CSV or Parquet of raw rows (the columns the run was trained on)")
+    a.add_argument("--out", metavar="FILE", help="write .csv or .parquet instead of printing")
+    a.add_argument("--backend", choices=BACKENDS, default="torch", help="torch (default), onnx or torchscript")
+    a.add_argument("--last", type=int, metavar="N", help="only each symbol's last N windows")
+    a.add_argument("--runs-dir", metavar="DIR", help="run store (default: settings.ini's)")
+
+def predictor_for(ref: str, *, backend: str = "torch", runs_dir=None):
+    "The `Predictor` of a run id or a registered model reference."
+    from qtnb.predict import Predictor
+    from qtnb.runs import _is_run, _root
+    if "@" not in ref and _is_run(_root(runs_dir) / ref): return Predictor.from_run(ref, backend=backend, runs_dir=runs_dir)
+    return Predictor.from_registry(ref, backend=backend, runs_dir=runs_dir)
+
+def cmd_predict(args) -> int:
+    from qtnb.config import atomic_write
+    from qtnb.errors import DataError
+    if args.last is not None and args.last < 1: raise ConfigError(f"--last {args.last} must be at least 1")
+    if args.out and not args.out.endswith((".csv", ".parquet")): raise ConfigError(f"--out {args.out}: give a .csv or .parquet file")
+    p = predictor_for(args.model, backend=args.backend, runs_dir=args.runs_dir)
+    try: out = p.predict(args.data, last=args.last)
+    except DataError as e: print(f"qtnb: error: {e}", file=sys.stderr); return 2
+    if not args.out: _echo(out.to_string(index=False)); return 0
+    import io
+    buf = io.BytesIO()
+    if args.out.endswith(".parquet"): out.to_parquet(buf, index=False)
+    else: buf.write(out.to_csv(index=False).encode())
+    atomic_write(args.out, buf.getvalue())
+    _echo(f"{len(out)} predictions -> {args.out}")
+    return 0
+
+SUBCOMMANDS.append(_add_predict)
+COMMANDS["predict"] = cmd_predict
+
+# %% ../nbs/12a_cli.ipynb #355d32f1
+def _add_serve(sub) -> None:
+    a = sub.add_parser("serve", help="the HTTP API: start, watch and steer runs, predict with registered models",
+                       description="Serve the run store and the model registry over HTTP (FastAPI; docs at /docs) until Ctrl-C.")
+    a.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; any other needs --token)")
+    a.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    a.add_argument("--token", help="bearer token clients must send (default: $QTNB_TOKEN)")
+    a.add_argument("--slots", type=int, help="runs at a time (default: settings.ini [serve] slots, else 2)")
+    a.add_argument("--max-body", type=int, default=5 * 2**20, metavar="BYTES", help="largest request body (default 5 MB)")
+    a.add_argument("--runs-dir", metavar="DIR", help="run store (default: settings.ini's)")
+
+def cmd_serve(args) -> int:
+    from qtnb.serve import serve
+    if args.slots is not None and args.slots < 1: raise ConfigError(f"--slots {args.slots} must be at least 1")
+    serve(args.host, args.port, token=args.token, runs_dir=args.runs_dir, slots=args.slots, max_body=args.max_body)
+    return 0
+
+SUBCOMMANDS.append(_add_serve)
+COMMANDS["serve"] = cmd_serve

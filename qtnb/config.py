@@ -18,10 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from .errors import ConfigError
 
 # %% auto #0
-__all__ = ['SETTINGS_ENV', 'SETTINGS_SECTIONS', 'PARAM_STYLE_ENV', 'find_settings', 'Settings', 'load_settings', 'param',
-           'allowed', 'config_error', 'QtnbConfig', 'param_hint', 'atomic_write', 'read_yaml', 'write_yaml',
-           'check_slug', 'resolve', 'from_preset', 'from_yaml', 'to_yaml', 'schema_problems', 'DataConfig',
-           'TrainConfig', 'TuneConfig', 'ExportConfig', 'StorageConfig', 'ModelConfig', 'runs_dir', 'study_storage']
+__all__ = ['SETTINGS_ENV', 'SETTINGS_SECTIONS', 'PARAM_STYLE_ENV', 'NO_SPACE_ERRNOS', 'find_settings', 'Settings',
+           'load_settings', 'param', 'allowed', 'config_error', 'QtnbConfig', 'param_hint', 'atomic_write', 'read_yaml',
+           'write_yaml', 'atomic_save', 'check_slug', 'resolve', 'from_preset', 'from_yaml', 'to_yaml',
+           'schema_problems', 'DataConfig', 'TrainConfig', 'TuneConfig', 'ExportConfig', 'StorageConfig', 'ModelConfig',
+           'runs_dir', 'study_storage']
 
 # %% ../nbs/00_config.ipynb #5da45b02
 SETTINGS_ENV = "QTNB_SETTINGS"
@@ -157,20 +158,62 @@ def param_hint(name: str, value: Any) -> str:
     if os.environ.get(PARAM_STYLE_ENV) == "cli": return f"-p {name} {value}"
     return f"{name}={value!r}"
 
+# %% ../nbs/00_config.ipynb #21fa8cb3
+import contextlib, errno, threading
+from typing import IO, Callable
+from .errors import DiskFull
+
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)   # full disk, quota, file-size limit: one fix, free space
+
+class _Tracked:
+    "A binary file that remembers the OSError a write raised (torch.save reports it only as 'unexpected pos')."
+    def __init__(self, f): self.f, self.error = f, None
+    def write(self, b):
+        try: return self.f.write(b)
+        except OSError as e: self.error = e; raise
+    def flush(self): self.f.flush()
+    def __getattr__(self, name): return getattr(self.f, name)
+
+def _disk_full(path: Path, *errors) -> DiskFull | None:
+    "A `DiskFull` naming `path` when one of `errors` (or their causes) is a lack of space; None otherwise."
+    for e in errors:
+        for x in (e, getattr(e, "__cause__", None), getattr(e, "__context__", None)):
+            if isinstance(x, DiskFull): return x
+            if isinstance(x, OSError) and x.errno in NO_SPACE_ERRNOS:
+                err = DiskFull(f"no space left on device writing {path} ({os.strerror(x.errno)}); free space there "
+                               f"(or raise the quota) and rerun: the previous {path.name}, if any, is unchanged")
+                err.errno, err.filename = x.errno, str(path)
+                return err
+    return None
+
+_WRITE_LOCKS = tuple(threading.Lock() for _ in range(64))
+def _write_lock(path: Path) -> threading.Lock:
+    "The lock this process holds while it renames a file onto `path` (so `only_if` sees no write land after its check)."
+    return _WRITE_LOCKS[hash(str(path)) % len(_WRITE_LOCKS)]
+
 # %% ../nbs/00_config.ipynb #8e0f0bc9
-def atomic_write(path: str | Path, data: str | bytes) -> Path:
-    "Write `data` to `path` through a temporary file in the same folder and a rename: readers see old or new, never half."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def atomic_write(path: str | Path, data: str | bytes | Callable[[IO[bytes]], Any], *,
+                 only_if: Callable[[Path], bool] | None = None, # checked just before the rename, under the path's lock: False skips the write
+                ) -> Path | None:
+    "Write `data` (text, bytes, or a function writing to a binary file) via a temporary file and a rename; `DiskFull` when space runs out."
+    path, tmp, f = Path(path), None, None
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-            f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try: os.unlink(tmp)
-        except FileNotFoundError: pass
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as raw:
+            f = _Tracked(raw)
+            if callable(data): data(f)
+            else: f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.flush(); os.fsync(raw.fileno())
+        with _write_lock(path):
+            if only_if is not None and not only_if(path):
+                os.unlink(tmp); return None
+            os.replace(tmp, path)
+    except BaseException as e:
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
+        full = _disk_full(path, e, getattr(f, "error", None))
+        if full is not None: raise full from None
         raise
     return path
 
@@ -213,6 +256,12 @@ def read_yaml(path: str | Path) -> dict:
 def write_yaml(data: dict, path: str | Path) -> Path:
     "Write a mapping as YAML, atomically, keeping the key order."
     return atomic_write(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+
+# %% ../nbs/00_config.ipynb #eb3ef1a3
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    "`torch.save(obj)` to `path` with `atomic_write`'s guarantees: old or new file, never half; `DiskFull` when space runs out."
+    import torch
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 # %% ../nbs/00_config.ipynb #3462e5b7
 _SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -299,6 +348,7 @@ class DataConfig(QtnbConfig):
     dead_band: float = param(0.0, description="Absolute return below which the 3-class target is 'flat'.", group="target", advanced=True, ge=0, le=0.5)
     seq_len: int = param(64, description="Rows in each input window.", group="windows", ge=1, le=4096)
     scaler: Literal["standard", "robust", "minmax", "none"] = param("standard", description="Scaler fitted on each fold's training rows only.", group="windows")
+    scaler_scope: Literal["symbol", "pooled"] = param("symbol", description="Panels: one scaler per symbol (fitted on its own training rows), or one pooled over all symbols.", group="windows", advanced=True)
     fill: Literal["none", "ffill", "drop"] = param("none", description="What to do with NaN/inf: refuse, forward-fill, or drop rows.", group="data", advanced=True)
     validation: Literal["holdout", "walk_forward", "purged_kfold", "stratified_kfold", "leave_one_out"] = param(
         "holdout", description="Split scheme.", group="validation")
@@ -308,7 +358,8 @@ class DataConfig(QtnbConfig):
     n_folds: int = param(5, description="Folds for walk-forward and k-fold schemes.", group="validation", ge=2, le=100)
     train_window: Literal["expanding", "sliding"] = param("expanding", description="Walk-forward training window.", group="validation", advanced=True)
     purge: int | None = param(None, description="Rows dropped between training and evaluation; at least the horizon (default: the horizon).", group="validation", advanced=True, ge=0)
-    embargo: int = param(0, description="Rows skipped after each evaluation range before training resumes.", group="validation", advanced=True, ge=0)
+    embargo: int | None = param(None, description="Rows skipped after each evaluation range before training resumes (and before it where training is on both sides); default: the longest feature lookback, the least allowed.", group="validation", advanced=True, ge=0)
+    allow_feature_overlap: bool = param(False, description="Allow an embargo shorter than the longest feature lookback (training inputs then see evaluation prices).", group="validation", advanced=True)
     horizons: list[int] | None = param(None, description="Several horizons at once (regression); default [horizon].", group="target", advanced=True)
     price_col: str = param("Close", description="Price column the returns and targets are computed from.", group="data", advanced=True)
     time_col: str | None = param(None, description="Column holding timestamps when the frame has no DatetimeIndex.", group="data", advanced=True)
@@ -339,7 +390,7 @@ class DataConfig(QtnbConfig):
 
     presets: ClassVar = {"easy": dict(seq_len=32, validation="holdout"),
                          "medium": dict(seq_len=64, validation="walk_forward", n_folds=5),
-                         "advanced": dict(seq_len=128, validation="walk_forward", n_folds=8, embargo=5)}
+                         "advanced": dict(seq_len=128, validation="walk_forward", n_folds=8)}
 
     @model_validator(mode="after")
     def _check(self):

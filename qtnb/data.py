@@ -22,11 +22,12 @@ from .datasets import load_dataset
 from .errors import ConfigError, DataError, InsufficientData
 
 # %% auto #0
-__all__ = ['AUGMENTATIONS', 'DataConfig', 'FEATURES', 'FEATURE_PRESETS', 'Range', 'as_data_config', 'parse_times',
-           'frame_options', 'data_file', 'load_frame', 'validate_frame', 'register_feature', 'FeatureSpec',
-           'feature_specs', 'feature_columns', 'default_cache_dir', 'compute_features', 'forward_returns', 'direction',
-           'make_target', 'Scaler', 'Augment', 'Windows', 'Split', 'split_plan', 'check_plan', 'fingerprint', 'Fold',
-           'Prepared', 'prepare']
+__all__ = ['AUGMENTATIONS', 'DataConfig', 'FEATURES', 'FEATURE_PRESETS', 'LOOKBACKS', 'Range', 'as_data_config', 'parse_times',
+           'frame_options', 'data_file', 'load_frame', 'validate_frame', 'ewm_cutoff', 'register_feature',
+           'FeatureSpec', 'feature_specs', 'feature_columns', 'default_cache_dir', 'compute_features',
+           'forward_returns', 'direction', 'make_target', 'Scaler', 'Augment', 'Windows', 'Split', 'split_plan',
+           'check_plan', 'resolve_embargo', 'fingerprint', 'Fold', 'Prepared', 'prepare', 'trend_regime',
+           'volatility_regime', 'hmm_regime']
 
 # %% ../nbs/02_data.ipynb #f4437c15
 AUGMENTATIONS = ("jitter", "scaling", "slicing", "mixup")
@@ -248,26 +249,52 @@ def _logret(df, n, pc): return np.log(_close(df, pc) / _close(df, pc).shift(n))
 
 def _safe_div(a, b): return a / b.where(b != 0)
 
+def _rolling(x: pd.Series, n: int, how: Callable) -> pd.Series:
+    "`how(windows, axis=1)` over the last n values at every row (NaN for the first n - 1): each window computed on its own."
+    a = x.to_numpy(dtype="float64")
+    out = np.full(len(a), np.nan)
+    if len(a) >= n: out[n - 1:] = how(np.lib.stride_tricks.sliding_window_view(a, n), axis=1)
+    return pd.Series(out, index=x.index)
+# Stateless windows rather than pandas' running sums: a huge value that has left the window leaves no rounding residue,
+# so rows past a feature's lookback are bit-identical whatever came before them (the leak test checks this).
+def _rstd(x, n): return _rolling(x, n, lambda w, axis: w.std(axis=axis, ddof=1))
+def _rmean(x, n): return _rolling(x, n, np.mean)
+
+def ewm_cutoff(alpha: float, tol: float = 1e-4) -> int:
+    "Rows an exponential average with smoothing `alpha` keeps: lags whose weight alpha (1 - alpha)^k is at least `tol`."
+    return max(1, math.ceil(math.log(tol / alpha) / math.log(1 - alpha))) if alpha < 1 else 1
+
+def _ewm(x: pd.Series, alpha: float, min_periods: int = 1) -> pd.Series:
+    "Exponential average truncated at `ewm_cutoff(alpha)` lags (weights renormalised): a finite, declared lookback."
+    L, a = ewm_cutoff(alpha), x.to_numpy(dtype="float64")
+    w = alpha * (1 - alpha) ** np.arange(L)[::-1]                     # oldest lag first
+    f = int(np.argmax(np.isfinite(a))) if np.isfinite(a).any() else len(a)   # leading NaN (a difference's first row)
+    out = np.full(len(a), np.nan)
+    v = a[f:]
+    if len(v) >= L: out[f + L - 1:] = np.lib.stride_tricks.sliding_window_view(v, L) @ (w / w.sum())
+    for t in range(min_periods - 1, min(L - 1, len(v))):              # the first rows: all the history there is
+        out[f + t] = v[:t + 1] @ w[-(t + 1):] / w[-(t + 1):].sum()
+    return pd.Series(out, index=x.index)
+
 def _rsi(df, n, pc):
     d = _close(df, pc).diff()
-    up = d.clip(lower=0).ewm(alpha=1 / n, adjust=False, min_periods=n).mean()
-    down = (-d).clip(lower=0).ewm(alpha=1 / n, adjust=False, min_periods=n).mean()
+    up, down = _ewm(d.clip(lower=0), 1 / n, n), _ewm((-d).clip(lower=0), 1 / n, n)
     rs = up / down.where(down > 0)
     return (100 - 100 / (1 + rs)).where(down > 0, 100.0).where(up.notna())
 
 def _volume_z(df, n, pc):
     v = np.log1p(df["Volume"].astype("float64").clip(lower=0))
-    m, s = v.rolling(n, min_periods=n).mean(), v.rolling(n, min_periods=n).std()
+    m, s = _rmean(v, n), _rstd(v, n)
     return ((v - m) / s.where(s > 0)).where(s.isna() | (s > 0), 0.0)
 
 # name -> (function of (frame, window, price_col), default window or None, input columns it needs besides the price)
 FEATURES: dict[str, tuple[Callable, int | None, tuple[str, ...]]] = {
     "ret":      (lambda df, n, pc: _close(df, pc) / _close(df, pc).shift(n) - 1, 1, ()),
     "logret":   (_logret, 1, ()),
-    "vol":      (lambda df, n, pc: _logret(df, 1, pc).rolling(n, min_periods=n).std(), 20, ()),
-    "mom":      (lambda df, n, pc: _safe_div(_logret(df, n, pc), _logret(df, 1, pc).rolling(n, min_periods=n).std() * math.sqrt(n)), 20, ()),
+    "vol":      (lambda df, n, pc: _rstd(_logret(df, 1, pc), n), 20, ()),
+    "mom":      (lambda df, n, pc: _safe_div(_logret(df, n, pc), _rstd(_logret(df, 1, pc), n) * math.sqrt(n)), 20, ()),
     "rsi":      (_rsi, 14, ()),
-    "ma_gap":   (lambda df, n, pc: _close(df, pc) / _close(df, pc).rolling(n, min_periods=n).mean() - 1, 20, ()),
+    "ma_gap":   (lambda df, n, pc: _close(df, pc) / _rmean(_close(df, pc), n) - 1, 20, ()),
     "range":    (lambda df, n, pc: (df["High"] - df["Low"]) / _close(df, pc), None, ("High", "Low")),
     "volume_z": (_volume_z, 20, ("Volume",)),
     "dow":      (lambda df, n, pc: pd.Series(df.index.day_of_week, index=df.index, dtype="float64"), None, ()),
@@ -285,10 +312,21 @@ FEATURE_PRESETS: dict[str, list[str]] = {
 }
 FEATURE_PRESETS["all"] = list(dict.fromkeys(sum((v for k, v in FEATURE_PRESETS.items() if k != "close"), [])))
 
-def register_feature(name: str, fn: Callable, *, window: int | None = None, needs: Sequence[str] = ()) -> None:
+# name -> rows before t whose prices a feature with window n reads (rolling windows their length, exponential averages
+# their cut-off, +1 for the difference they average); calendar and same-row features read none
+LOOKBACKS: dict[str, Callable[[int | None], int]] = {
+    "ret": lambda n: n, "logret": lambda n: n, "vol": lambda n: n, "mom": lambda n: n, "ma_gap": lambda n: n,
+    "volume_z": lambda n: n, "rsi": lambda n: ewm_cutoff(1 / n), "range": lambda n: 0,
+    "dow": lambda n: 0, "month": lambda n: 0, "dom": lambda n: 0}
+
+def register_feature(name: str, fn: Callable, *, window: int | None = None, needs: Sequence[str] = (),
+                     lookback: int | Callable[[int | None], int] | None = None, # rows before t it reads (or a function of the window)
+                    ) -> None:
     "Register `fn(frame, window, price_col) -> Series` under `name` so configs can ask for `name` or `name_<window>`."
     if not name.isidentifier(): raise ConfigError(f"feature name {name!r} must be an identifier (letters, digits, _)")
     FEATURES[name] = (fn, window, tuple(needs))
+    if lookback is None: LOOKBACKS.pop(name, None)
+    else: LOOKBACKS[name] = lookback if callable(lookback) else (lambda n, k=int(lookback): k)
 
 # %% ../nbs/02_data.ipynb #60844095
 @dataclass(frozen=True)
@@ -300,16 +338,17 @@ class FeatureSpec:
     window: int | None = None
     fn: Callable | None = None
     needs: tuple[str, ...] = ()
+    lookback: int | None = None   # rows before t the value at t reads; None: not declared (a callable without .lookback)
 
 def _known() -> str:
     return "presets " + ", ".join(FEATURE_PRESETS) + "; features " + ", ".join(f"{k}_<n>" if w else k for k, (_, w, _) in FEATURES.items()) + "; col:<column>; raw"
 
 def _parse(name: str, columns: Sequence[str], price_col: str) -> list[FeatureSpec]:
     if name in FEATURE_PRESETS: return [s for n in FEATURE_PRESETS[name] for s in _parse(n, columns, price_col)]
-    if name == "raw": return [FeatureSpec(str(c), "column", base=str(c), needs=(c,)) for c in columns]
+    if name == "raw": return [FeatureSpec(str(c), "column", base=str(c), needs=(c,), lookback=0) for c in columns]
     if name.startswith("col:"):
         c = name[4:]
-        return [FeatureSpec(c, "column", base=c, needs=(c,))]
+        return [FeatureSpec(c, "column", base=c, needs=(c,), lookback=0)]
     base, window = name, None
     if name not in FEATURES and "_" in name:
         b, _, n = name.rpartition("_")
@@ -321,7 +360,8 @@ def _parse(name: str, columns: Sequence[str], price_col: str) -> list[FeatureSpe
     elif default_w is None: raise ConfigError(f"feature {base!r} takes no window, got {name!r}; write {base!r}")
     if window is not None and window < 1: raise ConfigError(f"feature {name!r} needs a window >= 1")
     label = f"{base}_{window}" if window is not None and default_w is not None else base
-    return [FeatureSpec(label, "builtin", base=base, window=window, fn=fn, needs=(price_col, *needs))]
+    lb = LOOKBACKS[base](window) if base in LOOKBACKS else None
+    return [FeatureSpec(label, "builtin", base=base, window=window, fn=fn, needs=(price_col, *needs), lookback=lb)]
 
 def feature_specs(features: Sequence[str | Callable], columns: Sequence[str] = (), *, price_col: str = "Close") -> list[FeatureSpec]:
     "The flat, de-duplicated list of features named by `features` (names, presets or callables)."
@@ -331,7 +371,9 @@ def feature_specs(features: Sequence[str | Callable], columns: Sequence[str] = (
     for f in features:
         if callable(f):
             name = getattr(f, "__name__", "feature")
-            specs = [FeatureSpec(name if name != "<lambda>" else f"custom_{len(out)}", "callable", fn=f)]
+            lb = getattr(f, "lookback", None)
+            specs = [FeatureSpec(name if name != "<lambda>" else f"custom_{len(out)}", "callable", fn=f,
+                                 lookback=int(lb) if lb is not None else None)]
         elif isinstance(f, str): specs = _parse(f, columns, price_col)
         else: raise ConfigError(f"feature {f!r} is a {type(f).__name__}; give a name, a preset or a callable")
         for s in specs: out.setdefault(s.name, s)
@@ -386,6 +428,11 @@ def _feature_key(frame_fp: str, specs, price_col, symbol_col) -> str | None:
         else: parts.append(f"col:{s.base}")
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
 
+def _lookbacks(specs, columns) -> dict[str, int | None]:
+    "Lookback of every output column (a callable's DataFrame columns share its lookback)."
+    by = {s.name: s.lookback for s in specs}
+    return {str(c): by.get(str(c), by.get(str(c).split(".")[0])) for c in columns}
+
 def default_cache_dir() -> Path:
     "Where computed features are cached: `<runs_dir>/.cache/features`."
     return runs_dir() / ".cache" / "features"
@@ -414,7 +461,10 @@ def compute_features(df: pd.DataFrame, features: Sequence[str | Callable] = ("de
             try:
                 with np.load(path, allow_pickle=False) as z:
                     vals, names = z["values"], [str(n) for n in z["names"]]
-                if vals.shape[0] == len(df): return pd.DataFrame(vals, index=df.index, columns=names)
+                if vals.shape[0] == len(df):
+                    out = pd.DataFrame(vals, index=df.index, columns=names)
+                    out.attrs["lookbacks"] = _lookbacks(specs, names)
+                    return out
             except Exception: pass  # unreadable entry: recompute and overwrite
     groups = [df] if sym is None else [g for _, g in df.groupby(sym, sort=False)]
     if check_causal:
@@ -423,6 +473,7 @@ def compute_features(df: pd.DataFrame, features: Sequence[str | Callable] = ("de
     parts = [_one_symbol(g, specs, price_col) for g in groups]
     out = pd.concat(parts) if len(parts) > 1 else parts[0]
     out = out.replace([np.inf, -np.inf], np.nan)
+    out.attrs["lookbacks"] = _lookbacks(specs, out.columns)
     if path is not None:
         import io
         buf = io.BytesIO()
@@ -570,7 +621,8 @@ class Windows:
                  feature_names: Sequence[str] | None = None,
                  task: Literal["regression", "classification"] = "regression",
                  n_outputs: int | None = None,         # horizons (regression) or 1 (binary) / classes (3+)
-                 forward_returns=None,                 # (T,) unscaled forward log return per row, for trading metrics
+                 forward_returns=None,                 # (T,) one-period log return t -> t+1 per row: what a signal at t earns
+                 horizon: int = 1,                     # the target's (first) horizon, for trading in h-period blocks
                  dates: pd.DatetimeIndex | None = None, # (T,) date of each row
                  symbols: np.ndarray | None = None,    # (T,) symbol of each row
                  augment: Augment | None = None,       # what batches(augment=True) applies; None for evaluation windows
@@ -593,7 +645,8 @@ class Windows:
         self.feature_names = list(feature_names) if feature_names is not None else [f"f{i}" for i in range(F)]
         if len(self.feature_names) != F: raise DataError(f"{len(self.feature_names)} feature names for {F} features")
         self.n_outputs = n_outputs if n_outputs is not None else (self.y.shape[1] if self.y.dim() == 2 else int(self.y.max()) + 1)
-        self._fr = None if forward_returns is None else np.asarray(forward_returns, dtype=np.float32)
+        self._fr = None if forward_returns is None else np.asarray(forward_returns, dtype=np.float64)
+        self.horizon = int(horizon)
         self._dates, self._symbols = dates, symbols
         self._strided = self.x.as_strided((T - self.seq_len + 1, self.seq_len, F), (F, F, 1))
 
@@ -681,7 +734,7 @@ class Windows:
 
     @property
     def forward_returns(self) -> np.ndarray | None:
-        "Unscaled forward log return at the first horizon for each window, float32 (n,)."
+        "One-period log return from each window's last row to the next (t -> t+1), float64 (n,), at any horizon."
         return None if self._fr is None else self._fr[self.ends.cpu().numpy()]
 
     @property
@@ -750,8 +803,9 @@ def split_plan(stop: int, config: DataConfig, *, start: int = 0,
     "The splits of positions [start, stop) under `config.validation`, purged and embargoed."
     c = as_data_config(config)
     lo, hi, m = int(start), int(stop), int(stop) - int(start)
-    p, emb, L = c.effective_purge, c.embargo, c.seq_len
+    p, emb, L = c.effective_purge, c.embargo or 0, c.seq_len   # prepare resolves embargo=None to the feature lookback
     after = p + emb + L - 1
+    both = p + emb + L - 1 if emb else p   # schemes training on both sides keep the feature gap before each block too
     scheme = c.validation
     _need(m > 0, f"no window positions to split (start={lo}, stop={hi})", scheme, "supply more rows")
     if scheme == "holdout":
@@ -809,7 +863,7 @@ def split_plan(stop: int, config: DataConfig, *, start: int = 0,
             evals = [_merge([(int(edges[b]), int(edges[b + 1])) for b in range(nb) if fold_of[b] == i]) for i in range(k)]
         out = []
         for i, ev in enumerate(evals):
-            tr = _complement(ev, lo, hi, p, after)
+            tr = _complement(ev, lo, hi, both, after)
             _need(sum(b - a for a, b in tr) > 0, f"fold {i} has no training rows after purge {p} and embargo {emb}",
                   scheme, "use fewer folds, a smaller embargo, or more data")
             out.append(Split(tr, ev, None, name=f"fold {i}"))
@@ -817,7 +871,7 @@ def split_plan(stop: int, config: DataConfig, *, start: int = 0,
     if scheme == "leave_one_out":
         out = []
         for q in range(lo, hi):
-            tr = _complement([(q, q + 1)], lo, hi, p, after)
+            tr = _complement([(q, q + 1)], lo, hi, both, after)
             _need(sum(b - a for a, b in tr) > 0, f"position {q} leaves no training rows", scheme, "supply more data")
             out.append(Split(tr, [(q, q + 1)], None, name=f"loo {q - lo}"))
         return out
@@ -827,7 +881,7 @@ def split_plan(stop: int, config: DataConfig, *, start: int = 0,
 def check_plan(plan: Sequence[Split], config: DataConfig) -> None:
     "Raise `DataError` if any split lets training windows see an evaluation range (purge, embargo, seq_len)."
     c = as_data_config(config)
-    p, after = c.effective_purge, c.effective_purge + c.embargo + c.seq_len - 1
+    p, after = c.effective_purge, c.effective_purge + (c.embargo or 0) + c.seq_len - 1
     for s in plan:
         if not s.train: raise DataError(f"{s.name} has no training range; every split needs one")
         evals = s.eval_ranges()
@@ -848,6 +902,23 @@ def check_plan(plan: Sequence[Split], config: DataConfig) -> None:
                     if b <= ta and b > ta - p:
                         raise DataError(f"{s.name} leaks: validation range [{a}, {b}) ends less than the purge of {p} rows "
                                         f"before test range [{ta}, {tb}); end it at {ta - p}")
+
+# %% ../nbs/02_data.ipynb #35f4962a
+def resolve_embargo(config: DataConfig, lookbacks: dict[str, int | None]) -> DataConfig:
+    "`config` with `embargo` at least the longest feature lookback (its default); `ConfigError` naming the feature otherwise."
+    c = as_data_config(config)
+    unknown = [k for k, v in lookbacks.items() if v is None]
+    if unknown and not c.allow_feature_overlap:
+        raise ConfigError(f"feature {unknown[0]!r} does not declare its lookback; set .lookback on its function (the rows "
+                          f"before t it reads), or set allow_feature_overlap=True")
+    known = {k: v for k, v in lookbacks.items() if v is not None}
+    name, need = max(known.items(), key=lambda kv: kv[1]) if known else (None, 0)
+    if c.embargo is None: return c.model_copy(update={"embargo": need if not unknown else 0})
+    if c.embargo < need and not c.allow_feature_overlap:
+        raise ConfigError(f"embargo={c.embargo} is shorter than the {need}-row lookback of feature {name!r}: training inputs "
+                          f"after an evaluation block would read its prices; set embargo >= {need} (or leave it unset), "
+                          f"or allow_feature_overlap=True")
+    return c
 
 # %% ../nbs/02_data.ipynb #80ce83ca
 def fingerprint(frame: pd.DataFrame, config: qcfg.QtnbConfig | dict | None = None) -> str:
@@ -870,7 +941,7 @@ class Fold:
     def _masks(self) -> dict[str, np.ndarray]:
         P = self.prepared
         c, e, le, s = P.config, P._end_pos, P._label_end_pos, P._start_pos
-        p, emb = c.effective_purge, c.embargo
+        p, emb = c.effective_purge, c.embargo or 0
         def member(ranges):
             m = np.zeros(len(e), dtype=bool)
             for a, b in ranges or []: m |= (e >= a) & (e < b)
@@ -884,6 +955,7 @@ class Fold:
                 LE = int(le[inside].max()) if inside.any() else b - 1 + p
                 before = (le < a) & (e + p < a)
                 after = (s >= max(LE + 1, b + p) + emb) & (e >= b)
+                if not c.allow_feature_overlap: after &= P._read_pos >= b   # no input computed from evaluation prices
                 mask &= before | after
             return mask
         masks_eval_all = masks["val"] | masks["test"]
@@ -903,8 +975,15 @@ class Fold:
         np.add.at(touched, train_ends - L + 1, 1); np.add.at(touched, train_ends + 1, -1)
         rows = np.cumsum(touched[:-1]) > 0
         scaler = Scaler(c.scaler).fit(P._X[rows])
-        x = torch.from_numpy(scaler.transform(P._X).astype(np.float32))
-        fr = P._R[:, 0].astype(np.float32)
+        X, by_symbol = scaler.transform(P._X), {}
+        if P._symbols is not None and c.scaler_scope == "symbol":       # each symbol scaled by its own training rows
+            for k, name in enumerate(P._symbol_names):
+                own = P._codes == k
+                fit = rows & own
+                by_symbol[name] = Scaler(c.scaler).fit(P._X[fit]) if fit.any() else scaler   # no training rows: pooled
+                X[own] = by_symbol[name].transform(P._X[own])
+        x = torch.from_numpy(X.astype(np.float32))
+        fr = P._R1                                       # trading is on one-period returns whatever the horizon
         if c.task == "regression":
             tscaler = Scaler(c.target_scaler).fit(P._R[train_ends]) if c.target_scaler != "none" else None
             y = torch.from_numpy((tscaler.transform(P._R) if tscaler else P._R).astype(np.float32))
@@ -913,7 +992,7 @@ class Fold:
             tscaler = None
             y = torch.from_numpy(direction(P._R[:, 0], c.n_classes, c.dead_band))
             n_out = 1 if c.n_classes == 2 else c.n_classes
-        kw = dict(feature_names=P.feature_names, task=c.task, n_outputs=n_out, forward_returns=fr,
+        kw = dict(feature_names=P.feature_names, task=c.task, n_outputs=n_out, forward_returns=fr, horizon=c.all_horizons[0],
                   dates=P._dates, symbols=P._symbols)
         def win(role):
             ends = np.flatnonzero(m[role])
@@ -921,10 +1000,12 @@ class Fold:
             if len(ends) == 0:
                 raise InsufficientData(f"{self.name}: the {role} range has no windows after purging; give it more rows")
             return Windows(x, y, ends, L, augment=P.augment if role == "train" else None, role=role, **kw)
-        self._built = dict(scaler=scaler, target_scaler=tscaler, train=win("train"), val=win("val"), test=win("test"))
+        self._built = dict(scaler=scaler, symbol_scalers=by_symbol, target_scaler=tscaler, train=win("train"), val=win("val"), test=win("test"))
         return self._built
 
-    scaler = property(lambda self: self._build()["scaler"], doc="Feature scaler fitted on this fold's training rows.")
+    scaler = property(lambda self: self._build()["scaler"], doc="Feature scaler fitted on this fold's training rows (all symbols).")
+    symbol_scalers = property(lambda self: self._build()["symbol_scalers"],
+                              doc="Panels with scaler_scope='symbol': each symbol's scaler, fitted on its own training rows.")
     target_scaler = property(lambda self: self._build()["target_scaler"], doc="Regression target scaler (or None).")
     train = property(lambda self: self._build()["train"], doc="Training `Windows`.")
     val = property(lambda self: self._build()["val"], doc="Validation `Windows` (None when the plan has none).")
@@ -947,13 +1028,16 @@ class Fold:
 class Prepared:
     "A validated, featurised dataset with its split plan: `folds`, `feature_names`, `fingerprint`, `stats()`, `plot_splits()`."
     def __init__(self, config: DataConfig, frame: pd.DataFrame, features: pd.DataFrame, plan: list[Split] | None = None):
-        c = self.config = config
+        lookbacks = features.attrs.get("lookbacks") or {str(k): None for k in features.columns}
+        c = self.config = resolve_embargo(config, lookbacks)
+        self.lookback = max([v for v in lookbacks.values() if v is not None], default=0)
         self.frame, self.features = frame, features
         self.feature_names = list(features.columns)
         sym = _symbol_col(frame, c.symbol_col)
         self.symbol_col = sym
         hs = c.all_horizons
         R = forward_returns(frame, hs, price_col=c.price_col, symbol_col=sym).to_numpy()
+        R1 = R[:, hs.index(1)] if 1 in hs else forward_returns(frame, [1], price_col=c.price_col, symbol_col=sym).to_numpy()[:, 0]
         X = features.to_numpy(dtype="float64")
         codes = pd.factorize(frame[sym].astype(str), sort=True)[0] if sym else np.zeros(len(frame), dtype=np.int64)
         names = np.asarray(frame[sym].astype(str)) if sym else None
@@ -980,10 +1064,11 @@ class Prepared:
             label_row[first:last] = np.arange(first, last) + max(hs)
         self._blocks = []
         kept = np.flatnonzero(keep)
-        self._X, self._R = X[kept], R[kept]
+        self._X, self._R, self._R1 = X[kept], R[kept], R1[kept]
         self._dates = frame.index[kept]
         self._symbols = names[kept] if names is not None else None
         kcodes = codes[kept]
+        self._codes, self._symbol_names = kcodes, (list(pd.factorize(frame[sym].astype(str), sort=True)[1]) if sym else [])
         T, L = len(kept), c.seq_len
         newblock = np.concatenate([[True], (kcodes[1:] != kcodes[:-1]) | (np.diff(kept) != 1)])
         block_start = np.maximum.accumulate(np.where(newblock, np.arange(T), 0))
@@ -991,6 +1076,8 @@ class Prepared:
         self._end_pos = pos_all[kept]
         self._label_end_pos = pos_all[label_row[kept]]
         self._start_pos = pos_all[kept[np.maximum(np.arange(T) - L + 1, 0)]]
+        sym_first = np.concatenate([[0], bounds])[np.searchsorted(bounds, kept, side="right")]
+        self._read_pos = pos_all[np.maximum(kept[np.maximum(np.arange(T) - L + 1, 0)] - self.lookback, sym_first)]
         self._all_dates = all_dates
         ends_pos = self._end_pos[self._is_end]
         lo, hi = int(ends_pos.min()), int(ends_pos.max()) + 1
@@ -1068,3 +1155,41 @@ def _plot_splits(self: Prepared, max_folds: int = 30):
     return fig
 
 Prepared.stats, Prepared.plot_splits = _stats, _plot_splits
+
+# %% ../nbs/02_data.ipynb #35362873
+def trend_regime(close: pd.Series, window: int = 200) -> pd.Series:
+    "1 where the close is above its `window`-row moving average, 0 below; NaN during the warm-up."
+    c = close.astype("float64")
+    ma = _rmean(c, window)
+    return (c > ma).astype("float64").where(ma.notna())
+
+FEATURES["trend"] = (lambda df, n, pc: trend_regime(_close(df, pc), n), 200, ())
+LOOKBACKS["trend"] = lambda n: n
+
+def volatility_regime(close: pd.Series, train, *, window: int = 20, quantiles: Sequence[float] = (1 / 3, 2 / 3)) -> pd.Series:
+    "0 (calm) to len(quantiles) (turbulent): rolling volatility against its quantiles on the training rows `train`."
+    vol = _rstd(np.log(close.astype("float64")).diff(), window)
+    fit = vol[np.asarray(train, dtype=bool)].dropna()
+    if fit.empty: raise InsufficientData(f"volatility_regime has no training row past its {window}-row window; give it more")
+    cuts = np.quantile(fit.to_numpy(), quantiles)
+    return pd.Series(np.searchsorted(cuts, vol.to_numpy(), side="right").astype("float64"), index=close.index).where(vol.notna())
+
+# %% ../nbs/02_data.ipynb #359805b2
+def hmm_regime(close: pd.Series, train, *, n_states: int = 2, seed: int = 0) -> pd.Series:
+    "Gaussian HMM of log returns fitted on the rows `train` only, then filtered forward; states numbered calm to turbulent."
+    from hmmlearn.hmm import GaussianHMM
+    from scipy.special import logsumexp
+    from scipy.stats import norm
+    r = np.log(close.astype("float64")).diff().to_numpy()
+    t = np.asarray(train, dtype=bool) & np.isfinite(r)
+    if t.sum() < 10 * n_states: raise InsufficientData(f"hmm_regime has {int(t.sum())} training returns; give it more")
+    m = GaussianHMM(n_components=n_states, covariance_type="diag", n_iter=100, random_state=seed).fit(r[t].reshape(-1, 1))
+    mu, sd = m.means_[:, 0], np.sqrt(m.covars_.reshape(n_states, -1)[:, 0])
+    rank = np.empty(n_states); rank[np.argsort(sd)] = np.arange(n_states)
+    logA, la, out = np.log(m.transmat_ + 1e-300), None, np.full(len(r), np.nan)
+    for i in np.flatnonzero(np.isfinite(r)):                   # forward filtering: P(state_t | returns up to t)
+        prior = np.log(m.startprob_ + 1e-300) if la is None else logsumexp(la[:, None] + logA, axis=0)
+        la = prior + norm.logpdf(r[i], mu, sd)
+        la -= logsumexp(la)
+        out[i] = rank[int(np.argmax(la))]
+    return pd.Series(out, index=close.index)

@@ -20,13 +20,13 @@ from .config import QtnbConfig, param, atomic_write, read_yaml, load_settings, r
 from .errors import ConfigError, DataError, QtnbError
 
 # %% auto #0
-__all__ = ['PIPELINES', 'resolve_runs_dir', 'PipelineParams', 'TrainParams', 'check_data_source', 'check_features',
-           'check_model_shapes', 'largest_allocation', 'free_memory', 'check_memory', 'BacktestParams', 'TuneParams',
-           'ExportParams', 'default_search_space', 'parse_value', 'pipeline_class', 'check_params', 'check_runs_dir',
-           'pipeline_run', 'say', 'EpochLog', 'FoldResult', 'fold_predictions', 'stitch', 'oos_metrics', 'train_folds',
-           'mean_metrics', 'train', 'use_static_plotly', 'Report', 'backtest', 'tune', 'latest_model_run', 'export',
-           'PipelineFailed', 'pipeline_notebook', 'run_pipeline', 'parse_grid', 'grid_combinations', 'sweep',
-           'sweep_figure']
+__all__ = ['PIPELINES', 'FORWARD_GRACE_S', 'resolve_runs_dir', 'PipelineParams', 'TrainParams', 'check_data_source',
+           'check_features', 'check_model_shapes', 'largest_allocation', 'free_memory', 'check_memory',
+           'BacktestParams', 'TuneParams', 'ExportParams', 'default_search_space', 'parse_value', 'pipeline_class',
+           'check_params', 'check_runs_dir', 'pipeline_run', 'say', 'EpochLog', 'FoldResult', 'fold_predictions',
+           'stitch', 'oos_metrics', 'train_folds', 'mean_metrics', 'train', 'use_static_plotly', 'Report',
+           'regime_breakdown', 'backtest', 'tune', 'latest_model_run', 'export', 'PipelineFailed', 'pipeline_notebook',
+           'run_pipeline', 'parse_grid', 'grid_combinations', 'sweep', 'sweep_figure']
 
 # %% ../nbs/12_pipeline.ipynb #8df3eba0
 def resolve_runs_dir(runs_dir: str | Path | None = None) -> Path:
@@ -71,7 +71,8 @@ class TrainParams(PipelineParams):
     seed: int = param(42, description="Seed for weights, shuffling and augmentation.", group="training", ge=0, le=2**32 - 1)
     validation: Literal["holdout", "walk_forward"] = param("holdout", description="Temporal holdout, or walk-forward with one model per fold.", group="validation")
     n_folds: int = param(5, description="Walk-forward folds.", group="validation", ge=2, le=100)
-    embargo: int = param(0, description="Rows skipped after each evaluation range.", group="validation", ge=0)
+    embargo: int | None = param(None, description="Rows skipped after each evaluation range; default (None): the longest feature lookback, the least allowed.", group="validation", ge=0)
+    allow_feature_overlap: bool = param(False, description="Allow an embargo shorter than the longest feature lookback.", group="validation")
     export: bool = param(False, description="Export the trained model to ONNX (model.onnx in the run folder).", group="export")
 
 # %% ../nbs/12_pipeline.ipynb #16ac3b0f
@@ -130,7 +131,8 @@ def check_memory(model_cfg: dict, *, batch_size: int, seq_len: int, n_features: 
 # %% ../nbs/12_pipeline.ipynb #89604717
 def _data_fields(p: TrainParams) -> dict:
     return dict(data=p.data, symbol_col=p.symbol_col, features=list(p.features), target=p.target, horizon=p.horizon,
-                seq_len=p.seq_len, validation=p.validation, n_folds=p.n_folds, embargo=p.embargo, fill=p.fill,
+                seq_len=p.seq_len, validation=p.validation, n_folds=p.n_folds, embargo=p.embargo,
+                allow_feature_overlap=p.allow_feature_overlap, fill=p.fill,
                 time_col=p.time_col, date_unit=p.date_unit, date_format=p.date_format, dayfirst=p.dayfirst, tz=p.tz)
 
 def _data_config(self: TrainParams):
@@ -230,22 +232,24 @@ def _search_space(self: TuneParams):
     return space
 
 def _tuner(self: TuneParams, runs_dir=None):
-    "The Tuner these parameters describe (it checks space, objective, sampler and pruner against the model)."
-    from qtnb.tuner import Tuner, storage_spec
+    "The Tuner these parameters describe (it checks space, objective, sampler and pruner against the model, and the study's storage)."
+    from qtnb.tuner import Tuner
     dc = self.data_config()
     base = self.model_spec(dc)
     train = {k: v for k, v in self.train_config().model_dump().items()}
     train["importance"] = False
     root = resolve_runs_dir(runs_dir if runs_dir is not None else self.runs_dir)
-    # the default run store keeps settings.ini's study storage; another run store gets its own study file
-    storage = None if root == default_runs_dir() else (
-              f"sqlite:///{root / 'optuna.db'}" if self.workers == 1 else str(root / "optuna.journal"))
+    # the study's storage is the one recorded in the run store, else a journal there, whatever `workers` says
     return Tuner(self.search_space_obj(), self.objective, data=dc, model=base, train=train, sampler=self.sampler,
-                 pruner=self.pruner, study_name=self.study_name, storage=storage, runs_dir=root, seed=self.seed)
+                 pruner=self.pruner, study_name=self.study_name, runs_dir=root, seed=self.seed)
 
 def _check_tune(self: TuneParams) -> TuneParams:
+    from qtnb.tuner import check_storage
     _check_train(self)
-    self.tuner()
+    spec = check_storage(self.tuner().storage)   # a damaged study file fails here, before a kernel starts (exit code 2)
+    if self.workers > 1 and spec.is_sqlite:
+        raise ConfigError(f"workers={self.workers}: the study lives in SQLite ({spec.display()}), which worker processes cannot share "
+                          "without 'database is locked'; continue it with -p workers 1, or tune a new study_name (a journal)")
     return self
 
 TuneParams.search_space_obj, TuneParams.tuner, TuneParams.check = _search_space, _tuner, _check_tune
@@ -372,18 +376,23 @@ def stitch(folds: list[FoldResult]) -> pd.DataFrame:
     if not frames: return pd.DataFrame()
     return pd.concat(frames, ignore_index=True).sort_values(["date", "fold"], kind="stable").reset_index(drop=True)
 
-def oos_metrics(pred: pd.DataFrame, task: str, *, cost_bps: float = 0.0) -> dict:
+def oos_metrics(pred: pd.DataFrame, task: str, *, cost_bps: float = 0.0,
+                horizon: int = 1, hold: str = "next", # how the signal is traded: qtnb.metrics.hold_periods
+                weighting: str = "equal", long_only: bool = False) -> dict: # a panel's portfolio: qtnb.metrics.portfolio_returns
     "Metrics (task and trading) of stitched out-of-sample predictions, computed in return space."
     from qtnb.metrics import compute_metrics
     if pred.empty: return {}
+    panel = dict(dates=pred["date"].to_numpy(), symbols=pred["symbol"].to_numpy(), weighting=weighting,
+                 long_only=long_only) if "symbol" in pred else {}
     if task == "regression":
         t = pred[[c for c in pred if c.startswith("y_true")]].to_numpy()
         p = pred[[c for c in pred if c.startswith("y_pred")]].to_numpy()
-        return compute_metrics(task, t, p, forward_returns=pred["forward_return"].to_numpy(), cost_bps=cost_bps)
+        return compute_metrics(task, t, p, forward_returns=pred["forward_return"].to_numpy(), cost_bps=cost_bps,
+                               horizon=horizon, hold=hold, **panel)
     logits = pred[[c for c in pred if c.startswith("logit_")]].to_numpy()
     n_classes = 2 if logits.shape[1] == 1 else logits.shape[1]
     return compute_metrics(task, pred["y_true"].to_numpy(), logits, n_classes=n_classes, from_logits=True,
-                           forward_returns=pred["forward_return"].to_numpy(), cost_bps=cost_bps)
+                           forward_returns=pred["forward_return"].to_numpy(), cost_bps=cost_bps, horizon=horizon, hold=hold, **panel)
 
 # %% ../nbs/12_pipeline.ipynb #bf681ae8
 def _range_dates(prep, ranges) -> list | None:
@@ -393,9 +402,8 @@ def _range_dates(prep, ranges) -> list | None:
     return [str(d[a].date()), str(d[min(b, len(d)) - 1].date())]
 
 def _copy_atomic(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    shutil.copyfile(src, tmp); os.replace(tmp, dst)
+    "Copy `src` to `dst` with `atomic_write`'s guarantees (old or new file; `DiskFull` when space runs out)."
+    with open(src, "rb") as f: atomic_write(dst, lambda out: shutil.copyfileobj(f, out))
 
 def train_folds(prep, model_cfg: dict, train_cfg, *, run=None, folds=None, verbose: bool = True) -> list[FoldResult]:
     "Train `model_cfg` on each fold of `prep` (all by default); with a run, walk-forward folds get runs under run/folds."
@@ -460,16 +468,20 @@ def _export_model(run, fr: FoldResult, prep) -> Path:
 
 @contextlib.contextmanager
 def _failing(run):
-    "Mark `run` failed with the error's one line if the block raises (the trainer marks its own failures too)."
-    try: yield
-    except BaseException as e:
-        if run is not None and run.status.get("state") in ("running", "completed", None):
-            run.set_status("stopped" if isinstance(e, KeyboardInterrupt) else "failed", error=f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}")
-        raise
+    "Keep `run`'s heartbeat (a signal ends it 'interrupted') and mark it failed with the error's one line if the block raises."
+    from qtnb.runs import RunInterrupted
+    with run.heartbeat() if run is not None else contextlib.nullcontext():
+        try: yield
+        except BaseException as e:
+            if run is not None and _best_effort(lambda: run.status.get("state")) in ("running", "completed", None):
+                state = "interrupted" if isinstance(e, RunInterrupted) else "stopped" if isinstance(e, KeyboardInterrupt) else "failed"
+                _best_effort(run.set_status, state, error=f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}")
+            raise
 
 def train(p: TrainParams | dict | None = None, *, verbose: bool = True, cost_bps: float | None = None, **params) -> "Report":
     "Run the train pipeline in-process: the same work as `qtnb run train`, returning a Report."
     from qtnb.data import prepare
+    from qtnb.metrics import trading_convention
     p = p if isinstance(p, TrainParams) else TrainParams(**{**(p or {}), **params}).check()
     dc, tcfg = p.data_config(), p.train_config()
     if cost_bps is not None: tcfg = tcfg.model_copy(update={"cost_bps": cost_bps})
@@ -478,7 +490,8 @@ def train(p: TrainParams | dict | None = None, *, verbose: bool = True, cost_bps
     t0 = time.perf_counter()
     with _failing(run):
         prep = prepare(dc)
-        run.write_params({**run.params, "data": dc.model_dump(mode="json"), "model": mcfg, "train": tcfg.model_dump(mode="json")})
+        # the data config as prepared: embargo resolved from the features' lookback, allow_feature_overlap recorded
+        run.write_params({**run.params, "data": prep.config.model_dump(mode="json"), "model": mcfg, "train": tcfg.model_dump(mode="json")})
         if verbose: say(f"run {run.id}: {p.model} on {p.data}, {p.validation}, {len(prep.folds)} fold(s), "
                           f"{len(prep.feature_names)} features")
         many = len(prep.folds) > 1
@@ -487,9 +500,16 @@ def train(p: TrainParams | dict | None = None, *, verbose: bool = True, cost_bps
         pred = stitch(folds)
         cost = tcfg.cost_bps
         if many:
-            metrics = {"val": mean_metrics([f.result.val_metrics for f in folds]), "test": oos_metrics(pred, dc.task, cost_bps=cost)}
+            metrics = {"val": mean_metrics([f.result.val_metrics for f in folds]),
+                       "test": oos_metrics(pred, dc.task, cost_bps=cost, horizon=dc.all_horizons[0], hold=tcfg.trade_hold,
+                                           weighting=tcfg.portfolio_weighting, long_only=tcfg.long_only)}
         else:
             metrics = {"val": last.result.val_metrics, "test": last.result.test_metrics}
+        metrics["trading"] = {**trading_convention(dc.all_horizons[0], tcfg.trade_hold), "weighting": tcfg.portfolio_weighting,
+                              "long_only": tcfg.long_only}
+        if "symbol" in pred and pred["symbol"].nunique() > 1:
+            metrics["trading"]["definition"] += (f"; the {pred['symbol'].nunique()} symbols traded as one "
+                                                 f"{tcfg.portfolio_weighting}-weight{' long-only' if tcfg.long_only else ''} portfolio")
         metrics["folds"] = [dict(fold=f.index, name=f.name, run_id=f.run_id, **{f"{k}_dates": v for k, v in f.ranges.items()},
                                  best_epoch=f.result.best_epoch, epochs=f.result.epochs, val=f.result.val_metrics,
                                  test=f.result.test_metrics) for f in folds]
@@ -499,6 +519,9 @@ def train(p: TrainParams | dict | None = None, *, verbose: bool = True, cost_bps
         run.write_metrics(metrics)
         atomic_write(Path(run.path) / "predictions.csv", pred.to_csv(index=False))
         model_path = _save_model(run, last, mcfg, many)
+        if many:                                     # the run's model is the last fold's: so is its preprocessing
+            from qtnb.predict import save_preprocess
+            save_preprocess(run, prep, prep.folds[last.index])
         params_all = run.params
         run.write_lineage(seed=p.seed, data_fingerprint=prep.fingerprint, config_hash=_config_hash(
             {k: params_all.get(k) for k in ("data", "model", "train")}), extra={"pipeline": p.pipeline})
@@ -540,6 +563,7 @@ class Report:
         if self.model_path is not None: lines.append(f"model    {self.model_path}")
         if self.exported is not None: lines.append(f"exported {self.exported}")
         if head: lines.append(f"test     {head}")
+        if "trading" in self.metrics: lines.append(f"trading  {self.metrics['trading']['definition']}")
         return "\n".join(lines)
 
     def __repr__(self): return f"Report({self.params.pipeline}, run {self.run.id})"
@@ -593,7 +617,7 @@ def _plot_predictions(self: Report, max_points: int = 3000):
     from plotly.subplots import make_subplots
     d = self.predictions
     if d is None or d.empty: return go.Figure()
-    if "symbol" in d: d = d[d["symbol"] == d["symbol"].iloc[0]]
+    if "symbol" in d: d = d[d["symbol"] == d["symbol"].iloc[0]]   # one symbol's predictions (the backtest trades all)
     d = d.iloc[:: max(1, len(d) // max_points)]
     reg = self.params.target == "return"
     fig = make_subplots(rows=1, cols=2, column_widths=[0.7, 0.3],
@@ -616,9 +640,26 @@ def _backtest(self: Report, cost_bps: float | None = None) -> pd.DataFrame:
     from qtnb.metrics import backtest
     d = self.predictions
     if d is None or d.empty: return pd.DataFrame()
-    if "symbol" in d: d = d[d["symbol"] == d["symbol"].iloc[0]]
     cost = getattr(self.params, "cost_bps", 0.0) if cost_bps is None else cost_bps
-    return backtest(d["signal"].to_numpy(), d["forward_return"].to_numpy(), pd.DatetimeIndex(d["date"]), cost_bps=cost)
+    tr = self.metrics.get("trading", {})
+    if "symbol" in d and d["symbol"].nunique() > 1: return _portfolio_backtest(d, cost, tr)
+    return backtest(d["signal"].to_numpy(), d["forward_return"].to_numpy(), pd.DatetimeIndex(d["date"]), cost_bps=cost,
+                    horizon=tr.get("horizon", 1), hold=tr.get("hold", "next"))
+
+def _portfolio_backtest(d: pd.DataFrame, cost: float, tr: dict) -> pd.DataFrame:
+    "A panel's backtest: the per-date portfolio of every symbol (qtnb.metrics.portfolio_returns), with the same columns."
+    from qtnb.metrics import portfolio_metrics, portfolio_returns
+    kw = dict(weighting=tr.get("weighting", "equal"), long_only=tr.get("long_only", False))
+    args = (d["signal"].to_numpy(), d["forward_return"].to_numpy(), pd.DatetimeIndex(d["date"]), d["symbol"].to_numpy())
+    pr = portfolio_returns(*args, cost_bps=cost, **kw)
+    hold = portfolio_returns(np.ones(len(d)), *args[1:])                  # equal-weight buy-and-hold of every symbol
+    eq = np.cumprod(1 + pr["portfolio_return"].to_numpy())
+    bt = pd.DataFrame(dict(position=pr["exposure"], asset_return=hold["portfolio_return"], cost=pr["cost"],
+                           strategy_return=pr["portfolio_return"], equity=eq,
+                           drawdown=1 - eq / np.maximum.accumulate(np.r_[1.0, eq])[1:],
+                           buy_hold=np.cumprod(1 + hold["portfolio_return"].to_numpy())), index=pr.index)
+    bt.attrs["metrics"] = portfolio_metrics(*args, cost_bps=cost, **kw)
+    return bt
 
 def _plot_equity(self: Report, cost_bps: float | None = None):
     "Equity of the strategy against buy-and-hold, and its drawdown, out of sample."
@@ -640,6 +681,24 @@ def _plot_equity(self: Report, cost_bps: float | None = None):
 Report.plot_history, Report.plot_predictions, Report.backtest, Report.plot_equity = _plot_history, _plot_predictions, _backtest, _plot_equity
 
 # %% ../nbs/12_pipeline.ipynb #1b3419cc
+def regime_breakdown(rep: Report, cost_bps: float = 0.0) -> dict:
+    "The out-of-sample figures by trend regime (close vs its 200-day average) and volatility regime (quantiles fitted on the dates before the first prediction)."
+    from qtnb.data import trend_regime, volatility_regime
+    from qtnb.metrics import metrics_by_regime
+    d, P = rep.predictions, rep.prepared
+    sym, pc = P.symbol_col, P.config.price_col
+    first = pd.Timestamp(d["date"].min())
+    labs = []
+    for name, g in (P.frame.groupby(sym) if sym else [(None, P.frame)]):
+        c = g[pc]
+        lab = pd.DataFrame({"trend": trend_regime(c, 200), "volatility": volatility_regime(c, g.index < first)})
+        lab["date"], lab["symbol"] = g.index, (str(name) if sym else None)
+        labs.append(lab)
+    keys = ["date", "symbol"] if sym and "symbol" in d else ["date"]
+    m = d.merge(pd.concat(labs, ignore_index=True)[keys + ["trend", "volatility"]], on=keys, how="left")
+    return {k: metrics_by_regime(m["signal"].to_numpy(), m["forward_return"].to_numpy(), m[k].to_numpy(),
+                                 cost_bps=cost_bps).to_dict(orient="index") for k in ("trend", "volatility")}
+
 def backtest(p: BacktestParams | dict | None = None, *, verbose: bool = True, **params) -> Report:
     "Run the backtest pipeline in-process: walk-forward fits, stitched out-of-sample predictions traded after costs."
     from qtnb.metrics import trading_metrics
@@ -647,9 +706,22 @@ def backtest(p: BacktestParams | dict | None = None, *, verbose: bool = True, **
     rep = train(p, verbose=verbose, cost_bps=p.cost_bps)
     bt = rep.backtest()
     if not bt.empty:
-        hold = trading_metrics(np.ones(len(bt)), bt["asset_return"].to_numpy(), log_returns=False)
-        rep.metrics["backtest"] = {"strategy": bt.attrs["metrics"], "buy_hold": hold, "cost_bps": p.cost_bps,
+        tr = rep.metrics["trading"]
+        hold = trading_metrics(np.ones(len(bt)), bt["asset_return"].to_numpy(), log_returns=False,
+                               periods_per_year=tr["periods_per_year"] / (tr["horizon"] if tr["hold"] == "blocks" else 1))
+        d = rep.predictions
+        symbols = None
+        if d is not None and "symbol" in d and d["symbol"].nunique() > 1:
+            from qtnb.metrics import symbol_table
+            symbols = symbol_table(d["signal"].to_numpy(), d["forward_return"].to_numpy(), pd.DatetimeIndex(d["date"]),
+                                   d["symbol"].to_numpy(), cost_bps=p.cost_bps)
+        rep.metrics["backtest"] = {"strategy": bt.attrs["metrics"], "buy_hold": hold, "cost_bps": p.cost_bps, "trading": tr["definition"],
                                    "start": str(bt.index[0].date()), "end": str(bt.index[-1].date())}
+        try: rep.metrics["backtest"]["regimes"] = regime_breakdown(rep, p.cost_bps)
+        except DataError as e: rep.metrics["backtest"]["regimes"] = {"error": str(e)}   # too little history for a regime
+        if symbols is not None:
+            rep.metrics["backtest"]["symbols"] = symbols.to_dict(orient="index")
+            atomic_write(rep.run_dir / "symbols.csv", symbols.to_csv())
         rep.run.write_metrics(rep.metrics)
         atomic_write(rep.run_dir / "backtest.csv", bt.to_csv())
     return rep
@@ -657,9 +729,10 @@ def backtest(p: BacktestParams | dict | None = None, *, verbose: bool = True, **
 # %% ../nbs/12_pipeline.ipynb #bce9edfc
 def tune(p: TuneParams | dict | None = None, *, verbose: bool = True, **params) -> Report:
     "Run the tune pipeline in-process: optimise the study, record the best trial in the pipeline's run."
-    from qtnb.runs import open_run
+    from qtnb.runs import open_run, process_record
     p = p if isinstance(p, TuneParams) else TuneParams(**{**(p or {}), **params}).check()
     run = pipeline_run(p, f"tune-{p.model}")
+    run.set_status("running", **process_record())   # the process doing the tuning: a reader can tell when it is gone
     with _failing(run):
         tuner = p.tuner(runs_dir=Path(run.path).parent)
         run.write_params({**run.params, "study": {"name": tuner.study_name, "storage": tuner.storage.display(),
@@ -675,7 +748,8 @@ def tune(p: TuneParams | dict | None = None, *, verbose: bool = True, **params) 
         bm = open_run(best_run, runs_dir=Path(run.path).parent).metrics if best_run else {}
         metrics = {"val": bm.get("val", {}), "test": bm.get("test", {}),
                    "study": {"name": tuner.study_name, "best_trial": best.number, "best_value": best.value if len(tuner.objectives) == 1 else best.values,
-                             "best_params": best.params, "best_run_id": best_run, **{k: v for k, v in stats.items() if isinstance(v, (int, float, str))}}}
+                             "best_params": best.params, "best_run_id": best_run, **{k: v for k, v in stats.items() if isinstance(v, (int, float, str))},
+                             "deflated_sharpe": stats.get("deflated_sharpe")}}
         run.write_metrics(metrics)
         trials = tuner.study.trials_dataframe()
         atomic_write(Path(run.path) / "trials.csv", trials.to_csv(index=False))
@@ -763,35 +837,183 @@ def run_pipeline(pipeline: str, params: dict | None = None, *, yaml_path: str | 
     given = {**(read_yaml(yaml_path) if yaml_path is not None else {}), **(params or {})}
     for k in ("run_id",):
         if k in given: raise ConfigError(f"{k} is set by qtnb run; use --name to name the run")
-    p = check_params(pipeline, params, yaml_path=yaml_path)
+    p = check_params(pipeline, {**(params or {}), **({'runs_dir': str(runs_dir)} if runs_dir is not None else {})}, yaml_path=yaml_path)   # the tune check reads the run store's study record
     if name is not None: p = p.model_copy(update={"run_name": name})
     root = check_runs_dir(runs_dir if runs_dir is not None else p.runs_dir)
-    run = create_run(_default_name(p), runs_dir=root,
-                     params={"pipeline": pipeline, "parameters": p.model_dump(mode="json", exclude={"run_id", "runs_dir"})})
-    inject = {k: v for k, v in p.model_dump(mode="json").items() if k in given or k == "run_name" and v is not None}
-    inject.update(run_id=run.id, runs_dir=str(root))
-    out = Path(run.path) / "notebook.ipynb"
-    try:
-        pm.execute_notebook(str(pipeline_notebook(pipeline)), str(out), parameters=inject, progress_bar=progress_bar,
-                            stdout_file=stdout or sys.stdout, stderr_file=stderr or sys.stderr, cwd=os.getcwd(),
-                            start_timeout=start_timeout, kernel_name="python3",
-                            # a saved notebook carries plotly.js (~5 MB): saving it after every cell cost ~8 s a run;
-                            # papermill still saves every 30 s while a cell runs, at the end, and on failure
-                            request_save_on_cell_execute=False,
-                            extra_arguments=["--IPKernelApp.log_level=ERROR"])   # no transport notice per kernel
-    except KeyboardInterrupt:
-        run.set_status("stopped", error="interrupted (Ctrl-C)"); raise
-    except Exception as e:
-        line = _error_line(e)
-        cell = getattr(e, "exec_count", None)
-        st = run.status
-        if st.get("state") not in ("failed", "stopped") or not st.get("error"):
-            run.set_status("failed", error=line, cell=cell)
-        else: run.set_status(st["state"], error=st["error"], cell=cell)
-        where = f" in cell [{cell}]" if cell is not None else ""
-        raise PipelineFailed(f"run {run.id} failed{where}: {line} (notebook: {out})", run) from None
+    with _forward_signals() as signals:
+        got = signals["got"]
+        run = signals["run"] = create_run(_default_name(p), runs_dir=root,
+                         params={"pipeline": pipeline, "parameters": p.model_dump(mode="json", exclude={"run_id", "runs_dir"})})
+        run.set_status("running", launcher_pid=os.getpid())        # the kernel stamps its own pid and heartbeat
+        inject = {k: v for k, v in p.model_dump(mode="json").items() if k in given or k == "run_name" and v is not None}
+        inject.update(run_id=run.id, runs_dir=str(root))
+        out = Path(run.path) / "notebook.ipynb"
+        engine = _papermill_setup()
+        try:
+            pm.execute_notebook(str(pipeline_notebook(pipeline)), str(out), parameters=inject, progress_bar=progress_bar,
+                                stdout_file=stdout or sys.stdout, stderr_file=stderr or sys.stderr, cwd=os.getcwd(),
+                                start_timeout=start_timeout, kernel_name="python3", kernel_manager_class=_kernel_manager(),
+                                engine_name=engine, request_save_on_cell_execute=True,  # saves: see _papermill_setup
+                                extra_arguments=["--IPKernelApp.log_level=ERROR"])   # no transport notice per kernel
+        except KeyboardInterrupt as e:                  # a second signal, or the kernel did not stop in time
+            _stop_kernels(); _interrupted(run, got[0] if got else getattr(e, "signum", signal.SIGINT))
+        except DiskFull as e:                           # the notebook record did not fit; keep an earlier error
+            if (_best_effort(lambda: run.status) or {}).get("state") in ("running", "completed", None):
+                _best_effort(run.set_status, "failed", error=str(e))
+            raise
+        except Exception as e:
+            if got: _interrupted(run, got[0])
+            if getattr(e, "ename", None) == "RunInterrupted":      # the kernel itself got the signal (Slurm, systemd)
+                _interrupted(run, _signal_number(getattr(e, "evalue", "")))
+            _failed(run, e, out)
+        if got: _interrupted(run, got[0])               # the kernel finished its cell although asked to stop
     if run.status.get("state") == "running": run.set_status("completed")
     return run
+
+
+# %% ../nbs/12_pipeline.ipynb #a16cace7
+import signal, threading
+from .errors import DiskFull
+
+FORWARD_GRACE_S = 30.0   # seconds a signalled kernel gets to end its run and its cell before qtnb stops waiting
+
+def _kernel_children() -> list[int]:
+    "The pids of the Jupyter kernels this process started (papermill's)."
+    import psutil
+    out = []
+    for k in psutil.Process().children():
+        try:
+            if any("ipykernel" in a for a in k.cmdline()): out.append(k.pid)
+        except psutil.Error: pass
+    return out
+
+def _stop_kernels() -> None:
+    for pid in _kernel_children():
+        with contextlib.suppress(ProcessLookupError): os.kill(pid, signal.SIGKILL)
+
+@contextlib.contextmanager
+def _forward_signals(grace: float = FORWARD_GRACE_S):
+    """While papermill runs a kernel: SIGTERM/SIGINT/SIGHUP interrupt it (SIGINT never kills an ipykernel). Yields a dict:
+    `got` lists the signals received; set `run` to the run, so a kernel still starting (it has not stamped the run) is
+    stopped at once instead."""
+    from qtnb.runs import INTERRUPT_SIGNALS, RunInterrupted
+    box, timers, t0 = {"got": [], "run": None}, [], []
+    got = box["got"]
+    def handler(signum, frame):
+        if got:
+            if time.monotonic() - t0[0] < 1.0: return        # the same signal delivered twice: to the group and forwarded
+            raise RunInterrupted(got[0])
+        got.append(signum); t0.append(time.monotonic())
+        kernels = _kernel_children()
+        run = box["run"]
+        owner = _best_effort(lambda: run.status.get("pid")) if run is not None else None
+        if owner not in kernels:                              # no kernel, or one still starting: nothing to wait for
+            _stop_kernels()
+            raise RunInterrupted(signum)
+        with contextlib.suppress(ProcessLookupError): os.kill(owner, signal.SIGINT)
+        t = threading.Timer(grace, os.kill, (os.getpid(), signum)); t.daemon = True; t.start(); timers.append(t)
+    if threading.current_thread() is not threading.main_thread():
+        yield box; return
+    old = {s: signal.signal(s, handler) for s in INTERRUPT_SIGNALS}
+    try: yield box
+    finally:
+        for t in timers: t.cancel()
+        for s, h in old.items(): signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+# %% ../nbs/12_pipeline.ipynb #0fcda20d
+def _best_effort(fn, *args, **kwargs):
+    "Call `fn`; an error (status.json on a full disk, say) is dropped: the record still tells readers what happened."
+    try: return fn(*args, **kwargs)
+    except Exception: return None
+
+def _signal_number(text: str) -> int:
+    "The signal named in 'interrupted by SIGTERM' (SIGINT when none is)."
+    import re
+    m = re.search(r"\b(SIG[A-Z]+)\b", str(text))
+    return int(getattr(signal, m[1], signal.SIGINT)) if m else int(signal.SIGINT)
+
+def _interrupted(run, signum: int):
+    "End `run` 'interrupted' by `signum` unless it completed, and raise `RunInterrupted` carrying the run."
+    from qtnb.runs import RunInterrupted
+    e = RunInterrupted(signum)
+    st = _best_effort(lambda: run.status) or {}
+    if st.get("state") != "completed": _best_effort(run.set_status, "interrupted", error=str(e))
+    e.run = run
+    raise e from None
+
+def _failed(run, e: Exception, out: Path):
+    "Record a failed (or, when its kernel died, interrupted) pipeline run; raise `PipelineFailed` naming it."
+    line = _error_line(e)
+    cell = getattr(e, "exec_count", None)
+    st = _best_effort(lambda: run.status) or {}
+    if type(e).__name__ == "DeadKernelError":
+        line = "the kernel died (killed by a signal, or by the out-of-memory killer)"
+        if st.get("state") in ("running", "completed", None): _best_effort(run.set_status, "interrupted", error=line, cell=cell)
+    elif st.get("state") not in ("failed", "stopped", "interrupted") or not st.get("error"):
+        _best_effort(run.set_status, "failed", error=line, cell=cell)
+    else: _best_effort(run.set_status, st["state"], error=st["error"], cell=cell)
+    where = f" in cell [{cell}]" if cell is not None else ""
+    what = "was interrupted" if type(e).__name__ == "DeadKernelError" else "failed"
+    raise PipelineFailed(f"run {run.id} {what}{where}: {line} (notebook: {out})", run) from None
+
+# %% ../nbs/12_pipeline.ipynb #72272eeb
+import functools
+
+_PAPERMILL_READY = []
+
+def _papermill_setup() -> str:
+    "Route papermill's writes of absolute local paths through `atomic_write`, and register the 'qtnb' engine; its name."
+    if _PAPERMILL_READY: return "qtnb"
+    from papermill.engines import NBClientEngine, NotebookExecutionManager, papermill_engines
+    from papermill.iorw import LocalHandler, papermill_io
+    class AtomicLocalHandler(LocalHandler):
+        def write(self, buf, path): return atomic_write(path, buf)   # papermill's own truncates the file in place
+    papermill_io.register("/", AtomicLocalHandler())             # an absolute path starts with '/': this handler wins
+
+    class RecordManager(NotebookExecutionManager):
+        "Saves at the start, every `autosave_cell_every` s, on a failing cell and at the end (even when the kernel died)."
+        # not after every cell: a record carries plotly.js (~5 MB), and a save per cell cost ~8 s a run
+        _per_cell = False
+        def save(self, **kwargs):
+            if self._per_cell and (self.now() - self.last_save_time).total_seconds() < self.autosave_cell_every: return
+            return super().save(**kwargs)
+        def cell_start(self, *args, **kwargs):
+            self._per_cell = True
+            try: return super().cell_start(*args, **kwargs)
+            finally: self._per_cell = False
+        def cell_complete(self, *args, **kwargs):
+            self._per_cell = True
+            try: return super().cell_complete(*args, **kwargs)
+            finally: self._per_cell = False
+
+    class RecordEngine(NBClientEngine):
+        @classmethod
+        def execute_notebook(cls, nb, kernel_name, output_path=None, progress_bar=True, log_output=False,
+                             autosave_cell_every=30, **kwargs):
+            # papermill's Engine.execute_notebook, with RecordManager in place of NotebookExecutionManager
+            nb_man = RecordManager(nb, output_path=output_path, progress_bar=progress_bar, log_output=log_output,
+                                   autosave_cell_every=autosave_cell_every)
+            nb_man.notebook_start()
+            try: cls.execute_managed_notebook(nb_man, kernel_name, log_output=log_output, **kwargs)
+            finally:
+                nb_man.cleanup_pbar()
+                nb_man.notebook_complete()
+            return nb_man.nb
+    papermill_engines.register("qtnb", RecordEngine)
+    _PAPERMILL_READY.append(True)
+    return "qtnb"
+
+@functools.cache
+def _kernel_manager():
+    "jupyter_client's AsyncKernelManager without the SIGINT it sends a kernel just before the shutdown request."
+    from jupyter_client.manager import AsyncKernelManager
+    class QuietKernelManager(AsyncKernelManager):
+        # No public option turns that interrupt off; this one override of the private `_async_interrupt_kernel`
+        # (which `shutdown_kernel` calls) skips it while shutting down, and only then.
+        async def _async_interrupt_kernel(self):
+            if self.shutting_down: return
+            await super()._async_interrupt_kernel()
+    return QuietKernelManager
 
 # %% ../nbs/12_pipeline.ipynb #0a5cbc78
 def parse_grid(values: str) -> list:
@@ -808,20 +1030,32 @@ def grid_combinations(grid: dict[str, list]) -> list[dict]:
     return [dict(zip(keys, vals)) for vals in itertools.product(*(grid[k] for k in keys))]
 
 def _sweep_one(job: dict) -> dict:
-    "One sweep run in a worker process; its id, state and error (never raises)."
+    "One sweep run in a worker process; its id, state and error (never raises but for a signal's `RunInterrupted`)."
+    from qtnb.runs import RunInterrupted
     os.environ.setdefault("OMP_NUM_THREADS", str(job["threads"]))
     log = Path(job["log_dir"]) / f"{job['index']:03d}.log"
+    def keep_log(run):
+        if run is not None: _best_effort(shutil.move, str(log), str(Path(run.path) / "log.txt"))
     try:
         with open(log, "w") as f:
             run = run_pipeline(job["pipeline"], job["params"], yaml_path=job["yaml_path"], runs_dir=job["runs_dir"],
                                name=job["name"], stdout=f, stderr=f)
-        shutil.move(str(log), str(Path(run.path) / "log.txt"))
+        keep_log(run)
         return dict(index=job["index"], run_id=run.id, state=run.status.get("state"), error=None)
     except PipelineFailed as e:
-        if e.run is not None: shutil.move(str(log), str(Path(e.run.path) / "log.txt"))
+        keep_log(e.run)
         return dict(index=job["index"], run_id=getattr(e.run, "id", None), state="failed", error=str(e))
+    except RunInterrupted as e:
+        keep_log(getattr(e, "run", None))
+        return dict(index=job["index"], run_id=getattr(getattr(e, "run", None), "id", None), state="interrupted",
+                    error=str(e), signum=e.signum)
     except Exception as e:
         return dict(index=job["index"], run_id=None, state="failed", error=_error_line(e))
+
+def _ignore_signals() -> None:
+    "A sweep worker between runs: signals are the sweep's to handle (it interrupts the running ones with SIGINT)."
+    from qtnb.runs import INTERRUPT_SIGNALS
+    for s in INTERRUPT_SIGNALS: signal.signal(s, signal.SIG_IGN)
 
 def _sweep_dir(root: Path, name: str) -> Path:
     from qtnb.runs import new_run_id
@@ -848,16 +1082,34 @@ def sweep(pipeline: str, grid: dict[str, list], params: dict | None = None, *, y
     threads = max(1, (os.cpu_count() or 1) // min(workers, len(combos)))
     jobs = [dict(pipeline=pipeline, params={**(params or {}), **c}, yaml_path=None if yaml_path is None else str(yaml_path),
                  runs_dir=str(root), name=f"{base}-{i}", index=i, threads=threads, log_dir=str(folder)) for i, c in enumerate(combos)]
-    results = []
+    results, got = [], []
+    def record(r):
+        results.append(r)
+        if r["state"] == "interrupted" and not got: got.append(r.get("signum", signal.SIGINT))
+        if on_done: on_done(r, len(jobs))
     if workers == 1:
         for j in jobs:
-            results.append(_sweep_one(j))
-            if on_done: on_done(results[-1], len(jobs))
+            if got: break
+            record(_sweep_one(j))                          # run_pipeline handles the signals of each run
     else:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as ex:
-            for r in ex.map(_sweep_one, jobs):
-                results.append(r)
-                if on_done: on_done(r, len(jobs))
+        from concurrent.futures import CancelledError
+        from qtnb.runs import INTERRUPT_SIGNALS
+        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_ignore_signals) as ex:
+            futures = [ex.submit(_sweep_one, j) for j in jobs]
+            def stop(signum, frame):                       # no new runs; the running ones end 'interrupted'
+                if not got: got.append(signum)
+                for f in futures: f.cancel()
+                import psutil
+                for w in psutil.Process().children():
+                    with contextlib.suppress(psutil.Error): w.send_signal(signal.SIGINT)
+            main = threading.current_thread() is threading.main_thread()
+            old = {s: signal.signal(s, stop) for s in INTERRUPT_SIGNALS} if main else {}
+            try:
+                for f in futures:
+                    try: record(f.result())
+                    except CancelledError: pass
+            finally:
+                for s, h in old.items(): signal.signal(s, h if h is not None else signal.SIG_DFL)
     ok = [r["run_id"] for r in results if r["run_id"]]
     table = compare_runs(ok, runs_dir=root) if ok else pd.DataFrame()
     grid_cols = pd.DataFrame([{**combos[r["index"]], "run_id": r["run_id"], "sweep_state": r["state"], "sweep_error": r["error"]}
@@ -868,7 +1120,14 @@ def sweep(pipeline: str, grid: dict[str, list], params: dict | None = None, *, y
     atomic_write(folder / "summary.csv", table.to_csv())
     atomic_write(folder / "sweep.json", json.dumps({"pipeline": pipeline, "grid": grid, "params": params or {},
                                                     "runs": results}, indent=2, default=str))
-    sweep_figure(table, list(grid)).write_html(folder / "summary.html", include_plotlyjs=True)
+    atomic_write(folder / "summary.html", sweep_figure(table, list(grid)).to_html(include_plotlyjs=True))
+    if got:
+        from qtnb.runs import RunInterrupted, open_run
+        e = RunInterrupted(got[0]); e.folder = folder
+        for r in results:                                  # workers saw the SIGINT the sweep sent them: record the real signal
+            if r["state"] == "interrupted" and r["run_id"] and r.get("signum") != e.signum:
+                _best_effort(lambda: open_run(r["run_id"], runs_dir=root).set_status("interrupted", error=str(e)))
+        raise e
     return table, folder
 
 def sweep_figure(table: pd.DataFrame, grid_keys: list[str]):

@@ -21,14 +21,15 @@ from .config import atomic_write, read_yaml, runs_dir as default_runs_dir
 from .errors import ConfigError, QtnbError
 
 # %% auto #0
-__all__ = ['RUN_STATES', 'FINISHED_STATES', 'HEARTBEAT_MIN_S', 'LINEAGE_PACKAGES', 'KEY_METRICS', 'LIST_COLUMNS', 'REGISTRY_FILE',
-           'REGISTRY_FORMAT', 'STAGES', 'REGISTRABLE_STATES', 'ESTIMATOR_DIR', 'ESTIMATOR_FORMAT', 'ESTIMATOR_MANIFEST',
-           'LINEAGE_KEYS', 'VERSION_COLUMNS', 'VERSION_METRICS', 'RunError', 'RunNotFound', 'plain', 'sanitize_name',
-           'new_run_id', 'process_record', 'process_alive', 'Run', 'process_gone', 'create_run', 'open_run',
-           'lineage_info', 'rng_state', 'set_rng_state', 'list_runs', 'compare_runs', 'RegistryError',
-           'VersionNotFound', 'check_model_name', 'check_stage', 'parse_ref', 'register_version', 'set_stage',
-           'resolve_version', 'model_versions', 'load_version', 'save_estimator', 'load_estimator', 'NeedsForce',
-           'check_run_id', 'delete_run']
+__all__ = ['RUN_STATES', 'FINISHED_STATES', 'HEARTBEAT_MIN_S', 'LINEAGE_PACKAGES', 'HEARTBEAT_S', 'INTERRUPT_SIGNALS',
+           'KEY_METRICS', 'LIST_COLUMNS', 'REGISTRY_FILE', 'REGISTRY_FORMAT', 'STAGES', 'REGISTRABLE_STATES',
+           'ESTIMATOR_DIR', 'ESTIMATOR_FORMAT', 'ESTIMATOR_MANIFEST', 'LINEAGE_KEYS', 'VERSION_COLUMNS',
+           'VERSION_METRICS', 'RunError', 'RunNotFound', 'plain', 'sanitize_name', 'new_run_id', 'process_record',
+           'process_alive', 'Run', 'process_gone', 'create_run', 'open_run', 'lineage_info', 'RunInterrupted',
+           'rng_state', 'set_rng_state', 'list_runs', 'compare_runs', 'RegistryError', 'VersionNotFound',
+           'check_model_name', 'check_stage', 'parse_ref', 'register_version', 'set_stage', 'resolve_version',
+           'model_versions', 'load_version', 'save_estimator', 'load_estimator', 'NeedsForce', 'check_run_id',
+           'delete_run']
 
 # %% ../nbs/10_runs.ipynb #d6ee5e8a
 RUN_STATES = ("queued", "running", "completed", "failed", "stopped", "interrupted", "pruned")
@@ -358,7 +359,93 @@ def _write_lineage(self, *, seed: int | None = None, data_fingerprint: str | Non
 Run.write_lineage = _write_lineage
 Run.lineage = property(lambda self: _read_json(self.path / "lineage.json", "lineage file"), doc="lineage.json as a dict.")
 
+# %% ../nbs/10_runs.ipynb #aa3a04aa
+import signal, threading
+from fastcore.basics import patch
+
+HEARTBEAT_S = 5.0   # seconds between beats; a reader calls a running run with no beat for max(3 beats, 30 s) interrupted
+
+@patch
+def beat(self: Run, *, every: float = HEARTBEAT_S) -> bool:
+    "Stamp this process and the time into status.json while the run is `running`; False (nothing written) otherwise."
+    p = self.path / "status.json"
+    try:
+        raw = p.read_bytes()
+        st = json.loads(raw)
+    except (OSError, ValueError): return False
+    if not isinstance(st, dict) or st.get("state") != "running": return False
+    st.update(process_record(), heartbeat=round(time.time(), 3), heartbeat_s=float(every))
+    try: return atomic_write(p, _dump_json(st), only_if=lambda q: q.read_bytes() == raw) is not None
+    except OSError: return False    # a full disk: the next beat tries again, and the reader sees the beat age meanwhile
+
+# %% ../nbs/10_runs.ipynb #4a5d8569
+INTERRUPT_SIGNALS = tuple(s for s in (getattr(signal, n, None) for n in ("SIGTERM", "SIGINT", "SIGHUP")) if s is not None)
+
+class RunInterrupted(KeyboardInterrupt):
+    "A signal (SIGTERM from Slurm, systemd or docker stop, SIGINT from Ctrl-C, SIGHUP) stopped the process running a run."
+    def __init__(self, signum: int):
+        self.signum = int(signum)
+        self.signal = signal.Signals(self.signum).name
+        super().__init__(f"interrupted by {self.signal}")
+    def __str__(self) -> str: return f"interrupted by {self.signal}"
+
+def _mark_interrupted(run: Run, e: BaseException) -> None:
+    "Best effort (status.json may be on a full disk): `interrupted`, with the signal, unless the run already finished."
+    try:
+        if run.status.get("state") == "running": run.set_status("interrupted", error=str(e))
+    except Exception: pass
+
+# %% ../nbs/10_runs.ipynb #febe41a1
+_BEATING: dict = {}            # run folder -> [stop event, thread, blocks using it]: one heartbeat thread per run and process
+_BEATING_LOCK = threading.Lock()
+
+def _beat_loop(run: Run, stop: threading.Event, every: float) -> None:
+    while not stop.wait(every):
+        try: run.beat(every=every)
+        except Exception: pass          # a beat never takes the run down; a missed one shows as heartbeat age
+
+def _on_signal(fired: list):
+    owner = os.getpid()
+    def handler(signum, frame):
+        if os.getpid() != owner:        # a forked child (a data-loader worker) inherited the handler: die as usual
+            signal.signal(signum, signal.SIG_DFL); os.kill(os.getpid(), signum); return
+        if fired: return                # already unwinding from the first signal: let cleanup finish
+        fired.append(signum)
+        raise RunInterrupted(signum)
+    return handler
+
+@patch
+@contextlib.contextmanager
+def heartbeat(self: Run, every: float = HEARTBEAT_S, *,
+              signals: bool = True): # in the main thread, turn SIGTERM/SIGINT/SIGHUP into RunInterrupted for the block
+    "Keep the run's process record and heartbeat fresh while the block runs; a signal ends it as `interrupted`."
+    key = (os.getpid(), self.path)     # a forked child inherits the dict, not the thread
+    with _BEATING_LOCK:
+        entry = _BEATING.get(key)
+        if entry is None:
+            self.beat(every=every)
+            stop = threading.Event()
+            t = threading.Thread(target=_beat_loop, args=(self, stop, float(every)), name=f"qtnb-heartbeat-{self.id}", daemon=True)
+            entry = _BEATING[key] = [stop, t, 0]
+            t.start()
+        entry[2] += 1
+    old, fired = {}, []
+    if signals and threading.current_thread() is threading.main_thread():
+        for s in INTERRUPT_SIGNALS: old[s] = signal.signal(s, _on_signal(fired))
+    try: yield self
+    except RunInterrupted as e:
+        _mark_interrupted(self, e); raise
+    finally:
+        for s, h in old.items(): signal.signal(s, h if h is not None else signal.SIG_DFL)
+        with _BEATING_LOCK:
+            entry[2] -= 1
+            if entry[2] == 0:
+                entry[0].set(); _BEATING.pop(key, None)
+        if entry[2] == 0 and entry[1] is not threading.current_thread(): entry[1].join(timeout=5)
+
 # %% ../nbs/10_runs.ipynb #7667bdc7
+from .config import atomic_save
+
 _CKPT_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _LEAVES = (type(None), bool, int, float, complex, str, bytes)
 
@@ -380,22 +467,10 @@ def _ckpt_path(self, name: str) -> Path:
     return self.checkpoint_dir / f"{stem}.pt"
 
 def _save_checkpoint(self, state: dict, name: str) -> Path:
-    "Save `state` as checkpoints/<name>.pt atomically (temp file, fsync, rename); the old file survives any failure."
-    import torch
+    "Save `state` as checkpoints/<name>.pt atomically (`atomic_save`); the old file survives any failure, a full disk is `DiskFull`."
     path = _ckpt_path(self, name)
     state = _checkpoint_safe(state, "state", path.stem)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try: os.unlink(tmp)
-        except FileNotFoundError: pass
-        raise
-    return path
+    return atomic_save(state, path)
 
 def _checkpoints(self) -> list[str]:
     "Names of the run's checkpoints ('best', 'last', 'epoch_3', ...), epochs in numeric order."

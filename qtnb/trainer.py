@@ -58,6 +58,9 @@ class TrainConfig(qcfg.TrainConfig):
     drop_last: bool = param(False, description="Drop the last, smaller training batch of each epoch.", group="training", advanced=True)
     augment: bool = param(True, description="Apply the training windows' configured augmentation (DataConfig.augment).", group="training", advanced=True)
     cost_bps: float = param(0.0, description="Trading cost per unit turnover, in basis points, for the trading metrics.", group="metrics", advanced=True, ge=0, le=10_000)
+    portfolio_weighting: Literal["equal", "signal"] = param("equal", description="Panels: each symbol's weight is its signal / N (equal) or its share of the summed |signals| (signal).", group="metrics", advanced=True)
+    long_only: bool = param(False, description="Trading metrics: short signals are held flat.", group="metrics", advanced=True)
+    trade_hold: Literal["next", "blocks"] = param("next", description="Trading metrics: each signal held one period (t to t+1), or non-overlapping horizon-long blocks annualised with periods/horizon.", group="metrics", advanced=True)
     importance: bool = param(True, description="Compute permutation feature importance after fit.", group="metrics", advanced=True)
     importance_windows: int = param(2000, description="Most windows used for feature importance.", group="metrics", advanced=True, ge=10, le=10_000_000)
 
@@ -390,7 +393,17 @@ def _metrics_from(self: Trainer, w: Windows, pred: np.ndarray, loss: float, pref
         p = pred
         if task == "regression" and self.inverse_target is not None: p = np.asarray(self.inverse_target(pred), dtype=np.float64)
         sig = prediction_signal(task, p, n_classes=n_classes, from_logits=True if task == "classification" else None)
-        m.update(trading_metrics(sig, fr, cost_bps=self.config.cost_bps))
+        from qtnb.metrics import forecast_significance, portfolio_metrics
+        c = self.config
+        if w.symbols is not None and len(set(w.symbols.tolist())) > 1:       # a panel: one portfolio over every symbol
+            m.update(portfolio_metrics(sig, fr, w.end_dates, w.symbols, weighting=c.portfolio_weighting, long_only=c.long_only,
+                                       cost_bps=c.cost_bps))
+        else:
+            if c.long_only: sig = np.clip(sig, 0, None)
+            m.update(trading_metrics(sig, fr, cost_bps=c.cost_bps, horizon=w.horizon, hold=c.trade_hold))
+        yr = np.asarray(self.inverse_target(y), dtype=np.float64) if task == "regression" and self.inverse_target is not None else y
+        m.update(forecast_significance(task, yr, p, horizon=w.horizon, n_classes=n_classes,   # in return space
+                                       from_logits=True if task == "classification" else None))
     return {f"{prefix}loss": loss, **{f"{prefix}{k}": v for k, v in m.items()}}
 
 def evaluate(self: Trainer, w: Windows, prefix: str = "") -> dict:
@@ -862,4 +875,7 @@ def fit_fold(fold, model_config, train_config: TrainConfig | qcfg.TrainConfig | 
     try: train, val, test = fold.train, fold.val, fold.test
     except QtnbError as e: trainer._fail_run(e); raise
     res = trainer.fit(train, val, test=test, resume=resume, inverse_target=fold.inverse_target, data_fingerprint=fp)
+    if run is not None and hasattr(fold, "prepared"):
+        from qtnb.predict import save_preprocess     # what qtnb.predict needs to turn new frames into this model's inputs
+        save_preprocess(run, fold.prepared, fold)
     return trainer, res

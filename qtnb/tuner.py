@@ -6,7 +6,7 @@ Docs: https://qtnb.github.io/qtnb/tuner.html.md"""
 
 # %% ../nbs/07_tuner.ipynb #5cf76530
 from __future__ import annotations
-import contextlib, difflib, gc, hashlib, json, math, multiprocessing, os, socket, statistics, threading, time, warnings
+import contextlib, copy, difflib, gc, hashlib, json, math, multiprocessing, os, re, signal, socket, statistics, threading, time, warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -18,16 +18,19 @@ from optuna.storages.journal._file import BaseJournalFileLock
 from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
 from optuna.trial import TrialState
 
-from .config import TrainConfig, TuneConfig, atomic_write, read_yaml, write_yaml, study_storage
+from .config import TrainConfig, TuneConfig, atomic_write, check_slug, read_yaml, write_yaml, study_storage
 from .config import runs_dir as default_runs_dir
 from .errors import ConfigError, QtnbError, TuningError
 
 # %% auto #0
 __all__ = ['KINDS', 'SAMPLERS', 'PRUNERS', 'PLOTS', 'Param', 'SearchSpace', 'train_config_class', 'as_search_space',
-           'make_sampler', 'make_pruner', 'JournalHeartbeatStorage', 'JournalFlock', 'journal_lock', 'StorageSpec',
-           'storage_spec', 'objective_names', 'check_objective', 'objective_directions', 'fail_reason', 'free_memory',
-           'trial_counts', 'run_trials', 'run_workers', 'Tuner', 'trial_record', 'DashboardURL', 'dashboard_storage',
-           'start_dashboard', 'objective_value', 'xgboost_pruning', 'tune_symbols']
+           'make_sampler', 'make_pruner', 'trial_seed', 'TrialSeededSampler', 'JournalHeartbeatStorage', 'JournalFlock',
+           'journal_lock', 'StudyStorageError', 'StorageSpec', 'storage_spec', 'mark_interrupted', 'RetryAndMarkRun',
+           'fail_trial', 'fail_dead_trials', 'repair_journal', 'check_storage', 'study_storage_spec', 'record_study',
+           'objective_names', 'check_objective', 'objective_directions', 'fail_reason', 'free_memory', 'trial_counts',
+           'run_trials', 'sigterm_interrupts', 'run_workers', 'Tuner', 'record_trading', 'study_deflated_sharpe',
+           'trial_record', 'DashboardURL', 'store_storages', 'dashboard_storage', 'start_dashboard', 'StoreStudies',
+           'objective_value', 'xgboost_pruning', 'tune_symbols']
 
 # %% ../nbs/07_tuner.ipynb #2e26023c
 KINDS = ("log_uniform", "uniform", "int", "categorical", "conditional")
@@ -395,6 +398,30 @@ def make_pruner(name: str = "hyperband", *, max_resource: int | str = 100, # epo
     if name == "none": return P.NopPruner()
     raise _unknown("pruner", name, PRUNERS)
 
+# %% ../nbs/07_tuner.ipynb #450b8940
+def trial_seed(seed: int, number: int) -> int:
+    "The sampler seed of trial `number` in a study seeded `seed`: a function of the two alone, whichever process runs it."
+    return int.from_bytes(hashlib.sha256(f"{int(seed)}:{int(number)}".encode()).digest()[:4], "little")
+
+class TrialSeededSampler(optuna.samplers.BaseSampler):
+    "A sampler made afresh for each trial from `make(trial_seed(seed, trial.number))`: a study's points do not depend on its workers."
+    def __init__(self, make: Callable[[int | None], optuna.samplers.BaseSampler], # seed -> sampler
+                 seed: int | None, *, per_trial: bool = True): # False: one seed for all (QMC's sequence, the grid's order)
+        self.make, self.seed, self.per_trial = make, seed, per_trial
+        self.inner = make(seed)
+
+    def before_trial(self, study, trial):
+        if self.seed is not None and self.per_trial: self.inner = self.make(trial_seed(self.seed, trial.number))
+        self.inner.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study, trial): return self.inner.infer_relative_search_space(study, trial)
+    def sample_relative(self, study, trial, search_space): return self.inner.sample_relative(study, trial, search_space)
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self.inner.sample_independent(study, trial, param_name, param_distribution)
+    def after_trial(self, study, trial, state, values): self.inner.after_trial(study, trial, state, values)
+    def reseed_rng(self) -> None: self.inner.reseed_rng()
+
+
 # %% ../nbs/07_tuner.ipynb #94921f49
 _HEARTBEAT = "qtnb:heartbeat"
 
@@ -459,6 +486,9 @@ def journal_lock(path: str) -> BaseJournalFileLock:
     except ImportError: return JournalFileOpenLock(path, grace_period=10)
 
 # %% ../nbs/07_tuner.ipynb #d40ef5c8
+class StudyStorageError(TuningError, ConfigError):
+    "A study storage that cannot be read (a damaged SQLite file or journal, a server that refuses): a bad input, exit code 2."
+
 @dataclass(frozen=True)
 class StorageSpec:
     "How to open a study storage: picklable, so each worker process opens its own connection."
@@ -479,24 +509,29 @@ class StorageSpec:
         return make_url(self.url).render_as_string(hide_password=True)
 
     def open(self) -> BaseStorage:
-        "A new storage object with heartbeat and retry of stale trials."
+        "A new storage object with heartbeat and retry of stale trials; `StudyStorageError` when it cannot be read."
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            retry = RetryHeartbeatStaleTrialCallback(max_retry=self.max_retry, inherit_intermediate_values=True)
+            retry = RetryAndMarkRun(max_retry=self.max_retry, inherit_intermediate_values=True)
             hb = dict(heartbeat_interval=self.heartbeat_interval, grace_period=self.grace_period, heartbeat_stale_trial_callback=retry)
             if self.is_journal:
                 path = Path(self.url[len("journal:"):])
                 path.parent.mkdir(parents=True, exist_ok=True)
-                backend = JournalFileBackend(str(path), lock_obj=journal_lock(str(path)))
-                return JournalHeartbeatStorage(backend, **hb)
+                lock = journal_lock(str(path))
+                repair_journal(path, lock)
+                try: return JournalHeartbeatStorage(JournalFileBackend(str(path), lock_obj=lock), **hb)
+                except Exception as e:
+                    raise StudyStorageError(f"study journal {path} cannot be read ({fail_reason(e)[:120]}); "
+                                            "move it aside (the study starts afresh) or restore it from a backup") from None
             engine = {"connect_args": {"timeout": 60}} if self.is_sqlite else {"pool_pre_ping": True}
             if self.is_sqlite and self.url.startswith("sqlite:///") and ":memory:" not in self.url:
                 Path(self.url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
             try: storage = RDBStorage(self.url, engine_kwargs=engine, **hb)
             except QtnbError: raise
             except Exception as e:
-                raise TuningError(f"cannot open study storage {self.display()}: {type(e).__name__}: "
-                                  f"{str(e).strip().splitlines()[0][:200]}; check the URL and that the server is up") from None
+                raise StudyStorageError(f"cannot open study storage {self.display()}: {type(e).__name__}: "
+                                        f"{str(e).strip().splitlines()[0][:200]}; check the URL and that the server is up "
+                                        "(a damaged SQLite file: move it aside or restore it from a backup)") from None
             if self.is_sqlite: _sqlite_wal(storage.engine)
             return storage
 
@@ -510,16 +545,18 @@ def _sqlite_wal(engine) -> None:
     sqlalchemy.event.listen(engine, "connect", pragmas)
     engine.dispose()   # connections opened while the storage was set up get the pragmas too
 
+_SQLITE_FILES = (".db", ".sqlite", ".sqlite3")
+
 def storage_spec(storage: str | Path | None = None, *, workers: int = 1, heartbeat_interval: int = 60,
                  grace_period: int | None = None, max_retry: int | None = 3) -> StorageSpec:
-    "Where the study lives: settings.ini's storage (journal beside it for `workers` > 1), a journal path or an RDB URL."
+    "A storage from a journal path, a SQLite file, an RDB URL, or settings.ini's (a SQLite file there means the journal beside it)."
     kw = dict(heartbeat_interval=int(heartbeat_interval), grace_period=grace_period, max_retry=max_retry)
     if heartbeat_interval < 1: raise ConfigError(f"heartbeat_interval={heartbeat_interval} must be at least 1 second")
     if grace_period is not None and grace_period <= heartbeat_interval:
         raise ConfigError(f"grace_period={grace_period} must exceed heartbeat_interval={heartbeat_interval}, or a live trial looks stale")
     if storage is None:
         url = study_storage()
-        if workers > 1 and url.startswith("sqlite:///") and ":memory:" not in url:
+        if url.startswith("sqlite:///") and ":memory:" not in url:   # SQLite has one writer: new studies get a journal, which workers share
             return StorageSpec("journal:" + str(Path(url[len("sqlite:///"):]).with_suffix(".journal")), **kw)
         return StorageSpec(url, **kw)
     s = str(storage)
@@ -530,9 +567,193 @@ def storage_spec(storage: str | Path | None = None, *, workers: int = 1, heartbe
                               "pass a journal file (e.g. 'runs/optuna.journal'), a postgresql:// URL, or leave storage unset")
         if s.startswith(("redis", "grpc")): raise ConfigError(f"storage={s!r}: qtnb opens RDB URLs and journal files; pass one of those")
         return StorageSpec(s, **kw)
+    elif s.endswith(_SQLITE_FILES):
+        return storage_spec(f"sqlite:///{Path(s).expanduser().resolve()}", workers=workers, **kw)
     elif not s.endswith((".journal", ".log")):
-        raise ConfigError(f"storage={s!r} is neither a URL (sqlite:///..., postgresql://...) nor a journal file (*.journal, *.log)")
+        raise ConfigError(f"storage={s!r} is neither a URL (sqlite:///..., postgresql://...), a SQLite file (*.db) nor a journal file (*.journal, *.log)")
     return StorageSpec("journal:" + str(Path(s).expanduser().resolve()), **kw)
+
+
+# %% ../nbs/07_tuner.ipynb #f9148b9d
+_PROCESS = "qtnb:process"   # system attribute: the process record of the trial's process
+
+def _trial_run(study: optuna.Study, trial: optuna.trial.FrozenTrial):
+    "The run of `trial` (from its `run_id` and the study's run store), or None."
+    from qtnb.runs import open_run
+    rid, root = trial.user_attrs.get("run_id"), (study.user_attrs.get("qtnb") or {}).get("runs_dir")
+    if not rid or not root: return None
+    try: return open_run(check_slug(rid, "run_id"), runs_dir=root)
+    except QtnbError: return None
+
+def mark_interrupted(study: optuna.Study, trial: optuna.trial.FrozenTrial, why: str) -> None:
+    "Set the run of failed `trial` to `interrupted` unless it already ended (its process stopped before it could)."
+    run = _trial_run(study, trial)
+    if run is not None and run.status.get("state") in ("running", "queued"):
+        run.set_status("interrupted", error=f"trial {trial.number}: {why}; the trial was failed and queued again")
+
+class RetryAndMarkRun(RetryHeartbeatStaleTrialCallback):
+    "Optuna's retry of a failed trial (same parameters, its `run_id` kept), with the trial's run marked `interrupted`."
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        try: mark_interrupted(study, trial, "its process stopped")
+        except Exception as e: warnings.warn(f"trial {trial.number}: its run could not be marked interrupted ({fail_reason(e)})")
+        super().__call__(study, trial)
+
+def _retry_callback(study: optuna.Study) -> Callable:
+    s = study._storage   # Optuna keeps the storage private; its heartbeat API gives the callback
+    cb = s.get_heartbeat_stale_trial_callback() if is_heartbeat_enabled(s) else None
+    if cb is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            cb = RetryAndMarkRun(max_retry=3, inherit_intermediate_values=True)
+    return cb
+
+def _split_metric(name: str) -> tuple[str, str]:
+    for p, split in (("val_", "val"), ("valid_", "val"), ("test_", "test"), ("train_", "train")):
+        if name.startswith(p): return split, name[len(p):]
+    return "val", name
+
+def _run_values(study: optuna.Study, run) -> list[float] | None:
+    "The objective values a completed trial run recorded in metrics.json (None when one is missing)."
+    names = (study.user_attrs.get("qtnb") or {}).get("objectives") or []
+    try: m = run.metrics
+    except QtnbError: return None
+    vals = [(m.get(split) or {}).get(key) for split, key in map(_split_metric, names)]
+    return [float(v) for v in vals] if names and all(isinstance(v, (int, float)) for v in vals) else None
+
+def fail_trial(study: optuna.Study, trial_id: int, why: str) -> bool:
+    "Fail trial `trial_id` if RUNNING (its process stopped or was interrupted), queue it again and mark its run; whether it was."
+    s = study._storage
+    ft = s.get_trial(trial_id)
+    if ft.state == TrialState.RUNNING:
+        run = _trial_run(study, ft)   # its run completed, and the process died before telling Optuna: the trial completes
+        values = _run_values(study, run) if run is not None and run.status.get("state") == "completed" else None
+        try:
+            if values is not None: s.set_trial_state_values(trial_id, state=TrialState.COMPLETE, values=values); return False
+            if not s.set_trial_state_values(trial_id, state=TrialState.FAIL): return False
+        except optuna.exceptions.UpdateFinishedTrialError: return False   # another process got there first
+    elif ft.state != TrialState.FAIL: return False
+    ft = s.get_trial(trial_id)
+    mark_interrupted(study, ft, why)
+    _retry_callback(study)(study, ft)
+    return True
+
+def fail_dead_trials(study: optuna.Study) -> list[int]:
+    "Fail and retry the RUNNING trials whose process (on this host) is gone, without waiting for their heartbeat to go stale."
+    from qtnb.runs import process_alive
+    dead = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if t.system_attrs.get(_PROCESS) and process_alive(t.system_attrs[_PROCESS]) is False]
+    return [t.number for t in dead if fail_trial(study, t._trial_id, "its process is gone")]
+
+
+# %% ../nbs/07_tuner.ipynb #9a0df104
+def repair_journal(path: str | Path, lock: BaseJournalFileLock | None = None) -> int:
+    "Cut a torn last line (a write its process never finished) off journal `path`, keeping it in `<path>.torn`; the bytes cut."
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0: return 0
+    lock = lock or journal_lock(str(path))
+    lock.acquire()   # no writer appends meanwhile
+    try:
+        with open(path, "rb+") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(size - 1)
+            if f.read(1) == b"\n": return 0
+            keep, pos = 0, size
+            while pos > 0:
+                start = max(0, pos - 65536); f.seek(start)
+                i = f.read(pos - start).rfind(b"\n")
+                if i >= 0: keep = start + i + 1; break
+                pos = start
+            f.seek(keep); torn = f.read()
+            with open(str(path) + ".torn", "ab") as t: t.write(torn + b"\n")
+            f.truncate(keep); f.flush(); os.fsync(f.fileno())
+    finally: lock.release()
+    warnings.warn(f"study journal {path}: cut a torn last line of {len(torn)} bytes (kept in {path}.torn)")
+    return len(torn)
+
+def check_storage(spec: StorageSpec) -> StorageSpec:
+    "`spec` when its file (journal or SQLite) is absent or readable; `StudyStorageError` naming it when damaged. Reads only."
+    if spec.is_journal:
+        path = Path(spec.url[len("journal:"):])
+        if not path.is_file(): return spec
+        lines = path.read_bytes().split(b"\n")
+        for i, line in enumerate(lines[:-1], 1):   # the last piece is empty, or a torn line that opening cuts off
+            try: json.loads(line)
+            except ValueError:
+                raise StudyStorageError(f"study journal {path} is damaged at line {i}; move it aside (its studies start afresh) "
+                                        "or restore it from a backup") from None
+    elif spec.is_sqlite and spec.url.startswith("sqlite:///") and ":memory:" not in spec.url:
+        import sqlite3
+        path = Path(spec.url[len("sqlite:///"):])
+        if not path.is_file(): return spec
+        try:
+            con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try: con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            finally: con.close()
+        except sqlite3.Error as e:
+            raise StudyStorageError(f"study database {path} cannot be read ({e}); move it aside (its studies start afresh) "
+                                    "or restore it from a backup") from None
+    return spec
+
+
+# %% ../nbs/07_tuner.ipynb #e6930199
+def _record_path(runs_dir: Path, study_name: str) -> Path: return Path(runs_dir) / "studies" / study_name / "study.json"
+
+def _studies_in(spec: StorageSpec) -> dict[str, int]:
+    "{study name: trials} of an existing SQLite file or journal, read without writing ({} when there is none)."
+    check_storage(spec)
+    if spec.is_journal:
+        path = Path(spec.url[len("journal:"):])
+        if not path.is_file(): return {}
+        s = JournalStorage(JournalFileBackend(str(path), lock_obj=journal_lock(str(path))))
+        return {st.study_name: s.get_n_trials(st._study_id) for st in s.get_all_studies()}
+    import sqlite3
+    path = Path(spec.url[len("sqlite:///"):])
+    if not path.is_file(): return {}
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try: return dict(con.execute("SELECT s.study_name, count(t.trial_id) FROM studies s LEFT JOIN trials t "
+                                 "ON t.study_id = s.study_id GROUP BY s.study_id").fetchall())
+    except sqlite3.Error: return {}   # not an Optuna database (yet)
+    finally: con.close()
+
+def study_storage_spec(study_name: str, runs_dir: str | Path, storage: str | Path | None = None, **kw) -> StorageSpec:
+    "Where study `study_name` lives: as recorded in the run store, else `storage`, else where it already is, else a new journal."
+    root, hb = Path(runs_dir), {k: v for k, v in kw.items() if k != "workers"}
+    rec = _record_path(root, study_name)
+    given = storage_spec(storage, **kw) if storage is not None else None
+    if rec.is_file():
+        try: url = json.loads(rec.read_text())["storage"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise StudyStorageError(f"study record {rec} is damaged; write {{\"storage\": URL}} there or delete it") from None
+        if given is not None:
+            if given.display() != url:
+                raise ConfigError(f"study {study_name!r} lives in {url} (recorded in {rec}), not {given.display()}; "
+                                  "leave storage unset or pass another study_name")
+            return given
+        if ":***@" in url: raise ConfigError(f"study {study_name!r} lives in {url}: pass storage= with its password")
+        return StorageSpec(url, **hb)
+    if given is not None: return given
+    new, url = storage_spec(None, **hb), study_storage()
+    if not url.startswith("sqlite:///") or ":memory:" in url: return new   # a server or a journal of settings.ini's own choice
+    if root.resolve() != default_runs_dir(): new = StorageSpec("journal:" + str(root.resolve() / "optuna.journal"), **hb)
+    # a study begun before storages were recorded: in the SQLite file or the journal where qtnb used to put it
+    old = {url, "journal:" + str(Path(url[len("sqlite:///"):]).with_suffix(".journal")),
+           "sqlite:///" + str(root.resolve() / "optuna.db"), "journal:" + str(root.resolve() / "optuna.journal")}
+    found = {u: n for u in sorted(old) if (n := _studies_in(StorageSpec(u)).get(study_name)) is not None}
+    if not found: return new
+    best = max(found, key=lambda u: (found[u], u == new.url))
+    if len(found) > 1:
+        warnings.warn(f"study {study_name!r} is in {len(found)} storages ({', '.join(f'{u}: {n} trials' for u, n in found.items())}); "
+                      f"continuing the one in {best}")
+    return StorageSpec(best, **hb)
+
+def record_study(runs_dir: str | Path, study_name: str, spec: StorageSpec) -> Path:
+    "Record in the run store (`studies/<study>/study.json`) where the study lives, once: later runs open the same storage."
+    rec = _record_path(Path(runs_dir), study_name)
+    if not rec.is_file():
+        atomic_write(rec, json.dumps({"study": study_name, "storage": spec.display(),
+                                      "recorded": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2) + "\n")
+    return rec
+
 
 # %% ../nbs/07_tuner.ipynb #781853be
 def objective_names(objective: str | Sequence[str]) -> list[str]:
@@ -604,17 +825,22 @@ def run_trials(study: optuna.Study, objective: Callable, n_trials: int, *,
                callbacks: Sequence[Callable] = (),
                claim: BaseJournalFileLock | None = None) -> int: # a lock the study's processes on this machine share
     "Run trials of `objective` until `study` has `n_trials` finished ones (shared with other processes); trials run here."
-    ran, held = 0, [False]
+    from qtnb.runs import process_record
+    ran, held, current = 0, [False], [None]
     beat = is_heartbeat_enabled(study._storage)
+    me = process_record()
     def release():
         if held[0]: held[0] = False; claim.release()
-    def claimed(trial):   # the trial exists now: other processes may count it
+    def claimed(trial):   # the trial exists now: other processes may count it, and see whose it is
+        current[0] = trial._trial_id
+        study._storage.set_trial_system_attr(trial._trial_id, _PROCESS, me)
         release()
         return objective(trial)
     gc.freeze()   # what exists now (libraries, data) is left alone: the collection after each trial scans only what trials made
     try:
         while deadline is None or time.time() < deadline:
             if claim is not None: claim.acquire(); held[0] = True
+            fail_dead_trials(study)   # a process of this host that died: its trial is retried now, not after the grace period
             c = trial_counts(study)
             if c["finished"] >= n_trials: break
             if c["finished"] + c["running"] >= n_trials:
@@ -627,39 +853,68 @@ def run_trials(study: optuna.Study, objective: Callable, n_trials: int, *,
                     optuna.storages.fail_stale_trials(study)
                 if trial_counts(study)["running"] == c["running"]: time.sleep(min(1.0, study._storage.get_heartbeat_interval()))
                 continue
-            try: study.optimize(claimed if claim is not None else objective, n_trials=1, catch=(Exception,), callbacks=list(callbacks))
+            current[0] = None
+            try: study.optimize(claimed, n_trials=1, catch=(Exception,), callbacks=list(callbacks))
+            except BaseException:   # a signal (KeyboardInterrupt) or an exit: the trial is failed, queued again, its run interrupted
+                release()
+                if current[0] is not None: fail_trial(study, current[0], "interrupted")
+                raise
             finally: release()
             ran += 1
     finally:
         release(); gc.unfreeze()
     return ran
 
+
 # %% ../nbs/07_tuner.ipynb #11faea12
-def _worker(tuner: "Tuner", n_trials: int, deadline: float | None, threads: int | None, index: int = 0) -> None:
-    if tuner.seed is not None: tuner.seed += index   # one seed in every worker would sample the same points in each
+def _raise_interrupt(signum, frame): raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+@contextlib.contextmanager
+def sigterm_interrupts():
+    "Inside the block SIGTERM (Slurm, systemd, `docker stop`) stops trials as Ctrl-C does, unless a handler is already set."
+    mine = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    if mine: signal.signal(signal.SIGTERM, _raise_interrupt)
+    try: yield
+    finally:
+        if mine: signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+def _watch_parent(ppid: int) -> None:
+    "Interrupt this worker when the process that started it is gone (killed with -9, say): no orphan keeps tuning."
+    while os.getppid() == ppid: time.sleep(0.5)
+    os.kill(os.getpid(), signal.SIGINT)
+
+def _worker(tuner: "Tuner", n_trials: int, deadline: float | None, threads: int | None) -> None:
+    threading.Thread(target=_watch_parent, args=(os.getppid(),), name="qtnb-parent-watch", daemon=True).start()
     if threads:
         import torch
         torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    tuner._warm_up()
-    run_trials(tuner.study, tuner._objective, n_trials, deadline=deadline, claim=tuner._claim_lock())
+    try:
+        with sigterm_interrupts():
+            tuner._warm_up()
+            run_trials(tuner.study, tuner._objective, n_trials, deadline=deadline, claim=tuner._claim_lock())
+    except KeyboardInterrupt: raise SystemExit(130) from None   # its trial is failed and queued again; no traceback
 
 def run_workers(tuner: "Tuner", n_trials: int, workers: int, *, deadline: float | None = None,
                 threads: int | None = None) -> None:
     "Run `workers` processes on `tuner`'s study until it has `n_trials` finished trials; `TuningError` if one dies."
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_worker, args=(tuner, n_trials, deadline, threads, i), name=f"qtnb-tuner-{i}", daemon=False)
+    procs = [ctx.Process(target=_worker, args=(tuner, n_trials, deadline, threads), name=f"qtnb-tuner-{i}", daemon=False)
              for i in range(workers)]
     for p in procs: p.start()
     try:
         for p in procs: p.join()
-    except KeyboardInterrupt:
-        for p in procs: p.terminate()
-        for p in procs: p.join()
+    except KeyboardInterrupt:   # let each worker fail and re-queue its trial, then make sure none is left
+        for p in procs:
+            if p.is_alive(): os.kill(p.pid, signal.SIGINT)
+        for p in procs: p.join(timeout=30)
+        for p in procs:
+            if p.is_alive(): p.kill(); p.join()
         raise
     bad = [(p.name, p.exitcode) for p in procs if p.exitcode != 0]
     if bad:
         raise TuningError(f"tuner worker {bad[0][0]} exited with code {bad[0][1]}; completed trials are kept: rerun optimize to finish the study")
+
 
 # %% ../nbs/07_tuner.ipynb #8d1f248f
 def _space_hash(space: SearchSpace) -> str:
@@ -677,10 +932,10 @@ class Tuner:
                  sampler: str | None = None, pruner: str | None = None, # default: from TuneConfig
                  config: TuneConfig | None = None,  # default: TuneConfig from settings.ini
                  study_name: str | None = None,     # default: '<model>-<objective>-<space hash>', stable across reruns
-                 storage: str | Path | None = None, # RDB URL or journal path; default: settings.ini's study_storage
+                 storage: str | Path | None = None, # RDB URL, SQLite or journal file; default: the study's recorded one, else a journal in the run store
                  runs_dir: str | Path | None = None, # the run store (default: settings.ini's)
                  fold: int = -1,                   # which fold of the data trials validate on (default: the last)
-                 seed: int | None = None,           # sampler seed
+                 seed: int | None = None,           # study seed: trial n samples with trial_seed(seed, n)
                  heartbeat_interval: int = 60, grace_period: int | None = None, max_retry: int | None = 3):
         self.config = config if config is not None else TuneConfig.resolve()
         self.space = as_search_space(space)
@@ -704,11 +959,21 @@ class Tuner:
             self.pruner_name = "none"
         make_sampler(self.sampler_name, space=self.space, n_objectives=len(self.objectives))   # fail now on a bad name
         make_pruner(self.pruner_name)
-        self.study_name = study_name or f"{self._model_label()}-{'-'.join(self.objectives)}-{_space_hash(self.space)}"
+        default = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{self._model_label()}-{'-'.join(self.objectives)}")[:57]
+        self.study_name = check_slug(study_name if study_name is not None else f"{default}-{_space_hash(self.space)}", "study_name")
         self._storage_arg, self._hb = storage, dict(heartbeat_interval=heartbeat_interval, grace_period=grace_period, max_retry=max_retry)
-        self.storage = storage_spec(storage, workers=self.config.parallel_trials, **self._hb)
         self.runs_dir = Path(runs_dir).expanduser().resolve() if runs_dir is not None else default_runs_dir()
-        self._study = self._prepared = None
+        self._study = self._prepared = self._storage = self._storage_for = None
+        self.storage   # found now (reading only): a damaged storage or a clash with the recorded one fails before any trial
+
+    @property
+    def storage(self) -> StorageSpec:
+        "Where the study lives: chosen at its first run, recorded in the run store, the same whatever `workers` says."
+        if self._storage is None or self._storage_for != self.study_name:
+            name = check_slug(self.study_name, "study_name")
+            self._storage = study_storage_spec(name, self.runs_dir, self._storage_arg, **self._hb)
+            self._storage_for, self._study = name, None
+        return self._storage
 
     def _model_label(self) -> str:
         if self.fn is not None: return self.objectives[0] if len(self.objectives) == 1 else "study"
@@ -724,7 +989,8 @@ class Tuner:
 # %% ../nbs/07_tuner.ipynb #36e89306
 def _open_study(self: Tuner) -> optuna.Study:
     storage = self.storage.open()
-    sampler = make_sampler(self.sampler_name, seed=self.seed, space=self.space, n_objectives=len(self.objectives))
+    make = lambda seed: make_sampler(self.sampler_name, seed=seed, space=self.space, n_objectives=len(self.objectives))
+    sampler = TrialSeededSampler(make, self.seed, per_trial=self.sampler_name not in ("qmc", "grid"))   # one sequence, one shuffled grid
     pruner = make_pruner(self.pruner_name, max_resource=self._max_resource())
     try:
         study = optuna.create_study(storage=storage, sampler=sampler, pruner=pruner, study_name=self.study_name,
@@ -742,6 +1008,7 @@ def _open_study(self: Tuner) -> optuna.Study:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(self.objectives)
+    record_study(self.runs_dir, self.study_name, self.storage)
     return study
 
 def _max_resource(self: Tuner) -> int | str:
@@ -792,17 +1059,19 @@ def _optimize(self: Tuner, n_trials: int | None = None, *,
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1: raise ConfigError(f"workers={workers!r} must be a positive integer")
     if timeout is None and self.config.timeout_hours: timeout = self.config.timeout_hours * 3600
     if timeout is not None and timeout <= 0: raise ConfigError(f"timeout={timeout!r} must be > 0 seconds (or None)")
-    spec = storage_spec(self._storage_arg, workers=workers, **self._hb)
-    if spec != self.storage: self.storage, self._study = spec, None
+    if workers > 1 and self.storage.is_sqlite:
+        raise ConfigError(f"study {self.study_name!r} lives in SQLite ({self.storage.display()}), which {workers} worker processes cannot "
+                          "share without 'database is locked'; continue it with workers=1, or tune a new study_name (a journal)")
+    if workers > 1 and callbacks: raise ConfigError("callbacks run in-process; with workers > 1 watch the study instead (TunerPanel.watch)")
     deadline = time.time() + timeout if timeout else None
     study = self.study                  # created here once, before workers race to create it
-    if workers == 1:
-        self._warm_up()
-        run_trials(study, self._objective, n_trials, deadline=deadline, callbacks=callbacks, claim=self._claim_lock())
-    else:
-        if callbacks: raise ConfigError("callbacks run in-process; with workers > 1 watch the study instead (TunerPanel.watch)")
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        run_workers(self, n_trials, workers, deadline=deadline, threads=threads)
+    with sigterm_interrupts():
+        if workers == 1:
+            self._warm_up()
+            run_trials(study, self._objective, n_trials, deadline=deadline, callbacks=callbacks, claim=self._claim_lock())
+        else:
+            threads = max(1, (os.cpu_count() or 1) // workers)
+            run_workers(self, n_trials, workers, deadline=deadline, threads=threads)
     if write_outputs: self.write_outputs()
     return study
 
@@ -819,6 +1088,26 @@ def _claim_lock(self: Tuner) -> BaseJournalFileLock:
     return journal_lock(str(self.study_dir / "claim"))
 
 Tuner._objective, Tuner.optimize, Tuner._warm_up, Tuner._claim_lock = _objective, _optimize, _warm_up, _claim_lock
+
+# %% ../nbs/07_tuner.ipynb #d17fd50e
+def record_trading(trial: optuna.Trial, metrics: dict, *, prefix: str = "", # e.g. 'val_' for a history row
+                   periods_per_year: float = 252) -> None:
+    "Keep a trial's Sharpe ratio, periods, skewness and kurtosis (from trading metrics) as its `trading` user attribute."
+    from qtnb.metrics import TRADING_METRICS
+    rec = {k: metrics.get(prefix + k) for k in ("sharpe", "n", "skew", "kurtosis")}
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in rec.values()): return
+    trial.set_user_attr("trading", {**{k: float(v) for k, v in rec.items()}, "periods_per_year": float(periods_per_year)})
+
+def study_deflated_sharpe(study: optuna.Study, best: optuna.trial.FrozenTrial | None = None) -> dict | None:
+    "Deflated Sharpe ratio of the best trial (default: the study's) among the complete trials that recorded trading figures."
+    from qtnb.metrics import deflated_sharpe
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if isinstance(t.user_attrs.get("trading"), dict)]
+    best = best if best is not None else (study.best_trial if len(study.directions) == 1 and done else None)
+    rec = best.user_attrs.get("trading") if best is not None else None
+    if len(done) < 2 or not isinstance(rec, dict): return None
+    out = deflated_sharpe([t.user_attrs["trading"]["sharpe"] for t in done], n=int(rec["n"]), skew=rec["skew"],
+                          kurtosis=rec["kurtosis"], periods_per_year=rec["periods_per_year"], best=rec["sharpe"])
+    return {"trial": best.number, **out}
 
 # %% ../nbs/07_tuner.ipynb #8525e537
 def _iso(d) -> str | None: return d.isoformat(timespec="milliseconds") if d else None
@@ -849,7 +1138,7 @@ def _best_trial(self: Tuner) -> optuna.trial.FrozenTrial:
     return min(study.best_trials, key=lambda t: sign * t.values[0])
 
 def _statistics(self: Tuner) -> dict:
-    "Counts by state, success rate, durations and best value(s) of the study."
+    "Counts by state, success rate, durations, best value(s) and the deflated Sharpe of the best trial."
     trials = self.study.get_trials(deepcopy=False)
     c = trial_counts(self.study)
     durs = [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials if t.datetime_start and t.datetime_complete]
@@ -863,6 +1152,7 @@ def _statistics(self: Tuner) -> dict:
     try:
         b = self.best_trial()
         out["best"] = {"trial": b.number, "values": b.values, "run_id": b.user_attrs.get("run_id")}
+        out["deflated_sharpe"] = study_deflated_sharpe(self.study, b)
     except TuningError: out["best"] = None
     return _jsonable(out)
 
@@ -922,19 +1212,54 @@ class DashboardURL(str):
             if self.thread is not None: self.thread.join(timeout=5)
             self.server = None
 
-def dashboard_storage(storage: str | Path | BaseStorage | None = None):
-    "What optuna-dashboard opens: a storage object as it is, a journal file as a JournalStorage, else the RDB URL."
-    if isinstance(storage, BaseStorage): return storage
-    spec = storage_spec(storage)
-    if spec.is_journal:
-        path = Path(spec.url[len("journal:"):])
-        if not path.exists(): raise TuningError(f"journal file {path} does not exist; run a study with it first or check the path")
-        return JournalStorage(JournalFileBackend(str(path), lock_obj=journal_lock(str(path))))
-    if spec.is_sqlite and spec.url.startswith("sqlite:///") and not Path(spec.url[len("sqlite:///"):]).exists():
-        raise TuningError(f"study storage {spec.url} does not exist yet; run a study first or pass storage=")
-    return spec.url
+def _read_storage(spec: StorageSpec) -> BaseStorage:
+    "`spec` opened for reading as optuna-dashboard does (no tables created, no heartbeat); `StudyStorageError` when it cannot be."
+    check_storage(spec)
+    path = Path(spec.url[len("journal:"):] if spec.is_journal else spec.url[len("sqlite:///"):]) if spec.is_journal or spec.url.startswith("sqlite:///") else None
+    if path is not None and not path.exists():
+        raise StudyStorageError(f"study storage {path} does not exist; run a study first, or pass another --storage")
+    try:
+        s = (JournalStorage(JournalFileBackend(str(path), lock_obj=journal_lock(str(path)))) if spec.is_journal
+             else RDBStorage(spec.url, skip_compatibility_check=True, skip_table_creation=True))
+        s.get_all_studies()
+    except QtnbError: raise
+    except Exception as e:
+        raise StudyStorageError(f"study storage {spec.display()} cannot be read ({fail_reason(e)[:160]}); "
+                                "move a damaged file aside or restore it from a backup") from None
+    return s
 
-def start_dashboard(storage: str | Path | BaseStorage | None = None, *, # default: settings.ini's study_storage
+def store_storages(runs_dir: str | Path | None = None) -> list[StorageSpec]:
+    "Every study storage of a run store that exists: the recorded ones, its optuna.journal / optuna.db and settings.ini's."
+    root = Path(runs_dir).expanduser().resolve() if runs_dir is not None else default_runs_dir()
+    urls = ["journal:" + str(root / "optuna.journal"), "sqlite:///" + str(root / "optuna.db")]
+    if root == default_runs_dir(): urls += [storage_spec(None).url, study_storage()]
+    for rec in sorted(root.glob("studies/*/study.json")):
+        try: urls.append(json.loads(rec.read_text())["storage"])
+        except (OSError, ValueError, KeyError, TypeError): warnings.warn(f"{rec} is damaged; its study is left out")
+    out = []
+    for u in dict.fromkeys(urls):
+        spec = StorageSpec(u)
+        local = spec.url[len("journal:"):] if spec.is_journal else spec.url[len("sqlite:///"):] if spec.url.startswith("sqlite:///") else None
+        if local is None or Path(local).is_file(): out.append(spec)
+    return out
+
+def dashboard_storage(storage: str | Path | BaseStorage | None = None, *,
+                      runs_dir: str | Path | None = None) -> BaseStorage: # with no storage: every study of this run store
+    "What optuna-dashboard opens: `storage`, or every readable storage of the run store as one (`StoreStudies`)."
+    if isinstance(storage, BaseStorage): return storage
+    if storage is not None: return _read_storage(storage_spec(storage))
+    specs, parts = store_storages(runs_dir), []
+    for spec in specs:
+        try: parts.append(_read_storage(spec))
+        except StudyStorageError as e: warnings.warn(f"left out: {e}")   # the other studies are still served
+    if not parts:
+        root = Path(runs_dir).expanduser().resolve() if runs_dir is not None else default_runs_dir()
+        raise StudyStorageError(f"no study storage in run store {root}" + (f" can be read ({len(specs)} damaged)" if specs else "")
+                                + "; run `qtnb run tune` first, or pass --storage / --runs-dir")
+    return parts[0] if len(parts) == 1 else StoreStudies(parts)
+
+def start_dashboard(storage: str | Path | BaseStorage | None = None, *, # default: every study of the run store
+                    runs_dir: str | Path | None = None, # the run store (default: settings.ini's)
                     host: str = "127.0.0.1", port: int | None = 8080, # 0 or None: a free port
                     background: bool = False) -> DashboardURL:
     "Serve optuna-dashboard for `storage` on `host`:`port`; blocks unless `background`, then returns the URL."
@@ -944,21 +1269,68 @@ def start_dashboard(storage: str | Path | BaseStorage | None = None, *, # defaul
     class _Quiet(WSGIRequestHandler):
         def log_message(self, *args): pass
 
-    app = optuna_dashboard.wsgi(dashboard_storage(storage))
+    app = optuna_dashboard.wsgi(dashboard_storage(storage, runs_dir=runs_dir))
     try: server = make_server(host, int(port or 0), app, handler_class=_Quiet)
     except OSError as e:
         raise TuningError(f"cannot serve the dashboard on {host}:{port}: {e.strerror}; pass another port (port=0 picks a free one)") from None
     url = DashboardURL(f"http://{host}:{server.server_port}/dashboard/")
     url.server = server
-    if background:
-        url.thread = threading.Thread(target=server.serve_forever, name="qtnb-dashboard", daemon=True)
-        url.thread.start()
-        return url
+    # requests are served in a thread of their own: Ctrl-C reaches the main thread, never a request handler (wsgiref
+    # catches everything there, KeyboardInterrupt too, and would keep serving)
+    url.thread = threading.Thread(target=server.serve_forever, name="qtnb-dashboard", daemon=True)
+    url.thread.start()
+    if background: return url
     print(f"optuna-dashboard: {url} (Ctrl-C stops it)", flush=True)
-    try: server.serve_forever()
+    try:
+        while url.thread.is_alive(): url.thread.join(0.5)
     except KeyboardInterrupt: pass
-    finally: server.server_close()
+    finally: url.stop()
     return url
+
+# %% ../nbs/07_tuner.ipynb #87b46550
+class StoreStudies(BaseStorage):
+    "Several storages seen as one (a run store's studies for optuna-dashboard): ids interleave, each call goes to its part."
+    def __init__(self, parts: Sequence[BaseStorage]): self.parts = list(parts)
+    def _at(self, i: int): return self.parts[i % len(self.parts)], i // len(self.parts)
+    def _id(self, k: int, i: int) -> int: return i * len(self.parts) + k
+    def _trial(self, k: int, t):
+        t = copy.copy(t); t._trial_id = self._id(k, t._trial_id); return t
+
+    def create_new_study(self, directions, study_name=None): return self._id(0, self.parts[0].create_new_study(directions, study_name))
+    def delete_study(self, study_id): s, i = self._at(study_id); s.delete_study(i)
+    def set_study_user_attr(self, study_id, key, value): s, i = self._at(study_id); s.set_study_user_attr(i, key, value)
+    def set_study_system_attr(self, study_id, key, value): s, i = self._at(study_id); s.set_study_system_attr(i, key, value)
+    def get_study_name_from_id(self, study_id): s, i = self._at(study_id); return s.get_study_name_from_id(i)
+    def get_study_directions(self, study_id): s, i = self._at(study_id); return s.get_study_directions(i)
+    def get_study_user_attrs(self, study_id): s, i = self._at(study_id); return s.get_study_user_attrs(i)
+    def get_study_system_attrs(self, study_id): s, i = self._at(study_id); return s.get_study_system_attrs(i)
+    def get_study_id_from_name(self, study_name):
+        for k, s in enumerate(self.parts):
+            try: return self._id(k, s.get_study_id_from_name(study_name))
+            except KeyError: pass
+        raise KeyError(f"no study named {study_name!r}")
+    def get_all_studies(self):
+        out = []
+        for k, s in enumerate(self.parts):
+            for st in s.get_all_studies():
+                st = copy.copy(st); st._study_id = self._id(k, st._study_id); out.append(st)
+        return out
+
+    def create_new_trial(self, study_id, template_trial=None):
+        s, i = self._at(study_id); return self._id(study_id % len(self.parts), s.create_new_trial(i, template_trial))
+    def get_trial_id_from_study_id_trial_number(self, study_id, trial_number):
+        s, i = self._at(study_id); return self._id(study_id % len(self.parts), s.get_trial_id_from_study_id_trial_number(i, trial_number))
+    def set_trial_param(self, trial_id, param_name, param_value_internal, distribution):
+        s, i = self._at(trial_id); s.set_trial_param(i, param_name, param_value_internal, distribution)
+    def set_trial_state_values(self, trial_id, state, values=None): s, i = self._at(trial_id); return s.set_trial_state_values(i, state, values)
+    def set_trial_intermediate_value(self, trial_id, step, value): s, i = self._at(trial_id); s.set_trial_intermediate_value(i, step, value)
+    def set_trial_user_attr(self, trial_id, key, value): s, i = self._at(trial_id); s.set_trial_user_attr(i, key, value)
+    def set_trial_system_attr(self, trial_id, key, value): s, i = self._at(trial_id); s.set_trial_system_attr(i, key, value)
+    def get_trial(self, trial_id): s, i = self._at(trial_id); return self._trial(trial_id % len(self.parts), s.get_trial(i))
+    def get_all_trials(self, study_id, deepcopy=True, states=None):
+        s, i = self._at(study_id); k = study_id % len(self.parts)
+        return [self._trial(k, t) for t in s.get_all_trials(i, deepcopy=deepcopy, states=states)]
+
 
 # %% ../nbs/07_tuner.ipynb #ac4ff406
 def _data_config(self: Tuner):
@@ -1033,11 +1405,6 @@ def _prepare(self: Tuner):
 Tuner._prepare = _prepare
 
 # %% ../nbs/07_tuner.ipynb #624b05a3
-def _split_metric(name: str) -> tuple[str, str]:
-    for p, split in (("val_", "val"), ("valid_", "val"), ("test_", "test"), ("train_", "train")):
-        if name.startswith(p): return split, name[len(p):]
-    return "val", name
-
 def objective_value(result, name: str) -> float:
     "The value of objective `name` (val_<metric> or test_<metric>) in a FitResult."
     split, key = _split_metric(name)
@@ -1061,14 +1428,24 @@ def xgboost_pruning(trial: optuna.Trial, observation_key: str):
     try: yield
     finally: xgboost.train = train
 
-def _trial_resume(self: Tuner, trial: optuna.Trial) -> tuple[str | None, Path | None]:
-    "For a retried trial: the crashed run's id and its last checkpoint (when there is one)."
+def _trial_resume(self: Tuner, trial: optuna.Trial, config_hash: str) -> tuple[str | None, Path | None]:
+    "For a retried trial: the crashed run's id, and its last checkpoint when that run trained the same config (hash)."
+    from qtnb.runs import open_run
     system = trial.storage.get_trial_system_attrs(trial._trial_id)   # Optuna 5's Trial no longer exposes them
     if system.get("failed_trial") is None: return None, None
     prev = trial.user_attrs.get("run_id")
     if not prev: return None, None
-    ckpt = self.runs_dir / prev / "checkpoints" / "last.pt"
-    return prev, (ckpt if ckpt.is_file() else None)
+    try:
+        run = open_run(check_slug(prev, "run_id"), runs_dir=self.runs_dir)
+        same = (run.params.get("tuning") or {}).get("config_hash") == config_hash
+    except QtnbError: return prev, None
+    ckpt = run.path / "checkpoints" / "last.pt"
+    return prev, (ckpt if same and ckpt.is_file() else None)
+
+def _record_process(run) -> None:
+    "Record this process (pid, host, start time) in the trial run's status, so a reader can tell when it is gone."
+    from qtnb.runs import process_record
+    run.set_status("running", **process_record())
 
 def _train_trial(self: Tuner, trial: optuna.Trial, params: dict):
     "Train the trial's config through the Trainer into a new run; the objective value(s)."
@@ -1076,35 +1453,48 @@ def _train_trial(self: Tuner, trial: optuna.Trial, params: dict):
     from qtnb.errors import TrainingError
     from qtnb.models.core import EstimatorModel, create_model
     from qtnb.runs import create_run
-    from qtnb.trainer import fit_fold
+    from qtnb.trainer import _config_hash, fit_fold, seed_everything
     mo, to = self.space.configs(params)
     mcfg, tcfg = self._model_dict(mo), self._train_config(to)
     prep = self._prepare()
     fold = prep.folds[self.fold]
-    prev, resume = self._trial_resume(trial)
+    chash = _config_hash({"model": mcfg, "train": tcfg.model_dump(mode="json"), "data": prep.config.model_dump(mode="json"), "fold": self.fold})
+    prev, resume = self._trial_resume(trial, chash)
     tuning = {"study": self.study_name, "trial": trial.number, "storage": self.storage.display(), "objectives": self.objectives,
-              "params": {k: v for k, v in params.items()}}
+              "params": {k: v for k, v in params.items()}, "config_hash": chash}
     if prev: tuning.update(retry_of=trial.storage.get_trial_system_attrs(trial._trial_id)["failed_trial"], resumed_from=prev if resume else None)
     run = create_run(f"{self.study_name}-t{trial.number}", runs_dir=self.runs_dir,
                      params={"tuning": tuning, "data": prep.config.model_dump(mode="json")})
     trial.set_user_attr("run_id", run.id)
-    if prev: trial.set_user_attr("resumed_from", prev)
-    try: model = create_model(mcfg, n_features=fold.train.n_features, seq_len=prep.config.seq_len)
+    if prev: trial.set_user_attr("resumed_from", prev if resume else None)
+    _record_process(run)
+    callbacks, ctx = [], contextlib.nullcontext()
+    try:
+        seed_everything(tcfg.seed)   # the weights depend on the config alone, not on what ran before in this process
+        model = create_model(mcfg, n_features=fold.train.n_features, seq_len=prep.config.seq_len)
     except Exception as e:
         run.set_status("failed", error=fail_reason(e)); raise
-    callbacks, ctx = [], contextlib.nullcontext()
+    if resume is not None and (resume.parent / "best.pt").is_file():   # the crashed run's best, unless the rest beats it
+        atomic_write(Path(run.checkpoint_dir) / "best.pt", (resume.parent / "best.pt").read_bytes())
     if len(self.objectives) == 1:
         if not isinstance(model, EstimatorModel): callbacks.append(PruningCallback(trial, self.objectives[0]))
         elif mcfg["name"] == "xgboost":
             metric = model.params()["eval_metric"]
             ctx = xgboost_pruning(trial, f"val-{metric}")
     try:
-        with ctx: _, res = fit_fold(fold, model, tcfg, run=run, callbacks=callbacks, resume=resume)
+        with ctx: trainer, res = fit_fold(fold, model, tcfg, run=run, callbacks=callbacks, resume=resume)
+    except KeyboardInterrupt:
+        run.set_status("interrupted", error="interrupted by a signal; the trial is failed and queued again"); raise
     except TrainingError as e:
         if isinstance(e.__cause__, optuna.TrialPruned):   # XGBoost's pruning callback, wrapped by the estimator fit
             run.set_status("pruned", error=str(e.__cause__)); raise e.__cause__ from None
         raise
+    if not isinstance(model, EstimatorModel) and "best" not in run.checkpoints():   # every complete trial can be exported
+        run.save_checkpoint(trainer.state_dict(), "best")
     values = [objective_value(res, n) for n in self.objectives]
+    on_test = all(o.startswith("test_") for o in self.objectives)
+    span = prep.config.all_horizons[0] if tcfg.trade_hold == "blocks" else 1
+    record_trading(trial, res.test_metrics if on_test else res.val_metrics, periods_per_year=252 / span)
     return values[0] if len(values) == 1 else values
 
 Tuner._trial_resume, Tuner._train_trial = _trial_resume, _train_trial
@@ -1162,7 +1552,7 @@ def tune_symbols(space: SearchSpace | dict | str | Path, objective: str | Sequen
     for sym, df in frames.items():
         t = Tuner(space, objective, data=dc, frame=df, **tuner_kwargs)
         base = base or study_name or t.study_name
-        t.study_name = f"{base}-{sym}"
+        t.study_name = check_slug(f"{base}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', sym)}"[:64], "study_name")
         t.optimize(n_trials, timeout=timeout, workers=workers)
         c = trial_counts(t.study)
         row = {"symbol": sym, "study": t.study_name, "complete": c["complete"], "pruned": c["pruned"], "failed": c["fail"]}
