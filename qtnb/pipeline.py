@@ -777,7 +777,7 @@ def export(p: ExportParams | dict | None = None, *, verbose: bool = True, **para
     p = p if isinstance(p, ExportParams) else ExportParams(**{**(p or {}), **params}).check()
     root = resolve_runs_dir(p.runs_dir)
     src = open_run(p.source_run or latest_model_run(root), runs_dir=root)
-    run = pipeline_run(p.model_copy(update={"runs_dir": str(root)}), f"export-{src.name}")
+    run = pipeline_run(p.model_copy(update={"runs_dir": str(root)}), f"export-{src.name}"[:64].rstrip("-._"))
     with _failing(run):
         run.write_params({**run.params, "source_run": src.id})
         if verbose: say(f"run {run.id}: exporting {src.id} to {p.format} {p.precision}")
@@ -1081,7 +1081,7 @@ def sweep(pipeline: str, grid: dict[str, list], params: dict | None = None, *, y
     folder = _sweep_dir(root, base)
     threads = max(1, (os.cpu_count() or 1) // min(workers, len(combos)))
     jobs = [dict(pipeline=pipeline, params={**(params or {}), **c}, yaml_path=None if yaml_path is None else str(yaml_path),
-                 runs_dir=str(root), name=f"{base}-{i}", index=i, threads=threads, log_dir=str(folder)) for i, c in enumerate(combos)]
+                 runs_dir=str(root), name=f"{base[:56]}-{i}", index=i, threads=threads, log_dir=str(folder)) for i, c in enumerate(combos)]
     results, got = [], []
     def record(r):
         results.append(r)

@@ -1463,7 +1463,7 @@ def _train_trial(self: Tuner, trial: optuna.Trial, params: dict):
     tuning = {"study": self.study_name, "trial": trial.number, "storage": self.storage.display(), "objectives": self.objectives,
               "params": {k: v for k, v in params.items()}, "config_hash": chash}
     if prev: tuning.update(retry_of=trial.storage.get_trial_system_attrs(trial._trial_id)["failed_trial"], resumed_from=prev if resume else None)
-    run = create_run(f"{self.study_name}-t{trial.number}", runs_dir=self.runs_dir,
+    run = create_run(f"{self.study_name[:54]}-t{trial.number}", runs_dir=self.runs_dir,
                      params={"tuning": tuning, "data": prep.config.model_dump(mode="json")})
     trial.set_user_attr("run_id", run.id)
     if prev: trial.set_user_attr("resumed_from", prev if resume else None)
@@ -1509,7 +1509,7 @@ def _retrain_best(self: Tuner, *, num_epochs: int | None = None, name: str | Non
     over = {**train_overrides, **({"num_epochs": num_epochs} if num_epochs is not None else {})}
     tcfg = train_config_class()(**{**b["train"], **over})
     prep = self._prepare()
-    run = create_run(name or f"{self.study_name}-best", runs_dir=self.runs_dir,
+    run = create_run(name or f"{self.study_name[:59]}-best", runs_dir=self.runs_dir,
                      params={"tuning": {"study": self.study_name, "trial": b["trial"], "trial_run_id": b["run_id"],
                                         "storage": self.storage.display(), "retrain": True},
                              "data": prep.config.model_dump(mode="json")})
