@@ -381,9 +381,10 @@ def _panel(signal, returns, dates, symbols, log_returns: bool) -> pd.DataFrame:
     _same_rows(pos, r, "signal", "returns")
     if np.abs(pos).max() > 1 + 1e-9: raise DataError(f"signal reaches {np.abs(pos).max():g}, outside [-1, 1]; scale it")
     if dates is None or symbols is None: raise DataError("a portfolio needs dates and symbols, one per row; pass both")
+    for name, v in (("dates", dates), ("symbols", symbols)):
+        if len(v) != len(pos): raise DataError(f"{name} has {len(v)} rows but signal has {len(pos)}; pass one per row")
     df = pd.DataFrame(dict(date=pd.DatetimeIndex(dates), symbol=np.asarray(symbols).astype(str), s=pos,
                            r=np.expm1(r) if log_returns else r))
-    _same_rows(pos, df, "signal", "dates")
     if df.duplicated(["date", "symbol"]).any():
         d = df[df.duplicated(["date", "symbol"])].iloc[0]
         raise DataError(f"symbol {d['symbol']!r} has two rows on {d['date'].date()}; pass one signal per symbol and date")
