@@ -1093,7 +1093,6 @@ Tuner._objective, Tuner.optimize, Tuner._warm_up, Tuner._claim_lock = _objective
 def record_trading(trial: optuna.Trial, metrics: dict, *, prefix: str = "", # e.g. 'val_' for a history row
                    periods_per_year: float = 252) -> None:
     "Keep a trial's Sharpe ratio, periods, skewness and kurtosis (from trading metrics) as its `trading` user attribute."
-    from qtnb.metrics import TRADING_METRICS
     rec = {k: metrics.get(prefix + k) for k in ("sharpe", "n", "skew", "kurtosis")}
     if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in rec.values()): return
     trial.set_user_attr("trading", {**{k: float(v) for k, v in rec.items()}, "periods_per_year": float(periods_per_year)})
