@@ -833,7 +833,7 @@ def run_pipeline(pipeline: str, params: dict | None = None, *, yaml_path: str | 
                  progress_bar: bool = False, start_timeout: int = 120):
     "Validate `params`, make a run and execute the pipeline notebook into it with papermill; the Run."
     import papermill as pm
-    from qtnb.runs import create_run
+    from qtnb.runs import create_run, process_record
     given = {**(read_yaml(yaml_path) if yaml_path is not None else {}), **(params or {})}
     for k in ("run_id",):
         if k in given: raise ConfigError(f"{k} is set by qtnb run; use --name to name the run")
@@ -844,18 +844,20 @@ def run_pipeline(pipeline: str, params: dict | None = None, *, yaml_path: str | 
         got = signals["got"]
         run = signals["run"] = create_run(_default_name(p), runs_dir=root,
                          params={"pipeline": pipeline, "parameters": p.model_dump(mode="json", exclude={"run_id", "runs_dir"})})
-        run.set_status("running", launcher_pid=os.getpid())        # the kernel stamps its own pid and heartbeat
+        # this process until the kernel stamps its own pid and heartbeat (a kernel takes seconds to start)
+        run.set_status("running", launcher_pid=os.getpid(), **process_record())
         inject = {k: v for k, v in p.model_dump(mode="json").items() if k in given or k == "run_name" and v is not None}
         inject.update(run_id=run.id, runs_dir=str(root))
         out = Path(run.path) / "notebook.ipynb"
         engine = _papermill_setup()
+        signals["papermill"] = True
         try:
             pm.execute_notebook(str(pipeline_notebook(pipeline)), str(out), parameters=inject, progress_bar=progress_bar,
                                 stdout_file=stdout or sys.stdout, stderr_file=stderr or sys.stderr, cwd=os.getcwd(),
                                 start_timeout=start_timeout, kernel_name="python3", kernel_manager_class=_kernel_manager(),
                                 engine_name=engine, request_save_on_cell_execute=True,  # saves: see _papermill_setup
                                 extra_arguments=["--IPKernelApp.log_level=ERROR"])   # no transport notice per kernel
-        except KeyboardInterrupt as e:                  # a second signal, or the kernel did not stop in time
+        except KeyboardInterrupt as e:                  # not from qtnb's handler (another thread's, say): stop all the same
             _stop_kernels(); _interrupted(run, got[0] if got else getattr(e, "signum", signal.SIGINT))
         except DiskFull as e:                           # the notebook record did not fit; keep an earlier error
             if (_best_effort(lambda: run.status) or {}).get("state") in ("running", "completed", None):
@@ -866,6 +868,7 @@ def run_pipeline(pipeline: str, params: dict | None = None, *, yaml_path: str | 
             if getattr(e, "ename", None) == "RunInterrupted":      # the kernel itself got the signal (Slurm, systemd)
                 _interrupted(run, _signal_number(getattr(e, "evalue", "")))
             _failed(run, e, out)
+        finally: signals["papermill"], signals["done"] = False, True
         if got: _interrupted(run, got[0])               # the kernel finished its cell although asked to stop
     if run.status.get("state") == "running": run.set_status("completed")
     return run
@@ -875,7 +878,7 @@ def run_pipeline(pipeline: str, params: dict | None = None, *, yaml_path: str | 
 import signal, threading
 from .errors import DiskFull
 
-FORWARD_GRACE_S = 30.0   # seconds a signalled kernel gets to end its run and its cell before qtnb stops waiting
+FORWARD_GRACE_S = 60.0   # seconds a signalled kernel gets to end its run and its cell before qtnb stops it
 
 def _kernel_children() -> list[int]:
     "The pids of the Jupyter kernels this process started (papermill's)."
@@ -891,32 +894,41 @@ def _stop_kernels() -> None:
     for pid in _kernel_children():
         with contextlib.suppress(ProcessLookupError): os.kill(pid, signal.SIGKILL)
 
+def _keep_stopping_kernels(box: dict, seconds: float = 120.0) -> None:
+    "Kill the kernels this process starts until papermill has returned (a kernel may be starting right now)."
+    t0 = time.monotonic()
+    while not box["done"] and time.monotonic() - t0 < seconds:
+        _stop_kernels(); time.sleep(0.1)
+
 @contextlib.contextmanager
 def _forward_signals(grace: float = FORWARD_GRACE_S):
-    """While papermill runs a kernel: SIGTERM/SIGINT/SIGHUP interrupt it (SIGINT never kills an ipykernel). Yields a dict:
-    `got` lists the signals received; set `run` to the run, so a kernel still starting (it has not stamped the run) is
-    stopped at once instead."""
+    """While papermill runs a kernel: SIGTERM/SIGINT/SIGHUP interrupt it (SIGINT never kills an ipykernel) and papermill
+    comes back with the failing cell. Yields a dict: `got` lists the signals received; the caller sets `run` (a kernel
+    that has not stamped the run yet is stopped instead), `papermill` while papermill runs and `done` after."""
     from qtnb.runs import INTERRUPT_SIGNALS, RunInterrupted
-    box, timers, t0 = {"got": [], "run": None}, [], []
+    box, timers, t0 = {"got": [], "run": None, "papermill": False, "done": False}, [], []
     got = box["got"]
+    def stop_kernels_later(after: float):
+        t = threading.Timer(after, _keep_stopping_kernels, (box,)); t.daemon = True; t.start(); timers.append(t)
     def handler(signum, frame):
-        if got:
-            if time.monotonic() - t0[0] < 1.0: return        # the same signal delivered twice: to the group and forwarded
-            raise RunInterrupted(got[0])
+        if not box["papermill"]:                              # not in papermill's event loop: stop right here
+            got.append(signum); raise RunInterrupted(signum)
+        if got:                                               # never raise inside papermill: stop its kernel instead
+            if time.monotonic() - t0[0] >= 1.0: stop_kernels_later(0)   # (within 1 s: one signal delivered twice)
+            return
         got.append(signum); t0.append(time.monotonic())
-        kernels = _kernel_children()
         run = box["run"]
         owner = _best_effort(lambda: run.status.get("pid")) if run is not None else None
-        if owner not in kernels:                              # no kernel, or one still starting: nothing to wait for
-            _stop_kernels()
-            raise RunInterrupted(signum)
-        with contextlib.suppress(ProcessLookupError): os.kill(owner, signal.SIGINT)
-        t = threading.Timer(grace, os.kill, (os.getpid(), signum)); t.daemon = True; t.start(); timers.append(t)
+        if owner in _kernel_children():                       # the kernel runs the pipeline: it ends the run itself
+            with contextlib.suppress(ProcessLookupError): os.kill(owner, signal.SIGINT)
+            stop_kernels_later(grace)
+        else: stop_kernels_later(0)                           # no kernel yet, or one still starting
     if threading.current_thread() is not threading.main_thread():
         yield box; return
     old = {s: signal.signal(s, handler) for s in INTERRUPT_SIGNALS}
     try: yield box
     finally:
+        box["done"] = True
         for t in timers: t.cancel()
         for s, h in old.items(): signal.signal(s, h if h is not None else signal.SIG_DFL)
 
