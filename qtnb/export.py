@@ -503,7 +503,7 @@ def window_from_frame(self: InferenceSession, frame: pd.DataFrame) -> np.ndarray
         c = qd.as_data_config(m.data or dict(features=m.features))
         code = [f for f in m.features if f.startswith("callable:")]
         if code: raise ExportError(f"feature {code[0][9:]!r} was a Python function at training time; pass a frame that holds the computed columns {m.feature_names}")
-        df = qd.load_frame(frame, time_col=c.time_col)
+        df = qd.load_frame(frame, **qd.frame_options(c))
         sym = c.symbol_col or ("symbol" if "symbol" in df.columns else None)
         if sym is not None and df[sym].nunique() > 1:
             raise ExportError(f"the frame holds {df[sym].nunique()} symbols; pass one symbol's recent rows to predict")

@@ -1520,10 +1520,10 @@ Tuner.retrain_best = _retrain_best
 # %% ../nbs/07_tuner.ipynb #5cf8c3e8
 def _symbol_frames(frame, data, symbols) -> dict:
     import pandas as pd
-    from qtnb.data import load_frame
+    from qtnb.data import frame_options, load_frame
     if isinstance(frame, dict): frames = dict(frame)
     else:
-        df = frame if frame is not None else load_frame(data.data, time_col=data.time_col)
+        df = frame if frame is not None else load_frame(data.data, **frame_options(data))
         col = data.symbol_col or ("symbol" if "symbol" in df.columns else None)
         if col is None or col not in df.columns:
             raise ConfigError(f"per-symbol tuning needs a symbol column: set DataConfig.symbol_col (columns: {', '.join(map(str, df.columns))}) or pass a dict of frames")
