@@ -27,7 +27,7 @@ from .callbacks import (Callback, Checkpoint, EarlyStopping, HOOKS, clone_state,
 __all__ = ['FUSED_DEVICES', 'STEP_SCHEDULES', 'LOSSES', 'TrainConfig', 'select_device', 'seed_everything', 'epoch_seed',
            'make_optimizer', 'make_scheduler', 'make_loss', 'toy_windows', 'FitResult', 'Trainer', 'predict',
            'evaluate', 'validate', 'test', 'state_dict', 'load_state_dict', 'windows_from_arrays', 'fit', 'FitHandle',
-           'fit_in_background', 'fit_fold']
+           'fit_in_background', 'RunControl', 'fit_fold']
 
 # %% ../nbs/06_trainer.ipynb #bd76fd70
 class TrainConfig(qcfg.TrainConfig):
@@ -463,6 +463,8 @@ def load_state_dict(self: Trainer, state: dict) -> None:
     for k, c in zip(state_keys(cbl), cbl):
         if k in saved and callable(getattr(c, "load_state_dict", None)): c.load_state_dict(_to(saved[k], self.device))
     set_rng_state(state["rng"])
+    k = int(state.get("batch", 0) or 0)                      # > 0: saved mid-epoch by checkpoint_now
+    self._resume_batch = (k, torch.as_tensor(state["epoch_losses"], dtype=torch.float32)) if k else None
 
 def _to(obj, device):
     if isinstance(obj, torch.Tensor): return obj.to(device)
@@ -483,6 +485,8 @@ def _control(self: Trainer) -> bool:
         self.should_stop, self.stop_reason = True, self.stop_reason or "stop requested"
         return True
     return False
+
+from itertools import islice
 
 def _batches(w: Windows, batch_size: int, g: torch.Generator, drop_last: bool, augment: bool):
     "The epoch's shuffled batches: `w.batches`, or the same batches indexed straight from its zero-copy view."
@@ -510,9 +514,13 @@ def _train_epoch(self: Trainer, train: Windows, epoch: int, lossf: Callable, fwd
     amp = c.mixed_precision != "none"
     losses, sizes = self._losses, self._sizes
     g = torch.Generator().manual_seed(epoch_seed(c.seed, epoch))
+    skip, done = getattr(self, "_resume_batch", None) or (0, None)   # a mid-epoch checkpoint: its batches are done
+    self._resume_batch = None
+    if skip: losses[:skip] = done.to(losses.device)
     model.train()
-    i = -1
-    for i, (xb, yb) in enumerate(_batches(train, c.batch_size, g, c.drop_last, c.augment)):
+    i = skip - 1
+    batches = _batches(train, c.batch_size, g, c.drop_last, c.augment)
+    for i, (xb, yb) in enumerate(islice(batches, skip, None) if skip else batches, start=skip):
         if amp:
             with self._autocast(): loss = lossf(fwd(xb), yb)
         else: loss = lossf(fwd(xb), yb)
@@ -533,7 +541,8 @@ def _train_epoch(self: Trainer, train: Windows, epoch: int, lossf: Callable, fwd
             self.global_step += 1
         if batch_hooks:
             for fn in batch_hooks: fn(self, i, losses[i])
-        if self._stop_flag or self._pause_flag:
+        if self._stop_flag or self._pause_flag or getattr(self, "_ckpt_request", None) is not None:
+            if getattr(self, "_ckpt_request", None) is not None and ((i + 1) % accum == 0 or i + 1 == nb): self._save_now(i + 1)
             if self._control(): return None
     n = i + 1
     mean = float((losses[:n] * sizes[:n]).sum() / sizes[:n].sum())   # the epoch's one sync
@@ -573,6 +582,8 @@ def _callbacks_for_fit(self: Trainer) -> list:
         cbs.append(EarlyStopping(self.monitor, mode=c.mode, patience=c.early_stopping_patience, min_delta=c.min_delta, restore_best=False))
     if self.run is not None and self.is_torch and not any(isinstance(x, Checkpoint) for x in cbs):
         cbs.append(Checkpoint(every_n_epochs=c.checkpoint_every, monitor=self.monitor, mode=c.mode, min_delta=c.min_delta))
+    if self.run is not None and self.is_torch and not any(isinstance(x, RunControl) for x in cbs):
+        cbs.append(RunControl(self.run))    # pause, stop and checkpoint requests from other processes
     return cbs
 
 def _resume_path(self: Trainer, resume) -> Path:
@@ -848,6 +859,92 @@ def fit_in_background(trainer: Trainer, *args, **kwargs) -> FitHandle:
     trainer._state = "running"   # visible at once, before the thread is scheduled
     h.thread.start()
     return h
+
+# %% ../nbs/06_trainer.ipynb #207777b9
+from fastcore.basics import patch
+from .callbacks import save_state
+
+@patch
+def checkpoint_now(self: Trainer, path: str | Path | None = None) -> None:
+    "Save a resumable checkpoint at the next batch boundary (thread-safe): `path`, or the run's checkpoints/last.pt."
+    cbs = getattr(self, "_fit_callbacks", self.callbacks)
+    if path is None and self.run is None and not any(isinstance(c, Checkpoint) for c in cbs):
+        raise ConfigError("checkpoint_now() needs a place: give the trainer a run or a Checkpoint(dirpath=...) callback, or pass path")
+    with self._lock: self._ckpt_request = Path(path) if path is not None else True
+
+@patch
+def _save_now(self: Trainer, batches_done: int | None = None) -> Path:
+    "Write the requested checkpoint now; `batches_done` of the current epoch (None at an epoch's end)."
+    with self._lock: where, self._ckpt_request = getattr(self, "_ckpt_request", None), None
+    state = self.state_dict()
+    if batches_done: state.update(batch=batches_done, epoch_losses=self._losses[:batches_done].detach().cpu().clone())
+    path = save_state(state, where if isinstance(where, Path) else self._resume_path("last"))
+    self.dispatch("on_checkpoint_saved", path)
+    return path
+
+# %% ../nbs/06_trainer.ipynb #44c27e37
+from .runs import CONTROL_FILE
+
+class RunControl(Callback):
+    "Honour a run's control requests (pause, resume, stop, checkpoint) between batches."
+    order = 150   # after Checkpoint: a pause or stop at an epoch's end comes after its files are written
+
+    def __init__(self, run, every: float = 0.2):   # seconds between looks at control.json
+        self.run, self.every = run, every
+        self._t, self._seen, self._pending = 0.0, None, None
+
+    def _new(self, force: bool = False) -> dict | None:
+        "An unacknowledged request, if control.json changed since the last look."
+        now = time.monotonic()
+        if not force and now - self._t < self.every: return None
+        self._t = now
+        try: m = (Path(self.run.path) / CONTROL_FILE).stat().st_mtime_ns
+        except OSError: return None
+        if m == self._seen: return None
+        self._seen = m
+        req = self.run.control
+        return req if req.get("action") and not req.get("acknowledged") else None
+
+    def _handle(self, trainer, req: dict, batches_done: int | None) -> None:
+        a = req["action"]
+        if a == "stop": trainer.request_stop(); self.run.acknowledge(req, state="stopping")
+        elif a == "resume": self.run.acknowledge(req, state="running")
+        elif a == "checkpoint":
+            self._pending = req
+            trainer.checkpoint_now()
+            if batches_done is None: trainer._save_now()   # at an epoch's end: the state is complete now
+        elif a == "pause": self._pause(trainer, req, batches_done)
+
+    def _pause(self, trainer, req: dict, batches_done: int | None) -> None:
+        self.run.acknowledge(req, state="paused")
+        self.run.set_status("running", paused=True)
+        trainer._state = "paused"
+        try:
+            while not trainer.stop_requested():
+                time.sleep(0.05)
+                nxt = self._new(force=True)
+                if nxt is None: continue
+                if nxt["action"] == "resume": self.run.acknowledge(nxt, state="running"); break
+                self._handle(trainer, nxt, batches_done)
+                if nxt["action"] == "checkpoint" and getattr(trainer, "_ckpt_request", None) is not None and batches_done:
+                    accum = trainer.config.gradient_accumulation_steps   # saved now only at an optimiser step
+                    if batches_done % accum == 0 or batches_done == trainer.batches_per_epoch: trainer._save_now(batches_done)
+        finally:
+            trainer._state = "running"
+            self.run.set_status("running", paused=False)
+
+    def on_fit_start(self, trainer):
+        req = self._new(force=True)
+        if req is not None: self._handle(trainer, req, None)
+    def on_train_batch_end(self, trainer, i, loss):
+        req = self._new()
+        if req is not None: self._handle(trainer, req, i + 1)
+    def on_train_epoch_end(self, trainer, metrics):
+        req = self._new(force=True)
+        if req is not None: self._handle(trainer, req, None)
+    def on_checkpoint_saved(self, trainer, path):
+        if self._pending is not None: self.run.acknowledge(self._pending, state="saved", path=Path(path).name); self._pending = None
+    def __repr__(self): return f"RunControl({self.run.id}, every={self.every})"
 
 # %% ../nbs/06_trainer.ipynb #b9f96727
 def fit_fold(fold, model_config, train_config: TrainConfig | qcfg.TrainConfig | dict | None = None, *,
