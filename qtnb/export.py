@@ -541,9 +541,9 @@ def _copy_meta(src: Path, dst: Path, **extra) -> Path:
 def _suffixed(src: Path, tag: str) -> Path: return src.with_name(f"{src.stem}.{tag}{src.suffix}")
 
 def quantize_dynamic_int8(src: str | Path, dst: str | Path | None = None) -> Path:
-    "INT8 weights, activations quantized at run time: an onnxruntime CPU model with no calibration (default dst: *.int8.onnx)."
+    "INT8 weights, activations quantized at run time: an onnxruntime CPU model with no calibration (default dst: *.int8-dynamic.onnx, apart from the static QDQ file)."
     from onnxruntime.quantization import QuantType, quantize_dynamic
-    src = Path(src); dst = Path(dst) if dst else _suffixed(src, "int8")
+    src = Path(src); dst = Path(dst) if dst else _suffixed(src, "int8-dynamic")
     read_meta(src)
     with _quiet(): quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
     return _copy_meta(src, dst, precision="int8", quantization="dynamic")
@@ -693,9 +693,13 @@ def _record_export(run, entry: dict) -> None:
     lineage.setdefault("exports", []).append(entry)
     atomic_write(p, json.dumps(lineage, indent=2, default=str))
 
-def export_run(run_id: str, *, format: str = "onnx", precision: str = "fp32", runs_dir: str | Path | None = None) -> Path:
+def export_run(run_id: str, *, format: str = "onnx",
+               precision: str | None = None,   # fp32, fp16 or int8; None: settings.ini's [export] precision
+               runs_dir: str | Path | None = None) -> Path:
     "Export run `run_id`'s best checkpoint into its run folder (model.onnx, model.ts or a TensorRT engine) and record it in lineage."
+    from qtnb.config import ExportConfig
     from qtnb.data import prepare
+    if precision is None: precision = ExportConfig.resolve().precision
     from qtnb.models.core import create_model, is_torch_model
     from qtnb.runs import open_run
     if format not in ("onnx", "torchscript", "tensorrt"): raise ExportError(f"format={format!r} is unknown; use onnx, torchscript or tensorrt")

@@ -288,6 +288,7 @@ def _git(*args, cwd=None) -> str | None:
 def lineage_info(*, seed: int | None = None, data_fingerprint: str | None = None, config_hash: str | None = None,
                  extra: dict | None = None, cwd: str | Path | None = None) -> dict:
     "Git commit, Python and package versions, host and time, with the seed, data fingerprint and config hash given."
+    cwd = cwd if cwd is not None else Path(qtnb.__file__).resolve().parent   # the code that ran, not the working directory
     commit = _git("rev-parse", "HEAD", cwd=cwd)
     dirty = _git("status", "--porcelain", "--untracked-files=no", cwd=cwd) if commit else None
     pk = {"qtnb": qtnb.__version__}
