@@ -25,7 +25,8 @@ from .errors import ExportError, QtnbError
 __all__ = ['META_KEY', 'ENGINE_SUFFIXES', 'BACKENDS', 'ExportMeta', 'second_seq_len', 'seq_is_dynamic', 'onnx_input_dims',
            'check_dynamic_axes', 'export_onnx', 'check_parity', 'export_torchscript', 'backend_for', 'read_meta',
            'ort_session', 'InferenceSession', 'export_meta', 'quantize_dynamic_int8', 'quantize_static_qdq',
-           'quantization_report', 'to_fp16', 'compare_backends', 'export_run', 'export_estimator']
+           'quantization_report', 'to_fp16', 'compare_backends', 'export_run', 'stateful_parity', 'export_stateful',
+           'export_estimator']
 
 # %% ../nbs/08_export.ipynb #d135b686
 META_KEY = "qtnb"  # key of the metadata in an ONNX model's metadata_props and a TorchScript file's extra files
@@ -72,6 +73,7 @@ def _jsonable(o):
 # %% ../nbs/08_export.ipynb #4cee137c
 def second_seq_len(model: nn.Module, seq_len: int, n_features: int) -> int | None:
     "A window length other than `seq_len` that `model` accepts (longer first, then shorter), or None when it fixes the length."
+    if getattr(model, "fixed_seq_len", False): return None   # declared fixed (an MLP, learned positions): never probed
     for other in (seq_len + max(1, seq_len // 2), max(1, seq_len // 2), seq_len + 1):
         if other == seq_len: continue
         try:
@@ -714,6 +716,9 @@ def export_run(run_id: str, *, format: str = "onnx",
     except QtnbError: raise
     except RuntimeError as e: raise ExportError(f"run {run_id}'s best checkpoint does not fit its {model_cfg['name']} config: {str(e).splitlines()[0][:160]}") from None
     model.eval()
+    stateful = bool(getattr(model.config, "stateful", False))
+    if stateful and (format, precision) != ("onnx", "fp32"):
+        raise ExportError(f"a stateful {model_cfg['name']} exports to fp32 ONNX only (its state as inputs and outputs); use format onnx, precision fp32")
     meta = export_meta(model, prep, fold=fold)
     folder = Path(run.path)
     entry = dict(format=format, precision=precision, time=time.strftime("%Y-%m-%dT%H:%M:%S"), qtnb=qtnb.__version__)
@@ -721,7 +726,7 @@ def export_run(run_id: str, *, format: str = "onnx",
         if precision != "fp32": raise ExportError(f"TorchScript export is fp32 only; use format='onnx' or 'tensorrt' for {precision}")
         out = export_torchscript(model, folder / "model.ts", meta=meta)
     else:
-        out = export_onnx(model, folder / "model.onnx", meta=meta)
+        out = (export_stateful if stateful else export_onnx)(model, folder / "model.onnx", meta=meta)
         train_x = fold.train.numpy()[0]
         if format == "tensorrt":
             from qtnb.tensorrt import build_engine
@@ -736,6 +741,61 @@ def export_run(run_id: str, *, format: str = "onnx",
     entry.update(path=out.name, sha256=hashlib.sha256(out.read_bytes()).hexdigest(), data_fingerprint=prep.fingerprint)
     _record_export(run, entry)
     return out
+
+# %% ../nbs/08_export.ipynb #de443f82
+class _StatefulStep(nn.Module):
+    "A stateful LSTM/GRU as a pure function of one chunk and the state: (x, h0[, c0]) -> (y, hn[, cn])."
+    def __init__(self, model):
+        super().__init__(); self.m, self.lstm = model, isinstance(model.rnn, nn.LSTM)
+    def forward(self, x, h0, c0=None):
+        out, st = self.m.rnn(x, (h0, c0) if self.lstm else h0)
+        y = self.m.head(self.m._last(out))
+        return (y, *st) if self.lstm else (y, st)
+
+def _state_names(lstm: bool) -> tuple[list, list]: return (["h0", "c0"], ["hn", "cn"]) if lstm else (["h0"], ["hn"])
+
+def stateful_parity(model, path: str | Path, *, n_chunks: int = 3, batch: int = 2, seed: int = 0) -> float:
+    "Max abs difference between PyTorch and ONNX Runtime over `n_chunks` consecutive chunks, the state carried on both sides."
+    L, F, (ins, _) = model.seq_len, model.n_features, _state_names(isinstance(model.rnn, nn.LSTM))
+    x = torch.randn(batch, n_chunks * L, F, generator=torch.Generator().manual_seed(seed))
+    sess, st, ref, diff = ort_session(path), None, None, 0.0
+    zeros = np.zeros((model.config.num_layers, batch, model.config.hidden_size), np.float32)
+    feed_state = [zeros] * len(ins)
+    with torch.no_grad():
+        for k in range(n_chunks):
+            chunk = x[:, k * L:(k + 1) * L]
+            ref, st = model.forward_chunk(chunk, st)
+            y, *feed_state = sess.run(None, {"x": chunk.numpy(), **dict(zip(ins, feed_state))})
+            diff = max(diff, float(np.abs(y - ref.numpy()).max()))
+    return diff
+
+def export_stateful(model, path: str | Path, *, meta: ExportMeta | dict | None = None, opset: int = 18, atol: float = 1e-5) -> Path:
+    "Export a stateful LSTM/GRU with its state as explicit ONNX inputs and outputs; checked over three consecutive chunks."
+    import onnx
+    if not getattr(getattr(model, "config", None), "stateful", False) or not hasattr(model, "rnn"):
+        raise ExportError(f"export_stateful takes a stateful LSTM or GRU (stateful=True), not {type(model).__name__}; use export_onnx")
+    meta = _as_meta(meta, model, model.seq_len, model.n_features)
+    path, lstm = Path(path), isinstance(model.rnn, nn.LSTM)
+    ins, outs = _state_names(lstm)
+    was = model.training; model.eval()
+    try:
+        step = _StatefulStep(model).eval()
+        zeros = torch.zeros(model.config.num_layers, 2, model.config.hidden_size)
+        axes = {"x": {0: "batch", 1: "seq"}, "y": {0: "batch"}, **{n: {1: "batch"} for n in ins + outs}}
+        buf = io.BytesIO()
+        with _quiet():
+            torch.onnx.export(step, (_example(meta.seq_len, meta.n_features), *[zeros] * len(ins)), buf, dynamo=False,
+                              input_names=["x", *ins], output_names=["y", *outs], dynamic_axes=axes, opset_version=opset)
+        proto = onnx.load_from_string(buf.getvalue())
+        _name_axes(proto, True)
+        meta.dynamic_seq = True
+        meta.extra.update(exporter="torchscript", opset=opset, format="onnx", precision="fp32", stateful=True,
+                          state_inputs=ins, state_outputs=outs, state_shape=[model.config.num_layers, "batch", model.config.hidden_size])
+        _save_onnx(proto, path, meta)
+        diff = stateful_parity(model, path)
+        if not diff <= atol: raise ExportError(f"the stateful ONNX export differs from PyTorch by {diff:.3g} > atol={atol:g} over three chunks")
+    finally: model.train(was)
+    return path
 
 # %% ../nbs/08_export.ipynb #997769b0
 class _LinearWindows(nn.Module):

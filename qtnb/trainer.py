@@ -27,7 +27,7 @@ from .callbacks import (Callback, Checkpoint, EarlyStopping, HOOKS, clone_state,
 __all__ = ['FUSED_DEVICES', 'STEP_SCHEDULES', 'LOSSES', 'TrainConfig', 'select_device', 'seed_everything', 'epoch_seed',
            'make_optimizer', 'make_scheduler', 'make_loss', 'toy_windows', 'FitResult', 'Trainer', 'predict',
            'evaluate', 'validate', 'test', 'state_dict', 'load_state_dict', 'windows_from_arrays', 'fit', 'FitHandle',
-           'fit_in_background', 'RunControl', 'fit_fold']
+           'fit_in_background', 'RunControl', 'stateful_streams', 'fit_fold']
 
 # %% ../nbs/06_trainer.ipynb #bd76fd70
 class TrainConfig(qcfg.TrainConfig):
@@ -293,6 +293,8 @@ class Trainer:
         except Exception: pass
 
 # %% ../nbs/06_trainer.ipynb #af5a80e1
+def _is_stateful(model) -> bool: return bool(getattr(getattr(model, "config", None), "stateful", False))
+
 def _model_outputs(w: Windows) -> int:
     "What a model config's n_outputs must be for these windows (2 for one binary logit)."
     return w.n_outputs if w.task == "regression" or w.n_outputs >= 3 else 2
@@ -346,7 +348,9 @@ def _check_model(self: Trainer, w: Windows, role: str) -> None:
             raise ModelError(f"model {name!r} fails on a {tuple(xb.shape)} batch of the {role} windows "
                              f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}); build it for n_features={w.n_features}, "
                              f"seq_len={w.seq_len}") from None
-        finally: m.train(was)
+        finally:
+            m.train(was)
+            if callable(getattr(m, "reset_state", None)): m.reset_state()   # a stateful model keeps no state from the check
         if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != want:
             raise ModelError(f"model {name!r} returns shape {tuple(getattr(out, 'shape', ()))} for a batch of {len(xb)}; "
                              f"the targets need ({len(xb)}, {want})")
@@ -365,7 +369,8 @@ def _predict_tensor(self: Trainer, w: Windows) -> torch.Tensor:
     was = m.training; m.eval()
     try:
         with torch.no_grad(), self._autocast():
-            outs = [m(xb).float() for xb, _ in w.batches(self.config.eval_batch_size)]
+            if _is_stateful(m): outs = [self._predict_stateful(w)]
+            else: outs = [m(xb).float() for xb, _ in w.batches(self.config.eval_batch_size)]
     finally: m.train(was)
     return torch.cat(outs)
 
@@ -505,6 +510,7 @@ def _first_bad(losses: torch.Tensor, n: int) -> int:
 
 def _train_epoch(self: Trainer, train: Windows, epoch: int, lossf: Callable, fwd: nn.Module) -> float | None:
     "One pass over the training windows; the mean loss (None when a stop request cut the epoch short)."
+    if _is_stateful(self.model): return self._train_epoch_stateful(train, epoch, lossf)
     c, model, opt, sched, scaler = self.config, self.model, self.optimizer, self.scheduler, self.scaler
     accum, nb = c.gradient_accumulation_steps, self.batches_per_epoch
     step_sched = sched is not None and c.scheduler in STEP_SCHEDULES
@@ -731,6 +737,11 @@ def _importance(self: Trainer, w: Windows) -> pd.Series | None:
     xb, yb = w[idx]
     x, y = xb.cpu().numpy(), yb.cpu().numpy()
     metric = "cross_entropy" if w.task == "classification" else "mse"
+    if self.is_torch and _is_stateful(self.model):   # each window on its own, from a zero state
+        m = self.model.eval()
+        def fn(xs):
+            with torch.no_grad(): return m.forward_chunk(torch.as_tensor(xs, device=self.device), None)[0].float().cpu().numpy()
+        return permutation_importance(fn, x, y, w.feature_names, metric=metric, seed=self.config.seed)
     if self.is_torch: return permutation_importance(self.model, x, y, w.feature_names, metric=metric, seed=self.config.seed)
     return permutation_importance(self.model.predict, x, y, w.feature_names, metric=metric, seed=self.config.seed)
 
@@ -945,6 +956,58 @@ class RunControl(Callback):
     def on_checkpoint_saved(self, trainer, path):
         if self._pending is not None: self.run.acknowledge(self._pending, state="saved", path=Path(path).name); self._pending = None
     def __repr__(self): return f"RunControl({self.run.id}, every={self.every})"
+
+# %% ../nbs/06_trainer.ipynb #761df49c
+def stateful_streams(w: Windows, batch_size: int, offset: int = 0) -> list[torch.Tensor]:
+    "Window positions of each step of a stateful epoch: step t holds chunk t of every stream still going (longest first)."
+    L, runs, cum = w.seq_len, w._runs.cpu().numpy(), w._cum.cpu().numpy()
+    chunks = [np.arange(cum[j] + min(offset, cum[j + 1] - cum[j] - 1), cum[j + 1], L) for j in range(len(runs))]
+    steps = max(1, math.ceil(sum(len(c) for c in chunks) / batch_size))
+    streams = sorted((c[s:s + steps] for c in chunks for s in range(0, len(c), steps)), key=len, reverse=True)
+    return [torch.as_tensor(np.array([s[t] for s in streams if len(s) > t]), device=w.device) for t in range(len(streams[0]))]
+
+def _shrink(state, n: int):
+    return tuple(s[:, :n] for s in state) if isinstance(state, tuple) else state[:, :n]
+
+@patch
+def _train_epoch_stateful(self: Trainer, train: Windows, epoch: int, lossf: Callable) -> float | None:
+    "One truncated-BPTT pass over the training series; the mean loss (None when a stop request cut it short)."
+    c, model, opt, sched = self.config, self.model, self.optimizer, self.scheduler
+    if getattr(self, "_ckpt_request", None) is not None: self._save_now()   # the carried state is not saved: only between epochs
+    step_sched = sched is not None and c.scheduler in STEP_SCHEDULES
+    steps = stateful_streams(train, c.batch_size, epoch_seed(c.seed, epoch) % train.seq_len)
+    model.train()
+    state, tot, n = None, 0.0, 0
+    for i, idx in enumerate(steps):
+        xb, yb = train[idx]
+        if state is not None: state = _shrink(state, len(idx))
+        with self._autocast():
+            out, state = model.forward_chunk(xb, state)
+            loss = lossf(out, yb)
+        loss.backward()
+        if c.gradient_clip_norm: nn.utils.clip_grad_norm_(model.parameters(), c.gradient_clip_norm)
+        self._lr = opt.param_groups[0]["lr"]
+        opt.step(); opt.zero_grad(set_to_none=True)
+        if step_sched: sched.step()
+        self.global_step += 1
+        tot, n = tot + loss.detach() * len(idx), n + len(idx)
+        for fn in self._table["on_train_batch_end"]: fn(self, i, loss.detach())
+        if (self._stop_flag or self._pause_flag) and self._control(): return None
+    mean = float(tot / max(n, 1))
+    if not math.isfinite(mean): raise NonFiniteLoss(f"the training loss became {mean} at epoch {epoch}; lower learning_rate or set gradient_clip_norm")
+    return mean
+
+@patch
+def _predict_stateful(self: Trainer, w: Windows) -> torch.Tensor:
+    "Outputs at every window end, each run of rows read from its start in chunks of seq_len with the state carried."
+    m, L, out = self.model, w.seq_len, []
+    for (a, b) in w._runs.tolist():
+        rows, state, ys = w.x[a - L + 1:b], None, []
+        for s in range(0, len(rows), L):
+            y, state = m.forward_chunk(rows[s:s + L][None], state, all_steps=True)
+            ys.append(y[0].float())
+        out.append(torch.cat(ys)[L - 1:])
+    return torch.cat(out)
 
 # %% ../nbs/06_trainer.ipynb #b9f96727
 def fit_fold(fold, model_config, train_config: TrainConfig | qcfg.TrainConfig | dict | None = None, *,
