@@ -26,7 +26,7 @@ __all__ = ['META_KEY', 'ENGINE_SUFFIXES', 'BACKENDS', 'ExportMeta', 'second_seq_
            'check_dynamic_axes', 'export_onnx', 'check_parity', 'export_torchscript', 'backend_for', 'read_meta',
            'ort_session', 'InferenceSession', 'export_meta', 'quantize_dynamic_int8', 'quantize_static_qdq',
            'quantization_report', 'to_fp16', 'compare_backends', 'export_run', 'stateful_parity', 'export_stateful',
-           'export_estimator']
+           'export_estimator', 'ensemble_onnx']
 
 # %% ../nbs/08_export.ipynb #d135b686
 META_KEY = "qtnb"  # key of the metadata in an ONNX model's metadata_props and a TorchScript file's extra files
@@ -863,17 +863,9 @@ def export_estimator(model, path: str | Path, *, meta: ExportMeta | dict | None 
     if not getattr(model, "is_fitted", False): raise ExportError(f"{getattr(model, 'name', type(model).__name__)} is not fitted; fit it before exporting")
     meta = _as_meta(meta, model, model.seq_len, model.n_features)
     meta.dynamic_seq, path = False, Path(path)
-    if hasattr(model, "members"):  # an ensemble of torch members averaged (or summed, for boosting): one graph
-        from qtnb.models.core import is_torch_model as _torch
-        method = model.config.method
-        if not all(_torch(m) for m in model.members) or method not in ("average", "weighted", "boosting"):
-            kinds = [type(m).__name__ for m in model.members]
-            raise ExportError(f"ensemble export needs torch members combined by average, weighted or boosting; this one has "
-                              f"{kinds} combined by {method!r}: export its members one by one")
-        meta.extra.update(estimator="ensemble", method=method)
-        w = [1.0] * len(model.members) if method == "boosting" else [float(v) for v in model.weights]
-        meta.dynamic_seq = True
-        out = export_onnx(_TorchEnsemble(model.members, w).eval(), path, meta=meta, check=False)
+    if hasattr(model, "members"):  # an ensemble of any members: one graph (see ensemble_onnx)
+        meta.extra.update(estimator="ensemble", method=model.config.method, exporter="qtnb", format="onnx", precision="fp32")
+        out = _save_onnx(ensemble_onnx(model), path, meta)
     elif hasattr(model, "estimator"):  # linear: an affine map, exported through torch with parity against its torch replica
         meta.extra.update(estimator="linear")
         out = export_onnx(_LinearWindows(model).eval().double().float(), path, meta=meta, check=check, atol=atol)
@@ -901,3 +893,69 @@ def export_estimator(model, path: str | Path, *, meta: ExportMeta | dict | None 
         diff = float(np.abs(ref - got).max())
         if not diff <= atol: raise ExportError(f"exported {meta.name} differs from the fitted model by {diff:.3g} > atol={atol:g}; export is not faithful")
     return out
+
+# %% ../nbs/08_export.ipynb #c8001995
+def _member_proto(m, seq_len: int, n_features: int, opset: int = 18):
+    "One fitted member as an ONNX model with input x (batch, seq_len, n_features) and output y."
+    from qtnb.models.core import is_torch_model
+    if hasattr(m, "members"): return ensemble_onnx(m, opset=opset)
+    if is_torch_model(m) or hasattr(m, "estimator"):
+        mod = m if is_torch_model(m) else _LinearWindows(m).double().float()
+        return _onnx_proto(mod.eval(), _example(seq_len, n_features), dynamic_seq=False, opset=opset, dynamo=False)
+    if hasattr(m, "booster"): return _xgboost_onnx(m, ExportMeta(name="xgboost", seq_len=seq_len, n_features=n_features, n_outputs=m.n_outputs))
+    raise ExportError(f"ensemble member {type(m).__name__} is neither a torch, linear, XGBoost nor ensemble model; qtnb cannot export it")
+
+def _vote_nodes(outs: list[str], weights, n_outputs: int, C: int) -> tuple[list, list]:
+    "Nodes turning the members' logits into the vote-share logits `Ensemble.predict` returns (output 'y')."
+    from onnx import helper as h, TensorProto as T
+    M = len(outs)
+    inits = [h.make_tensor("v_zero", T.FLOAT, [], [0.0]), h.make_tensor("v_one", T.FLOAT, [], [1.0]),
+             h.make_tensor("v_oh", T.FLOAT, [2], [0.0, 1.0]), h.make_tensor("v_depth", T.INT64, [], [C]),
+             h.make_tensor("v_add", T.FLOAT, [], [0.5 / M]), h.make_tensor("v_div", T.FLOAT, [], [1 + 0.5 * C / M])]
+    nodes, shares = [], []
+    for i, o in enumerate(outs):
+        if n_outputs == 1:   # one binary logit: class 1 when it is positive
+            nodes += [h.make_node("Greater", [o, "v_zero"], [f"v{i}_gt"]), h.make_node("Cast", [f"v{i}_gt"], [f"v{i}_p1"], to=T.FLOAT),
+                      h.make_node("Sub", ["v_one", f"v{i}_p1"], [f"v{i}_p0"]), h.make_node("Concat", [f"v{i}_p0", f"v{i}_p1"], [f"v{i}_oh"], axis=1)]
+        else: nodes += [h.make_node("ArgMax", [o], [f"v{i}_cls"], axis=1, keepdims=0),
+                        h.make_node("OneHot", [f"v{i}_cls", "v_depth", "v_oh"], [f"v{i}_oh"], axis=-1)]
+        inits.append(h.make_tensor(f"v{i}_w", T.FLOAT, [], [float(weights[i])]))
+        nodes.append(h.make_node("Mul", [f"v{i}_oh", f"v{i}_w"], [f"v{i}_s"])); shares.append(f"v{i}_s")
+    nodes += [h.make_node("Sum", shares, ["v_share"]), h.make_node("Add", ["v_share", "v_add"], ["v_a"]),
+              h.make_node("Div", ["v_a", "v_div"], ["v_sm"])]   # smoothed as in Ensemble.predict
+    if n_outputs == 1:
+        inits += [h.make_tensor(n, T.INT64, [1], [v]) for n, v in (("v_c0", 0), ("v_c1", 1), ("v_c2", 2), ("v_ax", 1))]
+        nodes += [h.make_node("Slice", ["v_sm", "v_c1", "v_c2", "v_ax"], ["v_s1"]), h.make_node("Slice", ["v_sm", "v_c0", "v_c1", "v_ax"], ["v_s0"]),
+                  h.make_node("Div", ["v_s1", "v_s0"], ["v_r"]), h.make_node("Log", ["v_r"], ["y"])]
+    else: nodes.append(h.make_node("Log", ["v_sm"], ["y"]))
+    return nodes, inits
+
+def ensemble_onnx(model, *, opset: int = 18):
+    "A fitted Ensemble of any members as one ONNX model: x (batch, seq_len, n_features) -> y, combined as `predict` combines."
+    import onnx
+    from onnx import compose, helper as h, TensorProto as T
+    L, F, c = model.seq_len, model.n_features, model.config
+    nodes, inits, opsets, irs = [], [], {"": opset}, []
+    def take(proto, prefix: str, inp: str) -> str:   # the subgraph renamed apart, reading `inp`; its output's name
+        p = compose.add_prefix(proto, prefix)
+        for n in p.graph.node:
+            ins = [inp if i == prefix + "x" else i for i in n.input]; del n.input[:]; n.input.extend(ins)
+        nodes.extend(p.graph.node); inits.extend(p.graph.initializer); irs.append(p.ir_version)
+        for o in p.opset_import: opsets[o.domain] = max(opsets.get(o.domain, 0), o.version)
+        return p.graph.output[0].name
+    outs = [take(_member_proto(m, L, F, opset), f"m{i}_", "x") for i, m in enumerate(model.members)]
+    if c.method == "vote":
+        more, extra = _vote_nodes(outs, model.weights, model.n_outputs, max(2, c.n_outputs)); nodes += more; inits += extra
+    elif c.method == "stacking":
+        D = len(outs) * model.n_outputs
+        inits.append(h.make_tensor("s_axis", T.INT64, [1], [1]))
+        nodes += [h.make_node("Concat", outs, ["s_cat"], axis=1), h.make_node("Unsqueeze", ["s_cat", "s_axis"], ["s_x"])]
+        nodes.append(h.make_node("Identity", [take(_member_proto(model.meta, 1, D, opset), "meta_", "s_x")], ["y"]))
+    else:   # average, weighted, boosting: a weighted sum
+        w = [1.0] * len(outs) if c.method == "boosting" else [float(v) for v in model.weights]
+        for i, o in enumerate(outs):
+            inits.append(h.make_tensor(f"e{i}_w", T.FLOAT, [], [w[i]])); nodes.append(h.make_node("Mul", [o, f"e{i}_w"], [f"e{i}_y"]))
+        nodes.append(h.make_node("Sum", [f"e{i}_y" for i in range(len(outs))], ["y"]))
+    g = h.make_graph(nodes, "qtnb_ensemble", [h.make_tensor_value_info("x", T.FLOAT, ["batch", L, F])],
+                     [h.make_tensor_value_info("y", T.FLOAT, ["batch", model.n_outputs])], initializer=inits)
+    return h.make_model(g, opset_imports=[h.make_opsetid(d, v) for d, v in opsets.items()], ir_version=max(irs))
