@@ -413,6 +413,9 @@ def train_folds(prep, model_cfg: dict, train_cfg, *, run=None, folds=None, verbo
             sub = create_run(f"fold{k}", runs_dir=Path(run.path) / "folds",
                              params={"parent": run.id, "fold": k, "data": prep.config.model_dump(mode="json")})
         cbs = [EpochLog(prefix=f"[{fold.name}] " if many else "", every=1)] if verbose else []
+        if run is not None and many:
+            from qtnb.trainer import RunControl
+            cbs.append(RunControl(run))   # pause/stop requests go to the pipeline's run, whichever fold is training
         if verbose: say(f"{fold.name}: {len(fold.train)} training windows, "
                           f"{len(fold.val) if fold.val is not None else 0} validation, {len(fold.test) if fold.test is not None else 0} test")
         trainer, res = fit_fold(fold, model_cfg, train_cfg, run=sub, callbacks=cbs, resume=resume if not many else None)
