@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "into runs/<run_id>/notebook.ipynb, streaming its output.")
     pipeline_args(r)
     r.add_argument("-q", "--quiet", action="store_true", help="do not stream the notebook's output")
+    r.add_argument("--resume", metavar="RUN_ID", help="continue this stopped or killed train run from its last checkpoint, in its folder")
 
     s = sub.add_parser("sweep", help="one run per combination of parameter values, in parallel", epilog=_pipeline_help(), formatter_class=fmt,
                        description="Run PIPELINE once per combination of the -g values, WORKERS at a time, then compare the runs.")
@@ -58,8 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-g", "--grid", nargs=2, action="append", metavar=("NAME", "V1,V2"), help="values of a parameter to sweep (repeatable)")
     s.add_argument("--workers", type=int, default=1, metavar="N", help="runs at a time (processes; default 1)")
 
-    rs = sub.add_parser("runs", help="list, show, compare or delete runs")
+    rs = sub.add_parser("runs", help="list, show, compare, delete, pause, resume, stop or checkpoint runs")
     rsub = rs.add_subparsers(dest="runs_command", metavar="ACTION")
+    for n, h in (("pause", "pause a running run at its next batch (any process on this machine)"),
+                 ("resume", "let a paused run go on; continue a stopped or killed train run from its last checkpoint"),
+                 ("stop", "stop a running run cleanly at its next batch (state stopped)"),
+                 ("checkpoint", "save a running run's checkpoints/last.pt at its next batch")):
+        a = rsub.add_parser(n, help=h)
+        a.add_argument("run", metavar="RUN_ID")
+        a.add_argument("--runs-dir", metavar="DIR", help="run store (default: settings.ini's)")
+        if n == "resume": a.add_argument("-q", "--quiet", action="store_true", help="do not stream the notebook's output")
     for n, h in (("list", "one line per run, newest first"), ("show", "a run's status, parameters, metrics and files"),
                  ("compare", "runs side by side"), ("rm", "delete runs")):
         a = rsub.add_parser(n, help=h)
@@ -90,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="export a run's model into its folder (ONNX, TorchScript or TensorRT)")
     e.add_argument("run", metavar="RUN_ID")
     e.add_argument("--format", choices=["onnx", "torchscript", "tensorrt"], default="onnx")
-    e.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32")
+    e.add_argument("--precision", choices=["fp32", "fp16", "int8"], help="default: settings.ini's [export] precision")
     e.add_argument("--runs-dir", metavar="DIR", help="run store (default: settings.ini's)")
 
     d = sub.add_parser("dashboard", help="serve optuna-dashboard for the tuning studies on 127.0.0.1",
@@ -142,7 +151,7 @@ def cmd_run(args) -> int:
     quiet = open(os.devnull, "w") if args.quiet else None
     try:
         run = run_pipeline(args.pipeline, params, yaml_path=args.params_file, runs_dir=args.runs_dir, name=args.name,
-                           stdout=quiet, stderr=quiet)
+                           resume=getattr(args, "resume", None), stdout=quiet, stderr=quiet)
     except PipelineFailed as e:
         print(f"qtnb: {e}", file=sys.stderr, flush=True); return 1
     finally:
@@ -186,7 +195,8 @@ def _table(df, cols=None) -> str:
 def cmd_runs(args) -> int:
     from qtnb import runs as R
     c = args.runs_command
-    if c is None: raise ConfigError("qtnb runs needs an action: list, show, compare or rm (qtnb runs --help)")
+    if c is None: raise ConfigError("qtnb runs needs an action: list, show, compare, rm, pause, resume, stop or checkpoint (qtnb runs --help)")
+    if c in R.CONTROL_ACTIONS: return _control(args)
     if c == "list":
         df = R.list_runs(args.runs_dir)
         if args.state and len(df): df = df[df["state"] == args.state]
@@ -207,6 +217,18 @@ def cmd_runs(args) -> int:
             try: R.delete_run(rid, runs_dir=root, force=args.force)
             except R.NeedsForce as e: raise R.RunError(e.with_flag("--force")) from None
             _echo(f"removed the link {rid} (the folder it points to is kept)" if link else f"deleted {rid}")
+    return 0
+
+def _control(args) -> int:
+    "pause, stop, checkpoint: a request the run's process honours; resume: that too, or, for a stopped or killed run, a resumed train."
+    from qtnb import runs as R
+    run = R.open_run(args.run, runs_dir=args.runs_dir)
+    st = run.status
+    if args.runs_command == "resume" and not (st.get("state") == "running" and R.process_alive(st) is not False):
+        args.pipeline, args.param, args.params_file, args.name, args.resume = run.params.get("pipeline") or "train", None, None, None, run.id
+        return cmd_run(args)
+    run.request(args.runs_command)
+    _echo(f"{args.runs_command} requested for run {run.id} (its process acknowledges it in {Path(run.path) / R.CONTROL_FILE})")
     return 0
 
 def _safe(fn):

@@ -25,7 +25,8 @@ from .errors import ExportError, QtnbError
 __all__ = ['META_KEY', 'ENGINE_SUFFIXES', 'BACKENDS', 'ExportMeta', 'second_seq_len', 'seq_is_dynamic', 'onnx_input_dims',
            'check_dynamic_axes', 'export_onnx', 'check_parity', 'export_torchscript', 'backend_for', 'read_meta',
            'ort_session', 'InferenceSession', 'export_meta', 'quantize_dynamic_int8', 'quantize_static_qdq',
-           'quantization_report', 'to_fp16', 'compare_backends', 'export_run', 'export_estimator']
+           'quantization_report', 'to_fp16', 'compare_backends', 'export_run', 'stateful_parity', 'export_stateful',
+           'export_estimator', 'ensemble_onnx']
 
 # %% ../nbs/08_export.ipynb #d135b686
 META_KEY = "qtnb"  # key of the metadata in an ONNX model's metadata_props and a TorchScript file's extra files
@@ -72,6 +73,7 @@ def _jsonable(o):
 # %% ../nbs/08_export.ipynb #4cee137c
 def second_seq_len(model: nn.Module, seq_len: int, n_features: int) -> int | None:
     "A window length other than `seq_len` that `model` accepts (longer first, then shorter), or None when it fixes the length."
+    if getattr(model, "fixed_seq_len", False): return None   # declared fixed (an MLP, learned positions): never probed
     for other in (seq_len + max(1, seq_len // 2), max(1, seq_len // 2), seq_len + 1):
         if other == seq_len: continue
         try:
@@ -541,9 +543,9 @@ def _copy_meta(src: Path, dst: Path, **extra) -> Path:
 def _suffixed(src: Path, tag: str) -> Path: return src.with_name(f"{src.stem}.{tag}{src.suffix}")
 
 def quantize_dynamic_int8(src: str | Path, dst: str | Path | None = None) -> Path:
-    "INT8 weights, activations quantized at run time: an onnxruntime CPU model with no calibration (default dst: *.int8.onnx)."
+    "INT8 weights, activations quantized at run time: an onnxruntime CPU model with no calibration (default dst: *.int8-dynamic.onnx, apart from the static QDQ file)."
     from onnxruntime.quantization import QuantType, quantize_dynamic
-    src = Path(src); dst = Path(dst) if dst else _suffixed(src, "int8")
+    src = Path(src); dst = Path(dst) if dst else _suffixed(src, "int8-dynamic")
     read_meta(src)
     with _quiet(): quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
     return _copy_meta(src, dst, precision="int8", quantization="dynamic")
@@ -693,9 +695,13 @@ def _record_export(run, entry: dict) -> None:
     lineage.setdefault("exports", []).append(entry)
     atomic_write(p, json.dumps(lineage, indent=2, default=str))
 
-def export_run(run_id: str, *, format: str = "onnx", precision: str = "fp32", runs_dir: str | Path | None = None) -> Path:
+def export_run(run_id: str, *, format: str = "onnx",
+               precision: str | None = None,   # fp32, fp16 or int8; None: settings.ini's [export] precision
+               runs_dir: str | Path | None = None) -> Path:
     "Export run `run_id`'s model (best checkpoint, or saved estimator) into its run folder (model.onnx, model.ts or a TensorRT engine); record it in lineage."
+    from qtnb.config import ExportConfig
     from qtnb.data import prepare
+    if precision is None: precision = ExportConfig.resolve().precision
     from qtnb.models.core import create_model, is_torch_model
     from qtnb.runs import open_run
     if format not in ("onnx", "torchscript", "tensorrt"): raise ExportError(f"format={format!r} is unknown; use onnx, torchscript or tensorrt")
@@ -710,6 +716,9 @@ def export_run(run_id: str, *, format: str = "onnx", precision: str = "fp32", ru
     except QtnbError: raise
     except RuntimeError as e: raise ExportError(f"run {run_id}'s best checkpoint does not fit its {model_cfg['name']} config: {str(e).splitlines()[0][:160]}") from None
     model.eval()
+    stateful = bool(getattr(model.config, "stateful", False))
+    if stateful and (format, precision) != ("onnx", "fp32"):
+        raise ExportError(f"a stateful {model_cfg['name']} exports to fp32 ONNX only (its state as inputs and outputs); use format onnx, precision fp32")
     meta = export_meta(model, prep, fold=fold)
     folder = Path(run.path)
     entry = dict(format=format, precision=precision, time=time.strftime("%Y-%m-%dT%H:%M:%S"), qtnb=qtnb.__version__)
@@ -717,7 +726,7 @@ def export_run(run_id: str, *, format: str = "onnx", precision: str = "fp32", ru
         if precision != "fp32": raise ExportError(f"TorchScript export is fp32 only; use format='onnx' or 'tensorrt' for {precision}")
         out = export_torchscript(model, folder / "model.ts", meta=meta)
     else:
-        out = export_onnx(model, folder / "model.onnx", meta=meta)
+        out = (export_stateful if stateful else export_onnx)(model, folder / "model.onnx", meta=meta)
         train_x = fold.train.numpy()[0]
         if format == "tensorrt":
             from qtnb.tensorrt import build_engine
@@ -744,6 +753,61 @@ def _export_estimator_run(run, prep, *, format: str, precision: str) -> Path:
                              time=time.strftime("%Y-%m-%dT%H:%M:%S"), qtnb=qtnb.__version__, data_fingerprint=prep.fingerprint,
                              sha256=hashlib.sha256(out.read_bytes()).hexdigest()))
     return out
+
+# %% ../nbs/08_export.ipynb #de443f82
+class _StatefulStep(nn.Module):
+    "A stateful LSTM/GRU as a pure function of one chunk and the state: (x, h0[, c0]) -> (y, hn[, cn])."
+    def __init__(self, model):
+        super().__init__(); self.m, self.lstm = model, isinstance(model.rnn, nn.LSTM)
+    def forward(self, x, h0, c0=None):
+        out, st = self.m.rnn(x, (h0, c0) if self.lstm else h0)
+        y = self.m.head(self.m._last(out))
+        return (y, *st) if self.lstm else (y, st)
+
+def _state_names(lstm: bool) -> tuple[list, list]: return (["h0", "c0"], ["hn", "cn"]) if lstm else (["h0"], ["hn"])
+
+def stateful_parity(model, path: str | Path, *, n_chunks: int = 3, batch: int = 2, seed: int = 0) -> float:
+    "Max abs difference between PyTorch and ONNX Runtime over `n_chunks` consecutive chunks, the state carried on both sides."
+    L, F, (ins, _) = model.seq_len, model.n_features, _state_names(isinstance(model.rnn, nn.LSTM))
+    x = torch.randn(batch, n_chunks * L, F, generator=torch.Generator().manual_seed(seed))
+    sess, st, ref, diff = ort_session(path), None, None, 0.0
+    zeros = np.zeros((model.config.num_layers, batch, model.config.hidden_size), np.float32)
+    feed_state = [zeros] * len(ins)
+    with torch.no_grad():
+        for k in range(n_chunks):
+            chunk = x[:, k * L:(k + 1) * L]
+            ref, st = model.forward_chunk(chunk, st)
+            y, *feed_state = sess.run(None, {"x": chunk.numpy(), **dict(zip(ins, feed_state))})
+            diff = max(diff, float(np.abs(y - ref.numpy()).max()))
+    return diff
+
+def export_stateful(model, path: str | Path, *, meta: ExportMeta | dict | None = None, opset: int = 18, atol: float = 1e-5) -> Path:
+    "Export a stateful LSTM/GRU with its state as explicit ONNX inputs and outputs; checked over three consecutive chunks."
+    import onnx
+    if not getattr(getattr(model, "config", None), "stateful", False) or not hasattr(model, "rnn"):
+        raise ExportError(f"export_stateful takes a stateful LSTM or GRU (stateful=True), not {type(model).__name__}; use export_onnx")
+    meta = _as_meta(meta, model, model.seq_len, model.n_features)
+    path, lstm = Path(path), isinstance(model.rnn, nn.LSTM)
+    ins, outs = _state_names(lstm)
+    was = model.training; model.eval()
+    try:
+        step = _StatefulStep(model).eval()
+        zeros = torch.zeros(model.config.num_layers, 2, model.config.hidden_size)
+        axes = {"x": {0: "batch", 1: "seq"}, "y": {0: "batch"}, **{n: {1: "batch"} for n in ins + outs}}
+        buf = io.BytesIO()
+        with _quiet():
+            torch.onnx.export(step, (_example(meta.seq_len, meta.n_features), *[zeros] * len(ins)), buf, dynamo=False,
+                              input_names=["x", *ins], output_names=["y", *outs], dynamic_axes=axes, opset_version=opset)
+        proto = onnx.load_from_string(buf.getvalue())
+        _name_axes(proto, True)
+        meta.dynamic_seq = True
+        meta.extra.update(exporter="torchscript", opset=opset, format="onnx", precision="fp32", stateful=True,
+                          state_inputs=ins, state_outputs=outs, state_shape=[model.config.num_layers, "batch", model.config.hidden_size])
+        _save_onnx(proto, path, meta)
+        diff = stateful_parity(model, path)
+        if not diff <= atol: raise ExportError(f"the stateful ONNX export differs from PyTorch by {diff:.3g} > atol={atol:g} over three chunks")
+    finally: model.train(was)
+    return path
 
 # %% ../nbs/08_export.ipynb #997769b0
 class _LinearWindows(nn.Module):
@@ -811,17 +875,9 @@ def export_estimator(model, path: str | Path, *, meta: ExportMeta | dict | None 
     if not getattr(model, "is_fitted", False): raise ExportError(f"{getattr(model, 'name', type(model).__name__)} is not fitted; fit it before exporting")
     meta = _as_meta(meta, model, model.seq_len, model.n_features)
     meta.dynamic_seq, path = False, Path(path)
-    if hasattr(model, "members"):  # an ensemble of torch members averaged (or summed, for boosting): one graph
-        from qtnb.models.core import is_torch_model as _torch
-        method = model.config.method
-        if not all(_torch(m) for m in model.members) or method not in ("average", "weighted", "boosting"):
-            kinds = [type(m).__name__ for m in model.members]
-            raise ExportError(f"ensemble export needs torch members combined by average, weighted or boosting; this one has "
-                              f"{kinds} combined by {method!r}: export its members one by one")
-        meta.extra.update(estimator="ensemble", method=method)
-        w = [1.0] * len(model.members) if method == "boosting" else [float(v) for v in model.weights]
-        meta.dynamic_seq = True
-        out = export_onnx(_TorchEnsemble(model.members, w).eval(), path, meta=meta, check=False)
+    if hasattr(model, "members"):  # an ensemble of any members: one graph (see ensemble_onnx)
+        meta.extra.update(estimator="ensemble", method=model.config.method, exporter="qtnb", format="onnx", precision="fp32")
+        out = _save_onnx(ensemble_onnx(model), path, meta)
     elif hasattr(model, "estimator"):  # linear: an affine map, exported through torch with parity against its torch replica
         meta.extra.update(estimator="linear")
         out = export_onnx(_LinearWindows(model).eval().double().float(), path, meta=meta, check=check, atol=atol)
@@ -849,3 +905,69 @@ def export_estimator(model, path: str | Path, *, meta: ExportMeta | dict | None 
         diff = float(np.abs(ref - got).max())
         if not diff <= atol: raise ExportError(f"exported {meta.name} differs from the fitted model by {diff:.3g} > atol={atol:g}; export is not faithful")
     return out
+
+# %% ../nbs/08_export.ipynb #c8001995
+def _member_proto(m, seq_len: int, n_features: int, opset: int = 18):
+    "One fitted member as an ONNX model with input x (batch, seq_len, n_features) and output y."
+    from qtnb.models.core import is_torch_model
+    if hasattr(m, "members"): return ensemble_onnx(m, opset=opset)
+    if is_torch_model(m) or hasattr(m, "estimator"):
+        mod = m if is_torch_model(m) else _LinearWindows(m).double().float()
+        return _onnx_proto(mod.eval(), _example(seq_len, n_features), dynamic_seq=False, opset=opset, dynamo=False)
+    if hasattr(m, "booster"): return _xgboost_onnx(m, ExportMeta(name="xgboost", seq_len=seq_len, n_features=n_features, n_outputs=m.n_outputs))
+    raise ExportError(f"ensemble member {type(m).__name__} is neither a torch, linear, XGBoost nor ensemble model; qtnb cannot export it")
+
+def _vote_nodes(outs: list[str], weights, n_outputs: int, C: int) -> tuple[list, list]:
+    "Nodes turning the members' logits into the vote-share logits `Ensemble.predict` returns (output 'y')."
+    from onnx import helper as h, TensorProto as T
+    M = len(outs)
+    inits = [h.make_tensor("v_zero", T.FLOAT, [], [0.0]), h.make_tensor("v_one", T.FLOAT, [], [1.0]),
+             h.make_tensor("v_oh", T.FLOAT, [2], [0.0, 1.0]), h.make_tensor("v_depth", T.INT64, [], [C]),
+             h.make_tensor("v_add", T.FLOAT, [], [0.5 / M]), h.make_tensor("v_div", T.FLOAT, [], [1 + 0.5 * C / M])]
+    nodes, shares = [], []
+    for i, o in enumerate(outs):
+        if n_outputs == 1:   # one binary logit: class 1 when it is positive
+            nodes += [h.make_node("Greater", [o, "v_zero"], [f"v{i}_gt"]), h.make_node("Cast", [f"v{i}_gt"], [f"v{i}_p1"], to=T.FLOAT),
+                      h.make_node("Sub", ["v_one", f"v{i}_p1"], [f"v{i}_p0"]), h.make_node("Concat", [f"v{i}_p0", f"v{i}_p1"], [f"v{i}_oh"], axis=1)]
+        else: nodes += [h.make_node("ArgMax", [o], [f"v{i}_cls"], axis=1, keepdims=0),
+                        h.make_node("OneHot", [f"v{i}_cls", "v_depth", "v_oh"], [f"v{i}_oh"], axis=-1)]
+        inits.append(h.make_tensor(f"v{i}_w", T.FLOAT, [], [float(weights[i])]))
+        nodes.append(h.make_node("Mul", [f"v{i}_oh", f"v{i}_w"], [f"v{i}_s"])); shares.append(f"v{i}_s")
+    nodes += [h.make_node("Sum", shares, ["v_share"]), h.make_node("Add", ["v_share", "v_add"], ["v_a"]),
+              h.make_node("Div", ["v_a", "v_div"], ["v_sm"])]   # smoothed as in Ensemble.predict
+    if n_outputs == 1:
+        inits += [h.make_tensor(n, T.INT64, [1], [v]) for n, v in (("v_c0", 0), ("v_c1", 1), ("v_c2", 2), ("v_ax", 1))]
+        nodes += [h.make_node("Slice", ["v_sm", "v_c1", "v_c2", "v_ax"], ["v_s1"]), h.make_node("Slice", ["v_sm", "v_c0", "v_c1", "v_ax"], ["v_s0"]),
+                  h.make_node("Div", ["v_s1", "v_s0"], ["v_r"]), h.make_node("Log", ["v_r"], ["y"])]
+    else: nodes.append(h.make_node("Log", ["v_sm"], ["y"]))
+    return nodes, inits
+
+def ensemble_onnx(model, *, opset: int = 18):
+    "A fitted Ensemble of any members as one ONNX model: x (batch, seq_len, n_features) -> y, combined as `predict` combines."
+    import onnx
+    from onnx import compose, helper as h, TensorProto as T
+    L, F, c = model.seq_len, model.n_features, model.config
+    nodes, inits, opsets, irs = [], [], {"": opset}, []
+    def take(proto, prefix: str, inp: str) -> str:   # the subgraph renamed apart, reading `inp`; its output's name
+        p = compose.add_prefix(proto, prefix)
+        for n in p.graph.node:
+            ins = [inp if i == prefix + "x" else i for i in n.input]; del n.input[:]; n.input.extend(ins)
+        nodes.extend(p.graph.node); inits.extend(p.graph.initializer); irs.append(p.ir_version)
+        for o in p.opset_import: opsets[o.domain] = max(opsets.get(o.domain, 0), o.version)
+        return p.graph.output[0].name
+    outs = [take(_member_proto(m, L, F, opset), f"m{i}_", "x") for i, m in enumerate(model.members)]
+    if c.method == "vote":
+        more, extra = _vote_nodes(outs, model.weights, model.n_outputs, max(2, c.n_outputs)); nodes += more; inits += extra
+    elif c.method == "stacking":
+        D = len(outs) * model.n_outputs
+        inits.append(h.make_tensor("s_axis", T.INT64, [1], [1]))
+        nodes += [h.make_node("Concat", outs, ["s_cat"], axis=1), h.make_node("Unsqueeze", ["s_cat", "s_axis"], ["s_x"])]
+        nodes.append(h.make_node("Identity", [take(_member_proto(model.meta, 1, D, opset), "meta_", "s_x")], ["y"]))
+    else:   # average, weighted, boosting: a weighted sum
+        w = [1.0] * len(outs) if c.method == "boosting" else [float(v) for v in model.weights]
+        for i, o in enumerate(outs):
+            inits.append(h.make_tensor(f"e{i}_w", T.FLOAT, [], [w[i]])); nodes.append(h.make_node("Mul", [o, f"e{i}_w"], [f"e{i}_y"]))
+        nodes.append(h.make_node("Sum", [f"e{i}_y" for i in range(len(outs))], ["y"]))
+    g = h.make_graph(nodes, "qtnb_ensemble", [h.make_tensor_value_info("x", T.FLOAT, ["batch", L, F])],
+                     [h.make_tensor_value_info("y", T.FLOAT, ["batch", model.n_outputs])], initializer=inits)
+    return h.make_model(g, opset_imports=[h.make_opsetid(d, v) for d, v in opsets.items()], ir_version=max(irs))

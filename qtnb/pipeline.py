@@ -26,7 +26,7 @@ __all__ = ['PIPELINES', 'FORWARD_GRACE_S', 'resolve_runs_dir', 'PipelineParams',
            'check_params', 'check_runs_dir', 'pipeline_run', 'say', 'EpochLog', 'FoldResult', 'fold_predictions',
            'stitch', 'oos_metrics', 'train_folds', 'mean_metrics', 'train', 'use_static_plotly', 'Report',
            'regime_breakdown', 'backtest', 'tune', 'latest_model_run', 'export', 'PipelineFailed', 'pipeline_notebook',
-           'run_pipeline', 'parse_grid', 'grid_combinations', 'sweep', 'sweep_figure']
+           'run_pipeline', 'resume_target', 'parse_grid', 'grid_combinations', 'sweep', 'sweep_figure']
 
 # %% ../nbs/12_pipeline.ipynb #8df3eba0
 def resolve_runs_dir(runs_dir: str | Path | None = None) -> Path:
@@ -39,6 +39,7 @@ class PipelineParams(QtnbConfig):
     run_name: str | None = param(None, description="Name inside the run id (default: the pipeline and model).", group="run")
     run_id: str | None = param(None, description="Set by `qtnb run`: the run folder to write into; None makes a new run.", group="run", advanced=True)
     runs_dir: str | None = param(None, description="The run store (default: settings.ini's [storage] runs_dir).", group="run", advanced=True)
+    resume: bool = param(False, description="Set by `qtnb run train --resume RUN`: continue run_id from its last checkpoint.", group="run", advanced=True)
 
     @field_validator("runs_dir", mode="before")
     @classmethod
@@ -204,7 +205,7 @@ class ExportParams(PipelineParams):
     pipeline: ClassVar[str] = "export"
     source_run: str | None = param(None, description="Run id to export (default: the newest completed run with a model).", group="export")
     format: Literal["onnx", "torchscript", "tensorrt"] = param("onnx", description="Export format.", group="export")
-    precision: Literal["fp32", "fp16", "int8"] = param("fp32", description="Numeric precision (int8: static QDQ with calibration windows).", group="export")
+    precision: Literal["fp32", "fp16", "int8"] | None = param(None, description="Numeric precision (int8: static QDQ with calibration windows); default: settings.ini's [export] precision.", group="export")
     latency_runs: int = param(200, description="Timed single-window calls per backend.", group="export", ge=10, le=100_000)
 
 PIPELINES: dict[str, type[PipelineParams]] = {c.pipeline: c for c in (TrainParams, TuneParams, BacktestParams, ExportParams)}
@@ -311,7 +312,7 @@ def pipeline_run(p: PipelineParams, name: str | None = None):
     "The run `p` writes into: `p.run_id`'s (made by `qtnb run`) or a new one named `p.run_name` or `name`."
     from qtnb.runs import create_run, open_run
     run = open_run(p.run_id, runs_dir=p.runs_dir) if p.run_id else create_run(p.run_name or name or p.pipeline, runs_dir=p.runs_dir)
-    params = {**run.params, "pipeline": p.pipeline, "parameters": p.model_dump(mode="json", exclude={"run_id", "runs_dir"})}
+    params = {**run.params, "pipeline": p.pipeline, "parameters": p.model_dump(mode="json", exclude={"run_id", "runs_dir", "resume"})}
     run.write_params(params)
     run.set_status("running")
     return run
@@ -405,8 +406,9 @@ def _copy_atomic(src: Path, dst: Path) -> None:
     "Copy `src` to `dst` with `atomic_write`'s guarantees (old or new file; `DiskFull` when space runs out)."
     with open(src, "rb") as f: atomic_write(dst, lambda out: shutil.copyfileobj(f, out))
 
-def train_folds(prep, model_cfg: dict, train_cfg, *, run=None, folds=None, verbose: bool = True) -> list[FoldResult]:
-    "Train `model_cfg` on each fold of `prep` (all by default); with a run, walk-forward folds get runs under run/folds."
+def train_folds(prep, model_cfg: dict, train_cfg, *, run=None, folds=None, verbose: bool = True,
+                resume=None) -> list[FoldResult]:   # 'last': continue a holdout run from its last checkpoint
+    "Train `model_cfg` on each fold of `prep` (all by default); with a run, walk-forward folds get runs under run/folds; a stop request ends the loop."
     from qtnb.runs import create_run
     from qtnb.trainer import fit_fold
     idx = list(range(len(prep.folds))) if folds is None else list(folds)
@@ -419,14 +421,18 @@ def train_folds(prep, model_cfg: dict, train_cfg, *, run=None, folds=None, verbo
             sub = create_run(f"fold{k}", runs_dir=Path(run.path) / "folds",
                              params={"parent": run.id, "fold": k, "data": prep.config.model_dump(mode="json")})
         cbs = [EpochLog(prefix=f"[{fold.name}] " if many else "", every=1)] if verbose else []
+        if run is not None and many:
+            from qtnb.trainer import RunControl
+            cbs.append(RunControl(run))   # pause/stop requests go to the pipeline's run, whichever fold is training
         if verbose: say(f"{fold.name}: {len(fold.train)} training windows, "
                           f"{len(fold.val) if fold.val is not None else 0} validation, {len(fold.test) if fold.test is not None else 0} test")
-        trainer, res = fit_fold(fold, model_cfg, train_cfg, run=sub, callbacks=cbs)
+        trainer, res = fit_fold(fold, model_cfg, train_cfg, run=sub, callbacks=cbs, resume=resume if not many else None)
         w = fold.test if fold.test is not None else fold.val
         pred = fold_predictions(trainer, fold, w, index=k) if w is not None else pd.DataFrame()
         ranges = {r: _range_dates(prep, getattr(fold.split, r)) for r in ("train", "val", "test")}
         out.append(FoldResult(k, fold.name, res, pred, ranges, getattr(sub, "id", None)))
         out[-1].trainer = trainer
+        if res.state == "stopped": break      # stopped by request: the later folds are not trained
     return out
 
 # %% ../nbs/12_pipeline.ipynb #1e6cc37a
@@ -466,6 +472,14 @@ def _export_model(run, fr: FoldResult, prep) -> Path:
                              sha256=hashlib.sha256(out.read_bytes()).hexdigest(), data_fingerprint=prep.fingerprint))
     return out
 
+def _resume_from(run, p: TrainParams, prep) -> str | None:
+    "'last' when `p.resume` continues `run` and it holds a checkpoint (None: it starts over, in its own folder)."
+    if not p.resume: return None
+    if not p.run_id: raise ConfigError("resume=True continues the run named by run_id; pass run_id (qtnb run train --resume RUN)")
+    if len(prep.folds) > 1:
+        raise ConfigError(f"run {run.id} is walk-forward ({len(prep.folds)} folds); resume continues holdout runs: start it again")
+    return "last" if (Path(run.checkpoint_dir) / "last.pt").is_file() else None
+
 @contextlib.contextmanager
 def _failing(run):
     "Keep `run`'s heartbeat (a signal ends it 'interrupted') and mark it failed with the error's one line if the block raises."
@@ -490,12 +504,13 @@ def train(p: TrainParams | dict | None = None, *, verbose: bool = True, cost_bps
     t0 = time.perf_counter()
     with _failing(run):
         prep = prepare(dc)
+        resume = _resume_from(run, p, prep)
         # the data config as prepared: embargo resolved from the features' lookback, allow_feature_overlap recorded
         run.write_params({**run.params, "data": prep.config.model_dump(mode="json"), "model": mcfg, "train": tcfg.model_dump(mode="json")})
         if verbose: say(f"run {run.id}: {p.model} on {p.data}, {p.validation}, {len(prep.folds)} fold(s), "
                           f"{len(prep.feature_names)} features")
         many = len(prep.folds) > 1
-        folds = train_folds(prep, mcfg, tcfg, run=run, verbose=verbose)
+        folds = train_folds(prep, mcfg, tcfg, run=run, verbose=verbose, resume=resume)
         last = folds[-1]
         pred = stitch(folds)
         cost = tcfg.cost_bps
@@ -526,7 +541,7 @@ def train(p: TrainParams | dict | None = None, *, verbose: bool = True, cost_bps
         run.write_lineage(seed=p.seed, data_fingerprint=prep.fingerprint, config_hash=_config_hash(
             {k: params_all.get(k) for k in ("data", "model", "train")}), extra={"pipeline": p.pipeline})
         exported = _export_model(run, last, prep) if p.export else None
-        run.set_status("completed", stop_reason=last.result.stop_reason)
+        run.set_status(last.result.state, stop_reason=last.result.stop_reason)   # completed, or stopped by request
     rep = Report(p, run, prep, folds, pred, metrics, model_path=model_path, exported=exported)
     return rep
 
@@ -768,6 +783,17 @@ def latest_model_run(runs_dir: str | Path | None = None) -> str:
         if state == "completed" and (root / rid / "checkpoints" / "best.pt").is_file(): return rid
     raise ConfigError(f"no completed run with a model in {root}; train one (qtnb run train) or pass source_run")
 
+def _check_export(self: ExportParams) -> ExportParams:
+    "The source run must be a run in the store (the newest completed one with a model when none is named)."
+    from qtnb.config import check_slug
+    from qtnb.runs import open_run
+    root = resolve_runs_dir(self.runs_dir)
+    if self.source_run is None: latest_model_run(root)
+    else: open_run(check_slug(self.source_run, "source_run"), runs_dir=root)
+    return self
+
+ExportParams.check = _check_export
+
 def export(p: ExportParams | dict | None = None, *, verbose: bool = True, **params) -> Report:
     "Run the export pipeline in-process: export a run's model, check parity, time the backends."
     from qtnb.data import prepare
@@ -775,6 +801,9 @@ def export(p: ExportParams | dict | None = None, *, verbose: bool = True, **para
     from qtnb.models.core import create_model
     from qtnb.runs import open_run
     p = p if isinstance(p, ExportParams) else ExportParams(**{**(p or {}), **params}).check()
+    if p.precision is None:
+        from qtnb.config import ExportConfig
+        p = p.model_copy(update={"precision": ExportConfig.resolve().precision})   # settings.ini's [export] precision
     root = resolve_runs_dir(p.runs_dir)
     src = open_run(p.source_run or latest_model_run(root), runs_dir=root)
     run = pipeline_run(p.model_copy(update={"runs_dir": str(root)}), f"export-{src.name}"[:64].rstrip("-._"))
@@ -829,24 +858,34 @@ def _error_line(e) -> str:
 
 def run_pipeline(pipeline: str, params: dict | None = None, *, yaml_path: str | Path | None = None,
                  runs_dir: str | Path | None = None, name: str | None = None,
+                 resume: str | None = None,          # a run id: continue that stopped, killed or failed run instead
                  stdout=None, stderr=None,           # where the kernel's output streams (default: sys.stdout / sys.stderr)
                  progress_bar: bool = False, start_timeout: int = 120):
-    "Validate `params`, make a run and execute the pipeline notebook into it with papermill; the Run."
+    "Validate `params`, make a run (or take the run to `resume`) and execute the pipeline notebook into it with papermill; the Run."
     import papermill as pm
     from qtnb.runs import create_run, process_record
     given = {**(read_yaml(yaml_path) if yaml_path is not None else {}), **(params or {})}
-    for k in ("run_id",):
-        if k in given: raise ConfigError(f"{k} is set by qtnb run; use --name to name the run")
-    p = check_params(pipeline, {**(params or {}), **({'runs_dir': str(runs_dir)} if runs_dir is not None else {})}, yaml_path=yaml_path)   # the tune check reads the run store's study record
-    if name is not None: p = p.model_copy(update={"run_name": name})
-    root = check_runs_dir(runs_dir if runs_dir is not None else p.runs_dir)
+    for k in ("run_id", "resume"):
+        if k in given: raise ConfigError(f"{k} is set by qtnb run; use --name to name the run, --resume RUN to continue one")
+    if resume is not None:
+        if given or name is not None: raise ConfigError("--resume continues a run with its own parameters; drop -p, -f and --name")
+        resumed, p, root = resume_target(pipeline, resume, runs_dir=runs_dir)
+    else:
+        in_store = {"runs_dir": str(runs_dir)} if runs_dir is not None else {}   # checks that look into the store look into this one (the tune check reads the study record)
+        p = check_params(pipeline, {**(params or {}), **in_store}, yaml_path=yaml_path)
+        if name is not None: p = p.model_copy(update={"run_name": name})
+        root = check_runs_dir(runs_dir if runs_dir is not None else p.runs_dir)
     with _forward_signals() as signals:
         got = signals["got"]
-        run = signals["run"] = create_run(_default_name(p), runs_dir=root,
-                         params={"pipeline": pipeline, "parameters": p.model_dump(mode="json", exclude={"run_id", "runs_dir"})})
+        if resume is not None:
+            run = signals["run"] = resumed
+            inject = {**run.params.get("parameters", {}), "resume": True}
+        else:
+            run = signals["run"] = create_run(_default_name(p), runs_dir=root,
+                             params={"pipeline": pipeline, "parameters": p.model_dump(mode="json", exclude={"run_id", "runs_dir", "resume"})})
+            inject = {k: v for k, v in p.model_dump(mode="json").items() if k in given or k == "run_name" and v is not None}
         # this process until the kernel stamps its own pid and heartbeat (a kernel takes seconds to start)
         run.set_status("running", launcher_pid=os.getpid(), **process_record())
-        inject = {k: v for k, v in p.model_dump(mode="json").items() if k in given or k == "run_name" and v is not None}
         inject.update(run_id=run.id, runs_dir=str(root))
         out = Path(run.path) / "notebook.ipynb"
         engine = _papermill_setup()
@@ -1026,6 +1065,28 @@ def _kernel_manager():
             if self.shutting_down: return
             await super()._async_interrupt_kernel()
     return QuietKernelManager
+
+# %% ../nbs/12_pipeline.ipynb #ec7b0bc5
+def resume_target(pipeline: str, run_id: str, *, runs_dir: str | Path | None = None) -> tuple:
+    "The run `qtnb run PIPELINE --resume RUN` continues, its checked parameters and the run store (the run marked running)."
+    from qtnb.config import check_slug
+    from qtnb.runs import RunError, open_run, process_alive, process_record
+    root = check_runs_dir(runs_dir)
+    run = open_run(check_slug(run_id, "--resume"), runs_dir=root)
+    kind = run.params.get("pipeline")
+    if kind != pipeline: raise ConfigError(f"run {run.id} is a {kind or 'non-pipeline'} run, not {pipeline}; resume it with qtnb run {kind} --resume")
+    if pipeline != "train": raise ConfigError(f"only train runs resume from a checkpoint; start a new {pipeline} run instead")
+    st = run.status
+    if st.get("state") == "completed": raise RunError(f"run {run.id} is already completed; nothing to resume")
+    if st.get("state") in ("running", "queued") and process_alive(st) is not False:
+        raise RunError(f"run {run.id} is still running (pid {st.get('pid')}); pause or stop it first (qtnb runs stop {run.id})")
+    p = check_params(pipeline, run.params.get("parameters") or {})
+    if getattr(p, "validation", None) == "walk_forward":
+        raise ConfigError(f"run {run.id} is walk-forward; resume continues holdout runs: start it again")
+    nb = Path(run.path) / "notebook.ipynb"
+    if nb.is_file(): os.replace(nb, nb.with_name(f"notebook.attempt{len(list(nb.parent.glob('notebook.attempt*.ipynb'))) + 1}.ipynb"))
+    run.set_status("running", **process_record())
+    return run, p, root
 
 # %% ../nbs/12_pipeline.ipynb #0a5cbc78
 def parse_grid(values: str) -> list:

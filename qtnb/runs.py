@@ -22,14 +22,14 @@ from .errors import ConfigError, QtnbError
 
 # %% auto #0
 __all__ = ['RUN_STATES', 'FINISHED_STATES', 'HEARTBEAT_MIN_S', 'LINEAGE_PACKAGES', 'HEARTBEAT_S', 'INTERRUPT_SIGNALS',
-           'KEY_METRICS', 'LIST_COLUMNS', 'REGISTRY_FILE', 'REGISTRY_FORMAT', 'STAGES', 'REGISTRABLE_STATES',
-           'ESTIMATOR_DIR', 'ESTIMATOR_FORMAT', 'ESTIMATOR_MANIFEST', 'LINEAGE_KEYS', 'VERSION_COLUMNS',
-           'VERSION_METRICS', 'RunError', 'RunNotFound', 'plain', 'sanitize_name', 'new_run_id', 'process_record',
-           'process_alive', 'Run', 'process_gone', 'create_run', 'open_run', 'lineage_info', 'RunInterrupted',
-           'rng_state', 'set_rng_state', 'list_runs', 'compare_runs', 'RegistryError', 'VersionNotFound',
-           'check_model_name', 'check_stage', 'parse_ref', 'register_version', 'set_stage', 'resolve_version',
-           'model_versions', 'load_version', 'save_estimator', 'load_estimator', 'NeedsForce', 'check_run_id',
-           'delete_run']
+           'CONTROL_ACTIONS', 'CONTROL_FILE', 'KEY_METRICS', 'LIST_COLUMNS', 'REGISTRY_FILE', 'REGISTRY_FORMAT',
+           'STAGES', 'REGISTRABLE_STATES', 'ESTIMATOR_DIR', 'ESTIMATOR_FORMAT', 'ESTIMATOR_MANIFEST', 'LINEAGE_KEYS',
+           'VERSION_COLUMNS', 'VERSION_METRICS', 'RunError', 'RunNotFound', 'plain', 'sanitize_name', 'new_run_id',
+           'process_record', 'process_alive', 'Run', 'process_gone', 'create_run', 'open_run', 'lineage_info',
+           'RunInterrupted', 'rng_state', 'set_rng_state', 'list_runs', 'compare_runs', 'RegistryError',
+           'VersionNotFound', 'check_model_name', 'check_stage', 'parse_ref', 'register_version', 'set_stage',
+           'resolve_version', 'model_versions', 'load_version', 'save_estimator', 'load_estimator', 'NeedsForce',
+           'check_run_id', 'delete_run']
 
 # %% ../nbs/10_runs.ipynb #d6ee5e8a
 RUN_STATES = ("queued", "running", "completed", "failed", "stopped", "interrupted", "pruned")
@@ -330,6 +330,7 @@ def _git(*args, cwd=None) -> str | None:
 def lineage_info(*, seed: int | None = None, data_fingerprint: str | None = None, config_hash: str | None = None,
                  extra: dict | None = None, cwd: str | Path | None = None) -> dict:
     "Git commit, Python and package versions, host and time, with the seed, data fingerprint and config hash given."
+    cwd = cwd if cwd is not None else Path(qtnb.__file__).resolve().parent   # the code that ran, not the working directory
     commit = _git("rev-parse", "HEAD", cwd=cwd)
     dirty = _git("status", "--porcelain", "--untracked-files=no", cwd=cwd) if commit else None
     pk = {"qtnb": qtnb.__version__}
@@ -521,6 +522,47 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state((n["kind"], np.array(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
+
+# %% ../nbs/10_runs.ipynb #ac0ed8a7
+CONTROL_ACTIONS = ("pause", "resume", "stop", "checkpoint")
+CONTROL_FILE = "control.json"
+
+@contextlib.contextmanager
+def _control_lock(run):
+    from filelock import FileLock
+    with FileLock(str(run.path / ".control.lock"), timeout=10): yield
+
+def _request(self, action: str) -> dict:
+    "Ask the process training this run to pause, resume, stop or checkpoint; the request written to control.json."
+    if action not in CONTROL_ACTIONS:
+        raise ConfigError(f"control action {action!r} is invalid; use one of {', '.join(CONTROL_ACTIONS)}")
+    st = self.status
+    if st.get("state") != "running":
+        hint = f"; continue it with qtnb runs resume {self.id}" if st.get("state") in ("stopped", "interrupted", "failed") else ""
+        raise RunError(f"run {self.id} is {st.get('state')}, not running, so it cannot {action}{hint}")
+    if process_alive(st) is False:
+        raise RunError(f"run {self.id} is marked running but its process {st.get('pid')} is gone; "
+                       f"continue it with qtnb run train --resume {self.id}")
+    req = {"action": action, "requested": _now(), "id": secrets.token_hex(4), "by_pid": os.getpid()}
+    with _control_lock(self): atomic_write(self.path / CONTROL_FILE, _dump_json(req))
+    return req
+
+def _read_control(self) -> dict:
+    "The last control request ({} when there is none); `acknowledged` is set once the training process handled it."
+    try: return _read_json(self.path / CONTROL_FILE, "control file")
+    except RunError: return {}
+
+def _acknowledge(self, request: dict, **extra) -> dict:
+    "Mark `request` handled (with `extra`, e.g. state='paused'), unless a newer request has replaced it."
+    with _control_lock(self):
+        cur = self.control
+        if cur.get("id") != request.get("id"): return cur     # a newer request: left for the trainer to see
+        cur.update(acknowledged=_now(), **plain(extra))
+        atomic_write(self.path / CONTROL_FILE, _dump_json(cur))
+    return cur
+
+Run.request, Run.acknowledge = _request, _acknowledge
+Run.control = property(_read_control)
 
 # %% ../nbs/10_runs.ipynb #0adca794
 KEY_METRICS = ("loss", "mse", "rmse", "r2", "corr", "accuracy", "f1", "roc_auc", "sharpe", "max_drawdown", "total_return")

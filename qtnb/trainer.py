@@ -27,7 +27,7 @@ from .callbacks import (Callback, Checkpoint, EarlyStopping, HOOKS, clone_state,
 __all__ = ['FUSED_DEVICES', 'STEP_SCHEDULES', 'LOSSES', 'TrainConfig', 'select_device', 'seed_everything', 'epoch_seed',
            'make_optimizer', 'make_scheduler', 'make_loss', 'toy_windows', 'FitResult', 'Trainer', 'predict',
            'evaluate', 'validate', 'test', 'state_dict', 'load_state_dict', 'windows_from_arrays', 'fit', 'FitHandle',
-           'fit_in_background', 'fit_fold']
+           'fit_in_background', 'RunControl', 'stateful_streams', 'fit_fold']
 
 # %% ../nbs/06_trainer.ipynb #bd76fd70
 class TrainConfig(qcfg.TrainConfig):
@@ -296,6 +296,8 @@ class Trainer:
         except Exception: pass
 
 # %% ../nbs/06_trainer.ipynb #af5a80e1
+def _is_stateful(model) -> bool: return bool(getattr(getattr(model, "config", None), "stateful", False))
+
 def _model_outputs(w: Windows) -> int:
     "What a model config's n_outputs must be for these windows (2 for one binary logit)."
     return w.n_outputs if w.task == "regression" or w.n_outputs >= 3 else 2
@@ -349,7 +351,9 @@ def _check_model(self: Trainer, w: Windows, role: str) -> None:
             raise ModelError(f"model {name!r} fails on a {tuple(xb.shape)} batch of the {role} windows "
                              f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}); build it for n_features={w.n_features}, "
                              f"seq_len={w.seq_len}") from None
-        finally: m.train(was)
+        finally:
+            m.train(was)
+            if callable(getattr(m, "reset_state", None)): m.reset_state()   # a stateful model keeps no state from the check
         if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != want:
             raise ModelError(f"model {name!r} returns shape {tuple(getattr(out, 'shape', ()))} for a batch of {len(xb)}; "
                              f"the targets need ({len(xb)}, {want})")
@@ -368,7 +372,8 @@ def _predict_tensor(self: Trainer, w: Windows) -> torch.Tensor:
     was = m.training; m.eval()
     try:
         with torch.no_grad(), self._autocast():
-            outs = [m(xb).float() for xb, _ in w.batches(self.config.eval_batch_size)]
+            if _is_stateful(m): outs = [self._predict_stateful(w)]
+            else: outs = [m(xb).float() for xb, _ in w.batches(self.config.eval_batch_size)]
     finally: m.train(was)
     return torch.cat(outs)
 
@@ -476,6 +481,8 @@ def load_state_dict(self: Trainer, state: dict) -> None:
     for k, c in zip(state_keys(cbl), cbl):
         if k in saved and callable(getattr(c, "load_state_dict", None)): c.load_state_dict(_to(saved[k], self.device))
     set_rng_state(state["rng"])
+    k = int(state.get("batch", 0) or 0)                      # > 0: saved mid-epoch by checkpoint_now
+    self._resume_batch = (k, torch.as_tensor(state["epoch_losses"], dtype=torch.float32)) if k else None
 
 def _to(obj, device):
     if isinstance(obj, torch.Tensor): return obj.to(device)
@@ -497,6 +504,8 @@ def _control(self: Trainer) -> bool:
         return True
     return False
 
+from itertools import islice
+
 def _batches(w: Windows, batch_size: int, g: torch.Generator, drop_last: bool, augment: bool):
     "The epoch's shuffled batches: `w.batches`, or the same batches indexed straight from its zero-copy view."
     if augment and w.augment is not None:
@@ -514,6 +523,7 @@ def _first_bad(losses: torch.Tensor, n: int) -> int:
 
 def _train_epoch(self: Trainer, train: Windows, epoch: int, lossf: Callable, fwd: nn.Module) -> float | None:
     "One pass over the training windows; the mean loss (None when a stop request cut the epoch short)."
+    if _is_stateful(self.model): return self._train_epoch_stateful(train, epoch, lossf)
     c, model, opt, sched, scaler = self.config, self.model, self.optimizer, self.scheduler, self.scaler
     accum, nb = c.gradient_accumulation_steps, self.batches_per_epoch
     step_sched = sched is not None and c.scheduler in STEP_SCHEDULES
@@ -523,9 +533,13 @@ def _train_epoch(self: Trainer, train: Windows, epoch: int, lossf: Callable, fwd
     amp = c.mixed_precision != "none"
     losses, sizes = self._losses, self._sizes
     g = torch.Generator().manual_seed(epoch_seed(c.seed, epoch))
+    skip, done = getattr(self, "_resume_batch", None) or (0, None)   # a mid-epoch checkpoint: its batches are done
+    self._resume_batch = None
+    if skip: losses[:skip] = done.to(losses.device)
     model.train()
-    i = -1
-    for i, (xb, yb) in enumerate(_batches(train, c.batch_size, g, c.drop_last, c.augment)):
+    i = skip - 1
+    batches = _batches(train, c.batch_size, g, c.drop_last, c.augment)
+    for i, (xb, yb) in enumerate(islice(batches, skip, None) if skip else batches, start=skip):
         if amp:
             with self._autocast(): loss = lossf(fwd(xb), yb)
         else: loss = lossf(fwd(xb), yb)
@@ -546,7 +560,8 @@ def _train_epoch(self: Trainer, train: Windows, epoch: int, lossf: Callable, fwd
             self.global_step += 1
         if batch_hooks:
             for fn in batch_hooks: fn(self, i, losses[i])
-        if self._stop_flag or self._pause_flag:
+        if self._stop_flag or self._pause_flag or getattr(self, "_ckpt_request", None) is not None:
+            if getattr(self, "_ckpt_request", None) is not None and ((i + 1) % accum == 0 or i + 1 == nb): self._save_now(i + 1)
             if self._control(): return None
     n = i + 1
     mean = float((losses[:n] * sizes[:n]).sum() / sizes[:n].sum())   # the epoch's one sync
@@ -586,6 +601,8 @@ def _callbacks_for_fit(self: Trainer) -> list:
         cbs.append(EarlyStopping(self.monitor, mode=c.mode, patience=c.early_stopping_patience, min_delta=c.min_delta, restore_best=False))
     if self.run is not None and self.is_torch and not any(isinstance(x, Checkpoint) for x in cbs):
         cbs.append(Checkpoint(every_n_epochs=c.checkpoint_every, monitor=self.monitor, mode=c.mode, min_delta=c.min_delta))
+    if self.run is not None and self.is_torch and not any(isinstance(x, RunControl) for x in cbs):
+        cbs.append(RunControl(self.run))    # pause, stop and checkpoint requests from other processes
     return cbs
 
 def _resume_path(self: Trainer, resume) -> Path:
@@ -734,6 +751,11 @@ def _importance(self: Trainer, w: Windows) -> pd.Series | None:
     xb, yb = w[idx]
     x, y = xb.cpu().numpy(), yb.cpu().numpy()
     metric = "cross_entropy" if w.task == "classification" else "mse"
+    if self.is_torch and _is_stateful(self.model):   # each window on its own, from a zero state
+        m = self.model.eval()
+        def fn(xs):
+            with torch.no_grad(): return m.forward_chunk(torch.as_tensor(xs, device=self.device), None)[0].float().cpu().numpy()
+        return permutation_importance(fn, x, y, w.feature_names, metric=metric, seed=self.config.seed)
     if self.is_torch: return permutation_importance(self.model, x, y, w.feature_names, metric=metric, seed=self.config.seed)
     return permutation_importance(self.model.predict, x, y, w.feature_names, metric=metric, seed=self.config.seed)
 
@@ -865,6 +887,144 @@ def fit_in_background(trainer: Trainer, *args, **kwargs) -> FitHandle:
     trainer._state = "running"   # visible at once, before the thread is scheduled
     h.thread.start()
     return h
+
+# %% ../nbs/06_trainer.ipynb #207777b9
+from fastcore.basics import patch
+from .callbacks import save_state
+
+@patch
+def checkpoint_now(self: Trainer, path: str | Path | None = None) -> None:
+    "Save a resumable checkpoint at the next batch boundary (thread-safe): `path`, or the run's checkpoints/last.pt."
+    cbs = getattr(self, "_fit_callbacks", self.callbacks)
+    if path is None and self.run is None and not any(isinstance(c, Checkpoint) for c in cbs):
+        raise ConfigError("checkpoint_now() needs a place: give the trainer a run or a Checkpoint(dirpath=...) callback, or pass path")
+    with self._lock: self._ckpt_request = Path(path) if path is not None else True
+
+@patch
+def _save_now(self: Trainer, batches_done: int | None = None) -> Path:
+    "Write the requested checkpoint now; `batches_done` of the current epoch (None at an epoch's end)."
+    with self._lock: where, self._ckpt_request = getattr(self, "_ckpt_request", None), None
+    state = self.state_dict()
+    if batches_done: state.update(batch=batches_done, epoch_losses=self._losses[:batches_done].detach().cpu().clone())
+    path = save_state(state, where if isinstance(where, Path) else self._resume_path("last"))
+    self.dispatch("on_checkpoint_saved", path)
+    return path
+
+# %% ../nbs/06_trainer.ipynb #44c27e37
+from .runs import CONTROL_FILE
+
+class RunControl(Callback):
+    "Honour a run's control requests (pause, resume, stop, checkpoint) between batches."
+    order = 150   # after Checkpoint: a pause or stop at an epoch's end comes after its files are written
+
+    def __init__(self, run, every: float = 0.2):   # seconds between looks at control.json
+        self.run, self.every = run, every
+        self._t, self._seen, self._pending = 0.0, None, None
+
+    def _new(self, force: bool = False) -> dict | None:
+        "An unacknowledged request, if control.json changed since the last look."
+        now = time.monotonic()
+        if not force and now - self._t < self.every: return None
+        self._t = now
+        try: m = (Path(self.run.path) / CONTROL_FILE).stat().st_mtime_ns
+        except OSError: return None
+        if m == self._seen: return None
+        self._seen = m
+        req = self.run.control
+        return req if req.get("action") and not req.get("acknowledged") else None
+
+    def _handle(self, trainer, req: dict, batches_done: int | None) -> None:
+        a = req["action"]
+        if a == "stop": trainer.request_stop(); self.run.acknowledge(req, state="stopping")
+        elif a == "resume": self.run.acknowledge(req, state="running")
+        elif a == "checkpoint":
+            self._pending = req
+            trainer.checkpoint_now()
+            if batches_done is None: trainer._save_now()   # at an epoch's end: the state is complete now
+        elif a == "pause": self._pause(trainer, req, batches_done)
+
+    def _pause(self, trainer, req: dict, batches_done: int | None) -> None:
+        self.run.acknowledge(req, state="paused")
+        self.run.set_status("running", paused=True)
+        trainer._state = "paused"
+        try:
+            while not trainer.stop_requested():
+                time.sleep(0.05)
+                nxt = self._new(force=True)
+                if nxt is None: continue
+                if nxt["action"] == "resume": self.run.acknowledge(nxt, state="running"); break
+                self._handle(trainer, nxt, batches_done)
+                if nxt["action"] == "checkpoint" and getattr(trainer, "_ckpt_request", None) is not None and batches_done:
+                    accum = trainer.config.gradient_accumulation_steps   # saved now only at an optimiser step
+                    if batches_done % accum == 0 or batches_done == trainer.batches_per_epoch: trainer._save_now(batches_done)
+        finally:
+            trainer._state = "running"
+            self.run.set_status("running", paused=False)
+
+    def on_fit_start(self, trainer):
+        req = self._new(force=True)
+        if req is not None: self._handle(trainer, req, None)
+    def on_train_batch_end(self, trainer, i, loss):
+        req = self._new()
+        if req is not None: self._handle(trainer, req, i + 1)
+    def on_train_epoch_end(self, trainer, metrics):
+        req = self._new(force=True)
+        if req is not None: self._handle(trainer, req, None)
+    def on_checkpoint_saved(self, trainer, path):
+        if self._pending is not None: self.run.acknowledge(self._pending, state="saved", path=Path(path).name); self._pending = None
+    def __repr__(self): return f"RunControl({self.run.id}, every={self.every})"
+
+# %% ../nbs/06_trainer.ipynb #761df49c
+def stateful_streams(w: Windows, batch_size: int, offset: int = 0) -> list[torch.Tensor]:
+    "Window positions of each step of a stateful epoch: step t holds chunk t of every stream still going (longest first)."
+    L, runs, cum = w.seq_len, w._runs.cpu().numpy(), w._cum.cpu().numpy()
+    chunks = [np.arange(cum[j] + min(offset, cum[j + 1] - cum[j] - 1), cum[j + 1], L) for j in range(len(runs))]
+    steps = max(1, math.ceil(sum(len(c) for c in chunks) / batch_size))
+    streams = sorted((c[s:s + steps] for c in chunks for s in range(0, len(c), steps)), key=len, reverse=True)
+    return [torch.as_tensor(np.array([s[t] for s in streams if len(s) > t]), device=w.device) for t in range(len(streams[0]))]
+
+def _shrink(state, n: int):
+    return tuple(s[:, :n] for s in state) if isinstance(state, tuple) else state[:, :n]
+
+@patch
+def _train_epoch_stateful(self: Trainer, train: Windows, epoch: int, lossf: Callable) -> float | None:
+    "One truncated-BPTT pass over the training series; the mean loss (None when a stop request cut it short)."
+    c, model, opt, sched = self.config, self.model, self.optimizer, self.scheduler
+    if getattr(self, "_ckpt_request", None) is not None: self._save_now()   # the carried state is not saved: only between epochs
+    step_sched = sched is not None and c.scheduler in STEP_SCHEDULES
+    steps = stateful_streams(train, c.batch_size, epoch_seed(c.seed, epoch) % train.seq_len)
+    model.train()
+    state, tot, n = None, 0.0, 0
+    for i, idx in enumerate(steps):
+        xb, yb = train[idx]
+        if state is not None: state = _shrink(state, len(idx))
+        with self._autocast():
+            out, state = model.forward_chunk(xb, state)
+            loss = lossf(out, yb)
+        loss.backward()
+        if c.gradient_clip_norm: nn.utils.clip_grad_norm_(model.parameters(), c.gradient_clip_norm)
+        self._lr = opt.param_groups[0]["lr"]
+        opt.step(); opt.zero_grad(set_to_none=True)
+        if step_sched: sched.step()
+        self.global_step += 1
+        tot, n = tot + loss.detach() * len(idx), n + len(idx)
+        for fn in self._table["on_train_batch_end"]: fn(self, i, loss.detach())
+        if (self._stop_flag or self._pause_flag) and self._control(): return None
+    mean = float(tot / max(n, 1))
+    if not math.isfinite(mean): raise NonFiniteLoss(f"the training loss became {mean} at epoch {epoch}; lower learning_rate or set gradient_clip_norm")
+    return mean
+
+@patch
+def _predict_stateful(self: Trainer, w: Windows) -> torch.Tensor:
+    "Outputs at every window end, each run of rows read from its start in chunks of seq_len with the state carried."
+    m, L, out = self.model, w.seq_len, []
+    for (a, b) in w._runs.tolist():
+        rows, state, ys = w.x[a - L + 1:b], None, []
+        for s in range(0, len(rows), L):
+            y, state = m.forward_chunk(rows[s:s + L][None], state, all_steps=True)
+            ys.append(y[0].float())
+        out.append(torch.cat(ys)[L - 1:])
+    return torch.cat(out)
 
 # %% ../nbs/06_trainer.ipynb #b9f96727
 def fit_fold(fold, model_config, train_config: TrainConfig | qcfg.TrainConfig | dict | None = None, *,

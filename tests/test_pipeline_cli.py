@@ -170,12 +170,12 @@ def test_papermill_directly(tmp_path):
 
 def test_parameters_cells_match_the_schemas():
     import papermill as pm
-    from qtnb.pipeline import PIPELINES
+    from qtnb.pipeline import PIPELINES, PipelineParams
+    base = list(PipelineParams.model_fields)   # run_name, run_id, runs_dir, resume: last in every parameters cell
     for name, cls in PIPELINES.items():
         nb = PIPES / f"{name}.ipynb"
         params = pm.inspect_notebook(str(nb))
-        eq(list(params), list(dict.fromkeys([*[k for k in cls.model_fields if k not in ("run_name", "run_id", "runs_dir")],
-                                              "run_name", "run_id", "runs_dir"])))
+        eq(list(params), [*[k for k in cls.model_fields if k not in base], *base])
         ns = {}
         exec(next(c.source for c in nbformat.read(nb, as_version=4).cells if "parameters" in c.metadata.get("tags", [])), ns)
         for k, f in cls.model_fields.items(): eq(ns[k], f.default)

@@ -62,7 +62,7 @@ class EnsembleConfig(ModelConfig):
             if sum(self.weights) <= 0: raise ValueError(f"weights sum to {sum(self.weights)}; they must sum to a positive number")
         elif self.method == "weighted":
             raise ValueError("method='weighted' needs weights, one per member; set weights or use method='average'")
-        if self.method == "vote" and self.task != "classification":
+        if self.method == "vote" and self.task != "classification" and "task" in self.model_fields_set:   # unset: the trainer fills it in from the data
             raise ValueError("method='vote' is for classification; use average or weighted for regression")
         if self.method == "boosting" and self.task != "regression":
             raise ValueError("method='boosting' chains residuals and is for regression; use stacking or vote for classification")

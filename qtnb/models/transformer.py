@@ -112,6 +112,7 @@ class Transformer(TorchModel):
                                     for _ in range(c.n_layers))
         self.norm = nn.LayerNorm(c.d_model) if c.norm_first else nn.Identity()
         self.head = Head(c.d_model, c, c.head_hidden, c.dropout)
+        self.fixed_seq_len = c.positional == "learned"   # a learned table fixes the window length (ONNX and sessions say so)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.embed(x)

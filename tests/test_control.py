@@ -1,0 +1,149 @@
+"""Control from anywhere, through the real command line: a background `qtnb run train` is paused, checkpointed,
+resumed and stopped by `qtnb runs ...` from other processes; a run killed with SIGKILL at a random epoch is finished
+by `qtnb run train --resume` with the weights of an uninterrupted run (CPU, 1e-6)."""
+import json, os, random, signal, subprocess, sys, time
+from pathlib import Path
+
+import pytest
+import torch
+from fastcore.test import test_eq as eq
+
+ROOT = Path(__file__).resolve().parents[1]
+QTNB = str(Path(sys.executable).parent / "qtnb")
+WAIT = 5.0   # seconds a request may take to be acknowledged (a generous bound; the trainer looks every 0.2 s)
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    "A settings.ini without early stopping, on the CPU, and a 3000-row random walk: 30 epochs take a few seconds."
+    d = tmp_path_factory.mktemp("lab")
+    ini = (ROOT / "settings.ini").read_text().replace("early_stopping_patience = 10", "early_stopping_patience = 0")
+    (d / "settings.ini").write_text(ini.replace("device = auto", "device = cpu"))
+    from qtnb.datasets import random_walk
+    random_walk(3000).to_csv(d / "rw.csv")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "QTNB_SETTINGS": str(d / "settings.ini"), "OMP_NUM_THREADS": "1"}
+    return d, env
+
+def train_args(d: Path, epochs: int) -> list[str]:
+    return ["run", "train", "-p", "data", str(d / "rw.csv"), "-p", "model", "mlp", "-p", "model_params",
+            '{"hidden_sizes": [8], "dropout": 0.2}', "-p", "seq_len", "8", "-p", "batch_size", "16",
+            "-p", "epochs", str(epochs), "--runs-dir", str(d / "runs"), "-q"]
+
+def start(lab, *args) -> subprocess.Popen:
+    d, env = lab
+    return subprocess.Popen([QTNB, *args], cwd=d, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)   # its own process group: kill -9 takes the kernel with it
+
+def qtnb(lab, *args, timeout=300) -> subprocess.CompletedProcess:
+    d, env = lab
+    return subprocess.run([QTNB, *args, "--runs-dir", str(d / "runs")], cwd=d, env=env, capture_output=True, text=True, timeout=timeout)
+
+def new_run(lab, before: set, timeout=120) -> Path:
+    d = lab[0] / "runs"
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        new = [p for p in d.glob("*") if p.name not in before and (p / "status.json").exists()] if d.exists() else []
+        if new: return new[0]
+        time.sleep(0.1)
+    raise AssertionError("no run folder appeared")
+
+def epochs_done(run: Path) -> int:
+    h = run / "history.csv"
+    try: return max(0, len(h.read_text().strip().splitlines()) - 1)
+    except FileNotFoundError: return 0
+
+def wait_for(cond, timeout: float, what: str):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = cond()
+        if v: return v
+        time.sleep(0.05)
+    raise AssertionError(f"{what} did not happen within {timeout} s")
+
+def acked(run: Path, action: str):
+    def f():
+        try: c = json.loads((run / "control.json").read_text())
+        except (FileNotFoundError, ValueError): return None
+        return c if c.get("action") == action and c.get("acknowledged") else None
+    return f
+
+def status(run: Path) -> dict: return json.loads((run / "status.json").read_text())
+def existing(lab) -> set: return {p.name for p in (lab[0] / "runs").glob("*")} if (lab[0] / "runs").exists() else set()
+
+def test_pause_checkpoint_resume_stop_from_other_processes(lab):
+    p = start(lab, *train_args(lab[0], 100_000))
+    try:
+        run = new_run(lab, existing(lab))
+        wait_for(lambda: epochs_done(run) >= 1, 180, "a first epoch")
+        r = qtnb(lab, "runs", "pause", run.name); eq(r.returncode, 0)
+        assert "pause requested" in r.stdout
+        eq(wait_for(acked(run, "pause"), WAIT, "the pause")["state"], "paused")
+        wait_for(lambda: status(run).get("paused") is True, WAIT, "paused in status.json")
+        n = epochs_done(run); time.sleep(1.0); eq(epochs_done(run), n)          # nothing moves while paused
+        r = qtnb(lab, "runs", "checkpoint", run.name); eq(r.returncode, 0)
+        ck = wait_for(acked(run, "checkpoint"), WAIT, "the checkpoint")
+        eq((ck["state"], ck["path"]), ("saved", "last.pt"))
+        state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+        eq(state["epoch"], n)                                                  # saved where it paused
+        r = qtnb(lab, "runs", "resume", run.name); eq(r.returncode, 0)
+        wait_for(acked(run, "resume"), WAIT, "the resume")
+        wait_for(lambda: epochs_done(run) > n, 60, "training to go on")
+        r = qtnb(lab, "runs", "stop", run.name); eq(r.returncode, 0)
+        eq(wait_for(acked(run, "stop"), WAIT, "the stop")["state"], "stopping")
+        out, err = p.communicate(timeout=120)
+        eq(p.returncode, 0)
+        eq(status(run)["state"], "stopped")
+        assert (run / "metrics.json").is_file() and (run / "checkpoints" / "best.pt").is_file()   # a stopped run keeps its model
+        r = qtnb(lab, "runs", "pause", run.name)
+        eq(r.returncode, 1); assert "not running" in r.stderr and "qtnb runs resume" in r.stderr
+    finally:
+        if p.poll() is None: os.killpg(p.pid, signal.SIGKILL)
+
+def weights(run: Path, name: str) -> dict: return torch.load(run / "checkpoints" / name, weights_only=True)["model"]
+
+def test_resume_after_kill_9_equals_an_uninterrupted_run(lab):
+    d = lab[0]
+    before = existing(lab)
+    whole = start(lab, *train_args(d, 30))                    # the reference, side by side
+    run_whole = new_run(lab, before)
+    killed = start(lab, *train_args(d, 30))
+    run = new_run(lab, before | {run_whole.name})
+    try:
+        at = random.randint(2, 25)
+        wait_for(lambda: epochs_done(run) >= at, 240, f"epoch {at}")
+        if random.random() < 0.5:                             # half the time, a manual mid-epoch checkpoint first
+            r = qtnb(lab, "runs", "checkpoint", run.name); eq(r.returncode, 0)
+            wait_for(acked(run, "checkpoint"), WAIT, "the checkpoint")
+        os.killpg(killed.pid, signal.SIGKILL); killed.wait(30)
+        n = epochs_done(run)
+        assert n < 30, "the run finished before it was killed"
+        assert status(run)["state"] in ("running", "interrupted")   # what a killed run leaves behind
+        r = qtnb(lab, "run", "train", "--resume", run.name, "-q")
+        assert r.returncode == 0, r.stderr[-2000:]
+        eq(status(run)["state"], "completed")
+        assert status(run).get("pid") != killed.pid           # the resuming process took the run over
+        assert (run / "notebook.ipynb").is_file()             # (a notebook papermill saved before the kill is kept as notebook.attempt1.ipynb)
+        eq(whole.wait(300), 0)
+        eq((epochs_done(run), epochs_done(run_whole)), (30, 30))
+        for name in ("last.pt", "best.pt"):
+            a, b = weights(run_whole, name), weights(run, name)
+            for k in a: torch.testing.assert_close(b[k], a[k], atol=1e-6, rtol=0)
+        import pandas as pd
+        ha, hb = pd.read_csv(run_whole / "history.csv"), pd.read_csv(run / "history.csv")
+        cols = [c for c in ha.columns if c != "time"]
+        pd.testing.assert_frame_equal(hb[cols], ha[cols], rtol=0, atol=1e-6)
+    finally:
+        for p in (whole, killed):
+            if p.poll() is None: os.killpg(p.pid, signal.SIGKILL)
+
+def test_resume_refuses_what_it_cannot_continue(lab):
+    d = lab[0]
+    r = qtnb(lab, "run", "train", "--resume", "../../etc")
+    eq(r.returncode, 2); assert "not allowed" in r.stderr
+    r = qtnb(lab, "run", "train", "--resume", "nope-run")
+    eq(r.returncode, 1); assert "not found" in r.stderr
+    done = [p for p in (d / "runs").glob("*") if (p / "status.json").exists() and status(p)["state"] == "completed"]
+    if done:
+        r = qtnb(lab, "run", "train", "--resume", done[0].name, "-p", "epochs", "3")
+        eq(r.returncode, 2); assert "drop -p" in r.stderr
+        r = qtnb(lab, "runs", "resume", done[0].name)
+        eq(r.returncode, 1); assert "already completed" in r.stderr
