@@ -487,7 +487,7 @@ def _failing(run):
     with run.heartbeat() if run is not None else contextlib.nullcontext():
         try: yield
         except BaseException as e:
-            if run is not None and _best_effort(lambda: run.status.get("state")) in ("running", "completed", None):
+            if run is not None and _best_effort(lambda: run.recorded_status.get("state")) in ("running", "completed", None):
                 state = "interrupted" if isinstance(e, RunInterrupted) else "stopped" if isinstance(e, KeyboardInterrupt) else "failed"
                 _best_effort(run.set_status, state, error=f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}")
             raise
@@ -899,7 +899,7 @@ def run_pipeline(pipeline: str, params: dict | None = None, *, yaml_path: str | 
         except KeyboardInterrupt as e:                  # not from qtnb's handler (another thread's, say): stop all the same
             _stop_kernels(); _interrupted(run, got[0] if got else getattr(e, "signum", signal.SIGINT))
         except DiskFull as e:                           # the notebook record did not fit; keep an earlier error
-            if (_best_effort(lambda: run.status) or {}).get("state") in ("running", "completed", None):
+            if (_best_effort(lambda: run.recorded_status) or {}).get("state") in ("running", "completed", None):
                 _best_effort(run.set_status, "failed", error=str(e))
             raise
         except Exception as e:
@@ -909,7 +909,7 @@ def run_pipeline(pipeline: str, params: dict | None = None, *, yaml_path: str | 
             _failed(run, e, out)
         finally: signals["papermill"], signals["done"] = False, True
         if got: _interrupted(run, got[0])               # the kernel finished its cell although asked to stop
-    if run.status.get("state") == "running": run.set_status("completed")
+    if run.recorded_status.get("state") == "running": run.set_status("completed")
     return run
 
 
@@ -996,7 +996,7 @@ def _failed(run, e: Exception, out: Path):
     "Record a failed (or, when its kernel died, interrupted) pipeline run; raise `PipelineFailed` naming it."
     line = _error_line(e)
     cell = getattr(e, "exec_count", None)
-    st = _best_effort(lambda: run.status) or {}
+    st = _best_effort(lambda: run.recorded_status) or {}
     if type(e).__name__ == "DeadKernelError":
         line = "the kernel died (killed by a signal, or by the out-of-memory killer)"
         if st.get("state") in ("running", "completed", None): _best_effort(run.set_status, "interrupted", error=line, cell=cell)

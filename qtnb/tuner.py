@@ -588,7 +588,7 @@ def _trial_run(study: optuna.Study, trial: optuna.trial.FrozenTrial):
 def mark_interrupted(study: optuna.Study, trial: optuna.trial.FrozenTrial, why: str) -> None:
     "Set the run of failed `trial` to `interrupted` unless it already ended (its process stopped before it could)."
     run = _trial_run(study, trial)
-    if run is not None and run.status.get("state") in ("running", "queued"):
+    if run is not None and run.recorded_status.get("state") in ("running", "queued"):
         run.set_status("interrupted", error=f"trial {trial.number}: {why}; the trial was failed and queued again")
 
 class RetryAndMarkRun(RetryHeartbeatStaleTrialCallback):
