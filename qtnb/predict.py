@@ -40,8 +40,8 @@ def _scaler_part(s, name: str) -> tuple[dict | None, dict]:
     return {"kind": s.kind, "symbols": None}, {f"{name}_center": np.asarray(s.center)[None], f"{name}_scale": np.asarray(s.scale)[None]}
 
 def _fold_scalers(fold):
-    "The feature scaler(s) of a fold: per symbol when the fold has them (`scalers`, or a mapping), else the pooled one."
-    per = getattr(fold, "scalers", None)
+    "The feature scaler(s) of a fold: per symbol when the fold has them (`symbol_scalers`, or a mapping), else the pooled one."
+    per = getattr(fold, "symbol_scalers", None) or getattr(fold, "scalers", None)
     return per if isinstance(per, dict) and per else fold.scaler
 
 # %% ../nbs/13_predict.ipynb #6e9592e2

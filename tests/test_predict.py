@@ -163,3 +163,30 @@ def test_cli_lstm_sp500_register_predict_new_dates(data, tmp_path):
     got = pd.read_csv(out, parse_dates=["date"])
     eq(list(got.date), list(df.index[SPLIT:SPLIT + 60]))
     assert np.isfinite(got.y_pred).all() and set(got.model_version) == {"spx@1"}
+
+
+def test_panel_run_replays_each_symbols_own_scaler(tmp_path):
+    "A panel trained with per-symbol scalers (the default) predicts its own test range exactly, symbol by symbol."
+    from qtnb.datasets import random_walk
+    panel = random_walk(700, n_symbols=3, seed=1)
+    panel["Close"] = panel["Close"] * np.where(panel["symbol"] == "S00", 100.0, 1.0)   # scales that pooling would mix
+    csv = tmp_path / "panel.csv"; panel.to_csv(csv)
+    run = train(model="mlp", epochs=1, seq_len=8, data=str(csv), symbol_col="symbol", runs_dir=str(tmp_path / "runs"), verbose=False).run
+    pp = load_preprocess(run)
+    assert pp.per_symbol
+    pc = pd.read_csv(run.path / "predictions.csv", parse_dates=["date"])
+    got = Predictor.from_run(run.id, runs_dir=tmp_path / "runs").predict(csv, start=pc.date.min(), end=pc.date.max())
+    key = ["date", "symbol"]
+    m = pc.merge(got, on=key, suffixes=("", "_p"))
+    eq(len(m), len(pc)); eq(set(m.symbol), {"S00", "S01", "S02"})
+    close(m.y_pred_p.to_numpy(), m.y_pred.to_numpy(), eps=1e-6)
+
+
+def test_linear_run_predicts_through_its_safe_state_files(runs, data):
+    "An estimator run is loaded from its own files (no pickle) and predicts its test range as it did in training."
+    root, _ = runs
+    run = _train(root, data[0] / "old.csv", "linear")
+    pc, rng = _test_range(run)
+    got = Predictor.from_run(run.id, runs_dir=root).predict(data[0] / "old.csv", **rng)
+    eq(list(got.date), list(pc.date))
+    close(got.y_pred.to_numpy(), pc.y_pred.to_numpy(), eps=1e-6)
