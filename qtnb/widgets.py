@@ -21,8 +21,8 @@ from .errors import ConfigError, QtnbError, TrainingError
 
 # %% auto #0
 __all__ = ['WIDGETS_ENV', 'widget_frontend', 'figurewidget_available', 'svg_lines', 'svg_bars', 'Chart', 'config_class',
-           'FormField', 'ConfigForm', 'Throttle', 'TrainingMonitor', 'free_port', 'start_dashboard', 'TunerPanel',
-           'RunBrowser']
+           'FormField', 'ConfigForm', 'Throttle', 'TrainingMonitor', 'StaticCopy', 'free_port', 'start_dashboard',
+           'TunerPanel', 'RunBrowser']
 
 # %% ../nbs/11_widgets.ipynb #d0504f9e
 WIDGETS_ENV = "QTNB_WIDGETS"
@@ -771,6 +771,22 @@ def _static(self: TrainingMonitor) -> None:
     h = getattr(self, "_static_handle", None)
     if h is not None: h.update(self.last_static, raw=True)
 
+# %% ../nbs/11_widgets.ipynb #33f0a7ad
+class StaticCopy:
+    "Mixin for a widget that also shows its state as static output, so a saved notebook keeps it."
+    def _ipython_display_(self):
+        from IPython.display import display
+        display(self._repr_mimebundle_(), raw=True)
+        self._static_handle = display(getattr(self, "last_static", None) or {"text/plain": repr(self)}, raw=True, display_id=True)
+
+    def _static(self, chart: "Chart", parts: list) -> None:
+        "Rebuild the static copy from `chart` and the HTML widgets `parts`; replace the one shown, if any."
+        svg = chart._svg() if chart.kind == "bars" or chart.series else ""
+        self.last_static = {"application/vnd.plotly.v1+json": chart.figure().to_plotly_json(), "text/plain": repr(self),
+                            "text/html": f'<div class="qtnb-static">{svg}{"".join(p.value for p in parts)}</div>'}
+        h = getattr(self, "_static_handle", None)
+        if h is not None: h.update(self.last_static, raw=True)
+
 # %% ../nbs/11_widgets.ipynb #635031a9
 def free_port(host: str = "127.0.0.1") -> int:
     "A TCP port nothing listens on right now."
@@ -804,7 +820,7 @@ def _run_link(runs_root: str | None):
         return f"{runs_root.rstrip('/')}/{run_id}/" if runs_root else None
     return href
 
-class TunerPanel(W.VBox):
+class TunerPanel(StaticCopy, W.VBox):
     "Live optimization history, intermediate values, importances, best parameters and trials of an Optuna study."
     def __init__(self, study, # an optuna Study, or a qtnb Tuner (its `.study`)
                  *, every: float = 1.0, mode: str = "auto", backend: str = "auto",
@@ -909,6 +925,7 @@ class TunerPanel(W.VBox):
                          **{k: v for k, v in t.params.items()}, "seconds": round(dur, 2) if dur is not None else "",
                          "run_id": t.user_attrs.get("run_id", "")})
         self.trials_table.value = _table(rows, cls="qtnb-trials-table", links={"run_id": _run_link(self._links_root(study))})
+        self._static(self.history_chart, [self.summary, self.best])
 
     def watch(self, every: float | None = None) -> "TunerPanel":
         "Redraw every `every` seconds from a background thread until `unwatch()` (for studies other processes fill)."
@@ -941,7 +958,7 @@ class TunerPanel(W.VBox):
         return f"TunerPanel({getattr(s, 'study_name', s)!r}, {self.n_seen} trials)"
 
 # %% ../nbs/11_widgets.ipynb #e9dbd4d0
-class RunBrowser(W.VBox):
+class RunBrowser(StaticCopy, W.VBox):
     "The run store as a filterable table; overlay the selected runs' learning curves and compare their metrics."
     def __init__(self, runs_dir: str | Path | None = None, # default: settings.ini's [storage] runs_dir
                  *, metric: str = "val_loss", mode: str = "auto", backend: str = "auto",
@@ -1014,6 +1031,10 @@ class RunBrowser(W.VBox):
         self.selector.value = tuple(run_ids)
 
     def _selected(self) -> None:
+        self._draw_selected()
+        self._static(self.chart, [self.table, self.compare])
+
+    def _draw_selected(self) -> None:
         from qtnb.runs import compare_runs, open_run
         hist = {}
         for rid in self.selector.value:

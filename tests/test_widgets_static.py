@@ -46,3 +46,32 @@ def test_saved_notebook_and_its_html_show_the_final_state(tmp_path):
     page, _ = HTMLExporter().from_notebook_node(saved)
     assert "completed: epoch 4/4" in page and "qtnb-static-monitor" in page
     assert "cdn.plot.ly" not in page and "unpkg.com/@jupyter-widgets" not in page.split("qtnb-static-monitor")[1][:2000]
+
+def test_tuner_panel_and_run_browser_keep_a_static_copy(tmp_path):
+    import optuna
+    from IPython.core.interactiveshell import InteractiveShell
+    from qtnb.runs import create_run
+    from qtnb.widgets import RunBrowser, TunerPanel
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name="static-demo")
+    study.optimize(lambda t: (t.suggest_float("x", -2, 2) - 1) ** 2, n_trials=5)
+    panel = TunerPanel(study, mode="widgets")
+    s = panel.last_static
+    assert "static-demo" in s["text/html"] and "5 trials" in s["text/html"] and "<svg" in s["text/html"]
+    eq(len(s["application/vnd.plotly.v1+json"]["data"][0]["x"]), 5)
+    study.optimize(lambda t: (t.suggest_float("x", -2, 2) - 1) ** 2, n_trials=2)
+    shown = []
+    class Handle:
+        def update(self, obj, raw=False): shown.append(obj)
+    panel._static_handle = Handle()
+    panel.refresh()
+    assert "7 trials" in shown[-1]["text/html"]                             # a refresh replaces the shown copy
+    for name in ("alpha", "beta"):
+        r = create_run(name, runs_dir=tmp_path)
+        r.log_epoch({"epoch": 1, "val_loss": 1.0}); r.log_epoch({"epoch": 2, "val_loss": 0.5}); r.set_status("completed")
+    rb = RunBrowser(tmp_path, mode="widgets")
+    ids = list(rb.selector.options)
+    rb.select(*ids)
+    s = rb.last_static
+    assert all(i in s["text/html"] for i in ids) and "qtnb-compare-table" in s["text/html"]
+    eq(sorted(t["name"] for t in s["application/vnd.plotly.v1+json"]["data"]), sorted(ids))
