@@ -13,9 +13,9 @@ import qtnb
 from .errors import ConfigError, QtnbError
 
 # %% auto #0
-__all__ = ['SUBCOMMANDS', 'COMMANDS', 'build_parser', 'cmd_run', 'cmd_sweep', 'cmd_runs', 'cmd_models', 'cmd_export',
-           'tutorial_notebook', 'cmd_lab', 'cmd_dashboard', 'main', 'entry', 'predictor_for', 'cmd_predict',
-           'cmd_serve']
+__all__ = ['SUBCOMMANDS', 'COMMANDS', 'build_parser', 'report_parser', 'cmd_run', 'cmd_sweep', 'cmd_runs', 'cmd_models',
+           'cmd_export', 'tutorial_notebook', 'cmd_lab', 'cmd_dashboard', 'cmd_report', 'main', 'entry',
+           'predictor_for', 'cmd_predict', 'cmd_serve']
 
 # %% ../nbs/12a_cli.ipynb #b72bc24b
 def _pipeline_help() -> str:
@@ -116,7 +116,17 @@ def build_parser() -> argparse.ArgumentParser:
     l.add_argument("--print-command", action="store_true", help="print the command instead of running it")
     l.epilog = "Other options (--ServerApp.ip=..., --IdentityProvider.token=...) are passed on to JupyterLab."
     for add in SUBCOMMANDS: add(sub)
+    report_parser(sub)
     return P
+
+# %% ../nbs/12a_cli.ipynb #5b260be3
+def report_parser(sub) -> None:
+    "Add `qtnb report` to the subcommands `sub`."
+    a = sub.add_parser("report", help="write a run's offline HTML report (report.html in its folder)")
+    a.add_argument("run", metavar="RUN", help="run id (or folder)")
+    a.add_argument("--cdn", action="store_true", help="load plotly.js from its CDN (small file, needs the network)")
+    a.add_argument("--out", metavar="FILE", help="where to write it (default: RUN/report.html)")
+    a.add_argument("--runs-dir", metavar="DIR", help="run store (default: settings.ini [storage] runs_dir)")
 
 # %% ../nbs/12a_cli.ipynb #211b30b5
 def _echo(*a): print(*a, flush=True)
@@ -286,6 +296,15 @@ def cmd_dashboard(args) -> int:
 
 COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "runs": cmd_runs, "models": cmd_models, "export": cmd_export,
             "dashboard": cmd_dashboard, "lab": cmd_lab}
+
+# %% ../nbs/12a_cli.ipynb #f38be4f4
+def cmd_report(args) -> int:
+    from qtnb.report import write_report
+    out = write_report(args.run, runs_dir=args.runs_dir, cdn=args.cdn, out=args.out)
+    _echo(f"report {out} ({out.stat().st_size / 2**20:.1f} MB)")
+    return 0
+
+COMMANDS["report"] = cmd_report
 
 # %% ../nbs/12a_cli.ipynb #07079a95
 def _raise_interrupted(signum, frame):

@@ -75,6 +75,8 @@ class TrainParams(PipelineParams):
     embargo: int | None = param(None, description="Rows skipped after each evaluation range; default (None): the longest feature lookback, the least allowed.", group="validation", ge=0)
     allow_feature_overlap: bool = param(False, description="Allow an embargo shorter than the longest feature lookback.", group="validation")
     export: bool = param(False, description="Export the trained model to ONNX (model.onnx in the run folder).", group="export")
+    tracking: Literal["none", "mlflow"] = param("none", description="Also log the run to an MLflow tracking server (needs qtnb[mlflow]; train and backtest).", group="tracking", advanced=True)
+    tracking_uri: str | None = param(None, description="The MLflow tracking server, e.g. http://127.0.0.1:5000 (default: MLFLOW_TRACKING_URI).", group="tracking", advanced=True)
 
 # %% ../nbs/12_pipeline.ipynb #16ac3b0f
 def check_data_source(data: str) -> None:
@@ -407,7 +409,8 @@ def _copy_atomic(src: Path, dst: Path) -> None:
     with open(src, "rb") as f: atomic_write(dst, lambda out: shutil.copyfileobj(f, out))
 
 def train_folds(prep, model_cfg: dict, train_cfg, *, run=None, folds=None, verbose: bool = True,
-                resume=None) -> list[FoldResult]:   # 'last': continue a holdout run from its last checkpoint
+                resume=None,    # 'last': continue a holdout run from its last checkpoint
+                callbacks=()) -> list[FoldResult]:   # more trainer callbacks for every fold
     "Train `model_cfg` on each fold of `prep` (all by default); with a run, walk-forward folds get runs under run/folds; a stop request ends the loop."
     from qtnb.runs import create_run
     from qtnb.trainer import fit_fold
@@ -426,7 +429,7 @@ def train_folds(prep, model_cfg: dict, train_cfg, *, run=None, folds=None, verbo
             cbs.append(RunControl(run))   # pause/stop requests go to the pipeline's run, whichever fold is training
         if verbose: say(f"{fold.name}: {len(fold.train)} training windows, "
                           f"{len(fold.val) if fold.val is not None else 0} validation, {len(fold.test) if fold.test is not None else 0} test")
-        trainer, res = fit_fold(fold, model_cfg, train_cfg, run=sub, callbacks=cbs, resume=resume if not many else None)
+        trainer, res = fit_fold(fold, model_cfg, train_cfg, run=sub, callbacks=cbs + list(callbacks), resume=resume if not many else None)
         w = fold.test if fold.test is not None else fold.val
         pred = fold_predictions(trainer, fold, w, index=k) if w is not None else pd.DataFrame()
         ranges = {r: _range_dates(prep, getattr(fold.split, r)) for r in ("train", "val", "test")}
@@ -510,7 +513,12 @@ def train(p: TrainParams | dict | None = None, *, verbose: bool = True, cost_bps
         if verbose: say(f"run {run.id}: {p.model} on {p.data}, {p.validation}, {len(prep.folds)} fold(s), "
                           f"{len(prep.feature_names)} features")
         many = len(prep.folds) > 1
-        folds = train_folds(prep, mcfg, tcfg, run=run, verbose=verbose, resume=resume)
+        log = None
+        if p.tracking == "mlflow":
+            from qtnb.tracking import pipeline_logger
+            log = pipeline_logger(run, p.tracking_uri)
+            log.log_model = not p.export        # the pipeline's own model.onnx is logged below instead
+        folds = train_folds(prep, mcfg, tcfg, run=run, verbose=verbose, resume=resume, callbacks=[log] if log is not None else ())
         last = folds[-1]
         pred = stitch(folds)
         cost = tcfg.cost_bps
@@ -541,6 +549,9 @@ def train(p: TrainParams | dict | None = None, *, verbose: bool = True, cost_bps
         run.write_lineage(seed=p.seed, data_fingerprint=prep.fingerprint, config_hash=_config_hash(
             {k: params_all.get(k) for k in ("data", "model", "train")}), extra={"pipeline": p.pipeline})
         exported = _export_model(run, last, prep) if p.export else None
+        if log is not None:
+            from qtnb.tracking import finish_pipeline
+            finish_pipeline(log, run, metrics)
         run.set_status(last.result.state, stop_reason=last.result.stop_reason)   # completed, or stopped by request
     rep = Report(p, run, prep, folds, pred, metrics, model_path=model_path, exported=exported)
     return rep
@@ -910,6 +921,9 @@ def run_pipeline(pipeline: str, params: dict | None = None, *, yaml_path: str | 
         finally: signals["papermill"], signals["done"] = False, True
         if got: _interrupted(run, got[0])               # the kernel finished its cell although asked to stop
     if run.recorded_status.get("state") == "running": run.set_status("completed")
+    from qtnb.tracking import TrackingError, log_notebook
+    try: log_notebook(run)                       # a no-op unless the run was tracked (-p tracking mlflow)
+    except TrackingError as e: print(f"warning: the notebook was not logged to MLflow: {e}", file=stderr or sys.stderr)
     return run
 
 

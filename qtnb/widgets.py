@@ -21,8 +21,8 @@ from .errors import ConfigError, QtnbError, TrainingError
 
 # %% auto #0
 __all__ = ['WIDGETS_ENV', 'widget_frontend', 'figurewidget_available', 'svg_lines', 'svg_bars', 'Chart', 'config_class',
-           'FormField', 'ConfigForm', 'Throttle', 'TrainingMonitor', 'free_port', 'start_dashboard', 'TunerPanel',
-           'RunBrowser']
+           'FormField', 'ConfigForm', 'Throttle', 'TrainingMonitor', 'StaticCopy', 'free_port', 'start_dashboard',
+           'TunerPanel', 'RunBrowser']
 
 # %% ../nbs/11_widgets.ipynb #d0504f9e
 WIDGETS_ENV = "QTNB_WIDGETS"
@@ -596,7 +596,7 @@ class TrainingMonitor(W.VBox, Callback):
         self.attach(trainer)
         if self.widgets and not self._shown:   # from this thread, so the monitor lands in the cell that started it
             from IPython.display import display
-            display(self)
+            display(self); self._show_static()
         self.handle = fit_in_background(trainer, *args, **kwargs)
         return self.handle
 
@@ -618,7 +618,7 @@ class TrainingMonitor(W.VBox, Callback):
         self._set_state("running")
         if self.widgets and not self._shown and widget_frontend():
             from IPython.display import display
-            display(self)
+            display(self); self._show_static()
 
     def on_train_epoch_start(self, trainer, *args, **kwargs) -> None:
         self.batch, self.epoch_t0 = 0, time.monotonic()
@@ -720,6 +720,72 @@ class TrainingMonitor(W.VBox, Callback):
         last = self.history[-1] if self.history else {}
         first = [k for k in ("epoch", "train_loss", "val_loss", m, "lr") if k and k in last]
         self.latest.value = _table([{**{k: last[k] for k in first}, **{k: v for k, v in last.items() if k not in first}}]) if last else ""
+        self._static()          # the same state as static output, which a saved notebook keeps
+
+# %% ../nbs/11_widgets.ipynb #d9908b91
+from fastcore.basics import patch
+
+@patch
+def _spec(self: TrainingMonitor) -> dict:
+    "The curves as a plotly figure spec of plain dicts (cheap enough for every redraw): loss, metric, and LR when it changes."
+    eps = [r["epoch"] for r in self.history]
+    col = lambda k: [r.get(k) for r in self.history]
+    tr = lambda k, ax: dict(type="scatter", x=eps, y=col(k), name=k, mode="lines+markers", xaxis=f"x{ax}", yaxis=f"y{ax}")
+    data = [tr(k, "") for k in ("train_loss", "val_loss") if any(k in r for r in self.history)]
+    m = self._metric_name()
+    if m: data.append(tr(m, "2"))
+    lrs = {v for v in col("lr") if v is not None}
+    if len(lrs) > 1: data.append(tr("lr", "3"))
+    ax = lambda dom, title, **kw: (dict(domain=dom, title=dict(text="epoch"), tickformat="d", **kw), dict(title=dict(text=title)))
+    (x1, y1), (x2, y2), (x3, y3) = ax([0, .42], "loss"), ax([.5, .72], m or ""), ax([.8, 1], "lr")
+    y2.update(anchor="x2"); y3.update(anchor="x3", type="log"); x2.update(anchor="y2"); x3.update(anchor="y3")
+    layout = dict(title=dict(text=self._line()), height=300, margin=dict(l=50, r=10, t=40, b=40),
+                  xaxis=x1, yaxis=y1, xaxis2=x2, yaxis2=y2, **(dict(xaxis3=x3, yaxis3=y3) if len(lrs) > 1 else {}))
+    return dict(data=data, layout=layout)
+
+@patch
+def figure(self: TrainingMonitor):
+    "The monitor's curves as a plotly `Figure` (loss; the metric; the learning rate on a log axis when it changed)."
+    import plotly.graph_objects as go
+    return go.Figure(self._spec())
+
+# %% ../nbs/11_widgets.ipynb #ceb37534
+@patch
+def _bundle(self: TrainingMonitor) -> dict:
+    "The static output: plotly JSON, an SVG chart with the status line as HTML, and the line as text."
+    eps = [r["epoch"] for r in self.history]
+    loss = {k: (eps, [r.get(k) for r in self.history]) for k in ("train_loss", "val_loss") if any(k in r for r in self.history)}
+    svg = svg_lines(loss, title="loss", xlabel="epoch") if loss else ""
+    return {"application/vnd.plotly.v1+json": self._spec(), "text/plain": f"TrainingMonitor({self._line()})",
+            "text/html": f'<div class="qtnb-static-monitor">{svg}<pre>{html.escape(self._line())}</pre></div>'}
+
+@patch
+def _show_static(self: TrainingMonitor) -> None:
+    from IPython.display import display
+    self._static_handle = display(self._bundle(), raw=True, display_id=True)
+
+@patch
+def _static(self: TrainingMonitor) -> None:
+    "Rebuild the static output (kept in `last_static`) and replace the one in the cell, if shown."
+    self.last_static = self._bundle()
+    h = getattr(self, "_static_handle", None)
+    if h is not None: h.update(self.last_static, raw=True)
+
+# %% ../nbs/11_widgets.ipynb #33f0a7ad
+class StaticCopy:
+    "Mixin for a widget that also shows its state as static output, so a saved notebook keeps it."
+    def _ipython_display_(self):
+        from IPython.display import display
+        display(self._repr_mimebundle_(), raw=True)
+        self._static_handle = display(getattr(self, "last_static", None) or {"text/plain": repr(self)}, raw=True, display_id=True)
+
+    def _static(self, chart: "Chart", parts: list) -> None:
+        "Rebuild the static copy from `chart` and the HTML widgets `parts`; replace the one shown, if any."
+        svg = chart._svg() if chart.kind == "bars" or chart.series else ""
+        self.last_static = {"application/vnd.plotly.v1+json": chart.figure().to_plotly_json(), "text/plain": repr(self),
+                            "text/html": f'<div class="qtnb-static">{svg}{"".join(p.value for p in parts)}</div>'}
+        h = getattr(self, "_static_handle", None)
+        if h is not None: h.update(self.last_static, raw=True)
 
 # %% ../nbs/11_widgets.ipynb #635031a9
 def free_port(host: str = "127.0.0.1") -> int:
@@ -754,7 +820,7 @@ def _run_link(runs_root: str | None):
         return f"{runs_root.rstrip('/')}/{run_id}/" if runs_root else None
     return href
 
-class TunerPanel(W.VBox):
+class TunerPanel(StaticCopy, W.VBox):
     "Live optimization history, intermediate values, importances, best parameters and trials of an Optuna study."
     def __init__(self, study, # an optuna Study, or a qtnb Tuner (its `.study`)
                  *, every: float = 1.0, mode: str = "auto", backend: str = "auto",
@@ -862,6 +928,7 @@ class TunerPanel(W.VBox):
                          **{k: v for k, v in t.params.items()}, "seconds": round(dur, 2) if dur is not None else "",
                          "run_id": t.user_attrs.get("run_id", "")})
         self.trials_table.value = _table(rows, cls="qtnb-trials-table", links={"run_id": _run_link(self._links_root(study))})
+        self._static(self.history_chart, [self.summary, self.best])
 
     def watch(self, every: float | None = None) -> "TunerPanel":
         "Redraw every `every` seconds from a background thread until `unwatch()` (for studies other processes fill)."
@@ -894,7 +961,7 @@ class TunerPanel(W.VBox):
         return f"TunerPanel({getattr(s, 'study_name', s)!r}, {self.n_seen} trials)"
 
 # %% ../nbs/11_widgets.ipynb #e9dbd4d0
-class RunBrowser(W.VBox):
+class RunBrowser(StaticCopy, W.VBox):
     "The run store as a filterable table; overlay the selected runs' learning curves and compare their metrics."
     def __init__(self, runs_dir: str | Path | None = None, # default: settings.ini's [storage] runs_dir
                  *, metric: str = "val_loss", mode: str = "auto", backend: str = "auto",
@@ -967,6 +1034,10 @@ class RunBrowser(W.VBox):
         self.selector.value = tuple(run_ids)
 
     def _selected(self) -> None:
+        self._draw_selected()
+        self._static(self.chart, [self.table, self.compare])
+
+    def _draw_selected(self) -> None:
         from qtnb.runs import compare_runs, open_run
         hist = {}
         for rid in self.selector.value:

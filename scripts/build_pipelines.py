@@ -84,18 +84,24 @@ REPORTS = {
     ("## Where it is", "print(report.summary())"),
 ]),
 "tune": ("Tune", "An Optuna study over a search space; every trial is a run of its own, linked both ways.", [
-    ("## Run\n\nA rerun with the same parameters continues the same study: finished trials are kept.", "report = tune(params)"),
-    ("## Optimization history", "tuner = report.extra['tuner']\ntuner.plot('history')"),
+    ("## Run\n\nA rerun with the same parameters continues the same study: finished trials are kept. The pipeline prints one line per\ntrial itself, so Optuna's own (colored) log lines are turned off.",
+     "import optuna\noptuna.logging.set_verbosity(optuna.logging.WARNING)\nreport = tune(params)"),
+    ("## Optimization history", "tuner = report.extra['tuner']\nfrom optuna import visualization as ov\nn_done = sum(t.state.name == 'COMPLETE' for t in tuner.study.trials)\ntarget = None if len(tuner.study.directions) == 1 else (lambda t: t.values[0])   # several objectives: the first\ntuner.plot('history')"),
     ("## Intermediate values\n\nThe objective after each epoch of each trial: what the pruner judged.", "tuner.plot('intermediate')"),
-    ("## Parameter importances", "from qtnb.errors import TuningError\ntry: fig = tuner.plot('importances')\nexcept TuningError as e: fig = None; print(f'no importances yet ({e})')\nfig"),
+    ("## Slices\n\nEach parameter against the objective, one dot per finished trial (darker: later).", "ov.plot_slice(tuner.study, target=target)"),
+    ("## Contours\n\nThe objective over pairs of parameters, interpolated between finished trials.", "ov.plot_contour(tuner.study, target=target) if n_done >= 2 else print(f'a contour needs 2 finished trials; this study has {n_done}')"),
+    ("## Parallel coordinates", "ov.plot_parallel_coordinate(tuner.study, target=target)"),
+    ("## Parameter importances\n\nEstimated from the finished trials; below 10 trials they are mostly noise, so they are not drawn.",
+     "from qtnb.errors import TuningError\nif n_done < 10: fig = None; print(f'{n_done} finished trials: too few for parameter importances (10 or more)')\nelse:\n    print(f'estimated from {n_done} trials; treat small differences as noise')\n    try: fig = tuner.plot('importances')\n    except TuningError as e: fig = None; print(f'no importances yet ({e})')\nfig"),
     ("## Best trial", "import pandas as pd\nbest = report.metrics['study']\nprint(f\"trial {best['best_trial']} (run {best['best_run_id']}): {best['best_value']}\")\npd.Series(best['best_params'], name='best parameters').to_frame()"),
+    (None, "from qtnb.runs import open_run\nfrom qtnb.report import learning_curves\nbest_run = open_run(best['best_run_id'], runs_dir=report.run_dir.parent)\nlearning_curves(pd.read_csv(best_run.path / 'history.csv'), best_epoch=(best_run.metrics.get('fit') or {}).get('best_epoch'),\n                title=f\"Learning curves of the best trial ({best['best_trial']})\")"),
     ("## Is the best trial's Sharpe more than luck?\n\nThe deflated Sharpe ratio (Bailey and López de Prado) of the best trial, given how "
      "many trials were tried and how much their Sharpe ratios varied: `sr0` is the Sharpe the best of that many unskilled trials "
      "would reach; `p_value` < 0.05 says the best trial beats it.",
      "ds = report.metrics['study'].get('deflated_sharpe')\nprint('no trial recorded a Sharpe ratio (the objective split has no trading metrics)' if ds is None else "
      "pd.Series(ds, name='deflated Sharpe').to_string())"),
-    ("## Trials\n\nEach trial's run id links it to its run folder (history, checkpoints, metrics).",
-     "cols = [c for c in report.extra['trials'].columns if c in ('number', 'state', 'value', 'duration', 'user_attrs_run_id') or c.startswith('params_')]\nreport.extra['trials'][cols]"),
+    ("## Trials\n\nEvery trial, pruned ones too; its run id links it to its run folder (history, checkpoints, metrics).",
+     "cols = [c for c in report.extra['trials'].columns if c in ('number', 'state', 'duration', 'user_attrs_run_id') or c.startswith(('value', 'params_'))]\nreport.extra['trials'][cols]"),
     ("## Where it is", "print(report.summary())"),
 ]),
 "export": ("Export", "A finished run's model exported, checked against PyTorch, and timed on every backend here.", [

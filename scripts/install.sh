@@ -14,6 +14,6 @@ run() { if ! "$@" >>"$log" 2>&1; then echo "install failed: $*" >&2; grep -v "is
 echo "installing qtnb into .venv (first time: a few minutes)..." >&2
 run .venv/bin/python -m pip install -q --upgrade pip
 run .venv/bin/python -m pip install -q torch==2.13.0
-run .venv/bin/python -m pip install -q -e ".[dev]"
+run .venv/bin/python -m pip install -q -e ".[dev,mlflow]"
 echo "$want" > "$stamp"
 rm -f "$log"
