@@ -21,7 +21,8 @@ echo "== nbdev-test"
 # notebook defines in __main__ (and registers) would leak into the next notebook that process runs
 ls nbs/*.ipynb | xargs -P 2 -n 1 "$bin/nbdev-test" || { echo "FAIL: nbdev-test"; exit 1; }
 echo "== pytest"
-"$bin/python" -m pytest "$@"
+# three workers, a test file each: most slow tests wait on kernels and subprocesses, so 2 cores keep 3 busy
+"$bin/python" -m pytest -n 3 --dist loadfile "$@"
 rc=$?
 if [ $rc -eq 5 ]; then echo "FAIL: pytest collected no tests"; exit 1; fi
 exit $rc
