@@ -41,7 +41,7 @@ def _scaler_part(s, name: str) -> tuple[dict | None, dict]:
 
 def _fold_scalers(fold):
     "The feature scaler(s) of a fold: per symbol when the fold has them (`symbol_scalers`, or a mapping), else the pooled one."
-    per = getattr(fold, "symbol_scalers", None) or getattr(fold, "scalers", None)
+    per = getattr(fold, "scalers", None) or getattr(fold, "symbol_scalers", None)
     return per if isinstance(per, dict) and per else fold.scaler
 
 # %% ../nbs/13_predict.ipynb #6e9592e2

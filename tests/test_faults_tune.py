@@ -82,7 +82,9 @@ def budget_complete(runs: Path, n=N):
             eq(Run(path).status["state"], "completed")
             assert (path / "checkpoints" / "best.pt").is_file(), path
         elif path is not None and path.is_dir():
-            assert Run(path).status["state"] in ("interrupted", "failed", "stopped"), (t.number, Run(path).status)
+            # "completed": the signal came after the trial's run finished but before Optuna recorded the trial; the
+            # trial is failed and retried with the same parameters, so the budget still counts it once
+            assert Run(path).status["state"] in ("interrupted", "failed", "stopped", "completed"), (t.number, Run(path).status)
     for p in trial_runs(runs): assert Run(p).status["state"] != "running", (p.name, Run(p).status)   # trial runs: written, not inferred
     return st
 
@@ -129,7 +131,8 @@ def test_signal_at_a_random_point_then_rerun(tmp_path, sig, workers, target):
     st = budget_complete(runs)
     retried = [t for t in st.trials if t.system_attrs.get("failed_trial") is not None]
     for t in retried:                      # a retry kept the parameters of the trial it replaces
-        eq(t.params, st.trials[t.system_attrs["failed_trial"]].params)
+        first = st.trials[t.system_attrs["failed_trial"]]
+        if first.params: eq(t.params, first.params)      # a trial stopped before it sampled has no parameters to repeat
 
 
 # --- damaged study files ------------------------------------------------------------------------------------------------
@@ -289,8 +292,10 @@ def test_two_parallel_launches_never_repeat_a_point(tmp_path):
     grid[grid.index("random")] = "grid"
     rnd = tune_cmd(tmp_path / "rnd", n=6)
     rnd[rnd.index(STUDY)] = "random-pair"
+    def launch(i_cmd):   # a second apart: kernels started in the same instant can draw the same free port (jupyter_client)
+        time.sleep(1.5 * i_cmd[0]); return run(i_cmd[1])
     with ThreadPoolExecutor(4) as ex:
-        outs = list(ex.map(run, [grid, grid, rnd, rnd]))
+        outs = list(ex.map(launch, enumerate([grid, grid, rnd, rnd])))
     for r in outs: assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     st = budget_complete(runs, n=len(lrs))
     eq(sorted(t.params["learning_rate"] for t in st.trials), lrs)

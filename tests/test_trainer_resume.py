@@ -92,7 +92,8 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path, reference):
     rc, seen, err = child(tmp_path, "full", run, tmp_path / "x.pt", kill_at=k)
     eq(rc, -signal.SIGKILL)
     assert f"checkpoint {k}" in seen and "done" not in seen, (k, seen)
-    eq(open_run(run.path).status["state"], "running")        # what a crash leaves behind
+    eq(open_run(run.path).recorded_status["state"], "running")    # what a crash leaves on disk
+    eq(open_run(run.path).status["state"], "interrupted")      # and what every reader sees: its process is gone
     last = torch.load(run.checkpoint_dir / "last.pt", weights_only=True)
     assert k <= last["epoch"] < reference["epoch"], (k, last["epoch"])
     rc, seen, err = child(tmp_path, "resume", run, tmp_path / "resumed.pt")
