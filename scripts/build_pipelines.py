@@ -36,6 +36,15 @@ SETUP = """from qtnb.pipeline import {cls}, {fn}, use_static_plotly
 use_static_plotly()  # figures stay visible when this notebook is opened as static HTML
 params = {cls}(**{{k: globals()[k] for k in {cls}.model_fields}})"""
 
+# the train and backtest reports' significance section (one text for both)
+SIGNIFICANCE = (
+    "## Is it significant?\n\nOn the test range: `n` periods; directional accuracy with its standard error and binomial "
+    "p-value against a coin; the probabilistic Sharpe ratio against 0 (`psr`, 0.95 or more is significant at 5%); and the "
+    "Diebold-Mariano test of the model against the naive zero-return forecast (`dm_stat` < 0 with `dm_pvalue` < 0.05: "
+    "the model's errors are significantly smaller).",
+    "import pandas as pd\npd.Series({k: report.metrics['test'].get(k) for k in ('n', 'directional_accuracy', 'directional_accuracy_se', "
+    "'directional_accuracy_pvalue', 'sharpe', 'psr', 'dm_stat', 'dm_pvalue')}, name='test').to_frame()")
+
 REPORTS = {
 "train": ("Train", "One model trained on one dataset, validated without look-ahead; the run's report.", [
     ("## Run", "report = train(params)"),
@@ -50,12 +59,7 @@ REPORTS = {
     ("## Trading\n\nThe model's signal traded after costs, against buy-and-hold, on one-period returns (or non-overlapping "
      "horizon-long blocks when the trainer's `trade_hold` is 'blocks'): the next line says which.",
      "print(report.metrics['trading']['definition'])\nreport.plot_equity()"),
-    ("## Is it significant?\n\nOn the test range: `n` periods; directional accuracy with its standard error and binomial "
-     "p-value against a coin; the probabilistic Sharpe ratio against 0 (`psr`, 0.95 or more is significant at 5%); and the "
-     "Diebold-Mariano test of the model against the naive zero-return forecast (`dm_stat` < 0 with `dm_pvalue` < 0.05: "
-     "the model's errors are significantly smaller).",
-     "import pandas as pd\npd.Series({k: report.metrics['test'].get(k) for k in ('n', 'directional_accuracy', 'directional_accuracy_se', "
-     "'directional_accuracy_pvalue', 'sharpe', 'psr', 'dm_stat', 'dm_pvalue')}, name='test').to_frame()"),
+    SIGNIFICANCE,
     ("## Where it is", "print(report.summary())"),
 ]),
 "backtest": ("Backtest", "Walk-forward training and a trading evaluation of the stitched out-of-sample predictions.", [
@@ -68,12 +72,7 @@ REPORTS = {
      "report.plot_equity()"),
     ("## Trading metrics\n\nStrategy and buy-and-hold over the same dates and the same convention (printed first).",
      "import pandas as pd\nprint(report.metrics['backtest']['trading'])\npd.DataFrame({k: report.metrics['backtest'][k] for k in ('strategy', 'buy_hold')})"),
-    ("## Is it significant?\n\nOn the test range: `n` periods; directional accuracy with its standard error and binomial "
-     "p-value against a coin; the probabilistic Sharpe ratio against 0 (`psr`, 0.95 or more is significant at 5%); and the "
-     "Diebold-Mariano test of the model against the naive zero-return forecast (`dm_stat` < 0 with `dm_pvalue` < 0.05: "
-     "the model's errors are significantly smaller).",
-     "import pandas as pd\npd.Series({k: report.metrics['test'].get(k) for k in ('n', 'directional_accuracy', 'directional_accuracy_se', "
-     "'directional_accuracy_pvalue', 'sharpe', 'psr', 'dm_stat', 'dm_pvalue')}, name='test').to_frame()"),
+    SIGNIFICANCE,
     ("## By market regime\n\nThe same out-of-sample trades split by trend regime (1: close above its 200-day average) and "
      "volatility regime (0 calm to 2 turbulent, quantiles fitted on the dates before the first prediction).",
      "reg = report.metrics['backtest'].get('regimes', {})\nfor kind in ('trend', 'volatility'):\n    if kind in reg: display(pd.DataFrame(reg[kind]).T.rename_axis(kind))"),
