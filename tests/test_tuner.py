@@ -170,7 +170,8 @@ CRASH = textwrap.dedent('''
 ''')
 
 
-def test_kill_9_mid_trial_retry_resumes_from_checkpoint(tmp_path):
+def kill_9_in_trial_2(tmp_path):
+    "Run the CRASH study script and kill -9 it in trial 2's third epoch; the command and storage to rerun it with."
     script = tmp_path / "tune.py"
     script.write_text(CRASH)
     storage = f"sqlite:///{tmp_path}/optuna.db"
@@ -182,6 +183,11 @@ def test_kill_9_mid_trial_retry_resumes_from_checkpoint(tmp_path):
         assert time.time() < deadline, "trial 2 never reached epoch 3"
         time.sleep(0.05)
     os.kill(p.pid, signal.SIGKILL); p.wait()
+    return cmd, storage
+
+
+def test_kill_9_mid_trial_retry_resumes_from_checkpoint(tmp_path):
+    cmd, storage = kill_9_in_trial_2(tmp_path)
     st = optuna.load_study(study_name="crash", storage=storage_spec(storage).open())
     before = {t.number: t.value for t in st.trials if t.state == TrialState.COMPLETE}
     eq(sorted(before), [0, 1]); eq(st.trials[2].state, TrialState.RUNNING)
@@ -208,17 +214,7 @@ def test_kill_9_mid_trial_retry_resumes_from_checkpoint(tmp_path):
 
 def test_a_retry_with_another_config_starts_afresh(tmp_path):
     "Killed in a 6-epoch study, rerun with 4 epochs: the retry does not carry the old checkpoint, and it leaves a best."
-    script = tmp_path / "tune.py"
-    script.write_text(CRASH)
-    storage = f"sqlite:///{tmp_path}/optuna.db"
-    cmd = [sys.executable, str(script), str(tmp_path), storage]
-    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.time() + 90
-    while not (tmp_path / "killed-in-trial-2").exists():
-        assert p.poll() is None, p.stdout.read().decode()[-3000:]
-        assert time.time() < deadline, "trial 2 never reached epoch 3"
-        time.sleep(0.05)
-    os.kill(p.pid, signal.SIGKILL); p.wait()
+    cmd, storage = kill_9_in_trial_2(tmp_path)
     out = subprocess.run(cmd + ["4"], cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0 and "DONE" in out.stdout, (out.stdout + out.stderr)[-3000:]
     st = optuna.load_study(study_name="crash", storage=storage_spec(storage).open())
