@@ -108,12 +108,17 @@ def test_resume_after_kill_9_equals_an_uninterrupted_run(lab):
     killed = start(lab, *train_args(d, 30))
     run = new_run(lab, before | {run_whole.name})
     try:
-        at = random.randint(2, 15)          # early enough that the run is still training when the command lands
+        at = random.randint(2, 15)
         wait_for(lambda: epochs_done(run) >= at, 240, f"epoch {at}")
-        if random.random() < 0.5:                             # half the time, a manual mid-epoch checkpoint first
+        if random.random() < 0.5:
+            # half the time a manual checkpoint from another process first. The run is paused in-process at once
+            # (a command line takes seconds to start, in which a loaded machine may finish all 30 epochs), then
+            # `qtnb runs checkpoint` saves last.pt and the kill lands on a paused run.
+            from qtnb.runs import Run
+            Run(run).request("pause"); wait_for(acked(run, "pause"), WAIT, "the pause")
             r = qtnb(lab, "runs", "checkpoint", run.name); eq(r.returncode, 0)
             wait_for(acked(run, "checkpoint"), WAIT, "the checkpoint")
-        os.killpg(killed.pid, signal.SIGKILL); killed.wait(30)
+        os.killpg(killed.pid, signal.SIGKILL); killed.wait(30)   # otherwise killed mid-epoch, the moment it passes `at`
         n = epochs_done(run)
         assert n < 30, "the run finished before it was killed"
         assert status(run)["state"] in ("running", "interrupted")   # what a killed run leaves behind
