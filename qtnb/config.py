@@ -453,7 +453,7 @@ class TuneConfig(QtnbConfig):
     parallel_trials: int = param(1, description="Worker processes sharing the study.", group="budget", ge=1, le=1024)
     sampler: Literal["tpe", "random", "grid", "gp", "cmaes", "nsga2", "qmc"] = param("tpe", description="Optuna sampler.", group="search")
     pruner: Literal["median", "percentile", "successive_halving", "hyperband", "none"] = param("hyperband", description="Optuna pruner.", group="search", advanced=True)
-    objective: str = param("val_loss", description="Metric to optimise (a metric name of DESIGN.md, with val_/test_ prefix).", group="search")
+    objective: str = param("val_loss", description="Metric to optimise (a name of qtnb.metrics.METRIC_NAMES, with val_/test_ prefix).", group="search")
     direction: Literal["minimize", "maximize"] | None = param(None, description="Default: minimize losses and errors, maximize the rest.", group="search", advanced=True)
 
     presets: ClassVar = {"easy": dict(n_trials=20, sampler="random", pruner="none"),

@@ -197,7 +197,7 @@ class TuneParams(TrainParams):
     timeout: float | None = param(None, description="Seconds after which no new trial starts; None for no limit.", group="tuning", gt=0)
     sampler: Literal["tpe", "random", "grid", "gp", "cmaes", "nsga2", "qmc"] = param("tpe", description="Optuna sampler.", group="tuning")
     pruner: Literal["median", "percentile", "successive_halving", "hyperband", "none"] = param("median", description="Optuna pruner.", group="tuning")
-    objective: str = param("val_loss", description="Metric to optimise: val_<metric> or test_<metric> (DESIGN.md names).", group="tuning")
+    objective: str = param("val_loss", description="Metric to optimise: val_<metric> or test_<metric> (names of qtnb.metrics.METRIC_NAMES).", group="tuning")
     search_space: dict | str | None = param(None, description="{'params': {name: spec}} or a YAML path; None: a default space for the model.", group="tuning")
     workers: int = param(1, description="Worker processes sharing the study.", group="tuning", ge=1, le=64)
     study_name: str | None = param(None, description="Optuna study name (default: stable from model, objective and space).", group="tuning", advanced=True)
@@ -756,6 +756,8 @@ def backtest(p: BacktestParams | dict | None = None, *, verbose: bool = True, **
 def tune(p: TuneParams | dict | None = None, *, verbose: bool = True, **params) -> Report:
     "Run the tune pipeline in-process: optimise the study, record the best trial in the pipeline's run."
     from qtnb.runs import open_run, process_record
+    import threading
+    from qtnb.tuner import TrialProgress, watch_trials
     p = p if isinstance(p, TuneParams) else TuneParams(**{**(p or {}), **params}).check()
     run = pipeline_run(p, f"tune-{p.model}")
     run.set_status("running", **process_record())   # the process doing the tuning: a reader can tell when it is gone
@@ -764,10 +766,12 @@ def tune(p: TuneParams | dict | None = None, *, verbose: bool = True, **params) 
         run.write_params({**run.params, "study": {"name": tuner.study_name, "storage": tuner.storage.display(),
                                                   "objectives": tuner.objectives, "space": tuner.space.to_dict()}})
         if verbose: say(f"run {run.id}: study {tuner.study_name!r} on {tuner.storage.display()}, {p.n_trials} trials")
-        def log(study, trial):
-            if verbose: say(f"trial {trial.number}: {trial.state.name} {trial.values if trial.values else ''} "
-                              f"{trial.user_attrs.get('run_id', '')}")
-        tuner.optimize(p.n_trials, timeout=p.timeout, workers=p.workers, callbacks=[log] if p.workers == 1 else ())
+        progress, stop = TrialProgress(tuner.study, p.n_trials), threading.Event()
+        if verbose and p.workers > 1:           # the workers' trials, as they land in the study
+            threading.Thread(target=watch_trials, args=(progress, say, stop), daemon=True).start()
+        log = [lambda study, trial: say(progress.line(trial))] if verbose and p.workers == 1 else ()
+        try: tuner.optimize(p.n_trials, timeout=p.timeout, workers=p.workers, callbacks=log)
+        finally: stop.set()
         stats = tuner.statistics()
         best = tuner.best_trial()
         best_run = best.user_attrs.get("run_id")
@@ -1070,9 +1074,16 @@ def _papermill_setup() -> str:
 
 @functools.cache
 def _kernel_manager():
-    "jupyter_client's AsyncKernelManager without the SIGINT it sends a kernel just before the shutdown request."
+    "jupyter_client's AsyncKernelManager on private unix sockets, without the SIGINT it sends before the shutdown request."
+    import tempfile, uuid
     from jupyter_client.manager import AsyncKernelManager
     class QuietKernelManager(AsyncKernelManager):
+        # TCP kernels take ports found free a moment before the kernel binds them: two kernels starting together
+        # could draw the same one ("Address already in use"). Unix sockets named after this manager cannot collide.
+        def __init__(self, **kwargs):
+            kwargs.setdefault("transport", "ipc")
+            if kwargs["transport"] == "ipc": kwargs.setdefault("ip", str(Path(tempfile.gettempdir()) / f"qtnb-kernel-{uuid.uuid4().hex[:12]}"))
+            super().__init__(**kwargs)
         # No public option turns that interrupt off; this one override of the private `_async_interrupt_kernel`
         # (which `shutdown_kernel` calls) skips it while shutting down, and only then.
         async def _async_interrupt_kernel(self):

@@ -28,9 +28,9 @@ __all__ = ['KINDS', 'SAMPLERS', 'PRUNERS', 'PLOTS', 'Param', 'SearchSpace', 'tra
            'journal_lock', 'StudyStorageError', 'StorageSpec', 'storage_spec', 'mark_interrupted', 'RetryAndMarkRun',
            'fail_trial', 'fail_dead_trials', 'repair_journal', 'check_storage', 'study_storage_spec', 'record_study',
            'objective_names', 'check_objective', 'objective_directions', 'fail_reason', 'free_memory', 'trial_counts',
-           'run_trials', 'sigterm_interrupts', 'run_workers', 'Tuner', 'record_trading', 'study_deflated_sharpe',
-           'trial_record', 'DashboardURL', 'store_storages', 'dashboard_storage', 'start_dashboard', 'StoreStudies',
-           'objective_value', 'xgboost_pruning', 'tune_symbols']
+           'run_trials', 'TrialProgress', 'watch_trials', 'sigterm_interrupts', 'run_workers', 'Tuner',
+           'record_trading', 'study_deflated_sharpe', 'trial_record', 'DashboardURL', 'store_storages',
+           'dashboard_storage', 'start_dashboard', 'StoreStudies', 'objective_value', 'xgboost_pruning', 'tune_symbols']
 
 # %% ../nbs/07_tuner.ipynb #2e26023c
 KINDS = ("log_uniform", "uniform", "int", "categorical", "conditional")
@@ -865,6 +865,36 @@ def run_trials(study: optuna.Study, objective: Callable, n_trials: int, *,
         release(); gc.unfreeze()
     return ran
 
+
+# %% ../nbs/07_tuner.ipynb #bff0a48e
+def _duration(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+class TrialProgress:
+    "One line per finished trial: 'trial k/n STATE value | best b | elapsed, ETA' (plain text, no ANSI codes)."
+    def __init__(self, study: optuna.Study, n_trials: int, *, clock: Callable[[], float] = time.monotonic):
+        self.study, self.n, self.clock = study, n_trials, clock
+        self.before, self.t0 = trial_counts(study)["finished"], clock()   # finished before this session: not timed
+
+    def line(self, trial: optuna.trial.FrozenTrial) -> str:
+        done = min(trial_counts(self.study)["finished"], self.n)
+        value = "" if trial.values is None else " " + ", ".join(f"{v:.6g}" for v in trial.values)
+        try: best = f" | best {self.study.best_value:.6g} (#{self.study.best_trial.number})"
+        except (ValueError, RuntimeError): best = ""        # no complete trial yet, or several objectives
+        took, new = self.clock() - self.t0, done - self.before
+        eta = f", ETA {_duration(took / new * (self.n - done))}" if new > 0 and done < self.n else ""
+        run = trial.user_attrs.get("run_id")
+        return (f"trial {done}/{self.n} #{trial.number} {trial.state.name.lower()}{value}{best} | "
+                f"{_duration(took)}{eta}" + (f" | run {run}" if run else ""))
+
+def watch_trials(progress: TrialProgress, say: Callable[[str], None], stop: threading.Event, every: float = 2.0) -> None:
+    "Call `say(progress.line(t))` for each trial that finishes, wherever it ran, until `stop` is set."
+    seen = {t.number for t in progress.study.get_trials(deepcopy=False) if t.state.is_finished()}
+    while True:
+        for t in progress.study.get_trials(deepcopy=False):
+            if t.state.is_finished() and t.number not in seen: seen.add(t.number); say(progress.line(t))
+        if stop.wait(every): break
 
 # %% ../nbs/07_tuner.ipynb #11faea12
 def _raise_interrupt(signum, frame): raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")

@@ -1,6 +1,6 @@
 """The tune pipeline's saved report through the real command line: a 6-trial study's notebook has the objective column,
 slice, contour and parallel-coordinate plots and a best-trial section; the streamed output has no ANSI codes and no
-Optuna log lines next to the pipeline's own one line per trial."""
+Optuna log lines next to the pipeline's own one line per trial (k/n with an ETA)."""
 import re, subprocess, sys
 from pathlib import Path
 
@@ -21,7 +21,9 @@ def test_tune_report_of_six_trials(tmp_path):
     out = r.stdout + r.stderr
     assert "\x1b[" not in out, [l for l in out.splitlines() if "\x1b[" in l][:3]
     assert "Trial 0 finished with value" not in out                       # Optuna's own INFO line
-    eq(len(re.findall(r"^trial \d+: ", r.stdout, flags=re.M)), 6)         # the pipeline's line, once per trial
+    done = [int(k) for k in re.findall(r"^trial (\d+)/6 #\d+ ", r.stdout, flags=re.M)]
+    eq(done, [1, 2, 3, 4, 5, 6])                                          # the pipeline's line, once per trial, k/n
+    assert len(re.findall(r"ETA \d+", r.stdout)) == 5, r.stdout[-2000:]   # every line but the last has an ETA
     run = next(p for p in tmp_path.iterdir() if (p / "status.json").exists() and p.name.startswith("2") and "tune" in p.name)
     nb = nbformat.read(run / "notebook.ipynb", as_version=4)
     def outputs_after(heading: str) -> list:
