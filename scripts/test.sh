@@ -22,7 +22,7 @@ echo "== nbdev-test"
 ls nbs/*.ipynb | xargs -P 2 -n 1 "$bin/nbdev-test" || { echo "FAIL: nbdev-test"; exit 1; }
 echo "== pytest"
 # three workers, a test file each: most slow tests wait on kernels and subprocesses, so 2 cores keep 3 busy
-"$bin/python" -m pytest -n 3 --dist loadfile "$@"
+"$bin/python" -m pytest -n 3 --dist loadfile --durations=40 "$@"
 rc=$?
 if [ $rc -eq 5 ]; then echo "FAIL: pytest collected no tests"; exit 1; fi
 exit $rc
