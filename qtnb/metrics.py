@@ -522,6 +522,7 @@ def by_regime(prepared, predictions: pd.DataFrame, *, kinds: Sequence[str] = REG
               weighting: Literal["equal", "signal"] = "equal", long_only: bool = False, **label_options) -> dict[str, dict]:
     "metrics.json's `by_regime`: each kind's `metrics_by_regime` of the out-of-sample `predictions` (one-period log returns)."
     d = predictions.reset_index(drop=True)
+    if d.empty: return {kind: {"error": "no out-of-sample predictions"} for kind in kinds}
     lab = regime_labels(prepared, d, kinds, **label_options)
     panel = dict(dates=d["date"].to_numpy(), symbols=d["symbol"].to_numpy()) if "symbol" in d else {}
     out = {}
