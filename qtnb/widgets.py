@@ -1124,7 +1124,7 @@ class RunBrowser(StaticCopy, W.VBox):
                 tables.append(f'<span style="color:#c62828">{html.escape(rid)}: {html.escape(str(e))}</span>'); continue
             if eq is not None and len(eq):
                 d = pd.DatetimeIndex(eq.index)
-                equity[rid] = (list(d.year + (d.dayofyear - 1) / 365.25), list(eq["equity"]))
+                equity[rid] = (list(d.year + (d.day_of_year - 1) / 365.25), list(eq["equity"]))
             if sym is not None:
                 rows = [{"symbol": k, **{c: _fmt(v) for c, v in r.items()}} for k, r in sym.iterrows()]
                 tables.append(f"<b>{html.escape(rid)}</b>: {len(sym)} symbols" + _table(rows, cls="qtnb-symbols-table"))
