@@ -45,20 +45,16 @@ SIGNIFICANCE = (
     "import pandas as pd\npd.Series({k: report.metrics['test'].get(k) for k in ('n', 'directional_accuracy', 'directional_accuracy_se', "
     "'directional_accuracy_pvalue', 'sharpe', 'psr', 'dm_stat', 'dm_pvalue')}, name='test').to_frame()")
 
-# the train and backtest reports' regime section (one text for both): the numbers come from qtnb.metrics.by_regime
+# the train and backtest reports' regime section (one text for both): it shows the `by_regime` the pipeline computed
+# (qtnb.metrics.by_regime) and wrote to metrics.json
 REGIMES = (
     "## By market regime\n\nThe out-of-sample trades split by market regime, each prediction labelled with nothing fitted on "
     "the test range (per symbol on a panel): **trend** (1: close above its 200-day average, 0 below), **volatility** (0 calm to "
     "2 turbulent: 20-day volatility against its terciles on that fold's training rows) and **hmm** (a 2-state Gaussian HMM of "
     "returns fitted on that fold's training rows and filtered forward, never smoothed: 0 calm, 1 turbulent). A regime's "
     "figures are the strategy's own after-cost returns on the periods labelled with it (a panel: the symbols in it, per unit "
-    "of their capital), on the convention printed above; `share` is its fraction of the predictions. Also in metrics.json "
-    "as `by_regime`.",
-    "from qtnb.metrics import by_regime\n"
-    "tr = report.metrics['trading']\n"
-    "report.metrics['by_regime'] = by_regime(report.prepared, report.predictions, cost_bps=report.run.params['train']['cost_bps'],\n"
-    "                                        **{k: tr[k] for k in ('horizon', 'hold', 'periods_per_year', 'weighting', 'long_only')})\n"
-    "report.run.write_metrics({'by_regime': report.metrics['by_regime']}, merge=True)\n"
+    "of their capital), on the convention printed above; `share` is its fraction of the predictions. The tables are "
+    "metrics.json's `by_regime`, as the run wrote it.",
     "for kind, table in report.metrics['by_regime'].items():\n"
     "    display(pd.DataFrame(table).T.rename_axis(kind) if 'error' not in table else f\"{kind}: {table['error']}\")")
 
