@@ -489,20 +489,29 @@ def _panel_by_regime(signal, returns, g, dates, symbols, *, cost_bps, periods_pe
 # %% ../nbs/04_metrics.ipynb #81caef48
 REGIME_KINDS = ("trend", "volatility", "hmm")
 
+def _label_job(job: tuple) -> tuple[np.ndarray | None, str | None]:
+    "One kind's labels of one (fold, symbol) at the dates `at`, or the DataError's message (a process pool runs it)."
+    from qtnb.data import hmm_regime, trend_regime, volatility_regime
+    kind, close, fit, at, o = job
+    try:
+        if kind == "trend": lab = trend_regime(close, o["trend_window"])
+        elif kind == "volatility": lab = volatility_regime(close, fit, window=o["vol_window"])
+        else: lab = hmm_regime(close, fit, n_states=o["n_states"], seed=o["seed"])
+        return lab.reindex(at).to_numpy(), None
+    except DataError as e: return None, str(e)
+
 def regime_labels(prepared, # a qtnb.data.Prepared: its frame, symbols and folds (the predictions' `fold` indexes them)
                   predictions: pd.DataFrame, kinds: Sequence[str] = REGIME_KINDS, *, trend_window: int = 200,
-                  vol_window: int = 20, n_states: int = 2, seed: int = 0) -> pd.DataFrame:
+                  vol_window: int = 20, n_states: int = 2, seed: int = 0,
+                  n_jobs: int | None = None) -> pd.DataFrame: # processes fitting the HMMs; None: see `_label_jobs`
     "Each prediction's regime labels, the fitted kinds fitted on its own fold's training rows (per symbol on a panel)."
-    from qtnb.data import hmm_regime, trend_regime, volatility_regime
     bad = [k for k in kinds if k not in REGIME_KINDS]
     if bad: raise ConfigError(f"kinds has {bad[0]!r}; allowed: {', '.join(REGIME_KINDS)}")
-    fn = {"trend": lambda c, t: trend_regime(c, trend_window), "volatility": lambda c, t: volatility_regime(c, t, window=vol_window),
-          "hmm": lambda c, t: hmm_regime(c, t, n_states=n_states, seed=seed)}
+    o = dict(trend_window=trend_window, vol_window=vol_window, n_states=n_states, seed=seed)
     P, d = prepared, predictions
     sym, pc = P.symbol_col, P.config.price_col
     closes = dict(iter(P.frame.groupby(P.frame[sym].astype(str))[pc])) if sym else {None: P.frame[pc]}
-    out = pd.DataFrame(np.nan, index=d.index, columns=list(kinds))
-    out.attrs["errors"] = {}
+    jobs, where = [], []
     for k, rows in d.groupby("fold").groups.items():
         train = P.folds[int(k)]._masks()["train"]                     # the window ends the fold's model was fitted on
         tdates, tsym = P._dates[train], P._symbols[train] if sym else None
@@ -511,9 +520,36 @@ def regime_labels(prepared, # a qtnb.data.Prepared: its frame, symbols and folds
             if not len(here): continue
             fit = close.index.isin(tdates if name is None else tdates[tsym == name])
             at = pd.DatetimeIndex(d.loc[here, "date"])
+            # every label is causal: rows after the last one predicted or fitted on change nothing, so they are left out
+            end = close.index.searchsorted(max(at.max(), close.index[fit].max() if fit.any() else at.max()), "right")
             for kind in kinds:
-                try: out.loc[here, kind] = fn[kind](close, fit).reindex(at).to_numpy()
-                except DataError as e: out.attrs["errors"].setdefault(kind, f"fold {k}{f' {name}' if name else ''}: {e}")
+                jobs.append((kind, close.iloc[:end], fit[:end], at, o))
+                where.append((here, kind, f"fold {k}{f' {name}' if name else ''}"))
+    out = pd.DataFrame(np.nan, index=d.index, columns=list(kinds))
+    out.attrs["errors"] = {}
+    for (here, kind, tag), (lab, err) in zip(where, _label_jobs(jobs, n_jobs)):
+        if err is None: out.loc[here, kind] = lab
+        else: out.attrs["errors"].setdefault(kind, f"{tag}: {err}")
+    return out
+
+
+# %% ../nbs/04_metrics.ipynb #5f429a8d
+def _label_jobs(jobs: list[tuple], n_jobs: int | None = None) -> list[tuple]:
+    "`_label_job` of each job in order; the HMM jobs in `n_jobs` processes (None: one per core from 32 HMM fits on)."
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+    hmm = [i for i, j in enumerate(jobs) if j[0] == "hmm"]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    n = (cores if len(hmm) >= 32 else 1) if n_jobs is None else n_jobs
+    if n < 1: raise ConfigError(f"n_jobs={n_jobs} is invalid; use 1 or more processes, or None for one per core")
+    n = min(n, len(hmm))
+    if n <= 1: return [_label_job(j) for j in jobs]
+    out = [None if j[0] == "hmm" else _label_job(j) for j in jobs]
+    from qtnb.metrics import _label_job as job   # by its module: a spawned process cannot see a notebook's __main__
+    # spawn, not fork: the caller may hold torch's or BLAS's threads, which a forked child can deadlock on
+    with ProcessPoolExecutor(n, mp_context=get_context("spawn")) as pool:
+        for i, r in zip(hmm, pool.map(job, [jobs[i] for i in hmm], chunksize=max(1, len(hmm) // (4 * n)))): out[i] = r
     return out
 
 # %% ../nbs/04_metrics.ipynb #6a08db83

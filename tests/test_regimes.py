@@ -138,3 +138,28 @@ def test_qtnb_run_backtest_reports_the_breakdown_in_its_notebook_and_metrics(tmp
     for text, kind in zip(shown, ("trend", "volatility", "hmm")):
         assert text.split("\n")[1].startswith(kind) and "sharpe" in text, text                     # the index is named by kind
         assert f"{by[kind]['0']['sharpe']:.6f}" in text, (text, by[kind]["0"]["sharpe"])
+
+
+# ---- the labels' cost: a process pool, and no rows after the last one needed ------------------------------------------
+def test_labels_are_the_same_in_a_process_pool_and_equal_each_fold_fitted_by_hand():
+    "regime_labels (in-process and in 2 processes) equals each kind fitted on the whole series of each fold and symbol."
+    from qtnb.data import prepare
+    from qtnb.datasets import multi_symbol
+    from qtnb.metrics import regime_labels
+    panel = multi_symbol("regimes", ("A", "B"), seed=5, n=1200)
+    P = prepare(dict(seq_len=8, features=["logret_1"], validation="walk_forward", n_folds=3, symbol_col="symbol",
+                     cache=False), panel)
+    pred = pd.concat([pd.DataFrame({"date": f.test.end_dates, "symbol": f.test.symbols, "fold": f.index}) for f in P.folds],
+                     ignore_index=True)
+    want = pd.DataFrame(np.nan, index=pred.index, columns=list(LABELS))
+    for k, f in enumerate(P.folds):
+        tr = f._masks()["train"]
+        for s, g in panel.groupby("symbol"):
+            rows = ((pred["fold"] == k) & (pred["symbol"] == s)).to_numpy()
+            fit = g.index.isin(P._dates[tr][P._symbols[tr] == s])
+            for kind, fn in LABELS.items():
+                want.loc[rows, kind] = fn(g["Close"], fit).reindex(pred.loc[rows, "date"]).to_numpy()   # all rows, after too
+    assert want.notna().all().all() and want["hmm"].nunique() == 2
+    opts = dict(trend_window=50, vol_window=20)
+    pd.testing.assert_frame_equal(regime_labels(P, pred, n_jobs=1, **opts), want)
+    pd.testing.assert_frame_equal(regime_labels(P, pred, n_jobs=2, **opts), want)
