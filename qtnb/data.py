@@ -1177,19 +1177,27 @@ def volatility_regime(close: pd.Series, train, *, window: int = 20, quantiles: S
 # %% ../nbs/02_data.ipynb #359805b2
 def hmm_regime(close: pd.Series, train, *, n_states: int = 2, seed: int = 0) -> pd.Series:
     "Gaussian HMM of log returns fitted on the rows `train` only, then filtered forward; states numbered calm to turbulent."
+    import logging
     from hmmlearn.hmm import GaussianHMM
-    from scipy.special import logsumexp
     from scipy.stats import norm
+    from threadpoolctl import threadpool_limits
     r = np.log(close.astype("float64")).diff().to_numpy()
     t = np.asarray(train, dtype=bool) & np.isfinite(r)
     if t.sum() < 10 * n_states: raise InsufficientData(f"hmm_regime has {int(t.sum())} training returns; give it more")
-    m = GaussianHMM(n_components=n_states, covariance_type="diag", n_iter=100, random_state=seed).fit(r[t].reshape(-1, 1))
+    log, level = logging.getLogger("hmmlearn"), logging.getLogger("hmmlearn").level
+    log.setLevel(logging.ERROR)                               # its 'not converging' lines: the fit stops at n_iter all the same
+    try:   # one thread: the k-means that starts the fit is ~50x slower with a thread per core on a tiny 1-D sample
+        with threadpool_limits(1):
+            m = GaussianHMM(n_components=n_states, covariance_type="diag", n_iter=100, random_state=seed).fit(r[t].reshape(-1, 1))
+    finally: log.setLevel(level)
     mu, sd = m.means_[:, 0], np.sqrt(m.covars_.reshape(n_states, -1)[:, 0])
     rank = np.empty(n_states); rank[np.argsort(sd)] = np.arange(n_states)
-    logA, la, out = np.log(m.transmat_ + 1e-300), None, np.full(len(r), np.nan)
-    for i in np.flatnonzero(np.isfinite(r)):                   # forward filtering: P(state_t | returns up to t)
-        prior = np.log(m.startprob_ + 1e-300) if la is None else logsumexp(la[:, None] + logA, axis=0)
-        la = prior + norm.logpdf(r[i], mu, sd)
-        la -= logsumexp(la)
+    ok = np.flatnonzero(np.isfinite(r))
+    emit = norm.logpdf(r[ok, None], mu, sd)                   # log p(return_t | state), every row at once
+    logA, la, out = np.log(m.transmat_ + 1e-300), np.log(m.startprob_ + 1e-300), np.full(len(r), np.nan)
+    for j, i in enumerate(ok):                                # forward filtering: P(state_t | returns up to t)
+        if j: la = np.logaddexp.reduce(la[:, None] + logA, axis=0)
+        la = la + emit[j]
+        la -= np.logaddexp.reduce(la)
         out[i] = rank[int(np.argmax(la))]
     return pd.Series(out, index=close.index)

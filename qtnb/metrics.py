@@ -17,11 +17,11 @@ from .errors import ConfigError, DataError
 
 # %% auto #0
 __all__ = ['REGRESSION_METRICS', 'CLASSIFICATION_METRICS', 'TRADING_METRICS', 'SIGNIFICANCE_METRICS', 'METRIC_NAMES', 'MINIMIZE',
-           'SPLIT_PREFIXES', 'RATIO_CAP', 'regression_metrics', 'class_probabilities', 'binary_auc', 'confusion',
-           'classification_metrics', 'binomial_significance', 'probabilistic_sharpe', 'deflated_sharpe',
+           'SPLIT_PREFIXES', 'RATIO_CAP', 'REGIME_KINDS', 'regression_metrics', 'class_probabilities', 'binary_auc',
+           'confusion', 'classification_metrics', 'binomial_significance', 'probabilistic_sharpe', 'deflated_sharpe',
            'diebold_mariano', 'forecast_significance', 'hold_periods', 'trading_convention', 'equity_curve',
            'trading_metrics', 'backtest', 'portfolio_returns', 'portfolio_metrics', 'symbol_table', 'metrics_by_regime',
-           'prediction_signal', 'compute_metrics', 'metric_direction', 'MetricTracker']
+           'regime_labels', 'by_regime', 'prediction_signal', 'compute_metrics', 'metric_direction', 'MetricTracker']
 
 # %% ../nbs/04_metrics.ipynb #08f72cf0
 REGRESSION_METRICS = ("mse", "rmse", "mae", "r2", "corr", "snr_db")
@@ -435,19 +435,142 @@ def symbol_table(signal, returns, dates, symbols, *, cost_bps: float = 0.0, peri
     return pd.DataFrame(rows).T[cols].sort_values("sharpe", ascending=False).rename_axis("symbol")
 
 # %% ../nbs/04_metrics.ipynb #558548a7
-def metrics_by_regime(signal, returns, regime, *, cost_bps: float = 0.0, periods_per_year: float = 252,
-                      log_returns: bool = True) -> pd.DataFrame:
-    "`trading_metrics` of the periods in each regime (rows with no regime label left out), one row per regime."
-    pos, r = _array(signal, "signal").reshape(-1), _array(returns, "returns").reshape(-1)
-    g = np.asarray(regime, dtype="float64").reshape(-1)
-    _same_rows(pos, g, "signal", "regime")
-    rows = {}
+def _regime_rows(s, pos, simple, g, ppy: float, *, n_rows: int, turnover, exposure, rows=None) -> pd.DataFrame:
+    "One row per regime label in `g` (periods of series `s`), from `_summary` of that regime's periods."
+    out = {}
     for k in np.unique(g[np.isfinite(g)]):
-        m = g == k
-        rows[int(k) if float(k).is_integer() else k] = {"share": float(m.mean()), **trading_metrics(
-            pos[m], r[m], cost_bps=cost_bps, periods_per_year=periods_per_year, log_returns=log_returns)}
-    cols = ["share", "n", "sharpe", "psr", "directional_accuracy", "directional_accuracy_pvalue", "total_return", "max_drawdown"]
-    return pd.DataFrame(rows).T[cols].rename_axis("regime")
+        m, mr = g == k, (g if rows is None else rows) == k
+        fig = _summary(s[m], ppy, pos[mr], simple[mr], turnover=float(np.mean(turnover[m])), exposure=float(np.mean(exposure[m])))
+        out[int(k) if float(k).is_integer() else float(k)] = {"share": float(mr.sum() / n_rows), "rows": int(mr.sum()), **fig}
+    cols = ["share", "n", "rows", "directional_accuracy", "directional_accuracy_se", "directional_accuracy_pvalue", "sharpe",
+            "psr", "annual_return", "total_return", "max_drawdown"]
+    return pd.DataFrame(out, index=cols).T.rename_axis("regime") if out else pd.DataFrame(columns=cols).rename_axis("regime")
+
+def metrics_by_regime(signal, returns, regime, *, cost_bps: float = 0.0, periods_per_year: float = 252,
+                      log_returns: bool = True, horizon: int = 1, hold: Literal["next", "blocks"] = "next",
+                      dates=None, symbols=None, # a panel: each symbol's rows carry its own regime label
+                      weighting: Literal["equal", "signal"] = "equal", long_only: bool = False) -> pd.DataFrame:
+    "The strategy's figures in each regime: its after-cost returns on the periods (symbol-dates) labelled with it."
+    g = np.asarray(regime, dtype="float64").reshape(-1)
+    _same_rows(_array(signal, "signal"), g, "signal", "regime")
+    if periods_per_year <= 0: raise ConfigError(f"periods_per_year={periods_per_year} is invalid; use e.g. 252 for daily data")
+    if symbols is not None and len(set(np.asarray(symbols).tolist())) > 1:
+        return _panel_by_regime(signal, returns, g, dates, symbols, cost_bps=cost_bps, periods_per_year=periods_per_year,
+                                log_returns=log_returns, weighting=weighting, long_only=long_only)
+    sig, ret, span, rows = hold_periods(signal, returns, horizon=horizon, hold=hold, log_returns=log_returns)
+    pos, simple, cost, s = _trade(sig, ret, cost_bps, log_returns)
+    return _regime_rows(s, pos, simple, g[rows], periods_per_year / span, n_rows=len(rows),
+                        turnover=np.abs(np.diff(pos, prepend=0.0)), exposure=np.abs(pos))
+
+def _panel_by_regime(signal, returns, g, dates, symbols, *, cost_bps, periods_per_year, log_returns, weighting, long_only):
+    "Per regime: the portfolio's after-cost return from the symbols in it on each date, per unit of their capital."
+    pr = portfolio_returns(signal, returns, dates, symbols, weighting=weighting, long_only=long_only, cost_bps=cost_bps,
+                           log_returns=log_returns)
+    W, turn = pr.attrs["weights"], pr.attrs["turnover_by_symbol"]
+    df = _panel(signal, returns, dates, symbols, log_returns).assign(regime=g)
+    piv = lambda c: df.pivot(index="date", columns="symbol", values=c).reindex(index=W.index, columns=W.columns)
+    G, R, S = piv("regime"), piv("r").fillna(0.0), piv("s")
+    cap = S.notna().div(S.notna().sum(axis=1), axis=0) if weighting == "equal" else W.abs()   # capital given to each row
+    part = W * R - cost_bps * 1e-4 * turn
+    series, label = [], []
+    for k in np.unique(g[np.isfinite(g)]):
+        c = cap.where(G == k).sum(axis=1)
+        ok = c > 0
+        series.append(pd.DataFrame({"s": part.where(G == k).sum(axis=1)[ok] / c[ok], "turn": turn.where(G == k).sum(axis=1)[ok] / c[ok],
+                                    "exp": W.abs().where(G == k).sum(axis=1)[ok] / c[ok]}))
+        label.append(np.full(int(ok.sum()), k))
+    if not series: return _regime_rows(np.array([]), np.array([]), np.array([]), np.array([]), periods_per_year, n_rows=len(df),
+                                       turnover=np.array([]), exposure=np.array([]))
+    ser = pd.concat(series)
+    pos = df["s"].clip(lower=0).to_numpy() if long_only else df["s"].to_numpy()
+    return _regime_rows(ser["s"].to_numpy(), pos, df["r"].to_numpy(), np.concatenate(label), periods_per_year, n_rows=len(df),
+                        turnover=ser["turn"].to_numpy(), exposure=ser["exp"].to_numpy(), rows=g)
+
+# %% ../nbs/04_metrics.ipynb #81caef48
+REGIME_KINDS = ("trend", "volatility", "hmm")
+
+def _label_job(job: tuple) -> tuple[np.ndarray | None, str | None]:
+    "One kind's labels of one (fold, symbol) at the dates `at`, or the DataError's message (a process pool runs it)."
+    from qtnb.data import hmm_regime, trend_regime, volatility_regime
+    kind, close, fit, at, o = job
+    try:
+        if kind == "trend": lab = trend_regime(close, o["trend_window"])
+        elif kind == "volatility": lab = volatility_regime(close, fit, window=o["vol_window"])
+        else: lab = hmm_regime(close, fit, n_states=o["n_states"], seed=o["seed"])
+        return lab.reindex(at).to_numpy(), None
+    except DataError as e: return None, str(e)
+
+def regime_labels(prepared, # a qtnb.data.Prepared: its frame, symbols and folds (the predictions' `fold` indexes them)
+                  predictions: pd.DataFrame, kinds: Sequence[str] = REGIME_KINDS, *, trend_window: int = 200,
+                  vol_window: int = 20, n_states: int = 2, seed: int = 0,
+                  n_jobs: int | None = None) -> pd.DataFrame: # processes fitting the HMMs; None: see `_label_jobs`
+    "Each prediction's regime labels, the fitted kinds fitted on its own fold's training rows (per symbol on a panel)."
+    bad = [k for k in kinds if k not in REGIME_KINDS]
+    if bad: raise ConfigError(f"kinds has {bad[0]!r}; allowed: {', '.join(REGIME_KINDS)}")
+    o = dict(trend_window=trend_window, vol_window=vol_window, n_states=n_states, seed=seed)
+    P, d = prepared, predictions
+    sym, pc = P.symbol_col, P.config.price_col
+    closes = dict(iter(P.frame.groupby(P.frame[sym].astype(str))[pc])) if sym else {None: P.frame[pc]}
+    jobs, where = [], []
+    for k, rows in d.groupby("fold").groups.items():
+        train = P.folds[int(k)]._masks()["train"]                     # the window ends the fold's model was fitted on
+        tdates, tsym = P._dates[train], P._symbols[train] if sym else None
+        for name, close in closes.items():
+            here = rows if name is None else rows[d.loc[rows, "symbol"].astype(str).to_numpy() == name]
+            if not len(here): continue
+            fit = close.index.isin(tdates if name is None else tdates[tsym == name])
+            at = pd.DatetimeIndex(d.loc[here, "date"])
+            # every label is causal: rows after the last one predicted or fitted on change nothing, so they are left out
+            end = close.index.searchsorted(max(at.max(), close.index[fit].max() if fit.any() else at.max()), "right")
+            for kind in kinds:
+                jobs.append((kind, close.iloc[:end], fit[:end], at, o))
+                where.append((here, kind, f"fold {k}{f' {name}' if name else ''}"))
+    out = pd.DataFrame(np.nan, index=d.index, columns=list(kinds))
+    out.attrs["errors"] = {}
+    for (here, kind, tag), (lab, err) in zip(where, _label_jobs(jobs, n_jobs)):
+        if err is None: out.loc[here, kind] = lab
+        else: out.attrs["errors"].setdefault(kind, f"{tag}: {err}")
+    return out
+
+
+# %% ../nbs/04_metrics.ipynb #5f429a8d
+def _label_jobs(jobs: list[tuple], n_jobs: int | None = None) -> list[tuple]:
+    "`_label_job` of each job in order; the HMM jobs in `n_jobs` processes (None: one per core from 32 HMM fits on)."
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+    hmm = [i for i, j in enumerate(jobs) if j[0] == "hmm"]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    n = (cores if len(hmm) >= 32 else 1) if n_jobs is None else n_jobs
+    if n < 1: raise ConfigError(f"n_jobs={n_jobs} is invalid; use 1 or more processes, or None for one per core")
+    n = min(n, len(hmm))
+    if n <= 1: return [_label_job(j) for j in jobs]
+    out = [None if j[0] == "hmm" else _label_job(j) for j in jobs]
+    from qtnb.metrics import _label_job as job   # by its module: a spawned process cannot see a notebook's __main__
+    # spawn, not fork: the caller may hold torch's or BLAS's threads, which a forked child can deadlock on
+    with ProcessPoolExecutor(n, mp_context=get_context("spawn")) as pool:
+        for i, r in zip(hmm, pool.map(job, [jobs[i] for i in hmm], chunksize=max(1, len(hmm) // (4 * n)))): out[i] = r
+    return out
+
+# %% ../nbs/04_metrics.ipynb #6a08db83
+def by_regime(prepared, predictions: pd.DataFrame, *, kinds: Sequence[str] = REGIME_KINDS, cost_bps: float = 0.0,
+              horizon: int = 1, hold: Literal["next", "blocks"] = "next", periods_per_year: float = 252,
+              weighting: Literal["equal", "signal"] = "equal", long_only: bool = False, **label_options) -> dict[str, dict]:
+    "metrics.json's `by_regime`: each kind's `metrics_by_regime` of the out-of-sample `predictions` (one-period log returns)."
+    d = predictions.reset_index(drop=True)
+    if d.empty: return {kind: {"error": "no out-of-sample predictions"} for kind in kinds}
+    lab = regime_labels(prepared, d, kinds, **label_options)
+    panel = dict(dates=d["date"].to_numpy(), symbols=d["symbol"].to_numpy()) if "symbol" in d else {}
+    out = {}
+    for kind in kinds:
+        if not lab[kind].notna().any():
+            out[kind] = {"error": lab.attrs["errors"].get(kind, f"no prediction has a {kind} regime label")}
+            continue
+        t = metrics_by_regime(d["signal"].to_numpy(), d["forward_return"].to_numpy(), lab[kind].to_numpy(), cost_bps=cost_bps,
+                              horizon=horizon, hold=hold, periods_per_year=periods_per_year, weighting=weighting,
+                              long_only=long_only, **panel)
+        out[kind] = t.to_dict(orient="index")
+    return out
 
 # %% ../nbs/04_metrics.ipynb #f97ed70a
 def prediction_signal(task: str, y_pred, *, n_classes: int = 2, from_logits: bool | None = None) -> np.ndarray:

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import ipywidgets as W
+import numpy as np
+import pandas as pd
 import yaml
 from pydantic import BaseModel, ValidationError
 
@@ -22,7 +24,7 @@ from .errors import ConfigError, QtnbError, TrainingError
 # %% auto #0
 __all__ = ['WIDGETS_ENV', 'widget_frontend', 'figurewidget_available', 'svg_lines', 'svg_bars', 'Chart', 'config_class',
            'FormField', 'ConfigForm', 'Throttle', 'TrainingMonitor', 'StaticCopy', 'free_port', 'start_dashboard',
-           'TunerPanel', 'RunBrowser']
+           'TunerPanel', 'run_equity', 'run_symbols', 'RunBrowser']
 
 # %% ../nbs/11_widgets.ipynb #d0504f9e
 WIDGETS_ENV = "QTNB_WIDGETS"
@@ -960,9 +962,49 @@ class TunerPanel(StaticCopy, W.VBox):
         s = self.study
         return f"TunerPanel({getattr(s, 'study_name', s)!r}, {self.n_seen} trials)"
 
+# %% ../nbs/11_widgets.ipynb #764eb3d2
+def _predictions(run) -> pd.DataFrame | None:
+    p = Path(run.path) / "predictions.csv"
+    if not p.is_file(): return None
+    d = pd.read_csv(p, parse_dates=["date"])
+    return d if {"date", "signal", "forward_return"} <= set(d.columns) and len(d) else None
+
+def _traded_as(run) -> tuple[dict, float]:
+    "The run's trading convention (metrics.json) and cost per unit turnover (params.yaml), with qtnb's defaults."
+    try: tr, cost = run.metrics.get("trading") or {}, float((run.params.get("train") or {}).get("cost_bps", 0.0))
+    except QtnbError: tr, cost = {}, 0.0
+    return tr, cost
+
+def run_equity(run) -> pd.DataFrame | None:
+    "A run's out-of-sample `equity` and `buy_hold` by date (a panel: its portfolio), or None when it has no predictions."
+    from qtnb.metrics import backtest, portfolio_returns
+    bt = Path(run.path) / "backtest.csv"
+    if bt.is_file(): return pd.read_csv(bt, index_col=0, parse_dates=True)[["equity", "buy_hold"]]
+    d = _predictions(run)
+    if d is None: return None
+    tr, cost = _traded_as(run)
+    if "symbol" in d and d["symbol"].nunique() > 1:
+        args = (d["forward_return"].to_numpy(), d["date"], d["symbol"].to_numpy())
+        pr = portfolio_returns(d["signal"].to_numpy(), *args, cost_bps=cost, weighting=tr.get("weighting", "equal"),
+                               long_only=tr.get("long_only", False))
+        hold = portfolio_returns(np.ones(len(d)), *args)          # equal-weight buy-and-hold of every symbol
+        return pd.DataFrame({"equity": (1 + pr["portfolio_return"]).cumprod(), "buy_hold": (1 + hold["portfolio_return"]).cumprod()})
+    return backtest(d["signal"].to_numpy(), d["forward_return"].to_numpy(), d["date"], cost_bps=cost,
+                    horizon=tr.get("horizon", 1), hold=tr.get("hold", "next"))[["equity", "buy_hold"]]
+
+def run_symbols(run) -> pd.DataFrame | None:
+    "A panel run's per-symbol trading figures, best Sharpe first; None for one symbol or no predictions."
+    from qtnb.metrics import symbol_table
+    p = Path(run.path) / "symbols.csv"
+    if p.is_file(): return pd.read_csv(p, index_col="symbol")
+    d = _predictions(run)
+    if d is None or "symbol" not in d or d["symbol"].nunique() < 2: return None
+    return symbol_table(d["signal"].to_numpy(), d["forward_return"].to_numpy(), d["date"], d["symbol"].to_numpy(),
+                        cost_bps=_traded_as(run)[1])
+
 # %% ../nbs/11_widgets.ipynb #e9dbd4d0
 class RunBrowser(StaticCopy, W.VBox):
-    "The run store as a filterable table; overlay the selected runs' learning curves and compare their metrics."
+    "The run store as a filterable table; overlay the selected runs' learning curves and equity, compare their metrics and symbols."
     def __init__(self, runs_dir: str | Path | None = None, # default: settings.ini's [storage] runs_dir
                  *, metric: str = "val_loss", mode: str = "auto", backend: str = "auto",
                  link_root: str | None = None): # href prefix of run folders (default: the store relative to the cwd)
@@ -979,12 +1021,15 @@ class RunBrowser(StaticCopy, W.VBox):
         self.table = W.HTML(); self.table.add_class("qtnb-runs-table")
         self.compare = W.HTML(); self.compare.add_class("qtnb-runs-compare")
         self.chart = Chart(metric, xlabel="epoch", backend=backend)
+        self.equity_chart = Chart("out-of-sample equity (a panel: its portfolio)", xlabel="year", backend=backend)
+        self.symbols = W.HTML(); self.symbols.add_class("qtnb-runs-symbols")
         for w in (self.query, self.status_filter): w.observe(lambda ch: self._filter(), names="value")
         self.selector.observe(lambda ch: self._selected(), names="value")
         self.metric_picker.observe(lambda ch: self._selected(), names="value")
         self.refresh_button.on_click(lambda _: self.refresh())
         super().__init__([W.HBox([self.query, self.status_filter, self.refresh_button]), self.table,
-                          W.HBox([W.VBox([self.selector, self.metric_picker]), self.chart.widget]), self.compare])
+                          W.HBox([W.VBox([self.selector, self.metric_picker]), self.chart.widget]), self.compare,
+                          self.equity_chart.widget, self.symbols])
         self.add_class("qtnb-run-browser")
         self.refresh()
 
@@ -1035,7 +1080,9 @@ class RunBrowser(StaticCopy, W.VBox):
 
     def _selected(self) -> None:
         self._draw_selected()
-        self._static(self.chart, [self.table, self.compare])
+        from types import SimpleNamespace
+        equity = SimpleNamespace(value=self.equity_chart._svg() if self.equity_chart.series else "")
+        self._static(self.chart, [self.table, self.compare, equity, self.symbols])
 
     def _draw_selected(self) -> None:
         from qtnb.runs import compare_runs, open_run
@@ -1054,6 +1101,7 @@ class RunBrowser(StaticCopy, W.VBox):
             series[rid] = (x, list(h[metric]))
         self.chart.title = metric
         self.chart.update(series)
+        self._draw_trading(list(hist))
         if not hist:
             self.compare.value = '<i style="color:#999">select runs to overlay their curves and compare them</i>'
             return
@@ -1063,6 +1111,25 @@ class RunBrowser(StaticCopy, W.VBox):
             return
         rows = [{("run" if k == "id" else k): _blank(v) for k, v in r.items()} for _, r in cmp.iterrows()]
         self.compare.value = _table(rows, cls="qtnb-compare-table")
+
+    def _draw_trading(self, run_ids: list[str]) -> None:
+        "The selected runs' out-of-sample equity (x in years), and each selected panel run's per-symbol table."
+        from qtnb.runs import open_run
+        equity, tables = {}, []
+        for rid in run_ids:
+            try:
+                run = open_run(rid, runs_dir=self.root)
+                eq, sym = run_equity(run), run_symbols(run)
+            except QtnbError as e:
+                tables.append(f'<span style="color:#c62828">{html.escape(rid)}: {html.escape(str(e))}</span>'); continue
+            if eq is not None and len(eq):
+                d = pd.DatetimeIndex(eq.index)
+                equity[rid] = (list(d.year + (d.day_of_year - 1) / 365.25), list(eq["equity"]))
+            if sym is not None:
+                rows = [{"symbol": k, **{c: _fmt(v) for c, v in r.items()}} for k, r in sym.iterrows()]
+                tables.append(f"<b>{html.escape(rid)}</b>: {len(sym)} symbols" + _table(rows, cls="qtnb-symbols-table"))
+        self.equity_chart.update(equity)
+        self.symbols.value = "".join(tables)
 
     def __repr__(self) -> str:
         df = self.filtered

@@ -45,6 +45,19 @@ SIGNIFICANCE = (
     "import pandas as pd\npd.Series({k: report.metrics['test'].get(k) for k in ('n', 'directional_accuracy', 'directional_accuracy_se', "
     "'directional_accuracy_pvalue', 'sharpe', 'psr', 'dm_stat', 'dm_pvalue')}, name='test').to_frame()")
 
+# the train and backtest reports' regime section (one text for both): it shows the `by_regime` the pipeline computed
+# (qtnb.metrics.by_regime) and wrote to metrics.json
+REGIMES = (
+    "## By market regime\n\nThe out-of-sample trades split by market regime, each prediction labelled with nothing fitted on "
+    "the test range (per symbol on a panel): **trend** (1: close above its 200-day average, 0 below), **volatility** (0 calm to "
+    "2 turbulent: 20-day volatility against its terciles on that fold's training rows) and **hmm** (a 2-state Gaussian HMM of "
+    "returns fitted on that fold's training rows and filtered forward, never smoothed: 0 calm, 1 turbulent). A regime's "
+    "figures are the strategy's own after-cost returns on the periods labelled with it (a panel: the symbols in it, per unit "
+    "of their capital), on the convention printed above; `share` is its fraction of the predictions. The tables are "
+    "metrics.json's `by_regime`, as the run wrote it.",
+    "for kind, table in report.metrics['by_regime'].items():\n"
+    "    display(pd.DataFrame(table).T.rename_axis(kind) if 'error' not in table else f\"{kind}: {table['error']}\")")
+
 REPORTS = {
 "train": ("Train", "One model trained on one dataset, validated without look-ahead; the run's report.", [
     ("## Run", "report = train(params)"),
@@ -60,6 +73,7 @@ REPORTS = {
      "horizon-long blocks when the trainer's `trade_hold` is 'blocks'): the next line says which.",
      "print(report.metrics['trading']['definition'])\nreport.plot_equity()"),
     SIGNIFICANCE,
+    REGIMES,
     ("## Where it is", "print(report.summary())"),
 ]),
 "backtest": ("Backtest", "Walk-forward training and a trading evaluation of the stitched out-of-sample predictions.", [
@@ -73,9 +87,7 @@ REPORTS = {
     ("## Trading metrics\n\nStrategy and buy-and-hold over the same dates and the same convention (printed first).",
      "import pandas as pd\nprint(report.metrics['backtest']['trading'])\npd.DataFrame({k: report.metrics['backtest'][k] for k in ('strategy', 'buy_hold')})"),
     SIGNIFICANCE,
-    ("## By market regime\n\nThe same out-of-sample trades split by trend regime (1: close above its 200-day average) and "
-     "volatility regime (0 calm to 2 turbulent, quantiles fitted on the dates before the first prediction).",
-     "reg = report.metrics['backtest'].get('regimes', {})\nfor kind in ('trend', 'volatility'):\n    if kind in reg: display(pd.DataFrame(reg[kind]).T.rename_axis(kind))"),
+    REGIMES,
     ("## Per symbol\n\nA panel is traded as one portfolio; each symbol's own figures show which ones carry it (best Sharpe first).",
      "pd.DataFrame(report.metrics['backtest'].get('symbols', {})).T"),
     ("## Predictions against actual", "report.plot_predictions()"),

@@ -177,14 +177,20 @@ def test_pipeline_metrics_trade_one_period_returns_at_horizon_5(tmp_path):
     for k in ("n", "directional_accuracy_se", "directional_accuracy_pvalue", "psr", "dm_stat", "dm_pvalue"):
         assert math.isfinite(m["test"][k]), k
     eq(m["test"]["n"], len(pred))
-    reg = m["backtest"]["regimes"]                                           # broken down by regime, every row once
-    for kind in ("trend", "volatility"):
-        eq(sum(r["n"] for r in reg[kind].values()), len(pred))
+    reg = m["by_regime"]                                                     # broken down by regime, every row once
+    for kind in ("trend", "volatility", "hmm"):
+        eq(sum(r["rows"] for r in reg[kind].values()), len(pred))
+    # volatility terciles fitted on each fold's own training dates, never on what it predicts; the calm periods by hand
     from qtnb.data import volatility_regime
-    v = volatility_regime(sp["Close"], sp.index < pred["date"].min()).reindex(pred["date"]).to_numpy()
+    v = np.full(len(pred), np.nan)
+    for f in m["folds"]:
+        a, b = pd.Timestamp(f["train_dates"][0]), pd.Timestamp(f["train_dates"][1])
+        here = (pred["fold"] == f["fold"]).to_numpy()
+        v[here] = volatility_regime(sp["Close"], (sp.index >= a) & (sp.index <= b)).reindex(pred["date"][here]).to_numpy()
     calm = v == 0
-    assert close(reg["volatility"]["0"]["total_return"] if "0" in reg["volatility"] else reg["volatility"][0]["total_return"],
-                 float(np.prod(1 + pred["signal"].to_numpy()[calm] * np.expm1(one[calm])) - 1))
+    assert calm.sum() > 50
+    assert close(reg["volatility"]["0"]["total_return"], float(np.prod(1 + pred["signal"].to_numpy()[calm] * np.expm1(one[calm])) - 1))
+    eq(reg["volatility"]["0"]["rows"], int(calm.sum()))
 
 
 def test_tune_pipeline_reports_the_deflated_sharpe_of_its_best_trial(tmp_path):

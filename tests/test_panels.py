@@ -52,6 +52,25 @@ def check_traded(run: Path, df: pd.DataFrame, cost_bps: float):
     np.testing.assert_allclose(pred["forward_return"], one, atol=1e-12)
     return m, daily
 
+def check_regimes(run: Path, df: pd.DataFrame, cost_bps: float):
+    "metrics.json's by_regime, per symbol: the trend regime (nothing fitted) by hand, a groupby over regime and date."
+    from qtnb.data import trend_regime
+    by = json.loads((run / "metrics.json").read_text())["by_regime"]
+    eq(set(by), {"trend", "volatility", "hmm"})
+    pred = pd.read_csv(run / "predictions.csv", parse_dates=["date"]).sort_values(["symbol", "date"])
+    for kind in ("volatility", "hmm"):                        # fitted per symbol on each fold's training rows
+        assert "error" not in by[kind] and sum(v["rows"] for v in by[kind].values()) == len(pred), by[kind]
+    lab = {s: trend_regime(g["Close"], 200) for s, g in df.groupby("ticker")}
+    pred["lab"] = [lab[s].get(d, np.nan) for s, d in zip(pred["symbol"], pred["date"])]
+    pred["u"] = pred["signal"] * np.expm1(pred["forward_return"]) - cost_bps * 1e-4 * pred.groupby("symbol")["signal"].diff().fillna(pred["signal"]).abs()
+    assert pred["lab"].notna().any()
+    for k, g in pred.dropna(subset=["lab"]).groupby("lab"):
+        s = g.groupby("date")["u"].mean()                     # equal weight over the symbols in regime k that date
+        got = by["trend"][str(int(k))]
+        eq(got["rows"], len(g)); eq(got["n"], len(s))
+        np.testing.assert_allclose(got["sharpe"], s.mean() / s.std(ddof=1) * np.sqrt(252), rtol=1e-9)
+        np.testing.assert_allclose(got["total_return"], np.prod(1 + s) - 1, rtol=1e-9)
+
 LSTM = ["-p", "model", "lstm", "-p", "model_params", '{"hidden_size": 8, "num_layers": 1}']
 XGB = ["-p", "model", "xgboost", "-p", "model_params", '{"n_estimators": 20, "max_depth": 3}']
 
@@ -63,6 +82,7 @@ def test_a_20_symbol_panel_through_the_command_line(panel_csv, tmp_path, command
     run = qtnb("run", command, "-p", "data", path, "-p", "symbol_col", "ticker", *model, "-p", "epochs", "2", *FAST, *extra,
                runs=tmp_path)
     m, daily = check_traded(run, df, cost)
+    check_regimes(run, df, cost)
     eq(yaml.safe_load((run / "params.yaml").read_text())["data"]["symbol_col"], "ticker")
     assert "20 symbols traded as one equal-weight portfolio" in m["trading"]["definition"]
     if command == "backtest":

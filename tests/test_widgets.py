@@ -4,6 +4,8 @@ import json, os, re, subprocess, sys
 from pathlib import Path
 
 import nbformat
+import numpy as np
+import pandas as pd
 import pytest
 from fastcore.test import test_eq as eq
 
@@ -55,3 +57,87 @@ def test_text_mode_in_a_plain_process(tmp_path):
     assert "less than or equal to 252" in lines[1]
     eq(sum(l.startswith("running: epoch") for l in lines), 3)
     assert lines[-1].startswith("completed: epoch 3/3")
+
+
+# ---- panels (a symbol column) in every widget -----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def panel_runs(tmp_path_factory):
+    "A backtest and a walk-forward train run of a 4-symbol panel (linear, seconds), in one store."
+    from qtnb.datasets import random_walk
+    from qtnb.pipeline import backtest, train
+    tmp = tmp_path_factory.mktemp("panel")
+    df = random_walk(260, n_symbols=4, seed=3).rename(columns={"symbol": "ticker"})
+    df.to_csv(tmp / "panel.csv")
+    kw = dict(data=str(tmp / "panel.csv"), symbol_col="ticker", model="linear", seq_len=4, features=["logret_1", "vol_5"],
+              n_folds=2, runs_dir=tmp / "runs", verbose=False)
+    bt = backtest(cost_bps=5, **kw)
+    tr = train(validation="walk_forward", **kw)
+    return tmp / "runs", bt, tr
+
+def test_run_browser_draws_a_panel_runs_portfolio_equity_and_symbols(panel_runs):
+    from qtnb.widgets import RunBrowser, run_equity
+    store, bt, tr = panel_runs
+    rb = RunBrowser(store, mode="widgets", backend="svg")
+    rb.select(bt.run.id, tr.run.id)
+    pred = pd.read_csv(tr.run_dir / "predictions.csv")
+    eq(rb.equity_chart.n_points, {bt.run.id: pred["date"].nunique(), tr.run.id: pred["date"].nunique()})   # one point a date
+    for rep in (bt, tr):                                        # the portfolio's equity: what metrics.json reports
+        final = rb.equity_chart.series[rep.run.id][1][-1]
+        np.testing.assert_allclose(final, 1 + rep.metrics["test"]["total_return"], rtol=1e-9)
+        assert rep.metrics["test"]["n_symbols"] == 4
+    back = pd.read_csv(bt.run_dir / "backtest.csv", index_col=0)
+    np.testing.assert_allclose(run_equity(bt.run)["equity"], back["equity"])
+    tables = rb.symbols.value
+    eq(tables.count("qtnb-symbols-table"), 2); eq(tables.count("4 symbols"), 2)
+    for s in ("S00", "S01", "S02", "S03"): assert tables.count(f">{s}<") == 2, s   # every symbol of both runs
+    assert "4 symbols" in rb.last_static["text/html"]
+    rb.select(); eq(rb.equity_chart.series, {}); eq(rb.symbols.value, "")
+
+def test_forms_accept_symbol_col_and_the_run_they_describe_trades_every_symbol(panel_runs, tmp_path):
+    from qtnb.pipeline import PIPELINES, check_params
+    from qtnb.widgets import ConfigForm
+    store, bt, tr = panel_runs
+    for source in ("data", PIPELINES["train"], PIPELINES["backtest"], PIPELINES["tune"]):
+        form = ConfigForm(source)
+        assert "symbol_col" in form.fields, source
+        form.set(symbol_col="ticker")
+        eq(form.errors, {}); eq(form.value.symbol_col, "ticker")
+    form = ConfigForm(PIPELINES["backtest"])
+    form.set(**{k: v for k, v in bt.params.model_dump().items() if k in form.fields and k not in ("run_id", "runs_dir")})
+    path = tmp_path / "backtest.yaml"
+    form.to_yaml(path)
+    p = check_params("backtest", {}, yaml_path=path)           # what `qtnb run backtest -f` would run
+    eq((p.symbol_col, p.data), ("ticker", bt.params.data))
+
+def test_training_monitor_follows_a_panel_fit():
+    from qtnb.data import prepare
+    from qtnb.datasets import random_walk
+    from qtnb.trainer import Trainer
+    from qtnb.widgets import TrainingMonitor
+    df = random_walk(200, n_symbols=3, seed=1).rename(columns={"symbol": "ticker"})
+    fold = prepare(dict(symbol_col="ticker", seq_len=8, features=["logret_1", "vol_5"], validation="holdout", cache=False), df).folds[0]
+    mon = TrainingMonitor(mode="widgets", every=0, backend="svg")
+    Trainer("mlp", dict(num_epochs=3, device="cpu", importance=False), callbacks=[mon]).fit(fold.train, fold.val)
+    eq(mon.state, "completed"); eq(len(mon.history), 3)
+    eq(mon.loss_chart.n_points, {"train_loss": 3, "val_loss": 3})
+    eq(mon.history[-1]["val_n_symbols"], 3)                    # validated as a portfolio of the three symbols
+    assert mon.metric_chart.series and all(n == 3 for n in mon.metric_chart.n_points.values())
+
+def test_tuner_panel_follows_a_study_on_a_panel(tmp_path):
+    import optuna
+    from qtnb.datasets import random_walk
+    from qtnb.tuner import SearchSpace, Tuner
+    from qtnb.widgets import TunerPanel
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    df = random_walk(300, n_symbols=3, seed=1).rename(columns={"symbol": "ticker"})
+    t = Tuner(SearchSpace().log_uniform("alpha", 1e-4, 10.0), "val_sharpe", frame=df, model="linear", runs_dir=tmp_path,
+              data=dict(symbol_col="ticker", seq_len=8, features=["logret_1", "vol_5"], validation="holdout", cache=False),
+              sampler="random", pruner="none", seed=0)
+    panel = TunerPanel(t, mode="widgets", every=0, backend="svg")
+    t.optimize(3, callbacks=[panel])
+    panel.refresh()
+    eq(panel.n_seen, 3); assert 3 in panel.history_chart.n_points.values(), panel.history_chart.n_points
+    assert "deflated Sharpe p =" in panel.best.value and panel.trials_table.value.count("complete") == 3
+    from qtnb.runs import open_run
+    run = open_run(t.best_trial().user_attrs["run_id"], runs_dir=tmp_path)
+    eq(run.metrics["val"]["n_symbols"], 3)                    # each trial validated on the portfolio of all three
