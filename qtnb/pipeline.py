@@ -24,9 +24,9 @@ __all__ = ['PIPELINES', 'FORWARD_GRACE_S', 'resolve_runs_dir', 'PipelineParams',
            'check_features', 'check_model_shapes', 'largest_allocation', 'free_memory', 'check_memory',
            'BacktestParams', 'TuneParams', 'ExportParams', 'default_search_space', 'parse_value', 'pipeline_class',
            'check_params', 'check_runs_dir', 'pipeline_run', 'say', 'EpochLog', 'FoldResult', 'fold_predictions',
-           'stitch', 'oos_metrics', 'train_folds', 'mean_metrics', 'train', 'use_static_plotly', 'Report',
-           'regime_breakdown', 'backtest', 'tune', 'latest_model_run', 'export', 'PipelineFailed', 'pipeline_notebook',
-           'run_pipeline', 'resume_target', 'parse_grid', 'grid_combinations', 'sweep', 'sweep_figure']
+           'stitch', 'oos_metrics', 'train_folds', 'mean_metrics', 'train', 'use_static_plotly', 'Report', 'backtest',
+           'tune', 'latest_model_run', 'export', 'PipelineFailed', 'pipeline_notebook', 'run_pipeline', 'resume_target',
+           'parse_grid', 'grid_combinations', 'sweep', 'sweep_figure']
 
 # %% ../nbs/12_pipeline.ipynb #8df3eba0
 def resolve_runs_dir(runs_dir: str | Path | None = None) -> Path:
@@ -495,10 +495,12 @@ def _failing(run):
                 _best_effort(run.set_status, state, error=f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}")
             raise
 
+_TRADED_AS = ("horizon", "hold", "periods_per_year", "weighting", "long_only")   # metrics["trading"]'s keys that say how a signal is traded
+
 def train(p: TrainParams | dict | None = None, *, verbose: bool = True, cost_bps: float | None = None, **params) -> "Report":
     "Run the train pipeline in-process: the same work as `qtnb run train`, returning a Report."
     from qtnb.data import prepare
-    from qtnb.metrics import trading_convention
+    from qtnb.metrics import by_regime, trading_convention
     p = p if isinstance(p, TrainParams) else TrainParams(**{**(p or {}), **params}).check()
     dc, tcfg = p.data_config(), p.train_config()
     if cost_bps is not None: tcfg = tcfg.model_copy(update={"cost_bps": cost_bps})
@@ -533,6 +535,8 @@ def train(p: TrainParams | dict | None = None, *, verbose: bool = True, cost_bps
         if "symbol" in pred and pred["symbol"].nunique() > 1:
             metrics["trading"]["definition"] += (f"; the {pred['symbol'].nunique()} symbols traded as one "
                                                  f"{tcfg.portfolio_weighting}-weight{' long-only' if tcfg.long_only else ''} portfolio")
+        # out-of-sample figures by market regime, labels fitted on each fold's training rows (qtnb.metrics.by_regime)
+        metrics["by_regime"] = by_regime(prep, pred, cost_bps=cost, **{k: metrics["trading"][k] for k in _TRADED_AS})
         metrics["folds"] = [dict(fold=f.index, name=f.name, run_id=f.run_id, **{f"{k}_dates": v for k, v in f.ranges.items()},
                                  best_epoch=f.result.best_epoch, epochs=f.result.epochs, val=f.result.val_metrics,
                                  test=f.result.test_metrics) for f in folds]
@@ -707,24 +711,6 @@ def _plot_equity(self: Report, cost_bps: float | None = None):
 Report.plot_history, Report.plot_predictions, Report.backtest, Report.plot_equity = _plot_history, _plot_predictions, _backtest, _plot_equity
 
 # %% ../nbs/12_pipeline.ipynb #1b3419cc
-def regime_breakdown(rep: Report, cost_bps: float = 0.0) -> dict:
-    "The out-of-sample figures by trend regime (close vs its 200-day average) and volatility regime (quantiles fitted on the dates before the first prediction)."
-    from qtnb.data import trend_regime, volatility_regime
-    from qtnb.metrics import metrics_by_regime
-    d, P = rep.predictions, rep.prepared
-    sym, pc = P.symbol_col, P.config.price_col
-    first = pd.Timestamp(d["date"].min())
-    labs = []
-    for name, g in (P.frame.groupby(sym) if sym else [(None, P.frame)]):
-        c = g[pc]
-        lab = pd.DataFrame({"trend": trend_regime(c, 200), "volatility": volatility_regime(c, g.index < first)})
-        lab["date"], lab["symbol"] = g.index, (str(name) if sym else None)
-        labs.append(lab)
-    keys = ["date", "symbol"] if sym and "symbol" in d else ["date"]
-    m = d.merge(pd.concat(labs, ignore_index=True)[keys + ["trend", "volatility"]], on=keys, how="left")
-    return {k: metrics_by_regime(m["signal"].to_numpy(), m["forward_return"].to_numpy(), m[k].to_numpy(),
-                                 cost_bps=cost_bps).to_dict(orient="index") for k in ("trend", "volatility")}
-
 def backtest(p: BacktestParams | dict | None = None, *, verbose: bool = True, **params) -> Report:
     "Run the backtest pipeline in-process: walk-forward fits, stitched out-of-sample predictions traded after costs."
     from qtnb.metrics import trading_metrics
@@ -743,8 +729,6 @@ def backtest(p: BacktestParams | dict | None = None, *, verbose: bool = True, **
                                    d["symbol"].to_numpy(), cost_bps=p.cost_bps)
         rep.metrics["backtest"] = {"strategy": bt.attrs["metrics"], "buy_hold": hold, "cost_bps": p.cost_bps, "trading": tr["definition"],
                                    "start": str(bt.index[0].date()), "end": str(bt.index[-1].date())}
-        try: rep.metrics["backtest"]["regimes"] = regime_breakdown(rep, p.cost_bps)
-        except DataError as e: rep.metrics["backtest"]["regimes"] = {"error": str(e)}   # too little history for a regime
         if symbols is not None:
             rep.metrics["backtest"]["symbols"] = symbols.to_dict(orient="index")
             atomic_write(rep.run_dir / "symbols.csv", symbols.to_csv())
