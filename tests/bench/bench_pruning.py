@@ -47,6 +47,8 @@ VARIANTS = {
     "mv_tpe5_asha": (dict(MV, n_startup_trials=5), ("successive_halving", dict(min_resource=1, reduction_factor=3))),
     "mv_tpe5_asha_min3": (dict(MV, n_startup_trials=5), ("successive_halving", dict(min_resource=3, reduction_factor=3))),
     "mv_tpe5_hyperband_min3": (dict(MV, n_startup_trials=5), ("hyperband", dict(min_resource=3, reduction_factor=3))),
+    "mv_tpe3_asha_min3": (dict(MV, n_startup_trials=3), ("successive_halving", dict(min_resource=3, reduction_factor=3))),
+    "mv_tpe3_hyperband_min3": (dict(MV, n_startup_trials=3), ("hyperband", dict(min_resource=3, reduction_factor=3))),
 }
 
 
