@@ -200,6 +200,7 @@ def _finish(self: JobQueue, job: Job, rc: int | None) -> None:
         job.error = st.get("error") or (tail[-1][:300] if tail else f"qtnb run exited with {rc}" if rc is not None
                                         else "its qtnb run process ended before making a run folder")
 
+# %% ../nbs/14_serve.ipynb #84df05a8
 @patch
 def _ended(self: JobQueue, job: Job) -> int | None | bool:
     "False while `job`'s process runs; else its exit code (None for a process an earlier server started)."

@@ -103,19 +103,19 @@ def http_post(port: int, body: bytes):
     return post
 
 def client(conn, port: int, body: bytes) -> None:
-    "A client process with one connection: for each (path, start, end) it is sent, requests back to back; latencies (ms) back."
-    post = http_post(port, body)
+    "A client process: per (path, start, end) sent, requests back to back on a fresh connection; the latencies (ms) go back."
+    # a fresh connection per block, opened before `start` (untimed): uvicorn closes one left idle for 5 s
     while (job := conn.recv()) is not None:
         path, start, end = job
-        lat = []
+        post, lat = http_post(port, body), []
         while time.time() < start: time.sleep(0.0005)
         while time.time() < end:
             t0 = time.perf_counter(); post(path); lat.append((time.perf_counter() - t0) * 1e3)
+        post.close()
         conn.send(lat)
-    post.close()
 
 class Clients:
-    "`n` client processes (spawned, so none shares the server's or this process's interpreter), each one keep-alive connection."
+    "`n` client processes (spawned, so none shares the server's or this process's interpreter), one keep-alive connection each."
     def __init__(self, n: int, port: int, body: bytes):
         ctx = mp.get_context("spawn")
         self.pipes = [ctx.Pipe() for _ in range(n)]
@@ -124,7 +124,7 @@ class Clients:
 
     def block(self, path: str, k: int, seconds: float, rps: list) -> list[float]:
         "The first `k` clients for `seconds`: all latencies (ms); the requests per second go to `rps`."
-        start = time.time() + 0.1
+        start = time.time() + 0.3
         for a, _ in self.pipes[:k]: a.send((path, start, start + seconds))
         res = [a.recv() for a, _ in self.pipes[:k]]
         rps.append(sum(map(len, res)) / seconds)
@@ -144,37 +144,42 @@ def in_process(pred, x, n) -> list[float]:
     return t
 
 def profile(runs: Path, body: bytes) -> None:
-    "The server side's own time per request (us), by stage and end to end through the ASGI app, in this process."
+    """Where the server's own time per request goes (median us, in-process, no network): routes doing the predict handler's
+    stages cumulatively, each through the whole ASGI app, so every stage is timed as it runs inside a request."""
     import asyncio
     from qtnb import serve as s
     from starlette.responses import Response
     from starlette.routing import Route
     app = s.create_app(runs)
-    async def floor(request): await request.body(); return Response(b'{"predictions":[]}', media_type="application/json")
-    app.app.router.routes.insert(0, Route(FLOOR, floor, methods=["POST"]))
-    async def calls(path, n):
+    P = app.app.state.predictors; P.get("bench@production")
+    empty = lambda: Response(b'{"predictions":[]}', media_type="application/json")
+    async def floor(r): await r.body(); return empty()
+    async def parse(r): s._parse(await r.body(), ""); return empty()
+    async def session(r):
+        _, x = s._parse(await r.body(), ""); P.warm("bench@production").session.predict(x, record=False); return empty()
+    async def outputs(r):
+        _, x = s._parse(await r.body(), ""); p = P.warm("bench@production"); p.columns(p.session.predict(x, record=False)); return empty()
+    routes = dict(floor=floor, parse=parse, session=session, outputs=outputs)
+    for k, f in routes.items(): app.app.router.routes.insert(0, Route(f"/{k}", f, methods=["POST"]))
+    def asgi(path):
         sc = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http", "path": path,
               "raw_path": path.encode(), "root_path": "", "query_string": b"", "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
               "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
         async def receive(): return {"type": "http.request", "body": body, "more_body": False}
         async def send(m): pass
-        t0 = time.perf_counter()
-        for _ in range(n): await app(sc, receive, send)
-        return (time.perf_counter() - t0) / n * 1e6
-    p = app.app.state.predictors.get("bench@production")
-    kind, x = s._parse(body, "application/json")
-    raw = p.session.predict(x, record=False)
-    stages = dict(parse=lambda: s._parse(body, "application/json"), model_lookup=lambda: app.app.state.predictors.warm("bench@production"),
-                  session=lambda: p.session.predict(x, record=False), outputs=lambda: p.columns(raw),
-                  predict_windows=lambda: s._predict_windows(p, x),
-                  asgi_predict=lambda: asyncio.run(calls(PREDICT, 500)), asgi_floor=lambda: asyncio.run(calls(FLOOR, 500)))
-    def per_call(f, n=2000):
-        t0 = time.perf_counter()
-        for _ in range(n): f()
-        return (time.perf_counter() - t0) / n * 1e6
-    st = interleaved({k: (lambda f=f, k=k: f() if k.startswith("asgi") else per_call(f)) for k, f in stages.items()}, 3)
-    emit("server_us_per_request", st["asgi_predict"].median, **{f"{k}_us": v.median for k, v in st.items()},
-         note="in-process, no network: asgi_* is the whole app (guard, routing, handler); the rest are the handler's stages")
+        loop = asyncio.new_event_loop()
+        def calls(n=1000) -> list[float]:
+            t = []
+            for _ in range(n):
+                t0 = time.perf_counter(); loop.run_until_complete(app(sc, receive, send)); t.append((time.perf_counter() - t0) * 1e6)
+            return t
+        return calls
+    st = interleaved({k: asgi(f"/{k}") for k in routes} | {"predict": asgi(PREDICT)}, 3)
+    m = {k: v.median for k, v in st.items()}
+    emit("server_us_per_request", m["predict"], app_floor_us=m["floor"], parse_body_us=m["parse"] - m["floor"],
+         model_lookup_and_session_us=m["session"] - m["parse"], outputs_us=m["outputs"] - m["session"],
+         encode_and_route_us=m["predict"] - m["outputs"], note="median us per request through the ASGI app in-process (no network, "
+         "no uvicorn); floor = guard + FastAPI middleware + routing + body + a fixed reply; the rest are what each stage adds")
     app.app.state.jobs.close()
 
 def http_figures(root: Path, a) -> None:
