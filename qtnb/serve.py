@@ -6,7 +6,7 @@ Docs: https://qtnb.github.io/qtnb/serve.html.md"""
 
 # %% ../nbs/14_serve.ipynb #fce1dee3
 from __future__ import annotations
-import asyncio, hmac, json, os, secrets, subprocess, sys, threading, time
+import asyncio, hmac, json, os, re, secrets, subprocess, sys, threading, time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -110,7 +110,7 @@ class Job:
 
 # %% ../nbs/14_serve.ipynb #86c8b39c
 JOBS_FILE, KEEP_FINISHED = "jobs.json", 500
-_JOB_ID = __import__("re").compile(r"[0-9a-f]{6}")
+_JOB_ID = re.compile(r"[0-9a-f]{6}")
 
 def _read_jobs(path: Path) -> dict[str, Job]:
     "The jobs of queue file `path` by id ({} when absent); RunError naming the file when it or a job in it is malformed."
@@ -120,8 +120,9 @@ def _read_jobs(path: Path) -> dict[str, Job]:
     for r in data.get("jobs", []):
         try:
             job = Job(**r)
-            ok = (_JOB_ID.fullmatch(job.id) and job.pipeline in PIPELINES and job.state in JOB_STATES and isinstance(job.params, dict) and isinstance(job.process, (dict, type(None)))
-                  and check_slug(job.name, "job name") and (job.run_id is None or check_slug(job.run_id, "run id")))
+            ok = (_JOB_ID.fullmatch(job.id) and job.pipeline in PIPELINES and job.state in JOB_STATES and isinstance(job.params, dict)
+                  and isinstance(job.process, (dict, type(None))) and check_slug(job.name, "job name")
+                  and (job.run_id is None or check_slug(job.run_id, "run id")))
         except (TypeError, ConfigError): ok = False
         if not ok: raise RunError(f"job queue file {path} holds a malformed job ({str(r)[:80]}); fix or delete that entry")
         jobs[job.id] = job
@@ -211,15 +212,21 @@ def _ended(self: JobQueue, job: Job) -> int | None | bool:
 @patch
 def _loop(self: JobQueue) -> None:
     while not self._stop.is_set():
-        with self.lock:
-            changed = False
-            for job in self.running():
-                self._find_run(job)
-                rc = self._ended(job)
-                if rc is not False: self._finish(job, rc); changed = True
-            free = self.slots - len(self.running())
-            for job in [j for j in self.jobs.values() if j.state == "queued"][:max(0, free)]: self._start(job); changed = True
-            if changed: self._save()
+        try:
+            with self.lock:
+                changed = False
+                for job in self.running():
+                    self._find_run(job)
+                    rc = self._ended(job)
+                    if rc is not False: self._finish(job, rc); changed = True
+                free = self.slots - len(self.running())
+                for job in [j for j in self.jobs.values() if j.state == "queued"][:max(0, free)]:
+                    try: self._start(job)
+                    except OSError as e: job.state, job.error = "failed", f"qtnb run could not start ({e})"
+                    changed = True
+                if changed: self._save()
+        except Exception as e:                  # a full disk or a broken run folder: say so, keep the queue going
+            print(f"qtnb serve: the job queue: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", file=sys.stderr, flush=True)
         self._wake.wait(0.2); self._wake.clear()
 
 @patch
