@@ -231,18 +231,17 @@ def main():
     a = ap.parse_args()
     if a.serve_on: return serve_with_floor(int(a.serve_on[0]), a.serve_on[1])
     root = Path(tempfile.mkdtemp(prefix="bench-serve-"))
-    with Bench("serve", rounds=a.rounds, seconds=a.seconds, clients=a.clients):
-        setup(root)
-        http_figures(root, a)
-        from qtnb.cli import main as cli
-        out, times = root / "panel_preds.csv", []
-        for _ in range(a.rounds):
-            t0 = time.perf_counter()
-            rc = cli(["predict", "panel@production", "--data", str(root / "panel.csv"), "--last", "1", "--out", str(out),
-                      "--runs-dir", str(root / "runs")])
-            times.append(time.perf_counter() - t0)
-            assert rc == 0 and len(pd.read_csv(out)) == 500
-        say("predict_500_symbols_s", np.median(times), 1.0, rows=int(500 * 160), loadavg=[round(v, 2) for v in os.getloadavg()])
+    setup(root)
+    with Bench("serve_http", rounds=a.rounds, seconds=a.seconds, clients=a.clients): http_figures(root, a)
+    from qtnb.cli import main as cli
+    out, times = root / "panel_preds.csv", []
+    for _ in range(a.rounds):
+        t0 = time.perf_counter()
+        rc = cli(["predict", "panel@production", "--data", str(root / "panel.csv"), "--last", "1", "--out", str(out),
+                  "--runs-dir", str(root / "runs")])
+        times.append(time.perf_counter() - t0)
+        assert rc == 0 and len(pd.read_csv(out)) == 500
+    say("predict_500_symbols_s", np.median(times), 1.0, rows=int(500 * 160), loadavg=[round(v, 2) for v in os.getloadavg()])
 
 if __name__ == "__main__":
     main()
