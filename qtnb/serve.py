@@ -6,23 +6,26 @@ Docs: https://qtnb.github.io/qtnb/serve.html.md"""
 
 # %% ../nbs/14_serve.ipynb #fce1dee3
 from __future__ import annotations
-import asyncio, hmac, json, os, secrets, subprocess, sys, threading, time
+import asyncio, hmac, json, os, re, secrets, subprocess, sys, threading, time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pandas as pd
 from fastapi import Body, FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
 
 from .config import atomic_write, check_slug, load_settings, write_yaml
 from .errors import ConfigError, DataError, QtnbError
 
 # %% auto #0
-__all__ = ['LOOPBACK', 'TOKEN_ENV', 'MAX_BODY', 'FINAL_STATES', 'CONTROL_ACTIONS', 'check_bind', 'Guard', 'Job', 'JobQueue',
-           'request_control', 'follow', 'Predictors', 'serve_slots', 'create_app', 'serve']
+__all__ = ['LOOPBACK', 'TOKEN_ENV', 'MAX_BODY', 'JOB_STATES', 'JOBS_FILE', 'KEEP_FINISHED', 'FINAL_STATES', 'CONTROL_ACTIONS',
+           'INLINE_BYTES', 'INLINE_WINDOWS', 'check_bind', 'Guard', 'Job', 'JobQueue', 'request_control', 'follow',
+           'Predictors', 'serve_slots', 'create_app', 'run_app', 'serve']
 
 # %% ../nbs/14_serve.ipynb #6c581fb6
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -49,6 +52,7 @@ class Guard:
     "ASGI middleware: a bearer token on every request (when one is set) and a cap on request bodies."
     def __init__(self, app, *, token: str | None = None, max_body: int = MAX_BODY):
         self.app, self.token, self.max_body = app, token, int(max_body)
+        self.too_big = f"request body over {self.max_body} bytes; send less (or start the server with a larger --max-body)"
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http": return await self.app(scope, receive, send)
@@ -59,8 +63,9 @@ class Guard:
             if not hmac.compare_digest(given, self.token.encode()):
                 return await _reply(send, 401, "missing or wrong token; send Authorization: Bearer <token>", [(b"www-authenticate", b"Bearer")])
         n = headers.get(b"content-length")
-        too_big = f"request body over {self.max_body} bytes; send less (or start the server with a larger --max-body)"
-        if n is not None and n.isdigit() and int(n) > self.max_body: return await _reply(send, 413, too_big)
+        if n is not None and n.isdigit() and b"transfer-encoding" not in headers:
+            if int(n) > self.max_body: return await _reply(send, 413, self.too_big)
+            return await self.app(scope, receive, send)     # the HTTP server delivers exactly Content-Length bytes: no count needed
         seen, started = 0, False
         async def limited():
             nonlocal seen
@@ -74,10 +79,12 @@ class Guard:
             await send(m)
         try: await self.app(scope, limited, tracked)
         except _TooLarge:
-            if not started: await _reply(send, 413, too_big)
+            if not started: await _reply(send, 413, self.too_big)
 
 # %% ../nbs/14_serve.ipynb #d14eb50e
 def _now() -> str: return datetime.now().astimezone().isoformat(timespec="milliseconds")
+
+JOB_STATES = ("queued", "running", "completed", "failed", "stopped", "interrupted", "pruned")
 
 @dataclass
 class Job:
@@ -90,21 +97,47 @@ class Job:
     run_id: str | None = None
     submitted: str = field(default_factory=_now)
     error: str | None = None
+    process: dict | None = None          # pid, host and start time of its `qtnb run` process (see `process_record`)
     proc: Any = None
 
     def info(self) -> dict:
         return dict(job=self.id, pipeline=self.pipeline, state=self.state, run_id=self.run_id, submitted=self.submitted,
                     error=self.error, params=self.params)
 
+    def record(self) -> dict:
+        "The job as the queue file keeps it (everything but the process handle)."
+        return {k: getattr(self, k) for k in ("id", "pipeline", "params", "name", "state", "run_id", "submitted", "error", "process")}
+
+# %% ../nbs/14_serve.ipynb #86c8b39c
+JOBS_FILE, KEEP_FINISHED = "jobs.json", 500
+_JOB_ID = re.compile(r"[0-9a-f]{6}")
+
+def _read_jobs(path: Path) -> dict[str, Job]:
+    "The jobs of queue file `path` by id ({} when absent); RunError naming the file when it or a job in it is malformed."
+    from qtnb.pipeline import PIPELINES
+    from qtnb.runs import RunError, _read_json
+    data, jobs = _read_json(path, "job queue file"), {}
+    for r in data.get("jobs", []):
+        try:
+            job = Job(**r)
+            ok = (_JOB_ID.fullmatch(job.id) and job.pipeline in PIPELINES and job.state in JOB_STATES and isinstance(job.params, dict)
+                  and isinstance(job.process, (dict, type(None))) and check_slug(job.name, "job name")
+                  and (job.run_id is None or check_slug(job.run_id, "run id")))
+        except (TypeError, ConfigError): ok = False
+        if not ok: raise RunError(f"job queue file {path} holds a malformed job ({str(r)[:80]}); fix or delete that entry")
+        jobs[job.id] = job
+    return jobs
+
 # %% ../nbs/14_serve.ipynb #07811363
 class JobQueue:
-    "Pipeline runs as `qtnb run` subprocesses, `slots` at a time; the rest queued in submission order."
-    def __init__(self, root: Path, slots: int = 2):
-        self.root, self.slots, self.jobs, self.lock = Path(root), max(1, int(slots)), {}, threading.RLock()
+    "Pipeline runs as `qtnb run` subprocesses, `slots` at a time; the rest queued in submission order, all kept in the run store."
+    def __init__(self, root: Path, slots: int = 2, *, start: bool = True):  # start=False: load and accept jobs, start none
+        self.root, self.slots, self.lock = Path(root), max(1, int(slots)), threading.RLock()
         self.folder = self.root / ".serve"
+        self.jobs = _read_jobs(self.folder / JOBS_FILE)                    # a restarted server carries on with its queue
         self._wake, self._stop = threading.Event(), threading.Event()
         self._thread = threading.Thread(target=self._loop, name="qtnb-serve-jobs", daemon=True)
-        self._thread.start()
+        if start: self._thread.start()
 
     def submit(self, pipeline: str, params: dict) -> Job:
         "Validate `params` for `pipeline` (ConfigError naming the field) and queue the run."
@@ -116,17 +149,30 @@ class JobQueue:
         jid = secrets.token_hex(3)
         base = p.run_name or (f"{pipeline}-{p.model}" if getattr(p, "model", None) else pipeline)
         job = Job(jid, pipeline, dict(params), name=sanitize_name(f"{sanitize_name(base)[:40]}-api{jid}"))
-        with self.lock: self.jobs[jid] = job
+        with self.lock:
+            self.jobs[jid] = job
+            self._save()
         self._wake.set()
         return job
 
     def running(self) -> list[Job]: return [j for j in self.jobs.values() if j.state == "running"]
+
+    def _save(self) -> None:
+        "Write the queue file atomically under its lock, keeping jobs another server on this store wrote meanwhile."
+        from filelock import FileLock
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with self.lock, FileLock(str(self.folder / "jobs.lock"), timeout=30):
+            jobs = {**_read_jobs(self.folder / JOBS_FILE), **self.jobs}
+            done = [k for k, j in jobs.items() if j.state not in ("queued", "running")]
+            for k in done[:max(0, len(done) - KEEP_FINISHED)]: del jobs[k]       # the oldest finished ones go first
+            atomic_write(self.folder / JOBS_FILE, json.dumps({"jobs": [j.record() for j in jobs.values()]}, indent=1) + "\n")
 
 # %% ../nbs/14_serve.ipynb #b99264f3
 from fastcore.basics import patch
 
 @patch
 def _start(self: JobQueue, job: Job) -> None:
+    from qtnb.runs import process_record
     self.folder.mkdir(parents=True, exist_ok=True)
     pfile = write_yaml(job.params, self.folder / f"{job.id}.yaml")
     log = open(self.folder / f"{job.id}.log", "wb")
@@ -134,7 +180,7 @@ def _start(self: JobQueue, job: Job) -> None:
            "--runs-dir", str(self.root), "--name", job.name, "-q"]
     job.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     log.close()
-    job.state = "running"
+    job.state, job.process = "running", process_record(job.proc.pid)
 
 @patch
 def _find_run(self: JobQueue, job: Job) -> None:
@@ -143,25 +189,44 @@ def _find_run(self: JobQueue, job: Job) -> None:
         if hits: job.run_id = hits[-1]
 
 @patch
-def _finish(self: JobQueue, job: Job, rc: int) -> None:
+def _finish(self: JobQueue, job: Job, rc: int | None) -> None:
+    "Record how `job` ended from its run's status (or from `rc`, its exit code when this server started it)."
     from qtnb.runs import open_run
     self._find_run(job)
     st = open_run(job.run_id, runs_dir=self.root).status if job.run_id else {}
     job.state = st.get("state") if st.get("state") not in (None, "running", "queued") else ("completed" if rc == 0 else "failed")
-    if rc != 0 and not job.error:
-        tail = (self.folder / f"{job.id}.log").read_text(errors="replace").strip().splitlines()
-        job.error = st.get("error") or (tail[-1][:300] if tail else f"qtnb run exited with {rc}")
+    if job.state != "completed" and not job.error:
+        log = self.folder / f"{job.id}.log"
+        tail = log.read_text(errors="replace").strip().splitlines() if log.is_file() else []
+        job.error = st.get("error") or (tail[-1][:300] if tail else f"qtnb run exited with {rc}" if rc is not None
+                                        else "its qtnb run process ended before making a run folder")
+
+# %% ../nbs/14_serve.ipynb #84df05a8
+@patch
+def _ended(self: JobQueue, job: Job) -> int | None | bool:
+    "False while `job`'s process runs; else its exit code (None for a process an earlier server started)."
+    from qtnb.runs import process_alive
+    if job.proc is not None: return False if job.proc.poll() is None else job.proc.returncode
+    return None if process_alive(job.process or {}) is False else False
 
 @patch
 def _loop(self: JobQueue) -> None:
     while not self._stop.is_set():
-        with self.lock:
-            for job in self.running():
-                self._find_run(job)
-                rc = job.proc.poll()
-                if rc is not None: self._finish(job, rc)
-            free = self.slots - len(self.running())
-            for job in [j for j in self.jobs.values() if j.state == "queued"][:max(0, free)]: self._start(job)
+        try:
+            with self.lock:
+                changed = False
+                for job in self.running():
+                    self._find_run(job)
+                    rc = self._ended(job)
+                    if rc is not False: self._finish(job, rc); changed = True
+                free = self.slots - len(self.running())
+                for job in [j for j in self.jobs.values() if j.state == "queued"][:max(0, free)]:
+                    try: self._start(job)
+                    except OSError as e: job.state, job.error = "failed", f"qtnb run could not start ({e})"
+                    changed = True
+                if changed: self._save()
+        except Exception as e:                  # a full disk or a broken run folder: say so, keep the queue going
+            print(f"qtnb serve: the job queue: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", file=sys.stderr, flush=True)
         self._wake.wait(0.2); self._wake.clear()
 
 @patch
@@ -169,15 +234,16 @@ def cancel(self: JobQueue, jid: str) -> Job:
     "Take a queued job off the queue (state `stopped`); a job already running is steered through its run instead."
     with self.lock:
         job = self.jobs[jid]
-        if job.state == "queued": job.state, job.error = "stopped", "cancelled before it started"
+        if job.state == "queued": job.state, job.error = "stopped", "cancelled before it started"; self._save()
         return job
 
 @patch
 def close(self: JobQueue, *, kill: bool = True) -> None:
-    "Stop the queue; with `kill`, terminate the `qtnb run` processes still running."
+    "Stop the queue; with `kill`, terminate the `qtnb run` processes this server started that still run."
     self._stop.set(); self._wake.set()
     if kill:
-        for job in self.running(): job.proc.terminate()
+        for job in self.running():
+            if job.proc is not None: job.proc.terminate()
 
 # %% ../nbs/14_serve.ipynb #34a6e7ef
 FINAL_STATES = ("completed", "failed", "stopped", "interrupted", "pruned")
@@ -233,7 +299,7 @@ def _add_run_routes(app: FastAPI, root: Path, jobs: JobQueue) -> None:
 
     @app.get("/runs", summary="All runs, newest first (queued API jobs first)")
     def runs_list():
-        queued = [dict(id=j.id, name=j.name, state="queued", job=j.id) for j in jobs.jobs.values() if j.state == "queued"]
+        queued = [dict(id=j.id, name=j.name, state="queued", job=j.id) for j in list(jobs.jobs.values()) if j.state == "queued"]
         return queued + _json(_records(list_runs(root)))
 
     @app.post("/runs/{pipeline}", status_code=202, summary="Start a pipeline run (train, tune, backtest, export)")
@@ -241,6 +307,9 @@ def _add_run_routes(app: FastAPI, root: Path, jobs: JobQueue) -> None:
         if pipeline not in PIPELINES: raise HTTPException(404, f"unknown pipeline {pipeline!r}; pipelines: {', '.join(PIPELINES)}")
         try: return jobs.submit(pipeline, params).info()
         except ConfigError as e: raise HTTPException(422, str(e).splitlines()[0]) from None
+
+    @app.get("/jobs", summary="Jobs started through the API, oldest first: queued, running or finished (kept across restarts)")
+    def jobs_list(): return [j.info() for j in list(jobs.jobs.values())]
 
     @app.get("/jobs/{job_id}", summary="A job started through the API: queued, running (with its run id) or finished")
     def job_get(job_id: str):
@@ -296,41 +365,81 @@ def _add_stream_route(app: FastAPI, root: Path) -> None:
 class Predictors:
     "One warm ONNX Runtime `Predictor` per registered model version, made on first use."
     def __init__(self, root: Path, backend: str = "onnx"):
+        from qtnb.runs import REGISTRY_FILE
         self.root, self.backend, self.cache, self.refs, self.lock = root, backend, {}, {}, threading.Lock()
+        self.registry = str(Path(root) / REGISTRY_FILE)
+
+    def _stamp(self) -> int | None:
+        try: return os.stat(self.registry).st_mtime_ns
+        except OSError: return None
+
+    def warm(self, ref: str):
+        "The predictor `ref` named when the registry has not changed since: one stat, no file read, no export (else None)."
+        hit = self.refs.get(ref)
+        return self.cache.get(hit[1]) if hit is not None and hit[0] == self._stamp() else None
 
     def get(self, ref: str):
+        "The predictor of `ref` (`name`, `name@3`, `name@production`), its session exported and opened on first use."
         from qtnb.predict import Predictor
-        from qtnb.runs import REGISTRY_FILE, resolve_version
-        try: stamp = (self.root / REGISTRY_FILE).stat().st_mtime_ns
-        except OSError: stamp = None
-        key = self.refs.get((ref, stamp))                      # the registry unchanged since: the same version
-        if key is None:
-            entry = resolve_version(ref, runs_dir=self.root)
-            key = self.refs[(ref, stamp)] = f"{entry['name']}@{entry['version']}"
-        p = self.cache.get(key)
-        if p is None:
-            with self.lock:
-                p = self.cache.get(key) or Predictor.from_registry(key, backend=self.backend, runs_dir=self.root)
-                self.cache[key] = p
+        from qtnb.runs import resolve_version
+        p = self.warm(ref)
+        if p is not None: return p
+        stamp, entry = self._stamp(), resolve_version(ref, runs_dir=self.root)
+        key = f"{entry['name']}@{entry['version']}"
+        with self.lock:
+            p = self.cache.get(key) or Predictor.from_registry(key, backend=self.backend, runs_dir=self.root)
+            self.cache[key] = p
+        self.refs[ref] = (stamp, key)
         return p
 
 # %% ../nbs/14_serve.ipynb #beb64680
-async def _frame(request: Request) -> tuple[pd.DataFrame | None, np.ndarray | None]:
-    "A predict request's raw rows (JSON rows or CSV) or ready windows."
-    import io
-    body = await request.body()
-    if request.headers.get("content-type", "").startswith("text/csv"):
-        try: return pd.read_csv(io.BytesIO(body)), None
-        except Exception as e: raise HTTPException(422, f"the CSV body cannot be read ({type(e).__name__}); send a header row and rows") from None
-    try: data = json.loads(body)
+INLINE_BYTES = 64 * 2**10   # JSON bodies up to this size are parsed on the event loop
+INLINE_WINDOWS = 64         # and up to this many windows predicted there, when the model's session is warm
+
+def _parse(body: bytes, ctype: str) -> tuple[str, Any]:
+    "A predict body as ('csv', bytes), ('rows', [dict, ...]) or ('windows', float32 array); a 422 saying what to send otherwise."
+    if ctype.startswith("text/csv"): return "csv", body
+    try: data = orjson.loads(body)
     except ValueError: raise HTTPException(422, "the body is neither JSON nor text/csv; send {\"rows\": [...]}, {\"windows\": [...]} or CSV") from None
     if isinstance(data, dict) and isinstance(data.get("windows"), list):
-        try: return None, np.asarray(data["windows"], dtype=np.float32)
+        try: return "windows", np.asarray(data["windows"], dtype=np.float32)
         except (ValueError, TypeError): raise HTTPException(422, "windows must be numbers shaped (batch, seq_len, features)") from None
     rows = data.get("rows") if isinstance(data, dict) else data
     if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
         raise HTTPException(422, "send {\"rows\": [{\"date\": ..., \"Close\": ...}, ...]} (or a list of such rows), {\"windows\": [...]} or CSV")
-    return pd.DataFrame(rows), None
+    return "rows", rows
+
+def _json_bytes(obj) -> bytes: return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)   # NaN and inf become null
+
+def _predict_windows(p, x: np.ndarray) -> bytes:
+    "Predictions for ready windows `x`: the session alone, no pandas, no recorded latency."
+    n = p.preprocess
+    if x.ndim != 3 or x.shape[1:] != (n.seq_len, len(n.feature_names)):
+        raise DataError(f"windows have shape {x.shape}; this model takes (batch, {n.seq_len}, {len(n.feature_names)})")
+    if p.session is not None and len(x) <= p.batch_size: raw = p.session.predict(x, record=False)
+    else:
+        raw = p.raw(x)
+        if p.session is not None: p.session.reset_stats()              # a server keeps no latency history
+    cols = {k: v.tolist() for k, v in p.columns(raw).items()}
+    return _json_bytes({"predictions": [dict(window=i, **{k: v[i] for k, v in cols.items()}, run_id=p.run_id, model_version=p.version)
+                                        for i in range(len(x))]})
+
+def _predict_rows(p, kind: str, payload) -> bytes:
+    "Predictions for raw rows (a list of dicts or CSV bytes): the run's stored preprocessing, then the session."
+    import io
+    if kind == "csv":
+        try: frame = pd.read_csv(io.BytesIO(payload))
+        except Exception as e: raise HTTPException(422, f"the CSV body cannot be read ({type(e).__name__}); send a header row and rows") from None
+    else: frame = pd.DataFrame(payload)
+    out = p.predict(frame)
+    if p.session is not None: p.session.reset_stats()                  # a server keeps no latency history
+    return b'{"predictions": ' + out.to_json(orient="records", date_format="iso", double_precision=15).encode() + b"}"
+
+# %% ../nbs/14_serve.ipynb #4ba31ee8
+def _predict(predictors: Predictors, ref: str, body: bytes, ctype: str, kind: str | None = None, payload=None) -> bytes:
+    if kind is None: kind, payload = _parse(body, ctype)
+    p = predictors.get(ref)
+    return _predict_windows(p, payload) if kind == "windows" else _predict_rows(p, kind, payload)
 
 def _add_model_routes(app: FastAPI, root: Path, predictors: Predictors) -> None:
     from qtnb.runs import model_versions
@@ -338,21 +447,24 @@ def _add_model_routes(app: FastAPI, root: Path, predictors: Predictors) -> None:
     @app.get("/models", summary="Registered model versions")
     def models_list(): return _json(_records(model_versions(runs_dir=root)))
 
+    async def lean(request: Request): return await models_predict(request.path_params["ref"], request)
+    # requests are answered by this plain route, matched first: it skips FastAPI's per-request dependency solving (~0.15 ms);
+    # the FastAPI route below gives the same handler its OpenAPI documentation
+    app.router.routes.insert(0, Route("/models/{ref}/predict", lean, methods=["POST"]))
+
     @app.post("/models/{ref}/predict", summary="Predict with a registered model: JSON rows, CSV or windows in, JSON out")
     async def models_predict(ref: str, request: Request):
-        frame, windows = await _frame(request)
-        def work():
-            p = predictors.get(ref)
-            if windows is None: return p.predict(frame)
-            n = p.preprocess
-            if windows.ndim != 3 or windows.shape[1:] != (n.seq_len, len(n.feature_names)):
-                raise DataError(f"windows have shape {windows.shape}; this model takes (batch, {n.seq_len}, {len(n.feature_names)})")
-            cols = {k: v.tolist() for k, v in p.columns(p.raw(windows)).items()}   # no frame: this path is the hot one
-            return [dict(window=i, **{k: v[i] for k, v in cols.items()}, run_id=p.run_id, model_version=p.version)
-                    for i in range(len(windows))]
-        try: out = await asyncio.to_thread(work)
+        body, ctype = await request.body(), request.headers.get("content-type", "")
+        try:
+            kind = payload = None
+            if len(body) <= INLINE_BYTES:
+                kind, payload = _parse(body, ctype)
+                p = predictors.warm(ref)
+                # a few windows on a warm session take microseconds: a thread hop would cost more than the work
+                if kind == "windows" and p is not None and len(payload) <= INLINE_WINDOWS: return Response(_predict_windows(p, payload), media_type="application/json")
+            out = await asyncio.to_thread(_predict, predictors, ref, body, ctype, kind, payload)
         except QtnbError as e: raise _error(e) from None
-        return {"predictions": out if isinstance(out, list) else _records(out)}
+        return Response(out, media_type="application/json")
 
 # %% ../nbs/14_serve.ipynb #85f96996
 def serve_slots(settings=None) -> int:
@@ -372,19 +484,29 @@ def create_app(runs_dir=None, *, token: str | None = None, slots: int | None = N
     app.state.jobs = JobQueue(root, slots or serve_slots())
     app.state.predictors = Predictors(root)
     app.state.root = root
+    _add_model_routes(app, root, app.state.predictors)      # first: the predict route is the hot one, matched in order
     _add_run_routes(app, root, app.state.jobs)
     _add_stream_route(app, root)
-    _add_model_routes(app, root, app.state.predictors)
     return Guard(app, token=token, max_body=max_body)
 
 # %% ../nbs/14_serve.ipynb #2a0b3196
+def _fastest() -> dict:
+    "uvicorn's event loop and HTTP parser: uvloop and httptools where installed, else asyncio and h11."
+    import importlib.util as u
+    return dict(loop="uvloop" if u.find_spec("uvloop") else "asyncio", http="httptools" if u.find_spec("httptools") else "h11")
+
+def run_app(app, host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "warning") -> None:
+    "Run the ASGI `app` with uvicorn on its fastest installed loop and parser, without an access log; blocks until stopped."
+    import uvicorn
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, **_fastest())
+
 def serve(host: str = "127.0.0.1", port: int = 8000, *, token: str | None = None, runs_dir=None, slots: int | None = None,
           max_body: int = MAX_BODY, log_level: str = "warning") -> None:
     "Serve the API on `host`:`port` (a token is required beyond loopback); blocks until stopped."
-    import uvicorn
     token = token or os.environ.get(TOKEN_ENV) or None
     check_bind(host, token)
     app = create_app(runs_dir, token=token, slots=slots, max_body=max_body)
-    print(f"qtnb API on http://{host}:{port} (docs: /docs){' with a token' if token else ''}", flush=True)
-    try: uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+    impl = _fastest()
+    print(f"qtnb API on http://{host}:{port} (docs: /docs; {impl['loop']}, {impl['http']}){' with a token' if token else ''}", flush=True)
+    try: run_app(app, host, port, log_level=log_level)
     finally: app.app.state.jobs.close(kill=False)

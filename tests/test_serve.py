@@ -1,5 +1,6 @@
 """`qtnb serve` as a real server on a free loopback port, talked to over HTTP with httpx: runs started, queued, polled,
-streamed and steered; predictions equal to `qtnb predict`; the token, the body cap and the run-store boundary."""
+streamed and steered; the queue kept across a restart; predictions equal to `qtnb predict`; the token, the body cap and
+the run-store boundary."""
 import json, os, pickle, signal, socket, subprocess, sys, time
 from pathlib import Path
 
@@ -108,6 +109,9 @@ def test_start_queue_stream_control_predict(server, data, tmp_path):
     win = c.post("/models/spx@production/predict", json={"windows": x.tolist()}).json()["predictions"]
     close(np.array([w["y_pred"] for w in win]), cli.y_pred.to_numpy()[-2:], eps=1e-6)
     eq([w["model_version"] for w in win], ["spx@1", "spx@1"])
+    many = c.post("/models/spx@production/predict", json={"windows": np.repeat(x[-1:], 100, 0).tolist()}).json()["predictions"]
+    eq(len(many), 100); close(np.array([w["y_pred"] for w in many]), np.full(100, cli.y_pred.to_numpy()[-1]), eps=1e-6)  # off the event loop
+    eq(c.post("/models/spx@production/predict", json={"windows": x[:, :3].tolist()}).status_code, 422)
     bad = c.post("/models/spx@production/predict", json={"rows": json.loads(new.drop(columns=["Close"]).to_json(orient="records"))})
     eq(bad.status_code, 422); assert "'Close'" in bad.json()["detail"]
 
@@ -155,3 +159,30 @@ def test_token_required_beyond_loopback(tmp_path):
         eq(httpx.get(url + "/runs", headers={"Authorization": "Bearer wrong-token-0123456789"}).status_code, 401)
         eq(httpx.get(url + "/runs", headers={"Authorization": f"Bearer {TOKEN}"}).status_code, 200)
     finally: stop(proc)
+
+def test_a_restarted_server_keeps_its_queue(data, tmp_path):
+    runs = tmp_path / "runs"; runs.mkdir()
+    params = {"data": str(data / "old.csv"), "model": "mlp", "epochs": 1, "seq_len": 8}
+    proc, url = start_server(runs, "--slots", "1")
+    try:
+        c = httpx.Client(base_url=url, timeout=60)
+        a, b = (c.post("/runs/train", json=params).json()["job"] for _ in range(2))
+        eq(c.get(f"/jobs/{b}").json()["state"], "queued")                  # one slot: b waits behind a
+    finally: stop(proc)                                                      # a's `qtnb run` goes on without the server
+    saved = {j["id"]: j["state"] for j in json.loads((runs / ".serve" / "jobs.json").read_text())["jobs"]}
+    eq(saved[b], "queued")
+    proc, url = start_server(runs, "--slots", "1")
+    try:
+        c = httpx.Client(base_url=url, timeout=60)
+        eq([j["job"] for j in c.get("/jobs").json()], [a, b])                # the new server shows both jobs
+        finished = lambda j: c.get(f"/jobs/{j}").json()["state"] not in ("queued", "running")
+        wait_for(lambda: finished(a) and finished(b))                        # follows a, then starts b itself
+        for j in (a, b):
+            info = c.get(f"/jobs/{j}").json()
+            eq(info["state"], "completed"); eq(c.get(f"/runs/{info['run_id']}").json()["status"]["state"], "completed")
+    finally:
+        stop(proc)
+        for st in runs.glob("*/status.json"):
+            pid = json.loads(st.read_text()).get("pid")
+            try: os.killpg(pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError, TypeError): pass
