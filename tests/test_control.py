@@ -152,3 +152,61 @@ def test_resume_refuses_what_it_cannot_continue(lab):
         eq(r.returncode, 2); assert "drop -p" in r.stderr
         r = qtnb(lab, "runs", "resume", done[0].name)
         eq(r.returncode, 1); assert "already completed" in r.stderr
+
+def wf_args(d: Path, epochs: int) -> list[str]:
+    return train_args(d, epochs) + ["-p", "validation", "walk_forward", "-p", "n_folds", "3"]
+
+def fold_dirs(run: Path) -> dict:
+    "The run's fold runs by fold index."
+    import yaml
+    out = {}
+    for f in (run / "folds").glob("*") if (run / "folds").is_dir() else []:
+        if (f / "params.yaml").is_file(): out[yaml.safe_load((f / "params.yaml").read_text())["fold"]] = f
+    return out
+
+def test_walk_forward_resume_keeps_completed_folds_and_equals_an_uninterrupted_run(lab):
+    import hashlib, pandas as pd
+    d = lab[0]
+    before = existing(lab)
+    whole = start(lab, *wf_args(d, 5))                        # the reference, side by side
+    run_whole = new_run(lab, before)
+    killed = start(lab, *wf_args(d, 5))
+    run = new_run(lab, before | {run_whole.name})
+    try:
+        # killed in the second fold, after two epochs (so it continues from fold 1's last.pt)
+        wait_for(lambda: 1 in fold_dirs(run) and epochs_done(fold_dirs(run)[1]) >= 2, 240, "fold 1's second epoch")
+        os.killpg(killed.pid, signal.SIGKILL); killed.wait(30)
+        folds = fold_dirs(run)
+        eq(sorted(folds), [0, 1])
+        killed_folds = folds
+        eq(json.loads((folds[0] / "status.json").read_text())["state"], "completed")
+        n1 = epochs_done(folds[1]); assert 2 <= n1 < 5, n1
+        # with their times: a fold trained again would change them (the last row may be newer than last.pt: left out)
+        rows1 = pd.read_csv(folds[1] / "history.csv").iloc[:n1 - 1]
+        kept = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in [*(folds[0] / "checkpoints").glob("*.pt"),
+                folds[0] / "metrics.json", folds[0] / "predictions.csv", folds[0] / "history.csv"]}
+        r = qtnb(lab, "run", "train", "--resume", run.name, "-q")
+        assert r.returncode == 0, r.stderr[-2000:]
+        eq(status(run)["state"], "completed")
+        eq(whole.wait(300), 0)
+        folds, folds_whole = fold_dirs(run), fold_dirs(run_whole)
+        eq(sorted(folds), [0, 1, 2]); eq(len(list((run / "folds").iterdir())), 3)   # no fold run started twice
+        eq({p: hashlib.sha256((folds[0] / ("checkpoints/" + p if p.endswith(".pt") else p)).read_bytes()).hexdigest()
+            for p in kept}, kept)                             # the completed fold is kept, not trained again
+        eq((folds[0], folds[1]), (killed_folds[0], killed_folds[1]))
+        pd.testing.assert_frame_equal(pd.read_csv(folds[1] / "history.csv").iloc[:len(rows1)], rows1)   # continued, not restarted
+        for k in range(3):
+            eq(epochs_done(folds[k]), 5)
+            a, b = weights(folds_whole[k], "last.pt"), weights(folds[k], "last.pt")
+            for key in a: torch.testing.assert_close(b[key], a[key], atol=1e-6, rtol=0)
+        pa, pb = pd.read_csv(run_whole / "predictions.csv"), pd.read_csv(run / "predictions.csv")
+        pd.testing.assert_frame_equal(pb, pa, rtol=0, atol=1e-6)
+        ma, mb = (json.loads((x / "metrics.json").read_text()) for x in (run_whole, run))
+        for split in ("val", "test"):
+            eq(sorted(mb[split]), sorted(ma[split]))
+            for key, v in ma[split].items():
+                if isinstance(v, float): assert abs(mb[split][key] - v) <= 1e-6, (split, key, mb[split][key], v)
+        eq([f["epochs"] for f in mb["folds"]], [5, 5, 5])
+    finally:
+        for p in (whole, killed):
+            if p.poll() is None: os.killpg(p.pid, signal.SIGKILL)
