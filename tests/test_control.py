@@ -175,7 +175,8 @@ def test_walk_forward_resume_keeps_completed_folds_and_equals_an_uninterrupted_r
     try:
         # killed in the second fold, after two epochs (so it continues from fold 1's last.pt)
         wait_for(lambda: 1 in fold_dirs(run) and epochs_done(fold_dirs(run)[1]) >= 2, 240, "fold 1's second epoch")
-        os.killpg(killed.pid, signal.SIGKILL); killed.wait(30)
+        kernel = status(run)["pid"]           # the kernel stamped its pid; jupyter_client starts it in a session of its own
+        os.killpg(killed.pid, signal.SIGKILL); os.kill(kernel, signal.SIGKILL); killed.wait(30)   # (it would live on ~1 s)
         folds = fold_dirs(run)
         eq(sorted(folds), [0, 1])
         killed_folds = folds
@@ -183,16 +184,16 @@ def test_walk_forward_resume_keeps_completed_folds_and_equals_an_uninterrupted_r
         n1 = epochs_done(folds[1]); assert 2 <= n1 < 5, n1
         # with their times: a fold trained again would change them (the last row may be newer than last.pt: left out)
         rows1 = pd.read_csv(folds[1] / "history.csv").iloc[:n1 - 1]
-        kept = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in [*(folds[0] / "checkpoints").glob("*.pt"),
-                folds[0] / "metrics.json", folds[0] / "predictions.csv", folds[0] / "history.csv"]}
+        files0 = lambda f: [*(f / "checkpoints").glob("*.pt"), *(f / n for n in ("metrics.json", "predictions.csv", "history.csv", "status.json"))]
+        kept = {p.name: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns) for p in files0(folds[0])}
         r = qtnb(lab, "run", "train", "--resume", run.name, "-q")
         assert r.returncode == 0, r.stderr[-2000:]
         eq(status(run)["state"], "completed")
         eq(whole.wait(300), 0)
         folds, folds_whole = fold_dirs(run), fold_dirs(run_whole)
         eq(sorted(folds), [0, 1, 2]); eq(len(list((run / "folds").iterdir())), 3)   # no fold run started twice
-        eq({p: hashlib.sha256((folds[0] / ("checkpoints/" + p if p.endswith(".pt") else p)).read_bytes()).hexdigest()
-            for p in kept}, kept)                             # the completed fold is kept, not trained again
+        eq({p.name: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns) for p in files0(folds[0])},
+           kept)                                              # the completed fold is kept as it was, not even rewritten
         eq((folds[0], folds[1]), (killed_folds[0], killed_folds[1]))
         pd.testing.assert_frame_equal(pd.read_csv(folds[1] / "history.csv").iloc[:len(rows1)], rows1)   # continued, not restarted
         for k in range(3):
