@@ -1147,8 +1147,9 @@ def resume_target(pipeline: str, run_id: str, *, runs_dir: str | Path | None = N
     root = check_runs_dir(runs_dir)
     run = open_run(check_slug(run_id, "--resume"), runs_dir=root)
     kind = run.params.get("pipeline")
-    if kind != pipeline: raise ConfigError(f"run {run.id} is a {kind or 'non-pipeline'} run, not {pipeline}; resume it with qtnb run {kind} --resume")
-    if pipeline != "train": raise ConfigError(f"only train runs resume from a checkpoint; start a new {pipeline} run instead")
+    if kind != "train":   # a tune run's trials are runs of their own; backtests and exports are quick to start again
+        raise ConfigError(f"run {run.id} is a {kind or 'non-pipeline'} run: only train runs resume from a checkpoint; start a new one (qtnb run {kind or 'train'} ...)")
+    if pipeline != "train": raise ConfigError(f"run {run.id} is a train run, not {pipeline}; resume it with qtnb run train --resume {run.id}")
     st = run.status
     if st.get("state") == "completed": raise RunError(f"run {run.id} is already completed; nothing to resume")
     if st.get("state") in ("running", "queued") and process_alive(st) is not False:
