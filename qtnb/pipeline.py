@@ -870,18 +870,19 @@ def export(p: ExportParams | dict | None = None, *, verbose: bool = True, **para
     from qtnb.export import InferenceSession, compare_backends, export_meta, export_run
     from qtnb.models.core import create_model
     from qtnb.runs import open_run
+    from qtnb.export import BACKENDS, _run_configs, _state_dict, is_stateful, stateful_parity
     p = p if isinstance(p, ExportParams) else ExportParams(**{**(p or {}), **params}).check()
-    if p.precision is None:
-        from qtnb.config import ExportConfig
-        p = p.model_copy(update={"precision": ExportConfig.resolve().precision})   # settings.ini's [export] precision
     root = resolve_runs_dir(p.runs_dir)
     src = open_run(p.source_run or latest_model_run(root), runs_dir=root)
+    if p.precision is None:          # settings.ini's [export] precision; a stateful RNN has fp32 ONNX only
+        from qtnb.config import ExportConfig
+        stateful = bool(_run_configs(src.params)[1].get("stateful"))
+        p = p.model_copy(update={"precision": "fp32" if stateful else ExportConfig.resolve().precision})
     run = pipeline_run(p.model_copy(update={"runs_dir": str(root)}), f"export-{src.name}"[:64].rstrip("-._"))
     with _failing(run):
         run.write_params({**run.params, "source_run": src.id})
         if verbose: say(f"run {run.id}: exporting {src.id} to {p.format} {p.precision}")
         path = export_run(src.id, format=p.format, precision=p.precision, runs_dir=root)
-        from qtnb.export import _run_configs, _state_dict
         data_cfg, model_cfg = _run_configs(src.params)
         prep = prepare(data_cfg)
         fold = prep.folds[-1]
@@ -890,13 +891,17 @@ def export(p: ExportParams | dict | None = None, *, verbose: bool = True, **para
         w = fold.test if fold.test is not None else fold.val
         x = w.numpy()[0]
         import torch
-        with torch.no_grad(): ref = model(torch.from_numpy(x)).numpy()
+        stateful = is_stateful(model)
+        with torch.no_grad(): ref = (model.forward_chunk(torch.from_numpy(x), None)[0] if stateful else model(torch.from_numpy(x))).numpy()
         parity = {}
         if path.suffix in (".onnx", ".ts"):
-            sess = InferenceSession(path)
+            sess = InferenceSession(path)           # a stateful RNN's windows each from a zero state, on both sides
             got = sess.predict_batch(x, batch_size=256)
             parity = {"max_abs_diff": float(np.abs(got - ref).max()), "windows": int(len(x)), "backend": sess.backend}
-        table, fig = compare_backends(model, meta=export_meta(model, prep, fold=fold), n=p.latency_runs)
+        if stateful:                                # and its state carried over three consecutive chunks
+            parity.update(chunks=3, chunks_max_abs_diff=stateful_parity(model, path, n_chunks=3))
+        table, fig = compare_backends(model, meta=export_meta(model, prep, fold=fold), n=p.latency_runs,
+                                      backends=("torch", "onnxruntime") if stateful else BACKENDS)   # fp32 ONNX only
         metrics = {"export": {"source_run": src.id, "path": str(path), "format": p.format, "precision": p.precision,
                               "size_mb": path.stat().st_size / 2**20, "parity": parity},
                    "latency": json.loads(table.to_json(orient="index"))}
