@@ -211,3 +211,32 @@ def test_walk_forward_resume_keeps_completed_folds_and_equals_an_uninterrupted_r
     finally:
         for p in (whole, killed):
             if p.poll() is None: os.killpg(p.pid, signal.SIGKILL)
+
+def test_walk_forward_resume_after_every_fold_finished(tmp_path, monkeypatch):
+    "Killed after its last fold but before the run's own files: every fold kept (one rebuilt from its checkpoint), equal results."
+    import pandas as pd
+    from qtnb.datasets import random_walk
+    from qtnb.pipeline import train
+    ini = (ROOT / "settings.ini").read_text().replace("early_stopping_patience = 10", "early_stopping_patience = 2")
+    (tmp_path / "settings.ini").write_text(ini.replace("device = auto", "device = cpu"))
+    monkeypatch.setenv("QTNB_SETTINGS", str(tmp_path / "settings.ini"))
+    random_walk(1500).to_csv(tmp_path / "rw.csv")
+    kw = dict(data=str(tmp_path / "rw.csv"), model="mlp", model_params={"hidden_sizes": [8]}, seq_len=8, epochs=8,
+              batch_size=32, validation="walk_forward", n_folds=3, runs_dir=str(tmp_path / "runs"))
+    run = train(verbose=False, **kw).run
+    pred, metrics = pd.read_csv(run.path / "predictions.csv"), json.loads((run.path / "metrics.json").read_text())
+    assert any(f["best_epoch"] != f["epochs"] for f in metrics["folds"])   # a fold ended on weights older than its last epoch
+    for f in ("predictions.csv", "metrics.json"): (run.path / f).unlink()
+    run.set_status("interrupted")
+    folds = fold_dirs(run.path)
+    (folds[1] / "predictions.csv").unlink()             # fold 1 also died before writing its predictions
+    times = {k: (f / "history.csv").stat().st_mtime_ns for k, f in folds.items()}
+    train(verbose=False, run_id=run.id, resume=True, **kw)
+    eq({k: (f / "history.csv").stat().st_mtime_ns for k, f in folds.items()}, times)      # no fold trained again
+    pd.testing.assert_frame_equal(pd.read_csv(run.path / "predictions.csv"), pred, rtol=0, atol=1e-9)
+    got = json.loads((run.path / "metrics.json").read_text())
+    for split in ("val", "test"):
+        for k, v in metrics[split].items():
+            if isinstance(v, float): assert abs(got[split][k] - v) <= 1e-9, (split, k)
+    eq(status(run.path)["state"], "completed")
+    assert (run.path / "checkpoints" / "best.pt").is_file()  # the last fold's model, kept as the run's
