@@ -24,9 +24,9 @@ from .errors import ExportError, QtnbError
 # %% auto #0
 __all__ = ['META_KEY', 'ENGINE_SUFFIXES', 'BACKENDS', 'ExportMeta', 'second_seq_len', 'seq_is_dynamic', 'onnx_input_dims',
            'check_dynamic_axes', 'export_onnx', 'check_parity', 'export_torchscript', 'backend_for', 'read_meta',
-           'ort_session', 'InferenceSession', 'export_meta', 'quantize_dynamic_int8', 'quantize_static_qdq',
-           'quantization_report', 'to_fp16', 'compare_backends', 'export_run', 'stateful_parity', 'export_stateful',
-           'export_estimator', 'ensemble_onnx']
+           'ort_session', 'is_stateful', 'zero_state', 'InferenceSession', 'export_meta', 'quantize_dynamic_int8',
+           'quantize_static_qdq', 'quantization_report', 'to_fp16', 'compare_backends', 'export_run', 'stateful_parity',
+           'export_stateful', 'export_estimator', 'ensemble_onnx']
 
 # %% ../nbs/08_export.ipynb #d135b686
 META_KEY = "qtnb"  # key of the metadata in an ONNX model's metadata_props and a TorchScript file's extra files
@@ -355,6 +355,15 @@ def ort_session(path: str | Path, *, threads: int | None = None, device: str = "
         first = (str(e).splitlines() or [""])[0]
         raise ExportError(f"onnxruntime cannot load {path} ({first[:160]}); the file may be truncated or corrupt: re-export it") from None
 
+# %% ../nbs/08_export.ipynb #bc6c98d0
+def is_stateful(model) -> bool:
+    "Whether `model` is a stateful recurrent model (its state carried between calls; exported with the state as inputs)."
+    return bool(getattr(getattr(model, "config", None), "stateful", False)) and hasattr(model, "forward_chunk")
+
+def zero_state(inputs: list, batch: int) -> dict:
+    "Zeros for ONNX state inputs [(name, shape)], the symbolic (batch) axis set to `batch`."
+    return {n: np.zeros([d if isinstance(d, int) else batch for d in shape], np.float32) for n, shape in inputs}
+
 # %% ../nbs/08_export.ipynb #0474e29e
 class InferenceSession:
     "Load an exported model (or a torch model) once and serve predictions, recording each call's latency."
@@ -382,7 +391,8 @@ class InferenceSession:
                 self.meta = meta if isinstance(meta, ExportMeta) else read_meta(p) if meta is None else ExportMeta(**meta)
                 self.ort = ort_session(p, threads=threads, device=self.device)
                 self._in, self._out = self.ort.get_inputs()[0].name, self.ort.get_outputs()[0].name
-                self._run = lambda x: self.ort.run([self._out], {self._in: x})[0]
+                state = [(i.name, i.shape) for i in self.ort.get_inputs()[1:]]   # a stateful RNN's: each window from zeros
+                self._run = lambda x: self.ort.run([self._out], {self._in: x, **zero_state(state, len(x))})[0]
             elif self.backend == "torchscript":
                 self.model, stored = _load_torchscript(p, self.device)
                 self.meta = meta if isinstance(meta, ExportMeta) else stored
@@ -395,7 +405,9 @@ class InferenceSession:
 
     def _run_torch(self, x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return self.model(torch.from_numpy(x).to(self.device)).float().cpu().numpy()
+            x = torch.from_numpy(x).to(self.device)
+            y = self.model.forward_chunk(x, None)[0] if is_stateful(self.model) else self.model(x)   # as the ONNX file does
+            return y.float().cpu().numpy()
 
     def __repr__(self): return f"InferenceSession({self.source!r}, backend={self.backend!r}, device={self.device!r})"
 
@@ -626,7 +638,7 @@ def _sessions(model: nn.Module, meta: ExportMeta, backends, folder: Path, thread
         elif b == "torchscript": out[b] = InferenceSession(export_torchscript(model, folder / "model.ts", meta=ExportMeta(**asdict(meta))), device="cpu")
         elif b in ("onnxruntime", "onnxruntime_int8"):
             onnx_path = folder / "model.onnx"
-            if not onnx_path.exists(): export_onnx(model, onnx_path, meta=ExportMeta(**asdict(meta)))
+            if not onnx_path.exists(): (export_stateful if is_stateful(model) else export_onnx)(model, onnx_path, meta=ExportMeta(**asdict(meta)))
             src = onnx_path if b == "onnxruntime" else quantize_dynamic_int8(onnx_path)
             out[b] = InferenceSession(src, threads=threads, device="cpu")
         else: raise ExportError(f"backend {b!r} is unknown to compare_backends; use some of {', '.join(BACKENDS)}")
@@ -701,6 +713,7 @@ def export_run(run_id: str, *, format: str = "onnx",
     "Export run `run_id`'s model (best checkpoint, or saved estimator) into its run folder (model.onnx, model.ts or a TensorRT engine); record it in lineage."
     from qtnb.config import ExportConfig
     from qtnb.data import prepare
+    explicit = precision is not None
     if precision is None: precision = ExportConfig.resolve().precision
     from qtnb.models.core import create_model, is_torch_model
     from qtnb.runs import open_run
@@ -716,7 +729,8 @@ def export_run(run_id: str, *, format: str = "onnx",
     except QtnbError: raise
     except RuntimeError as e: raise ExportError(f"run {run_id}'s best checkpoint does not fit its {model_cfg['name']} config: {str(e).splitlines()[0][:160]}") from None
     model.eval()
-    stateful = bool(getattr(model.config, "stateful", False))
+    stateful = is_stateful(model)
+    if stateful and not explicit: precision = "fp32"     # settings.ini's default is for models that have a choice
     if stateful and (format, precision) != ("onnx", "fp32"):
         raise ExportError(f"a stateful {model_cfg['name']} exports to fp32 ONNX only (its state as inputs and outputs); use format onnx, precision fp32")
     meta = export_meta(model, prep, fold=fold)

@@ -117,7 +117,9 @@ REPORTS = {
 ]),
 "export": ("Export", "A finished run's model exported, checked against PyTorch, and timed on every backend here.", [
     ("## Run", "report = export(params)"),
-    ("## Parity\n\nThe exported model against PyTorch eager on the run's own test windows.", "report.metrics['export']"),
+    ("## Parity\n\nThe exported model against PyTorch eager on the run's own test windows; for a stateful LSTM/GRU (its state "
+     "as ONNX inputs and outputs) also over three consecutive chunks with the state carried (`chunks_max_abs_diff`).",
+     "report.metrics['export']"),
     ("## Latency\n\nBatch-1 latency and batch-256 throughput, measured side by side in this process.", "report.extra['latency']"),
     (None, "report.extra['figure']"),
     ("## Where it is", "print(report.summary())"),

@@ -156,3 +156,91 @@ def test_resume_refuses_what_it_cannot_continue(lab):
         eq(r.returncode, 2); assert "drop -p" in r.stderr
         r = qtnb(lab, "runs", "resume", done[0].name)
         eq(r.returncode, 1); assert "already completed" in r.stderr
+
+def wf_args(d: Path, epochs: int) -> list[str]:
+    return train_args(d, epochs) + ["-p", "validation", "walk_forward", "-p", "n_folds", "3"]
+
+def fold_dirs(run: Path) -> dict:
+    "The run's fold runs by fold index."
+    import yaml
+    out = {}
+    for f in (run / "folds").glob("*") if (run / "folds").is_dir() else []:
+        if (f / "params.yaml").is_file(): out[yaml.safe_load((f / "params.yaml").read_text())["fold"]] = f
+    return out
+
+def test_walk_forward_resume_keeps_completed_folds_and_equals_an_uninterrupted_run(lab):
+    import hashlib, pandas as pd
+    d = lab[0]
+    before = existing(lab)
+    whole = start(lab, *wf_args(d, 5))                        # the reference, side by side
+    run_whole = new_run(lab, before)
+    killed = start(lab, *wf_args(d, 5))
+    run = new_run(lab, before | {run_whole.name})
+    try:
+        # killed in the second fold, after two epochs (so it continues from fold 1's last.pt)
+        wait_for(lambda: 1 in fold_dirs(run) and epochs_done(fold_dirs(run)[1]) >= 2, 240, "fold 1's second epoch")
+        kernel = status(run)["pid"]           # the kernel stamped its pid; jupyter_client starts it in a session of its own
+        os.killpg(killed.pid, signal.SIGKILL); os.kill(kernel, signal.SIGKILL); killed.wait(30)   # (it would live on ~1 s)
+        folds = fold_dirs(run)
+        eq(sorted(folds), [0, 1])
+        killed_folds = folds
+        eq(json.loads((folds[0] / "status.json").read_text())["state"], "completed")
+        n1 = epochs_done(folds[1]); assert 2 <= n1 < 5, n1
+        # with their times: a fold trained again would change them (the last row may be newer than last.pt: left out)
+        rows1 = pd.read_csv(folds[1] / "history.csv").iloc[:n1 - 1]
+        files0 = lambda f: [*(f / "checkpoints").glob("*.pt"), *(f / n for n in ("metrics.json", "predictions.csv", "history.csv", "status.json"))]
+        kept = {p.name: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns) for p in files0(folds[0])}
+        r = qtnb(lab, "run", "train", "--resume", run.name, "-q")
+        assert r.returncode == 0, r.stderr[-2000:]
+        eq(status(run)["state"], "completed")
+        eq(whole.wait(300), 0)
+        folds, folds_whole = fold_dirs(run), fold_dirs(run_whole)
+        eq(sorted(folds), [0, 1, 2]); eq(len(list((run / "folds").iterdir())), 3)   # no fold run started twice
+        eq({p.name: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns) for p in files0(folds[0])},
+           kept)                                              # the completed fold is kept as it was, not even rewritten
+        eq((folds[0], folds[1]), (killed_folds[0], killed_folds[1]))
+        pd.testing.assert_frame_equal(pd.read_csv(folds[1] / "history.csv").iloc[:len(rows1)], rows1)   # continued, not restarted
+        for k in range(3):
+            eq(epochs_done(folds[k]), 5)
+            a, b = weights(folds_whole[k], "last.pt"), weights(folds[k], "last.pt")
+            for key in a: torch.testing.assert_close(b[key], a[key], atol=1e-6, rtol=0)
+        pa, pb = pd.read_csv(run_whole / "predictions.csv"), pd.read_csv(run / "predictions.csv")
+        pd.testing.assert_frame_equal(pb, pa, rtol=0, atol=1e-6)
+        ma, mb = (json.loads((x / "metrics.json").read_text()) for x in (run_whole, run))
+        for split in ("val", "test"):
+            eq(sorted(mb[split]), sorted(ma[split]))
+            for key, v in ma[split].items():
+                if isinstance(v, float): assert abs(mb[split][key] - v) <= 1e-6, (split, key, mb[split][key], v)
+        eq([f["epochs"] for f in mb["folds"]], [5, 5, 5])
+    finally:
+        for p in (whole, killed):
+            if p.poll() is None: os.killpg(p.pid, signal.SIGKILL)
+
+def test_walk_forward_resume_after_every_fold_finished(tmp_path, monkeypatch):
+    "Killed after its last fold but before the run's own files: every fold kept (one rebuilt from its checkpoint), equal results."
+    import pandas as pd
+    from qtnb.datasets import random_walk
+    from qtnb.pipeline import train
+    ini = (ROOT / "settings.ini").read_text().replace("early_stopping_patience = 10", "early_stopping_patience = 2")
+    (tmp_path / "settings.ini").write_text(ini.replace("device = auto", "device = cpu"))
+    monkeypatch.setenv("QTNB_SETTINGS", str(tmp_path / "settings.ini"))
+    random_walk(1500).to_csv(tmp_path / "rw.csv")
+    kw = dict(data=str(tmp_path / "rw.csv"), model="mlp", model_params={"hidden_sizes": [8]}, seq_len=8, epochs=8,
+              batch_size=32, validation="walk_forward", n_folds=3, runs_dir=str(tmp_path / "runs"))
+    run = train(verbose=False, **kw).run
+    pred, metrics = pd.read_csv(run.path / "predictions.csv"), json.loads((run.path / "metrics.json").read_text())
+    assert any(f["best_epoch"] != f["epochs"] for f in metrics["folds"])   # a fold ended on weights older than its last epoch
+    for f in ("predictions.csv", "metrics.json"): (run.path / f).unlink()
+    run.set_status("interrupted")
+    folds = fold_dirs(run.path)
+    (folds[1] / "predictions.csv").unlink()             # fold 1 also died before writing its predictions
+    times = {k: (f / "history.csv").stat().st_mtime_ns for k, f in folds.items()}
+    train(verbose=False, run_id=run.id, resume=True, **kw)
+    eq({k: (f / "history.csv").stat().st_mtime_ns for k, f in folds.items()}, times)      # no fold trained again
+    pd.testing.assert_frame_equal(pd.read_csv(run.path / "predictions.csv"), pred, rtol=0, atol=1e-9)
+    got = json.loads((run.path / "metrics.json").read_text())
+    for split in ("val", "test"):
+        for k, v in metrics[split].items():
+            if isinstance(v, float): assert abs(got[split][k] - v) <= 1e-9, (split, k)
+    eq(status(run.path)["state"], "completed")
+    assert (run.path / "checkpoints" / "best.pt").is_file()  # the last fold's model, kept as the run's

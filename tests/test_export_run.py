@@ -79,3 +79,34 @@ def test_raw_frame_matches_the_model_on_qtnb_data_windows(tmp_path):
     batch = s.predict_batch([prep.frame.loc[:ends[i]] for i in range(5)])
     with torch.inference_mode(): close(batch, m(torch.from_numpy(xt[:5])).numpy(), eps=1e-5)
     fails(lambda: s.predict(prep.frame.iloc[-10:]), contains="pass more history")
+
+
+def test_cli_exports_a_stateful_lstm_run_with_chunk_parity(tmp_path):
+    "`qtnb run train` of a stateful LSTM, then `qtnb run export -p source_run` and `qtnb export`: its state as ONNX inputs, parity recorded."
+    import os, subprocess, sys
+    import onnxruntime as ort
+    root = Path(__file__).resolve().parents[1]
+    ini = (root / "settings.ini").read_text().replace("device = auto", "device = cpu")
+    # fp16 is the settings.ini default a lab may keep: a stateful RNN, which exports to fp32 only, takes fp32 without asking
+    (tmp_path / "settings.ini").write_text(ini.replace("precision = fp32", "precision = fp16"))
+    from qtnb.datasets import random_walk
+    random_walk(1200).to_csv(tmp_path / "rw.csv")
+    env = {**os.environ, "PYTHONPATH": str(root), "QTNB_SETTINGS": str(tmp_path / "settings.ini"), "OMP_NUM_THREADS": "1"}
+    qtnb = lambda *a: subprocess.run([str(Path(sys.executable).parent / "qtnb"), *a, "--runs-dir", str(tmp_path / "runs")],
+                                     cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    r = qtnb("run", "train", "-p", "data", str(tmp_path / "rw.csv"), "-p", "model", "lstm", "-p", "model_params",
+             '{"hidden_size": 8, "num_layers": 2, "stateful": true, "dropout": 0.0}', "-p", "seq_len", "8",
+             "-p", "epochs", "2", "-p", "batch_size", "32", "-q")
+    assert r.returncode == 0, r.stderr[-2000:]
+    (src,) = [p for p in (tmp_path / "runs").iterdir() if (p / "status.json").is_file()]
+    r = qtnb("run", "export", "-p", "source_run", src.name, "-p", "latency_runs", "10", "-q")
+    assert r.returncode == 0, r.stderr[-2000:]
+    (ex,) = [p for p in (tmp_path / "runs").iterdir() if p != src and (p / "status.json").is_file()]
+    eq(json.loads((ex / "status.json").read_text())["state"], "completed")
+    m = json.loads((ex / "metrics.json").read_text())["export"]
+    eq((m["format"], m["precision"], m["parity"]["chunks"]), ("onnx", "fp32", 3))
+    assert m["parity"]["chunks_max_abs_diff"] <= 1e-5 and m["parity"]["max_abs_diff"] <= 1e-5, m["parity"]
+    eq([i.name for i in ort.InferenceSession(str(src / "model.onnx")).get_inputs()], ["x", "h0", "c0"])
+    r = qtnb("export", src.name)
+    assert r.returncode == 0, r.stderr[-2000:]
+    eq([e["precision"] for e in json.loads((src / "lineage.json").read_text())["exports"]], ["fp32", "fp32"])
