@@ -24,9 +24,10 @@ __all__ = ['PIPELINES', 'FORWARD_GRACE_S', 'resolve_runs_dir', 'PipelineParams',
            'check_features', 'check_model_shapes', 'largest_allocation', 'free_memory', 'check_memory',
            'BacktestParams', 'TuneParams', 'ExportParams', 'default_search_space', 'parse_value', 'pipeline_class',
            'check_params', 'check_runs_dir', 'pipeline_run', 'say', 'EpochLog', 'FoldResult', 'fold_predictions',
-           'stitch', 'oos_metrics', 'train_folds', 'mean_metrics', 'train', 'use_static_plotly', 'Report', 'backtest',
-           'tune', 'latest_model_run', 'export', 'PipelineFailed', 'pipeline_notebook', 'run_pipeline', 'resume_target',
-           'parse_grid', 'grid_combinations', 'sweep', 'sweep_figure']
+           'stitch', 'oos_metrics', 'train_folds', 'fold_runs', 'kept_fold', 'mean_metrics', 'train',
+           'use_static_plotly', 'Report', 'backtest', 'tune', 'latest_model_run', 'export', 'PipelineFailed',
+           'pipeline_notebook', 'run_pipeline', 'resume_target', 'parse_grid', 'grid_combinations', 'sweep',
+           'sweep_figure']
 
 # %% ../nbs/12_pipeline.ipynb #8df3eba0
 def resolve_runs_dir(runs_dir: str | Path | None = None) -> Path:
@@ -409,34 +410,93 @@ def _copy_atomic(src: Path, dst: Path) -> None:
     with open(src, "rb") as f: atomic_write(dst, lambda out: shutil.copyfileobj(f, out))
 
 def train_folds(prep, model_cfg: dict, train_cfg, *, run=None, folds=None, verbose: bool = True,
-                resume=None,    # 'last': continue a holdout run from its last checkpoint
+                resume=None,    # 'last': continue the run from its checkpoints (several folds: completed ones are kept)
                 callbacks=()) -> list[FoldResult]:   # more trainer callbacks for every fold
     "Train `model_cfg` on each fold of `prep` (all by default); with a run, walk-forward folds get runs under run/folds; a stop request ends the loop."
     from qtnb.runs import create_run
     from qtnb.trainer import fit_fold
     idx = list(range(len(prep.folds))) if folds is None else list(folds)
     many = len(idx) > 1
+    earlier = fold_runs(run) if resume is not None and run is not None and many else {}
     out = []
     for k in idx:
         fold = prep.folds[k]
-        sub = run
+        sub, fold_resume = run, resume
         if run is not None and many:
-            sub = create_run(f"fold{k}", runs_dir=Path(run.path) / "folds",
-                             params={"parent": run.id, "fold": k, "data": prep.config.model_dump(mode="json")})
+            sub = earlier.get(k) or create_run(f"fold{k}", runs_dir=Path(run.path) / "folds",
+                                               params={"parent": run.id, "fold": k, "data": prep.config.model_dump(mode="json")})
+            kept = kept_fold(prep, k, sub, model_cfg, train_cfg, need_model=k == idx[-1]) if k in earlier else None
+            if kept is not None:
+                if verbose: say(f"{fold.name}: completed before the resume; kept ({kept.run_id})")
+                out.append(kept); continue
+            fold_resume = "last" if k in earlier and (Path(sub.checkpoint_dir) / "last.pt").is_file() else None
+            if k in earlier and fold_resume is None: atomic_write(Path(sub.path) / "history.csv", "")  # starts over: no rows of the killed try
         cbs = [EpochLog(prefix=f"[{fold.name}] " if many else "", every=1)] if verbose else []
         if run is not None and many:
             from qtnb.trainer import RunControl
             cbs.append(RunControl(run))   # pause/stop requests go to the pipeline's run, whichever fold is training
         if verbose: say(f"{fold.name}: {len(fold.train)} training windows, "
                           f"{len(fold.val) if fold.val is not None else 0} validation, {len(fold.test) if fold.test is not None else 0} test")
-        trainer, res = fit_fold(fold, model_cfg, train_cfg, run=sub, callbacks=cbs + list(callbacks), resume=resume if not many else None)
+        trainer, res = fit_fold(fold, model_cfg, train_cfg, run=sub, callbacks=cbs + list(callbacks), resume=fold_resume)
         w = fold.test if fold.test is not None else fold.val
         pred = fold_predictions(trainer, fold, w, index=k) if w is not None else pd.DataFrame()
+        if sub is not run: atomic_write(Path(sub.path) / "predictions.csv", pred.to_csv(index=False))   # what a resume keeps
         ranges = {r: _range_dates(prep, getattr(fold.split, r)) for r in ("train", "val", "test")}
         out.append(FoldResult(k, fold.name, res, pred, ranges, getattr(sub, "id", None)))
         out[-1].trainer = trainer
         if res.state == "stopped": break      # stopped by request: the later folds are not trained
     return out
+
+# %% ../nbs/12_pipeline.ipynb #718863dc
+def fold_runs(run) -> dict:
+    "The fold runs under `run`'s folds/ folder by fold index (the latest where a fold has several)."
+    from qtnb.runs import open_run
+    folder, out = Path(run.path) / "folds", {}
+    for d in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if not (d / "status.json").is_file(): continue
+        sub = open_run(d.name, runs_dir=folder)
+        k = sub.params.get("fold")
+        if sub.params.get("parent") == run.id and isinstance(k, int): out[k] = sub
+    return out
+
+def _read_predictions(path: Path) -> pd.DataFrame:
+    pred = pd.read_csv(path, dtype={"symbol": str})
+    if "date" in pred and not pd.api.types.is_numeric_dtype(pred["date"]): pred["date"] = pd.to_datetime(pred["date"])
+    return pred
+
+def _restored_trainer(fold, model_cfg: dict, train_cfg, sub):
+    "A Trainer holding the weights a completed fold's fit ended on (its best epoch's with restore_best), untrained here."
+    from qtnb.trainer import Trainer
+    t = Trainer(model_cfg, train_cfg)
+    t._setup(fold.train, fold.val, fold.test)
+    st = sub.load_checkpoint("last", map_location=t.device)
+    t.model.load_state_dict(st["best_model"] if t.config.restore_best and st.get("best_model") is not None else st["model"])
+    t.model.eval()
+    return t
+
+def kept_fold(prep, k: int, sub, model_cfg: dict, train_cfg, *,
+              need_model: bool = False) -> FoldResult | None:  # the last fold: its model is kept and exported
+    "Fold `k` as its completed run `sub` left it on disk; None when it has to be trained (again)."
+    from qtnb.trainer import FitResult
+    st = sub.recorded_status
+    if st.get("state") != "completed" or not (sub.path / "metrics.json").is_file(): return None
+    has_ckpt, has_pred = (Path(sub.checkpoint_dir) / "last.pt").is_file(), (sub.path / "predictions.csv").is_file()
+    if not has_ckpt and (need_model or not has_pred): return None
+    fold, m = prep.folds[k], sub.metrics
+    trainer = _restored_trainer(fold, model_cfg, train_cfg, sub) if has_ckpt and (need_model or not has_pred) else None
+    if has_pred: pred = _read_predictions(sub.path / "predictions.csv")
+    else:
+        w = fold.test if fold.test is not None else fold.val
+        pred = fold_predictions(trainer, fold, w, index=k) if w is not None else pd.DataFrame()
+        atomic_write(sub.path / "predictions.csv", pred.to_csv(index=False))
+    f = m.get("fit") or {}
+    res = FitResult(history=sub.history, best_epoch=f.get("best_epoch"), best=f.get("best"), monitor=f.get("monitor", "val_loss"),
+                    val_metrics=m.get("val") or {}, test_metrics=m.get("test") or {}, epochs=f.get("epochs", 0),
+                    train_time=f.get("train_time_s", 0.0), model_size_mb=f.get("model_size_mb", 0.0), n_params=f.get("n_params", 0),
+                    state="completed", stop_reason=st.get("stop_reason"), run_id=sub.id)
+    fr = FoldResult(k, fold.name, res, pred, {r: _range_dates(prep, getattr(fold.split, r)) for r in ("train", "val", "test")}, sub.id)
+    fr.trainer = trainer
+    return fr
 
 # %% ../nbs/12_pipeline.ipynb #1e6cc37a
 _SCALARS = (int, float, np.integer, np.floating)
@@ -476,11 +536,10 @@ def _export_model(run, fr: FoldResult, prep) -> Path:
     return out
 
 def _resume_from(run, p: TrainParams, prep) -> str | None:
-    "'last' when `p.resume` continues `run` and it holds a checkpoint (None: it starts over, in its own folder)."
+    "'last' when `p.resume` continues `run` (a holdout run without a checkpoint: None, it starts over in its own folder)."
     if not p.resume: return None
     if not p.run_id: raise ConfigError("resume=True continues the run named by run_id; pass run_id (qtnb run train --resume RUN)")
-    if len(prep.folds) > 1:
-        raise ConfigError(f"run {run.id} is walk-forward ({len(prep.folds)} folds); resume continues holdout runs: start it again")
+    if len(prep.folds) > 1: return "last"       # train_folds keeps the completed folds and continues each other one
     return "last" if (Path(run.checkpoint_dir) / "last.pt").is_file() else None
 
 @contextlib.contextmanager
@@ -799,18 +858,19 @@ def export(p: ExportParams | dict | None = None, *, verbose: bool = True, **para
     from qtnb.export import InferenceSession, compare_backends, export_meta, export_run
     from qtnb.models.core import create_model
     from qtnb.runs import open_run
+    from qtnb.export import BACKENDS, _run_configs, _state_dict, is_stateful, stateful_parity
     p = p if isinstance(p, ExportParams) else ExportParams(**{**(p or {}), **params}).check()
-    if p.precision is None:
-        from qtnb.config import ExportConfig
-        p = p.model_copy(update={"precision": ExportConfig.resolve().precision})   # settings.ini's [export] precision
     root = resolve_runs_dir(p.runs_dir)
     src = open_run(p.source_run or latest_model_run(root), runs_dir=root)
+    if p.precision is None:          # settings.ini's [export] precision; a stateful RNN has fp32 ONNX only
+        from qtnb.config import ExportConfig
+        stateful = bool(_run_configs(src.params)[1].get("stateful"))
+        p = p.model_copy(update={"precision": "fp32" if stateful else ExportConfig.resolve().precision})
     run = pipeline_run(p.model_copy(update={"runs_dir": str(root)}), f"export-{src.name}"[:64].rstrip("-._"))
     with _failing(run):
         run.write_params({**run.params, "source_run": src.id})
         if verbose: say(f"run {run.id}: exporting {src.id} to {p.format} {p.precision}")
         path = export_run(src.id, format=p.format, precision=p.precision, runs_dir=root)
-        from qtnb.export import _run_configs, _state_dict
         data_cfg, model_cfg = _run_configs(src.params)
         prep = prepare(data_cfg)
         fold = prep.folds[-1]
@@ -819,13 +879,17 @@ def export(p: ExportParams | dict | None = None, *, verbose: bool = True, **para
         w = fold.test if fold.test is not None else fold.val
         x = w.numpy()[0]
         import torch
-        with torch.no_grad(): ref = model(torch.from_numpy(x)).numpy()
+        stateful = is_stateful(model)
+        with torch.no_grad(): ref = (model.forward_chunk(torch.from_numpy(x), None)[0] if stateful else model(torch.from_numpy(x))).numpy()
         parity = {}
         if path.suffix in (".onnx", ".ts"):
-            sess = InferenceSession(path)
+            sess = InferenceSession(path)           # a stateful RNN's windows each from a zero state, on both sides
             got = sess.predict_batch(x, batch_size=256)
             parity = {"max_abs_diff": float(np.abs(got - ref).max()), "windows": int(len(x)), "backend": sess.backend}
-        table, fig = compare_backends(model, meta=export_meta(model, prep, fold=fold), n=p.latency_runs)
+        if stateful:                                # and its state carried over three consecutive chunks
+            parity.update(chunks=3, chunks_max_abs_diff=stateful_parity(model, path, n_chunks=3))
+        table, fig = compare_backends(model, meta=export_meta(model, prep, fold=fold), n=p.latency_runs,
+                                      backends=("torch", "onnxruntime") if stateful else BACKENDS)   # fp32 ONNX only
         metrics = {"export": {"source_run": src.id, "path": str(path), "format": p.format, "precision": p.precision,
                               "size_mb": path.stat().st_size / 2**20, "parity": parity},
                    "latency": json.loads(table.to_json(orient="index"))}
@@ -1083,15 +1147,14 @@ def resume_target(pipeline: str, run_id: str, *, runs_dir: str | Path | None = N
     root = check_runs_dir(runs_dir)
     run = open_run(check_slug(run_id, "--resume"), runs_dir=root)
     kind = run.params.get("pipeline")
-    if kind != pipeline: raise ConfigError(f"run {run.id} is a {kind or 'non-pipeline'} run, not {pipeline}; resume it with qtnb run {kind} --resume")
-    if pipeline != "train": raise ConfigError(f"only train runs resume from a checkpoint; start a new {pipeline} run instead")
+    if kind != "train":   # a tune run's trials are runs of their own; backtests and exports are quick to start again
+        raise ConfigError(f"run {run.id} is a {kind or 'non-pipeline'} run: only train runs resume from a checkpoint; start a new one (qtnb run {kind or 'train'} ...)")
+    if pipeline != "train": raise ConfigError(f"run {run.id} is a train run, not {pipeline}; resume it with qtnb run train --resume {run.id}")
     st = run.status
     if st.get("state") == "completed": raise RunError(f"run {run.id} is already completed; nothing to resume")
     if st.get("state") in ("running", "queued") and process_alive(st) is not False:
         raise RunError(f"run {run.id} is still running (pid {st.get('pid')}); pause or stop it first (qtnb runs stop {run.id})")
     p = check_params(pipeline, run.params.get("parameters") or {})
-    if getattr(p, "validation", None) == "walk_forward":
-        raise ConfigError(f"run {run.id} is walk-forward; resume continues holdout runs: start it again")
     nb = Path(run.path) / "notebook.ipynb"
     if nb.is_file(): os.replace(nb, nb.with_name(f"notebook.attempt{len(list(nb.parent.glob('notebook.attempt*.ipynb'))) + 1}.ipynb"))
     run.set_status("running", **process_record())
