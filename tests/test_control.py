@@ -67,6 +67,15 @@ def acked(run: Path, action: str):
         return c if c.get("action") == action and c.get("acknowledged") else None
     return f
 
+def kill_all(p: subprocess.Popen, run: Path) -> None:
+    "SIGKILL a `qtnb run` and its kernel: jupyter_client starts the kernel in a session of its own, where it would live ~1 s."
+    kernel = status(run).get("pid")            # the kernel stamps its pid once it runs
+    os.killpg(p.pid, signal.SIGKILL)
+    if kernel and kernel != p.pid:
+        try: os.kill(kernel, signal.SIGKILL)
+        except ProcessLookupError: pass
+    p.wait(30)
+
 def status(run: Path) -> dict: return json.loads((run / "status.json").read_text())
 def existing(lab) -> set: return {p.name for p in (lab[0] / "runs").glob("*")} if (lab[0] / "runs").exists() else set()
 
@@ -119,7 +128,7 @@ def test_resume_after_kill_9_equals_an_uninterrupted_run(lab):
             Run(run).request("pause"); wait_for(acked(run, "pause"), WAIT, "the pause")
             r = qtnb(lab, "runs", "checkpoint", run.name); eq(r.returncode, 0)
             wait_for(acked(run, "checkpoint"), WAIT, "the checkpoint")
-        os.killpg(killed.pid, signal.SIGKILL); killed.wait(30)   # otherwise killed mid-epoch, the moment it passes `at`
+        kill_all(killed, run)                                  # otherwise killed mid-epoch, the moment it passes `at`
         n = epochs_done(run)
         assert n < 30, "the run finished before it was killed"
         assert status(run)["state"] in ("running", "interrupted")   # what a killed run leaves behind
