@@ -831,14 +831,38 @@ def tune(p: TuneParams | dict | None = None, *, verbose: bool = True, **params) 
     rep = Report(p, run, metrics=metrics, extra={"tuner": tuner, "trials": trials})
     return rep
 
+# %% ../nbs/12_pipeline.ipynb #a2282692
+def _export_estimator_report(p, run, src, model, path: Path, prep, x: np.ndarray) -> Report:
+    "The export pipeline's record for an estimator run: ONNX parity on the test windows, batch-1 latency side by side."
+    from qtnb.export import InferenceSession, _latency_figure
+    sess = InferenceSession(path)
+    ref, got = model.predict(x), sess.predict_batch(x, batch_size=256)
+    parity = {"max_abs_diff": float(np.abs(got - ref).max()), "windows": int(len(x)), "backend": sess.backend}
+    x1, lat = x[:1], {"estimator": [], "onnxruntime": []}
+    for r in range(5):                                       # alternating rounds, as compare_backends does
+        for b in (("estimator", "onnxruntime") if r % 2 == 0 else ("onnxruntime", "estimator")):
+            f = model.predict if b == "estimator" else (lambda a: sess.predict(a, record=False))
+            for _ in range(max(1, p.latency_runs // 5)):
+                t0 = time.perf_counter(); f(x1); lat[b].append(time.perf_counter() - t0)
+    table = pd.DataFrame([dict(backend=b, p50_ms=float(np.median(v) * 1e3), p99_ms=float(np.percentile(v, 99) * 1e3))
+                          for b, v in lat.items()]).set_index("backend")
+    metrics = {"export": {"source_run": src.id, "path": str(path), "format": "onnx", "precision": "fp32",
+                          "size_mb": path.stat().st_size / 2**20, "parity": parity},
+               "latency": json.loads(table.to_json(orient="index"))}
+    run.write_metrics(metrics)
+    run.write_lineage(extra={"pipeline": "export", "source_run": src.id})
+    run.set_status("completed")
+    return Report(p, run, prepared=prep, metrics=metrics, exported=path, extra={"latency": table, "source": src,
+                  "figure": _latency_figure(lat, f"{type(model).__name__}: batch-1 latency")})
+
 # %% ../nbs/12_pipeline.ipynb #252c3213
 def latest_model_run(runs_dir: str | Path | None = None) -> str:
-    "The id of the newest completed run that holds a torch checkpoint."
+    "The id of the newest completed run that holds a model: a torch checkpoint or a saved estimator."
     from qtnb.runs import list_runs
     root = resolve_runs_dir(runs_dir)
     runs = list_runs(root)
     for rid, state in zip(runs.get("id", []), runs.get("state", [])):
-        if state == "completed" and (root / rid / "checkpoints" / "best.pt").is_file(): return rid
+        if state == "completed" and any((root / rid / f).is_file() for f in ("checkpoints/best.pt", "estimator/manifest.json")): return rid
     raise ConfigError(f"no completed run with a model in {root}; train one (qtnb run train) or pass source_run")
 
 def _check_export(self: ExportParams) -> ExportParams:
@@ -856,16 +880,20 @@ def export(p: ExportParams | dict | None = None, *, verbose: bool = True, **para
     "Run the export pipeline in-process: export a run's model, check parity, time the backends."
     from qtnb.data import prepare
     from qtnb.export import InferenceSession, compare_backends, export_meta, export_run
-    from qtnb.models.core import create_model
+    from qtnb.models.core import create_model, is_torch_model
+    from qtnb.runs import load_estimator
     from qtnb.runs import open_run
     from qtnb.export import BACKENDS, _run_configs, _state_dict, is_stateful, stateful_parity
     p = p if isinstance(p, ExportParams) else ExportParams(**{**(p or {}), **params}).check()
     root = resolve_runs_dir(p.runs_dir)
     src = open_run(p.source_run or latest_model_run(root), runs_dir=root)
-    if p.precision is None:          # settings.ini's [export] precision; a stateful RNN has fp32 ONNX only
+    if p.precision is None:          # settings.ini's [export] precision; a stateful RNN and an estimator have fp32 ONNX only
+        import torch
         from qtnb.config import ExportConfig
-        stateful = bool(_run_configs(src.params)[1].get("stateful"))
-        p = p.model_copy(update={"precision": "fp32" if stateful else ExportConfig.resolve().precision})
+        from qtnb.models.core import model_entry
+        cfg = _run_configs(src.params)[1]
+        fixed = bool(cfg.get("stateful")) or not issubclass(model_entry(cfg["name"]).cls, torch.nn.Module)
+        p = p.model_copy(update={"precision": "fp32" if fixed else ExportConfig.resolve().precision})
     run = pipeline_run(p.model_copy(update={"runs_dir": str(root)}), f"export-{src.name}"[:64].rstrip("-._"))
     with _failing(run):
         run.write_params({**run.params, "source_run": src.id})
@@ -875,9 +903,11 @@ def export(p: ExportParams | dict | None = None, *, verbose: bool = True, **para
         prep = prepare(data_cfg)
         fold = prep.folds[-1]
         model = create_model(model_cfg, n_features=len(prep.feature_names), seq_len=prep.config.seq_len)
-        model.load_state_dict(_state_dict(src.load_checkpoint("best"))); model.eval()
         w = fold.test if fold.test is not None else fold.val
         x = w.numpy()[0]
+        if not is_torch_model(model):              # linear, XGBoost, ensembles of them: their own files, ONNX fp32
+            return _export_estimator_report(p, run, src, load_estimator(src), path, prep, x)
+        model.load_state_dict(_state_dict(src.load_checkpoint("best"))); model.eval()
         import torch
         stateful = is_stateful(model)
         with torch.no_grad(): ref = (model.forward_chunk(torch.from_numpy(x), None)[0] if stateful else model(torch.from_numpy(x))).numpy()
