@@ -170,15 +170,21 @@ def load_frame(source: pd.DataFrame | str | Path, # a DataFrame, a .csv/.csv.gz/
 
 # %% ../nbs/02_data.ipynb #0bf2625d
 def _run_starts(s: pd.Series) -> np.ndarray:
-    "First row of each run of equal values in `s` (compared in Arrow for Arrow-backed strings, without hashing)."
+    "First row of each run of equal values in `s` (compared in Arrow for Arrow-backed strings: no hashing, no copy)."
     if len(s) < 2: return np.zeros(min(len(s), 1), dtype=np.int64)
     if hasattr(s.array, "__arrow_array__"):
         import pyarrow as pa, pyarrow.compute as pc
-        a = pa.chunked_array([pa.array(s.array)]) if not isinstance(pa.array(s.array), pa.ChunkedArray) else pa.array(s.array)
+        a = pa.array(s.array)
         changed = pc.fill_null(pc.not_equal(a[1:], a[:-1]), True).to_numpy(zero_copy_only=False)
     else:
         v = s.to_numpy(); changed = v[1:] != v[:-1]
     return np.concatenate([[0], np.flatnonzero(changed) + 1])
+
+def _values_at(s: pd.Series, rows: np.ndarray) -> np.ndarray:
+    "`s` at a few `rows` as an object array (one Arrow scalar each: a take would first join all of a column's chunks)."
+    if hasattr(s.array, "__arrow_array__") and len(rows) < 100_000:
+        return np.array([s.array[int(i)] for i in rows], dtype=object)
+    return s.iloc[rows].to_numpy(dtype=object)
 
 def _symbol_col(df: pd.DataFrame, symbol_col: str | None) -> str | None:
     if symbol_col is not None: return symbol_col
@@ -218,7 +224,7 @@ def validate_frame(df: pd.DataFrame, *,
         if df[sym].isna().any():
             raise DataError(f"symbol column {sym!r} is empty at row {_first_bad(df[sym].isna().to_numpy())}; fill or drop those rows")
         starts = _run_starts(df[sym])
-        names = df[sym].iloc[starts].astype(str).to_numpy()
+        names = np.array([str(v) for v in _values_at(df[sym], starts)], dtype=object)
         if len(starts) > 1 and not (names[1:] > names[:-1]).all():   # not one block per symbol, in order: sort (a copy)
             codes, names = pd.factorize(df[sym].astype(str), sort=True)
             order = np.argsort(codes, kind="stable")
@@ -276,7 +282,7 @@ def _rolling(x: pd.Series, n: int, how: Callable) -> pd.Series:
     return pd.Series(out, index=x.index)
 # Stateless windows rather than pandas' running sums: a huge value that has left the window leaves no rounding residue,
 # so rows past a feature's lookback are bit-identical whatever came before them (the leak test checks this).
-def _rstd(x, n): return _rolling(x, n, lambda w, axis: w.std(axis=axis, ddof=1))
+def _rstd(x, n): return _rolling(x, n, lambda w, axis: (w - w[:, :1]).std(axis=axis, ddof=1))   # equal values: exactly 0
 def _rmean(x, n): return _rolling(x, n, np.mean)
 
 def ewm_cutoff(alpha: float, tol: float = 1e-4) -> int:
@@ -347,11 +353,12 @@ def register_feature(name: str, fn: Callable, *, window: int | None = None, need
     if lookback is None: LOOKBACKS.pop(name, None)
     else: LOOKBACKS[name] = lookback if callable(lookback) else (lambda n, k=int(lookback): k)
 
-# %% ../nbs/02_data.ipynb #5f963d9e
+# %% ../nbs/02_data.ipynb #62106a8b
 # Panel kernels: the built-in features on the concatenated (symbol, time) arrays of many symbols at once. `pos` is each
 # row's position inside its symbol; a value whose window would reach before the symbol's first row is NaN, so no window
-# crosses symbols. Windows are sums of shifted copies: stateless like `_rolling` (a row depends on its window only).
+# crosses symbols. Window sums are shifted adds: stateless like `_rolling` (a row reads its own window only).
 def _wsum(a, n):
+    "Sums of the last n values, as n shifted adds: each sum reads its own window only."
     s = a.copy()
     for k in range(1, n): np.add(s[k:], a[:-k], out=s[k:])
     s[:n - 1] = np.nan                                   # rows whose window starts before the chunk
@@ -368,13 +375,16 @@ def _lagged(a, pos, n):
 
 def _wmean(a, pos, n, need): return _mask(_wsum(a, n) / n, pos, need)
 
-def _wstd(a, pos, n, need):
-    "Rolling std (ddof 1) in two passes, as numpy's: a window of equal values has a std of exactly 0."
-    m = _wsum(a, n) / n
-    d = a - m; ss = d * d
-    for k in range(1, n):
-        np.subtract(a[:-k], m[k:], out=d[k:]); np.multiply(d[k:], d[k:], out=d[k:]); np.add(ss[k:], d[k:], out=ss[k:])
-    with np.errstate(invalid="ignore", divide="ignore"): return _mask(np.sqrt(ss / (n - 1)), pos, need)
+def _wstd(a, pos, n, need, mean: bool = False):
+    "Rolling std (ddof 1) from window sums of values and squares; windows too flat for that, in two passes as numpy."
+    s1, s2 = _wsum(a, n), _wsum(a * a, n)
+    var = s2 - s1 * s1 / n
+    flat = np.flatnonzero(var <= 1e-8 * s2)               # cancellation would cost digits: recompute those exactly
+    if len(flat):
+        w = np.lib.stride_tricks.sliding_window_view(a, n)[flat - n + 1]
+        var[flat] = (w - w[:, :1]).var(1) * n             # shifted by its first value: equal values give exactly 0
+    with np.errstate(invalid="ignore", divide="ignore"): sd = _mask(np.sqrt(var / (n - 1)), pos, need)
+    return (_mask(s1 / n, pos, need), sd) if mean else sd
 
 def _wewm(x, pos, alpha, min_periods):
     "The truncated exponential average of `_ewm` over differences `x` (NaN at each symbol's first row)."
@@ -384,18 +394,20 @@ def _wewm(x, pos, alpha, min_periods):
     for k in range(1, L): acc[k:] += np.where(pos[k:] > k, x[:-k], 0.0) * w[k]   # lags inside the symbol only
     return _mask(acc / np.concatenate([[np.nan], np.cumsum(w)])[np.minimum(pos, L)], pos, min_periods)
 
-# %% ../nbs/02_data.ipynb #4fea2539
+# %% ../nbs/02_data.ipynb #43b7ff7a
 @dataclass
 class _Chunk:
     "Rows of a panel for the kernels: input columns as float64, each row's position in its symbol, and the dates."
     cols: dict
     pos: np.ndarray
-    dates: pd.DatetimeIndex
+    index: Callable                                          # -> the chunk's DatetimeIndex, made only when asked
     memo: dict = dc_field(default_factory=dict)             # values shared by features (vol_20 inside mom_20)
     def __getitem__(self, c): return self.cols[c]
     def once(self, key, fn):
         if key not in self.memo: self.memo[key] = fn()
         return self.memo[key]
+    @property
+    def dates(self) -> pd.DatetimeIndex: return self.once("dates", self.index)
 
 def _panel_rsi(ch, n, pc):
     c = ch[pc]; d = c - _lagged(c, ch.pos, 1)
@@ -406,11 +418,13 @@ def _panel_rsi(ch, n, pc):
 
 def _panel_volume_z(ch, n, pc):
     v = np.log1p(np.maximum(ch["Volume"], 0))
-    m, s = _wmean(v, ch.pos, n, n - 1), _wstd(v, ch.pos, n, n - 1)
+    m, s = _wstd(v, ch.pos, n, n - 1, mean=True)
     with np.errstate(invalid="ignore", divide="ignore"): z = (v - m) / np.where(s > 0, s, np.nan)
     return np.where(np.isnan(s) | (s > 0), z, 0.0)
 
-def _plogret(ch, n, pc): return ch.once(("logret", n), lambda: np.log(ch[pc] / _lagged(ch[pc], ch.pos, n)))
+def _plogret(ch, n, pc):                                  # log c_t - log c_{t-n}: one log per row for every n
+    lc = ch.once(("log", pc), lambda: np.log(ch[pc]))
+    return ch.once(("logret", n), lambda: lc - _lagged(lc, ch.pos, n))
 def _pvol(ch, n, pc): return ch.once(("vol", n), lambda: _wstd(_plogret(ch, 1, pc), ch.pos, n, n))
 
 # base name -> f(chunk, window, price_col) -> float64 values of the chunk's rows: the same numbers as FEATURES[base]
@@ -544,12 +558,12 @@ def default_cache_dir() -> Path:
     "Where computed features are cached: `<runs_dir>/.cache/features`."
     return runs_dir() / ".cache" / "features"
 
-# %% ../nbs/02_data.ipynb #bd18d201
+# %% ../nbs/02_data.ipynb #48f53188
 def _symbol_starts(df: pd.DataFrame, sym: str | None) -> np.ndarray:
     "First row of each symbol's block of rows (a frame grouped by symbol, as `validate_frame` leaves it)."
     if sym is None: return np.zeros(1, dtype=np.int64)
     starts = _run_starts(df[sym])
-    if df[sym].iloc[starts].duplicated().any():
+    if len(set(_values_at(df[sym], starts))) != len(starts):
         raise DataError(f"the rows of each symbol in {sym!r} must be together (one block per symbol); run validate_frame "
                         f"first or sort with df.sort_values([{sym!r}, df.index.name or 'date'], kind='stable')")
     return starts
@@ -563,13 +577,13 @@ def _fill_panel(X: np.ndarray, df: pd.DataFrame, todo: list, starts: np.ndarray,
         b, h = min(T, a + chunk), max(0, a - halo)
         rows = np.arange(h, b)
         ch = _Chunk({c: v[h:b] for c, v in cols.items()}, rows - starts[np.searchsorted(starts, rows, side="right") - 1],
-                    df.index[h:b])
+                    lambda h=h, b=b: df.index[h:b])
         for j, s in todo:
             with np.errstate(invalid="ignore", divide="ignore"): X[a:b, j] = _PANEL[s.base](ch, s.window, price_col)[a - h:]
         blk = X[a:b]; bad = ~np.isfinite(blk)
         if bad.any(): blk[bad] = np.nan                      # inf (a division by zero, an overflow) is missing
 
-# %% ../nbs/02_data.ipynb #f4c6524f
+# %% ../nbs/02_data.ipynb #ec2bca38
 def _slow_parts(df: pd.DataFrame, s: FeatureSpec, starts: np.ndarray, price_col: str) -> list[pd.DataFrame]:
     "A callable or user-registered feature, evaluated symbol by symbol on the frame's blocks (no kernel to vectorise)."
     ends = np.r_[starts[1:], len(df)]
@@ -602,7 +616,7 @@ def _feature_matrix(df: pd.DataFrame, specs: Sequence[FeatureSpec], sym: str | N
         if not _vectorised(s): col = X[:, j]; col[~np.isfinite(col)] = np.nan
     return X, names
 
-# %% ../nbs/02_data.ipynb #b652ac6c
+# %% ../nbs/02_data.ipynb #b0cd34fe
 def _features(df: pd.DataFrame, features, *, symbol_col=None, price_col="Close", cache=False, check_causal=True):
     "(float32 matrix, column names, lookbacks) of `compute_features`, read from or written to the cache."
     sym = _symbol_col(df, symbol_col)
@@ -735,7 +749,7 @@ class Scaler:
 
     def __repr__(self): return f"Scaler({self.kind!r}, fitted={self.center is not None})"
 
-# %% ../nbs/02_data.ipynb #a8e74806
+# %% ../nbs/02_data.ipynb #a932c18b
 def _mask_runs(mask: np.ndarray) -> np.ndarray:
     "Runs of True in a boolean row mask, as (first, last + 1) pairs."
     d = np.diff(mask.view(np.int8), prepend=np.int8(0), append=np.int8(0))
@@ -744,20 +758,39 @@ def _mask_runs(mask: np.ndarray) -> np.ndarray:
 def _pieces(runs, chunk: int):
     return [(i, min(i + chunk, int(b))) for a, b in runs for i in range(int(a), int(b), chunk)]
 
+def _group_sums(X, runs, group, n_groups: int, chunk: int = 1 << 14):
+    "Rows, sums and sums of squares (float64) of X's columns over row `runs`, added up by each run's `group`: one pass."
+    F = X.shape[1]
+    n, s1, s2 = np.zeros(n_groups), np.zeros((n_groups, F)), np.zeros((n_groups, F))
+    by_chunk: dict[int, list] = {}
+    for (a, b), g in zip(np.asarray(runs, dtype=np.int64).reshape(-1, 2).tolist(), np.asarray(group).tolist()):
+        while a < b:                                      # pieces that do not cross a chunk boundary
+            j = min(b, (a // chunk + 1) * chunk); by_chunk.setdefault(a // chunk, []).append((a, j, g)); a = j
+    for c, ps in by_chunk.items():
+        lo = c * chunk
+        v = X[lo:ps[-1][1]].astype("float64")
+        idx = np.array([(a - lo, b - lo) for a, b, _ in ps]).reshape(-1)
+        idx = idx[:-1] if idx[-1] == len(v) else idx      # the last piece runs to the end of v
+        gs = [g for *_, g in ps]
+        np.add.at(n, gs, [b - a for a, b, _ in ps])
+        np.add.at(s1, gs, np.add.reduceat(v, idx, axis=0)[::2])
+        np.add.at(s2, gs, np.add.reduceat(np.square(v, out=v), idx, axis=0)[::2])
+    return n, s1, s2
+
+def _standard(n, s1, s2) -> Scaler:
+    mean = s1 / n
+    return Scaler("standard")._set(mean, np.sqrt(np.maximum(s2 / n - mean * mean, 0)))
+
 def _fit_rows(kind: str, X: np.ndarray, runs, chunk: int = 1 << 14) -> Scaler:
     "A `Scaler` fitted on the rows of X in `runs` [(a, b)] without gathering them (robust, a quantile, gathers)."
     parts = _pieces(runs, chunk)
-    n = sum(b - a for a, b in parts)
-    if n == 0: raise InsufficientData("cannot fit a scaler on 0 training rows; give the training range more rows")
+    if sum(b - a for a, b in parts) == 0: raise InsufficientData("cannot fit a scaler on 0 training rows; give the training range more rows")
     if kind in ("robust", "none"): return Scaler(kind).fit(np.concatenate([X[a:b] for a, b in parts]))
     if kind == "minmax":
         lo = np.min([X[a:b].min(0) for a, b in parts], 0).astype("float64")
         return Scaler(kind)._set(lo, np.max([X[a:b].max(0) for a, b in parts], 0) - lo)
-    s1, s2 = np.zeros(X.shape[1]), np.zeros(X.shape[1])
-    for a, b in parts:
-        v = X[a:b]; s1 += v.sum(0, dtype="float64"); s2 += np.einsum("ij,ij->j", v, v, dtype="float64")
-    mean = s1 / n                                        # one pass of sums and squares in float64
-    return Scaler(kind)._set(mean, np.sqrt(np.maximum(s2 / n - mean * mean, 0)))
+    n, s1, s2 = _group_sums(X, parts, np.zeros(len(parts), dtype=np.int64), 1, chunk)   # sums and squares in float64
+    return _standard(n[0], s1[0], s2[0])
 
 def _scale_rows(X: np.ndarray, a: int, b: int, scaler: Scaler, chunk: int = 1 << 14) -> None:
     "Scale rows a..b of X in place: (x - center) / scale in float64, rounded once into X's dtype."
@@ -1131,7 +1164,7 @@ def resolve_embargo(config: DataConfig, lookbacks: dict[str, int | None]) -> Dat
 # %% ../nbs/02_data.ipynb #80ce83ca
 def fingerprint(frame: pd.DataFrame, config: qcfg.QtnbConfig | dict | None = None) -> str:
     "A short hash of a frame's values, index and columns (and of `config`, when given)."
-    h = hashlib.sha256()
+    h = hashlib.blake2b(digest_size=16)
     h.update(np.ascontiguousarray(frame.index.asi8 if isinstance(frame.index, pd.DatetimeIndex) else
                                   pd.util.hash_pandas_object(frame.index).to_numpy()).data)
     for c in frame.columns:
@@ -1140,7 +1173,7 @@ def fingerprint(frame: pd.DataFrame, config: qcfg.QtnbConfig | dict | None = Non
         if v is not None and v.dtype != object: h.update(np.ascontiguousarray(v).data)   # the numbers' own bytes
         else:                                                              # text: its runs (a symbol column is a few)
             r = _run_starts(s)
-            h.update(r.data); h.update(pd.util.hash_pandas_object(s.iloc[r], index=False).to_numpy().data)
+            h.update(r.data); h.update(pd.util.hash_pandas_object(pd.Series(_values_at(s, r)), index=False).to_numpy().data)
     h.update(json.dumps([list(map(str, frame.columns)), list(map(str, frame.dtypes))]).encode())
     if config is not None:
         d = config.model_dump(mode="json") if hasattr(config, "model_dump") else dict(config)
@@ -1161,22 +1194,24 @@ class Fold:
         c, e, T = P.config, P._pos, len(P._pos)
         p, emb, H, L = c.effective_purge, c.embargo or 0, max(c.all_horizons), c.seq_len
         def member(ranges):
-            m = np.zeros(T, dtype=bool)
-            for a, b in ranges or []: m |= (e >= a) & (e < b)
-            return m & P._is_end
+            m, t = np.zeros(T, dtype=bool), np.empty(T, dtype=bool)
+            for a, b in ranges or []: np.greater_equal(e, a, out=t); t &= e < b; m |= t
+            m &= P._is_end
+            return m
         masks = {k: member(getattr(self.split, k)) for k in ("train", "val", "test")}
         # Drop any training (or validation, before test) window whose real label reaches the evaluation range or whose
         # window starts before the evaluation labels end + embargo: symbols with missing dates make rows != positions.
         def purge(mask, evals):
+            A, B, C = (np.zeros(T, dtype=bool) for _ in range(3))   # scratch rows, reused: a panel's masks cost little
             for a, b in evals:
-                inside = masks_eval_all & (e >= a) & (e < b)
-                LE = int(e[H:][inside[:T - H]].max()) if inside.any() else b - 1 + p   # latest label date inside
-                before = np.zeros(T, dtype=bool); before[:T - H] = e[H:] < a           # label ends before the block
-                before &= e < a - p
-                after = np.zeros(T, dtype=bool); after[L - 1:] = e[:T - L + 1] >= max(LE + 1, b + p) + emb  # window start
-                after &= e >= b
-                if not c.allow_feature_overlap: after &= P._reads_from(b)   # no input computed from evaluation prices
-                mask &= before | after
+                np.greater_equal(e, a, out=A); np.less(e, b, out=B); A &= B; A &= masks_eval_all     # inside the block
+                LE = int(e[H:][A[:T - H]].max()) if A.any() else b - 1 + p                         # latest label inside
+                B[T - H:] = False; np.less(e[H:], a, out=B[:T - H])                                # label ends before
+                np.less(e, a - p, out=A); B &= A
+                C[:L - 1] = False; np.greater_equal(e[:T - L + 1], max(LE + 1, b + p) + emb, out=C[L - 1:])  # starts after
+                np.greater_equal(e, b, out=A); C &= A
+                if not c.allow_feature_overlap: C &= P._reads_from(b, out=A)   # no input computed from evaluation prices
+                B |= C; mask &= B
             return mask
         masks_eval_all = masks["val"] | masks["test"]
         masks["train"] = purge(masks["train"], self.split.eval_ranges())
@@ -1204,18 +1239,24 @@ class Fold:
         sz = {k: self.split.size(k) for k in ("train", "val", "test")}
         return f"Fold({self.name!r}, positions {sz})"
 
-# %% ../nbs/02_data.ipynb #40ffc702
+# %% ../nbs/02_data.ipynb #4f3340c8
 @patch
 def _scalers(self: Fold, rows: list) -> tuple:
     "The pooled scaler and, for panels scaled per symbol, each symbol's, fitted on the training `rows` [(a, b)] only."
     if self._fit is None:
         P, c = self.prepared, self.prepared.config
-        scaler, by = _fit_rows(c.scaler, P._F, rows), {}
-        if P.symbol_col is not None and c.scaler_scope == "symbol":   # each symbol scaled by its own training rows
-            own: dict[int, list] = {}
-            for r, k in zip(rows, np.searchsorted(P._starts, [a for a, _ in rows], side="right") - 1): own.setdefault(int(k), []).append(r)
+        per = P.symbol_col is not None and c.scaler_scope == "symbol"    # each symbol scaled by its own training rows
+        sym = np.searchsorted(P._starts, [a for a, _ in rows], side="right") - 1
+        if c.scaler == "standard":                             # one pass of per-symbol sums; pooled = their total
+            n, s1, s2 = _group_sums(P._F, rows, sym, len(P._starts))
+            if not n.sum(): raise InsufficientData("cannot fit a scaler on 0 training rows; give the training range more rows")
+            scaler = _standard(n.sum(), s1.sum(0), s2.sum(0))
+            by = {name: _standard(n[k], s1[k], s2[k]) if n[k] else scaler for k, name in enumerate(P._symbol_names)} if per else {}
+        else:
+            scaler, own = _fit_rows(c.scaler, P._F, rows), {}
+            for r, k in zip(rows, sym.tolist()): own.setdefault(k, []).append(r)
             by = {name: _fit_rows(c.scaler, P._F, own[k]) if k in own else scaler   # no training rows: pooled
-                  for k, name in enumerate(P._symbol_names)}
+                  for k, name in enumerate(P._symbol_names)} if per else {}
         self._fit = scaler, by
     return self._fit
 
@@ -1244,7 +1285,8 @@ def _build(self: Fold) -> dict:
     if not m["train"].any():
         raise InsufficientData(f"{self.name} has no training windows after purging; use fewer folds or more data")
     L = c.seq_len
-    ends = _mask_runs(m["train"])
+    runs = {k: _mask_runs(v) for k, v in m.items()}; del m          # runs of window ends: the masks are let go
+    ends = runs["train"]
     scaler, by_symbol = self._scalers(_merge([(a - L + 1, b) for a, b in ends.tolist()]))   # rows of training windows
     x = torch.from_numpy(P._scaled(self, scaler, by_symbol))
     y, tscaler, n_out = self._targets(ends.tolist())
@@ -1252,9 +1294,9 @@ def _build(self: Fold) -> dict:
               dates=P._dates, symbols=P._symbols)                # trading is on one-period returns whatever the horizon
     def win(role):
         if role != "train" and getattr(self.split, role) is None: return None
-        if not m[role].any():
+        if not len(runs[role]):
             raise InsufficientData(f"{self.name}: the {role} range has no windows after purging; give it more rows")
-        return Windows(x, y, None, L, runs=_mask_runs(m[role]), augment=P.augment if role == "train" else None, role=role, **kw)
+        return Windows(x, y, None, L, runs=runs[role], augment=P.augment if role == "train" else None, role=role, **kw)
     self._built = dict(scaler=scaler, symbol_scalers=by_symbol, target_scaler=tscaler, train=win("train"), val=win("val"), test=win("test"))
     return self._built
 
@@ -1279,7 +1321,7 @@ class Prepared:
                             f"log returns need prices > 0: fix the data or choose another price_col")
         self._starts = _symbol_starts(frame, sym)
         self._stops = np.r_[self._starts[1:], len(frame)]
-        self._symbol_names = [str(frame[sym].iloc[a]) for a in self._starts] if sym else []
+        self._symbol_names = [str(v) for v in _values_at(frame[sym], self._starts)] if sym else []
         self._rows_kept(c)
         self._positions(frame, c)
         names = np.asarray(self._symbol_names, dtype=object)
@@ -1299,22 +1341,29 @@ class Prepared:
         check_plan(plan, c)
         self.plan = plan
         self.augment = Augment.from_config(c)
-        self.fingerprint = fingerprint(frame, c)
         self.folds = [Fold(self, s, i) for i, s in enumerate(plan)]
+
+    @property
+    def fingerprint(self) -> str:
+        "`fingerprint` of the validated frame and the config, computed on first use."
+        if getattr(self, "_fingerprint", None) is None: self._fingerprint = fingerprint(self.frame, self.config)
+        return self._fingerprint
 
     def __repr__(self):
         return (f"Prepared({int((self._last - self._first).sum())} rows, {len(self.feature_names)} features, {len(self.folds)} "
                 f"fold(s) [{self.config.validation}], fingerprint {self.fingerprint})")
 
-# %% ../nbs/02_data.ipynb #1bdd9b78
+# %% ../nbs/02_data.ipynb #1696325c
 @patch
 def _rows_kept(self: Prepared, c: DataConfig) -> None:
     "Each symbol's rows with complete features and a target, [first, last); window ends need seq_len - 1 rows before."
     X, H, L = self._F, max(c.all_horizons), c.seq_len
     self._first, self._last = np.empty(len(self._starts), np.int64), np.empty(len(self._starts), np.int64)
     self._is_end = np.zeros(len(X), dtype=bool)
+    complete = np.empty(len(X), dtype=bool)
+    for i in range(0, len(X), 1 << 14): complete[i:i + (1 << 14)] = np.isfinite(X[i:i + (1 << 14)]).all(1)
     for k, (a, b) in enumerate(zip(self._starts, self._stops)):
-        ok = np.isfinite(X[a:b]).all(1)
+        ok = complete[a:b]
         first, last = a + (int(np.argmax(ok)) if ok.any() else b - a), b - H          # rows from `last` on have no target
         who = f"symbol {self._symbol_names[k]!r}" if self.symbol_col else "the series"
         if last - first < L:
@@ -1334,13 +1383,15 @@ def _positions(self: Prepared, frame: pd.DataFrame, c: DataConfig, chunk: int = 
     "Each row's position on the panel's date axis, in the smallest integer type that holds them."
     t = frame.index.asi8                                   # numpy, not the index: its hash table would cost 4 floats a row
     k = int(np.argmax(self._stops - self._starts))
-    d = t[self._starts[k]:self._stops[k]]                  # usually every date is the longest symbol's
-    for a in range(0, len(frame), chunk):
-        i = np.minimum(np.searchsorted(d, t[a:a + chunk]), len(d) - 1)
-        if not (d[i] == t[a:a + chunk]).all(): d = np.unique(t); break
-    self._all_dates = pd.DatetimeIndex(d.view(frame.index.dtype), name=frame.index.name)
-    self._pos = np.empty(len(frame), dtype=np.int16 if len(d) < 2**14 else np.int32 if len(d) < 2**30 else np.int64)
-    for a in range(0, len(frame), chunk): self._pos[a:a + chunk] = np.searchsorted(d, t[a:a + chunk])
+    for d in (t[self._starts[k]:self._stops[k]], None):   # usually every date is the longest symbol's; else all dates
+        if d is None: d = np.unique(t)
+        pos = np.empty(len(frame), dtype=np.int16 if len(d) < 2**14 else np.int32 if len(d) < 2**30 else np.int64)
+        for a in range(0, len(frame), chunk):
+            i = np.searchsorted(d, t[a:a + chunk])
+            if not (d[np.minimum(i, len(d) - 1)] == t[a:a + chunk]).all(): break
+            pos[a:a + chunk] = i
+        else: break
+    self._all_dates, self._pos = pd.DatetimeIndex(d.view(frame.index.dtype), name=frame.index.name), pos
     L = c.seq_len
     self._lo = int(min(self._pos[f + L - 1] for f in self._first))
     self._hi = int(max(self._pos[z - 1] for z in self._last)) + 1
@@ -1354,15 +1405,16 @@ def _fwd(self: Prepared, rows, h: int) -> np.ndarray:
     return np.where(ok, np.log(self._price[nxt]) - np.log(self._price[rows]), np.nan)
 
 @patch
-def _reads_from(self: Prepared, b: int) -> np.ndarray:
+def _reads_from(self: Prepared, b: int, out: np.ndarray | None = None) -> np.ndarray:
     "Rows whose window's features read prices from date position b on only (window start minus the longest lookback)."
     T, k = len(self._pos), self.config.seq_len - 1 + self.lookback
-    out = np.zeros(T, dtype=bool)
-    if k < T: out[k:] = self._pos[:T - k] >= b
+    out = np.zeros(T, dtype=bool) if out is None else out
+    out[:min(k, T)] = False
+    if k < T: np.greater_equal(self._pos[:T - k], b, out=out[k:])
     for a, z in zip(self._starts, self._stops): out[a:min(a + k, z)] = self._pos[a] >= b   # clipped at the symbol's start
     return out
 
-# %% ../nbs/02_data.ipynb #cad96441
+# %% ../nbs/02_data.ipynb #b278537c
 @patch
 def _each_symbol(self: Prepared, scaler: Scaler, by: dict):
     for k, (a, b) in enumerate(zip(self._starts, self._stops)):
