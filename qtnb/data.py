@@ -65,7 +65,8 @@ def _from_epoch(s: pd.Series, unit: str, what: str) -> pd.Series:
 def _from_text(s: pd.Series, fmt: str | None, dayfirst: bool, what: str) -> pd.Series:
     import warnings
     txt = s.dropna().astype(str)
-    off = txt.str.contains(_OFFSET, regex=True).to_numpy()
+    codes, uniq = pd.factorize(txt)                      # a panel repeats each date once per symbol: test each once
+    off = pd.Series(uniq, dtype=object).str.contains(_OFFSET, regex=True).to_numpy(dtype=bool)[codes]
     if off.any() and not off.all():
         raise DataError(f"{what} mixes timestamps with a UTC offset ({txt.iloc[int(np.argmax(off))]!r}) and without one "
                         f"({txt.iloc[int(np.argmin(off))]!r}); give every timestamp an offset, or none")
@@ -390,8 +391,9 @@ def _wewm(x, pos, alpha, min_periods):
     "The truncated exponential average of `_ewm` over differences `x` (NaN at each symbol's first row)."
     L = ewm_cutoff(alpha)
     w = alpha * (1 - alpha) ** np.arange(L)                       # lag k's weight, newest first
-    acc = np.where(pos > 0, x, 0.0) * w[0]
-    for k in range(1, L): acc[k:] += np.where(pos[k:] > k, x[:-k], 0.0) * w[k]   # lags inside the symbol only
+    x0, acc = np.where(pos > 0, x, 0.0), np.empty(len(x))
+    cuts = np.r_[0, np.flatnonzero(pos[1:] <= pos[:-1]) + 1, len(x)]   # one convolution per symbol: no lag crosses
+    for a, b in zip(cuts[:-1], cuts[1:]): acc[a:b] = np.convolve(x0[a:b], w)[:b - a]
     return _mask(acc / np.concatenate([[np.nan], np.cumsum(w)])[np.minimum(pos, L)], pos, min_periods)
 
 # %% ../nbs/02_data.ipynb #43b7ff7a
