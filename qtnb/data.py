@@ -226,7 +226,7 @@ def validate_frame(df: pd.DataFrame, *,
             raise DataError(f"symbol column {sym!r} is empty at row {_first_bad(df[sym].isna().to_numpy())}; fill or drop those rows")
         starts = _run_starts(df[sym])
         names = np.array([str(v) for v in _values_at(df[sym], starts)], dtype=object)
-        if len(starts) > 1 and not (names[1:] > names[:-1]).all():   # not one block per symbol, in order: sort (a copy)
+        if len(set(names)) < len(starts):             # a symbol's rows in several blocks: sort by symbol (a copy)
             codes, names = pd.factorize(df[sym].astype(str), sort=True)
             order = np.argsort(codes, kind="stable")
             df = df.iloc[order]
