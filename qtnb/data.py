@@ -169,7 +169,7 @@ def load_frame(source: pd.DataFrame | str | Path, # a DataFrame, a .csv/.csv.gz/
         df = df.rename(columns={df.columns[0]: "date"})  # an index written by to_csv without a name
     return _index_by_time(df, time_col, f"data file {p.name}", **dates)
 
-# %% ../nbs/02_data.ipynb #0bf2625d
+# %% ../nbs/02_data.ipynb #393e65cd
 def _run_starts(s: pd.Series) -> np.ndarray:
     "First row of each run of equal values in `s` (compared in Arrow for Arrow-backed strings: no hashing, no copy)."
     if len(s) < 2: return np.zeros(min(len(s), 1), dtype=np.int64)
@@ -187,6 +187,7 @@ def _values_at(s: pd.Series, rows: np.ndarray) -> np.ndarray:
         return np.array([s.array[int(i)] for i in rows], dtype=object)
     return s.iloc[rows].to_numpy(dtype=object)
 
+# %% ../nbs/02_data.ipynb #0bf2625d
 def _symbol_col(df: pd.DataFrame, symbol_col: str | None) -> str | None:
     if symbol_col is not None: return symbol_col
     return "symbol" if "symbol" in df.columns else None
