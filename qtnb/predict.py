@@ -180,12 +180,16 @@ def _scale(self: Preprocess, X: np.ndarray, names: np.ndarray | None) -> np.ndar
     if s is None: return X
     if not s["symbols"]: return (X - a["x_center"][0]) / a["x_scale"][0]
     known = {k: i for i, k in enumerate(s["symbols"])}
-    unseen = sorted(set(names) - set(known))
+    starts = np.r_[0, np.flatnonzero(names[1:] != names[:-1]) + 1]      # the validated frame: one block per symbol
+    unseen = sorted({names[j] for j in starts} - set(known))
     if unseen:
         raise DataError(f"symbol {unseen[0]!r} was never seen in training and this model scales per symbol; "
                         f"predict only the trained symbols ({', '.join(s['symbols'][:5])}{', ...' if len(known) > 5 else ''})")
-    i = np.fromiter((known[n] for n in names), np.int64, len(names))
-    return (X - a["x_center"][i]) / a["x_scale"][i]
+    out = np.empty_like(X)
+    for j, k in zip(starts, np.r_[starts[1:], len(X)]):                 # a block at a time: no per-row statistics
+        i = known[names[j]]
+        out[j:k] = (X[j:k] - a["x_center"][i]) / a["x_scale"][i]
+    return out
 
 # %% ../nbs/13_predict.ipynb #83fbdbbb
 @patch

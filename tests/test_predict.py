@@ -118,7 +118,8 @@ def test_unseen_symbol_when_scaled_per_symbol(tmp_path):
     panel = pd.concat([f.assign(symbol="AAA"), g.assign(symbol="BBB")])
     prep = prepare(dict(data="synthetic:planted", seq_len=8, cache=False, symbol_col="symbol"), panel)
     fold = prep.folds[0]
-    fold.scalers = {s: Scaler("standard").fit(prep._X[prep._symbols == s]) for s in ("AAA", "BBB")}
+    def rows(s): return prep.features[(prep.frame.symbol == s).to_numpy()].dropna().to_numpy(dtype="float64")   # its complete rows
+    fold.scalers = {s: Scaler("standard").fit(rows(s)) for s in ("AAA", "BBB")}
     run = create_run("panel", runs_dir=tmp_path)
     save_preprocess(run, prep, fold)
     pp = load_preprocess(run)
@@ -126,7 +127,7 @@ def test_unseen_symbol_when_scaled_per_symbol(tmp_path):
     x, keys = pp.windows(panel, last=1)
     eq(list(keys.symbol), ["AAA", "BBB"])
     for i, s in enumerate(("AAA", "BBB")):
-        a = prep._X[prep._symbols == s]
+        a = rows(s)
         last = prep.features[(prep.frame.symbol == s).to_numpy()].to_numpy()[-1]   # the symbol's newest row, by its own scaler
         close(x[i, -1], ((last - a.mean(0)) / a.std(0)).astype(np.float32), eps=1e-5)
     with pytest.raises(DataError, match="'CCC' was never seen"): pp.windows(f.assign(symbol="CCC"))
