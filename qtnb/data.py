@@ -14,6 +14,7 @@ from typing import Any, Callable, ClassVar, Iterator, Literal, Sequence
 import numpy as np
 import pandas as pd
 import torch
+from fastcore.basics import patch
 from pydantic import model_validator
 
 import qtnb.config as qcfg
@@ -64,7 +65,8 @@ def _from_epoch(s: pd.Series, unit: str, what: str) -> pd.Series:
 def _from_text(s: pd.Series, fmt: str | None, dayfirst: bool, what: str) -> pd.Series:
     import warnings
     txt = s.dropna().astype(str)
-    off = txt.str.contains(_OFFSET, regex=True).to_numpy()
+    codes, uniq = pd.factorize(txt)                      # a panel repeats each date once per symbol: test each once
+    off = pd.Series(uniq, dtype=object).str.contains(_OFFSET, regex=True).to_numpy(dtype=bool)[codes]
     if off.any() and not off.all():
         raise DataError(f"{what} mixes timestamps with a UTC offset ({txt.iloc[int(np.argmax(off))]!r}) and without one "
                         f"({txt.iloc[int(np.argmin(off))]!r}); give every timestamp an offset, or none")
@@ -167,6 +169,24 @@ def load_frame(source: pd.DataFrame | str | Path, # a DataFrame, a .csv/.csv.gz/
         df = df.rename(columns={df.columns[0]: "date"})  # an index written by to_csv without a name
     return _index_by_time(df, time_col, f"data file {p.name}", **dates)
 
+# %% ../nbs/02_data.ipynb #393e65cd
+def _run_starts(s: pd.Series) -> np.ndarray:
+    "First row of each run of equal values in `s` (compared in Arrow for Arrow-backed strings: no hashing, no copy)."
+    if len(s) < 2: return np.zeros(min(len(s), 1), dtype=np.int64)
+    if hasattr(s.array, "__arrow_array__"):
+        import pyarrow as pa, pyarrow.compute as pc
+        a = pa.array(s.array)
+        changed = pc.fill_null(pc.not_equal(a[1:], a[:-1]), True).to_numpy(zero_copy_only=False)
+    else:
+        v = s.to_numpy(); changed = v[1:] != v[:-1]
+    return np.concatenate([[0], np.flatnonzero(changed) + 1])
+
+def _values_at(s: pd.Series, rows: np.ndarray) -> np.ndarray:
+    "`s` at a few `rows` as an object array (one Arrow scalar each: a take would first join all of a column's chunks)."
+    if hasattr(s.array, "__arrow_array__") and len(rows) < 100_000:
+        return np.array([s.array[int(i)] for i in rows], dtype=object)
+    return s.iloc[rows].to_numpy(dtype=object)
+
 # %% ../nbs/02_data.ipynb #0bf2625d
 def _symbol_col(df: pd.DataFrame, symbol_col: str | None) -> str | None:
     if symbol_col is not None: return symbol_col
@@ -205,9 +225,15 @@ def validate_frame(df: pd.DataFrame, *,
     if sym is not None:
         if df[sym].isna().any():
             raise DataError(f"symbol column {sym!r} is empty at row {_first_bad(df[sym].isna().to_numpy())}; fill or drop those rows")
-        codes, names = pd.factorize(df[sym].astype(str), sort=True)
-        df = df.iloc[np.argsort(codes, kind="stable")]
-        codes = np.sort(codes, kind="stable")
+        starts = _run_starts(df[sym])
+        names = np.array([str(v) for v in _values_at(df[sym], starts)], dtype=object)
+        if len(set(names)) < len(starts):             # a symbol's rows in several blocks: sort by symbol (a copy)
+            codes, names = pd.factorize(df[sym].astype(str), sort=True)
+            order = np.argsort(codes, kind="stable")
+            df = df.iloc[order]
+            starts = np.concatenate([[0], np.flatnonzero(np.diff(codes[order])) + 1])
+            names = np.asarray(names)
+        codes = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(df)]))
     else:
         codes, names = np.zeros(len(df), dtype=np.int64), np.array([None])
     t = df.index.asi8
@@ -224,10 +250,11 @@ def validate_frame(df: pd.DataFrame, *,
         i = _first_bad(dup)
         raise DataError(f"{where(i)} has duplicate timestamp {df.index[i]}; drop duplicates "
                         f"(df[~df.index.duplicated()]) or aggregate them")
-    out = df[[sym, *cols]] if sym is not None else df[cols]
-    vals = out[cols].to_numpy(dtype="float64")
-    bad = ~np.isfinite(vals)
-    if bad.any():
+    keep = list(dict.fromkeys(([sym] if sym is not None else []) + cols))
+    out = pd.DataFrame({c: df[c] for c in keep}, index=df.index, copy=False)   # the columns, not a copy of them
+    if not all(np.isfinite(out[c].to_numpy(dtype="float64")).all() for c in cols):
+        vals = out[cols].to_numpy(dtype="float64")
+        bad = ~np.isfinite(vals)
         if fill == "none":
             r, c = np.argwhere(bad)[0]
             n_nan, n_inf = int(np.isnan(vals).sum()), int(np.isinf(vals).sum())
@@ -257,7 +284,7 @@ def _rolling(x: pd.Series, n: int, how: Callable) -> pd.Series:
     return pd.Series(out, index=x.index)
 # Stateless windows rather than pandas' running sums: a huge value that has left the window leaves no rounding residue,
 # so rows past a feature's lookback are bit-identical whatever came before them (the leak test checks this).
-def _rstd(x, n): return _rolling(x, n, lambda w, axis: w.std(axis=axis, ddof=1))
+def _rstd(x, n): return _rolling(x, n, lambda w, axis: (w - w[:, :1]).std(axis=axis, ddof=1))   # equal values: exactly 0
 def _rmean(x, n): return _rolling(x, n, np.mean)
 
 def ewm_cutoff(alpha: float, tol: float = 1e-4) -> int:
@@ -327,6 +354,103 @@ def register_feature(name: str, fn: Callable, *, window: int | None = None, need
     FEATURES[name] = (fn, window, tuple(needs))
     if lookback is None: LOOKBACKS.pop(name, None)
     else: LOOKBACKS[name] = lookback if callable(lookback) else (lambda n, k=int(lookback): k)
+
+# %% ../nbs/02_data.ipynb #62106a8b
+# Panel kernels: the built-in features on the concatenated (symbol, time) arrays of many symbols at once. `pos` is each
+# row's position inside its symbol; a value whose window would reach before the symbol's first row is NaN, so no window
+# crosses symbols. Window sums are shifted adds: stateless like `_rolling` (a row reads its own window only).
+def _wsum(a, n):
+    "Sums of the last n values, as n shifted adds: each sum reads its own window only."
+    s = a.copy()
+    for k in range(1, n): np.add(s[k:], a[:-k], out=s[k:])
+    s[:n - 1] = np.nan                                   # rows whose window starts before the chunk
+    return s
+
+def _mask(v, pos, need):
+    v[pos < need] = np.nan
+    return v
+
+def _lagged(a, pos, n):
+    out = np.full(len(a), np.nan)
+    if n < len(a): out[n:] = a[:-n]
+    return _mask(out, pos, n)
+
+def _wmean(a, pos, n, need): return _mask(_wsum(a, n) / n, pos, need)
+
+def _wstd(a, pos, n, need, mean: bool = False):
+    "Rolling std (ddof 1) from window sums of values and squares; windows too flat for that, in two passes as numpy."
+    s1, s2 = _wsum(a, n), _wsum(a * a, n)
+    var = s2 - s1 * s1 / n
+    flat = np.flatnonzero(var <= 1e-8 * s2)               # cancellation would cost digits: recompute those exactly
+    if len(flat):
+        w = np.lib.stride_tricks.sliding_window_view(a, n)[flat - n + 1]
+        var[flat] = (w - w[:, :1]).var(1) * n             # shifted by its first value: equal values give exactly 0
+    with np.errstate(invalid="ignore", divide="ignore"): sd = _mask(np.sqrt(var / (n - 1)), pos, need)
+    return (_mask(s1 / n, pos, need), sd) if mean else sd
+
+def _wewm(x, pos, alpha, min_periods):
+    "The truncated exponential average of `_ewm` over differences `x` (NaN at each symbol's first row)."
+    L = ewm_cutoff(alpha)
+    w = alpha * (1 - alpha) ** np.arange(L)                       # lag k's weight, newest first
+    x0, acc = np.where(pos > 0, x, 0.0), np.empty(len(x))
+    cuts = np.r_[0, np.flatnonzero(pos[1:] <= pos[:-1]) + 1, len(x)]   # one convolution per symbol: no lag crosses
+    for a, b in zip(cuts[:-1], cuts[1:]): acc[a:b] = np.convolve(x0[a:b], w)[:b - a]
+    return _mask(acc / np.concatenate([[np.nan], np.cumsum(w)])[np.minimum(pos, L)], pos, min_periods)
+
+# %% ../nbs/02_data.ipynb #43b7ff7a
+@dataclass
+class _Chunk:
+    "Rows of a panel for the kernels: input columns as float64, each row's position in its symbol, and the dates."
+    cols: dict
+    pos: np.ndarray
+    index: Callable                                          # -> the chunk's DatetimeIndex, made only when asked
+    memo: dict = dc_field(default_factory=dict)             # values shared by features (vol_20 inside mom_20)
+    def __getitem__(self, c): return self.cols[c]
+    def once(self, key, fn):
+        if key not in self.memo: self.memo[key] = fn()
+        return self.memo[key]
+    @property
+    def dates(self) -> pd.DatetimeIndex: return self.once("dates", self.index)
+
+def _panel_rsi(ch, n, pc):
+    c = ch[pc]; d = c - _lagged(c, ch.pos, 1)
+    up, down = _wewm(np.maximum(d, 0), ch.pos, 1 / n, n), _wewm(np.maximum(-d, 0), ch.pos, 1 / n, n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rsi = np.where(down > 0, 100 - 100 / (1 + up / np.where(down > 0, down, np.nan)), 100.0)
+    return np.where(np.isnan(up), np.nan, rsi)
+
+def _panel_volume_z(ch, n, pc):
+    v = np.log1p(np.maximum(ch["Volume"], 0))
+    m, s = _wstd(v, ch.pos, n, n - 1, mean=True)
+    with np.errstate(invalid="ignore", divide="ignore"): z = (v - m) / np.where(s > 0, s, np.nan)
+    return np.where(np.isnan(s) | (s > 0), z, 0.0)
+
+def _plogret(ch, n, pc):                                  # log c_t - log c_{t-n}: one log per row for every n
+    lc = ch.once(("log", pc), lambda: np.log(ch[pc]))
+    return ch.once(("logret", n), lambda: lc - _lagged(lc, ch.pos, n))
+def _pvol(ch, n, pc): return ch.once(("vol", n), lambda: _wstd(_plogret(ch, 1, pc), ch.pos, n, n))
+
+# base name -> f(chunk, window, price_col) -> float64 values of the chunk's rows: the same numbers as FEATURES[base]
+_PANEL: dict[str, Callable] = {
+    "ret": lambda ch, n, pc: ch[pc] / _lagged(ch[pc], ch.pos, n) - 1,
+    "logret": _plogret,
+    "vol": _pvol,
+    "mom": lambda ch, n, pc: _div0(_plogret(ch, n, pc), _pvol(ch, n, pc) * math.sqrt(n)),
+    "rsi": _panel_rsi,
+    "ma_gap": lambda ch, n, pc: ch[pc] / _wmean(ch[pc], ch.pos, n, n - 1) - 1,
+    "range": lambda ch, n, pc: (ch["High"] - ch["Low"]) / ch[pc],
+    "volume_z": _panel_volume_z,
+    "dow": lambda ch, n, pc: ch.dates.day_of_week.to_numpy(dtype="float64"),
+    "month": lambda ch, n, pc: ch.dates.month.to_numpy(dtype="float64"),
+    "dom": lambda ch, n, pc: ch.dates.day.to_numpy(dtype="float64"),
+}
+_BUILTIN = {k: v[0] for k, v in FEATURES.items()}         # a name re-registered by a user loses its panel kernel
+
+def _div0(a, b):
+    with np.errstate(invalid="ignore", divide="ignore"): return a / np.where(b != 0, b, np.nan)
+
+def _vectorised(s: FeatureSpec) -> bool:
+    return s.kind == "builtin" and s.base in _PANEL and _BUILTIN.get(s.base) is s.fn and s.lookback is not None
 
 # %% ../nbs/02_data.ipynb #60844095
 @dataclass(frozen=True)
@@ -437,12 +561,67 @@ def default_cache_dir() -> Path:
     "Where computed features are cached: `<runs_dir>/.cache/features`."
     return runs_dir() / ".cache" / "features"
 
-def compute_features(df: pd.DataFrame, features: Sequence[str | Callable] = ("default",), *,
-                     symbol_col: str | None = None, price_col: str = "Close",
-                     cache: bool | str | Path = False, # True: the runs folder's cache; a path: that folder; False: none
-                     check_causal: bool = True         # check user callables for look-ahead
-                     ) -> pd.DataFrame:
-    "Causal features of a validated frame, computed per symbol; warm-up rows are NaN."
+# %% ../nbs/02_data.ipynb #48f53188
+def _symbol_starts(df: pd.DataFrame, sym: str | None) -> np.ndarray:
+    "First row of each symbol's block of rows (a frame grouped by symbol, as `validate_frame` leaves it)."
+    if sym is None: return np.zeros(1, dtype=np.int64)
+    starts = _run_starts(df[sym])
+    if len(set(_values_at(df[sym], starts))) != len(starts):
+        raise DataError(f"the rows of each symbol in {sym!r} must be together (one block per symbol); run validate_frame "
+                        f"first or sort with df.sort_values([{sym!r}, df.index.name or 'date'], kind='stable')")
+    return starts
+
+def _fill_panel(X: np.ndarray, df: pd.DataFrame, todo: list, starts: np.ndarray, price_col: str, chunk: int = 1 << 14):
+    "Write the vectorised features `todo` [(column, spec)] into X, chunk by chunk with a halo of their longest lookback."
+    T, halo = len(df), max(s.lookback for _, s in todo) + 1
+    need = list(dict.fromkeys(c for _, s in todo for c in s.needs))
+    cols = {c: df[c].to_numpy(dtype="float64") for c in need}      # views of float64 columns: no copy
+    for a in range(0, T, chunk):
+        b, h = min(T, a + chunk), max(0, a - halo)
+        rows = np.arange(h, b)
+        ch = _Chunk({c: v[h:b] for c, v in cols.items()}, rows - starts[np.searchsorted(starts, rows, side="right") - 1],
+                    lambda h=h, b=b: df.index[h:b])
+        for j, s in todo:
+            with np.errstate(invalid="ignore", divide="ignore"): X[a:b, j] = _PANEL[s.base](ch, s.window, price_col)[a - h:]
+        blk = X[a:b]; bad = ~np.isfinite(blk)
+        if bad.any(): blk[bad] = np.nan                      # inf (a division by zero, an overflow) is missing
+
+# %% ../nbs/02_data.ipynb #ec2bca38
+def _slow_parts(df: pd.DataFrame, s: FeatureSpec, starts: np.ndarray, price_col: str) -> list[pd.DataFrame]:
+    "A callable or user-registered feature, evaluated symbol by symbol on the frame's blocks (no kernel to vectorise)."
+    ends = np.r_[starts[1:], len(df)]
+    return [_one_symbol(df.iloc[a:b], [s], price_col) for a, b in zip(starts, ends)]
+
+def _feature_matrix(df: pd.DataFrame, specs: Sequence[FeatureSpec], sym: str | None, price_col: str,
+                    check_causal: bool = True) -> tuple[np.ndarray, list[str]]:
+    "The features of a frame grouped by symbol as one (rows, features) float32 array, written one column at a time."
+    starts = _symbol_starts(df, sym)
+    if check_causal:
+        for s in specs:
+            if s.kind == "callable": _check_causal(df.iloc[:(starts[1] if len(starts) > 1 else len(df))], s, price_col)
+    slow = {s.name: _slow_parts(df, s, starts, price_col) for s in specs if s.kind != "column" and not _vectorised(s)}
+    names, plan = [], []
+    for s in specs:
+        if s.name in slow:
+            for k, c in enumerate(slow[s.name][0].columns): names.append(str(c)); plan.append((s, k))
+        else: names.append(s.name); plan.append((s, None))
+    X = np.empty((len(df), len(names)), dtype=np.float32)
+    todo = [(j, s) for j, (s, _) in enumerate(plan) if _vectorised(s)]
+    if todo: _fill_panel(X, df, todo, starts, price_col)
+    for j, (s, k) in enumerate(plan):
+        if s.kind == "column": X[:, j] = df[s.base].to_numpy(dtype="float64")
+        elif k is not None:
+            parts = slow[s.name]
+            if any(p.shape[1] != parts[0].shape[1] for p in parts):
+                raise DataError(f"feature {s.name!r} returned different columns for different symbols; return the same ones")
+            X[:, j] = np.concatenate([p.iloc[:, k].to_numpy(dtype="float64") for p in parts])
+    for j, (s, _) in enumerate(plan):
+        if not _vectorised(s): col = X[:, j]; col[~np.isfinite(col)] = np.nan
+    return X, names
+
+# %% ../nbs/02_data.ipynb #b0cd34fe
+def _features(df: pd.DataFrame, features, *, symbol_col=None, price_col="Close", cache=False, check_causal=True):
+    "(float32 matrix, column names, lookbacks) of `compute_features`, read from or written to the cache."
     sym = _symbol_col(df, symbol_col)
     inputs = [c for c in df.columns if c != sym]
     specs = feature_specs(features, inputs, price_col=price_col)
@@ -461,25 +640,26 @@ def compute_features(df: pd.DataFrame, features: Sequence[str | Callable] = ("de
             try:
                 with np.load(path, allow_pickle=False) as z:
                     vals, names = z["values"], [str(n) for n in z["names"]]
-                if vals.shape[0] == len(df):
-                    out = pd.DataFrame(vals, index=df.index, columns=names)
-                    out.attrs["lookbacks"] = _lookbacks(specs, names)
-                    return out
+                if vals.shape[0] == len(df) and vals.dtype == np.float32: return vals, names, _lookbacks(specs, names)
             except Exception: pass  # unreadable entry: recompute and overwrite
-    groups = [df] if sym is None else [g for _, g in df.groupby(sym, sort=False)]
-    if check_causal:
-        for s in specs:
-            if s.kind == "callable": _check_causal(groups[0], s, price_col)
-    parts = [_one_symbol(g, specs, price_col) for g in groups]
-    out = pd.concat(parts) if len(parts) > 1 else parts[0]
-    out = out.replace([np.inf, -np.inf], np.nan)
-    out.attrs["lookbacks"] = _lookbacks(specs, out.columns)
+    X, names = _feature_matrix(df, specs, sym, price_col, check_causal)
     if path is not None:
         import io
         buf = io.BytesIO()
-        np.savez(buf, values=out.to_numpy(), names=np.array(out.columns, dtype=str))
+        np.savez(buf, values=X, names=np.array(names, dtype=str))
         try: atomic_write(path, buf.getvalue())
         except OSError: pass  # a read-only runs folder only costs the cache
+    return X, names, _lookbacks(specs, names)
+
+def compute_features(df: pd.DataFrame, features: Sequence[str | Callable] = ("default",), *,
+                     symbol_col: str | None = None, price_col: str = "Close",
+                     cache: bool | str | Path = False, # True: the runs folder's cache; a path: that folder; False: none
+                     check_causal: bool = True         # check user callables for look-ahead
+                     ) -> pd.DataFrame:
+    "Causal float32 features of a validated frame, all symbols at once; warm-up rows are NaN."
+    X, names, lookbacks = _features(df, features, symbol_col=symbol_col, price_col=price_col, cache=cache, check_causal=check_causal)
+    out = pd.DataFrame(X, index=df.index, columns=names, copy=False)
+    out.attrs["lookbacks"] = lookbacks
     return out
 
 # %% ../nbs/02_data.ipynb #6db09266
@@ -534,7 +714,12 @@ class Scaler:
             q1, med, q3 = np.percentile(a, [25, 50, 75], axis=0); c, s = med, q3 - q1
         elif self.kind == "minmax": c, s = a.min(0), a.max(0) - a.min(0)
         else: c, s = np.zeros(a.shape[1]), np.ones(a.shape[1])
-        self.center, self.scale = c, np.where(np.isfinite(s) & (s > 1e-12), s, 1.0)
+        return self._set(c, s)
+
+    def _set(self, center, scale) -> "Scaler":
+        "Fitted statistics: a zero or non-finite scale becomes 1 (a constant column is only centred)."
+        s = np.asarray(scale, dtype="float64")
+        self.center, self.scale = np.asarray(center, dtype="float64"), np.where(np.isfinite(s) & (s > 1e-12), s, 1.0)
         return self
 
     def _stats(self, x):
@@ -566,6 +751,56 @@ class Scaler:
     def from_state_dict(cls, state: dict) -> "Scaler": return cls(state["kind"]).load_state_dict(state)
 
     def __repr__(self): return f"Scaler({self.kind!r}, fitted={self.center is not None})"
+
+# %% ../nbs/02_data.ipynb #a932c18b
+def _mask_runs(mask: np.ndarray) -> np.ndarray:
+    "Runs of True in a boolean row mask, as (first, last + 1) pairs."
+    d = np.diff(mask.view(np.int8), prepend=np.int8(0), append=np.int8(0))
+    return np.stack([np.flatnonzero(d == 1), np.flatnonzero(d == -1)], 1)
+
+def _pieces(runs, chunk: int):
+    return [(i, min(i + chunk, int(b))) for a, b in runs for i in range(int(a), int(b), chunk)]
+
+def _group_sums(X, runs, group, n_groups: int, chunk: int = 1 << 14):
+    "Rows, sums and sums of squares (float64) of X's columns over row `runs`, added up by each run's `group`: one pass."
+    F = X.shape[1]
+    n, s1, s2 = np.zeros(n_groups), np.zeros((n_groups, F)), np.zeros((n_groups, F))
+    by_chunk: dict[int, list] = {}
+    for (a, b), g in zip(np.asarray(runs, dtype=np.int64).reshape(-1, 2).tolist(), np.asarray(group).tolist()):
+        while a < b:                                      # pieces that do not cross a chunk boundary
+            j = min(b, (a // chunk + 1) * chunk); by_chunk.setdefault(a // chunk, []).append((a, j, g)); a = j
+    for c, ps in by_chunk.items():
+        lo = c * chunk
+        v = X[lo:ps[-1][1]].astype("float64")
+        idx = np.array([(a - lo, b - lo) for a, b, _ in ps]).reshape(-1)
+        idx = idx[:-1] if idx[-1] == len(v) else idx      # the last piece runs to the end of v
+        gs = [g for *_, g in ps]
+        np.add.at(n, gs, [b - a for a, b, _ in ps])
+        np.add.at(s1, gs, np.add.reduceat(v, idx, axis=0)[::2])
+        np.add.at(s2, gs, np.add.reduceat(np.square(v, out=v), idx, axis=0)[::2])
+    return n, s1, s2
+
+def _standard(n, s1, s2) -> Scaler:
+    mean = s1 / n
+    return Scaler("standard")._set(mean, np.sqrt(np.maximum(s2 / n - mean * mean, 0)))
+
+def _fit_rows(kind: str, X: np.ndarray, runs, chunk: int = 1 << 14) -> Scaler:
+    "A `Scaler` fitted on the rows of X in `runs` [(a, b)] without gathering them (robust, a quantile, gathers)."
+    parts = _pieces(runs, chunk)
+    if sum(b - a for a, b in parts) == 0: raise InsufficientData("cannot fit a scaler on 0 training rows; give the training range more rows")
+    if kind in ("robust", "none"): return Scaler(kind).fit(np.concatenate([X[a:b] for a, b in parts]))
+    if kind == "minmax":
+        lo = np.min([X[a:b].min(0) for a, b in parts], 0).astype("float64")
+        return Scaler(kind)._set(lo, np.max([X[a:b].max(0) for a, b in parts], 0) - lo)
+    n, s1, s2 = _group_sums(X, parts, np.zeros(len(parts), dtype=np.int64), 1, chunk)   # sums and squares in float64
+    return _standard(n[0], s1[0], s2[0])
+
+def _scale_rows(X: np.ndarray, a: int, b: int, scaler: Scaler, chunk: int = 1 << 14) -> None:
+    "Scale rows a..b of X in place: (x - center) / scale in float64, rounded once into X's dtype."
+    buf = np.empty((min(chunk, max(b - a, 0)), X.shape[1]))
+    for i in range(a, b, chunk):
+        j = min(b, i + chunk); t = buf[:j - i]
+        np.subtract(X[i:j], scaler.center, out=t); np.divide(t, scaler.scale, out=X[i:j], casting="same_kind")
 
 # %% ../nbs/02_data.ipynb #877dd941
 def _runs_of(ends: np.ndarray) -> np.ndarray:
@@ -615,6 +850,12 @@ class Augment:
         return xb, yb
 
 # %% ../nbs/02_data.ipynb #851cb82c
+class _Rows:
+    "Per-row values computed when asked (`rows -> values`), so a panel keeps no per-row copy of them."
+    def __init__(self, fn: Callable, n: int): self.fn, self.n = fn, n
+    def __getitem__(self, rows): return self.fn(np.asarray(rows))
+    def __len__(self) -> int: return self.n
+
 class Windows:
     "Windows of `seq_len` rows over one contiguous (T, F) float32 array; targets aligned at each window's last row."
     def __init__(self, x, y, ends, seq_len: int, *,
@@ -626,7 +867,8 @@ class Windows:
                  dates: pd.DatetimeIndex | None = None, # (T,) date of each row
                  symbols: np.ndarray | None = None,    # (T,) symbol of each row
                  augment: Augment | None = None,       # what batches(augment=True) applies; None for evaluation windows
-                 role: str = "train"):
+                 role: str = "train",
+                 runs: np.ndarray | None = None):       # instead of `ends`: runs of window ends as (first, last + 1) pairs
         x = torch.as_tensor(x)
         if x.dim() != 2: raise DataError(f"Windows needs x of shape (T, F), got {tuple(x.shape)}")
         self.x = x if (x.dtype == torch.float32 and x.is_contiguous()) else x.to(torch.float32).contiguous()
@@ -635,8 +877,8 @@ class Windows:
         self.seq_len, self.task, self.role, self.augment = int(seq_len), task, role, augment
         T, F = self.x.shape
         if not 1 <= self.seq_len <= T: raise InsufficientData(f"seq_len={seq_len} does not fit in {T} rows; lower seq_len")
-        runs = torch.as_tensor(ends, dtype=torch.int64) if isinstance(ends, torch.Tensor) else None
-        runs = _runs_of(runs.cpu().numpy() if runs is not None else np.asarray(ends))
+        if runs is not None: runs = np.asarray(runs, dtype=np.int64).reshape(-1, 2)
+        else: runs = _runs_of(ends.cpu().numpy() if isinstance(ends, torch.Tensor) else np.asarray(ends))
         if len(runs) and (runs[0, 0] < self.seq_len - 1 or runs[-1, 1] > T or (np.diff(runs.reshape(-1)) < 0).any()):
             raise DataError(f"window ends must be sorted rows in [{self.seq_len - 1}, {T}); got {runs[0, 0]}..{runs[-1, 1] - 1}")
         self._runs = torch.as_tensor(runs, device=self.x.device)
@@ -645,7 +887,8 @@ class Windows:
         self.feature_names = list(feature_names) if feature_names is not None else [f"f{i}" for i in range(F)]
         if len(self.feature_names) != F: raise DataError(f"{len(self.feature_names)} feature names for {F} features")
         self.n_outputs = n_outputs if n_outputs is not None else (self.y.shape[1] if self.y.dim() == 2 else int(self.y.max()) + 1)
-        self._fr = None if forward_returns is None else np.asarray(forward_returns, dtype=np.float64)
+        self._fr = forward_returns if forward_returns is None or isinstance(forward_returns, _Rows) else \
+                   np.asarray(forward_returns, dtype=np.float64)
         self.horizon = int(horizon)
         self._dates, self._symbols = dates, symbols
         self._strided = self.x.as_strided((T - self.seq_len + 1, self.seq_len, F), (F, F, 1))
@@ -743,7 +986,8 @@ class Windows:
 
     @property
     def symbols(self) -> np.ndarray | None:
-        return None if self._symbols is None else np.asarray(self._symbols)[self.ends.cpu().numpy()]
+        if self._symbols is None: return None
+        return (self._symbols if isinstance(self._symbols, _Rows) else np.asarray(self._symbols))[self.ends.cpu().numpy()]
 
     def flat(self, lags: int | None = None) -> np.ndarray:
         "The last `lags` rows of each window, oldest first, flattened to (n, lags * F) for tree and linear models."
@@ -923,8 +1167,16 @@ def resolve_embargo(config: DataConfig, lookbacks: dict[str, int | None]) -> Dat
 # %% ../nbs/02_data.ipynb #80ce83ca
 def fingerprint(frame: pd.DataFrame, config: qcfg.QtnbConfig | dict | None = None) -> str:
     "A short hash of a frame's values, index and columns (and of `config`, when given)."
-    h = hashlib.sha256()
-    h.update(pd.util.hash_pandas_object(frame, index=True).to_numpy().tobytes())
+    h = hashlib.blake2b(digest_size=16)
+    h.update(np.ascontiguousarray(frame.index.asi8 if isinstance(frame.index, pd.DatetimeIndex) else
+                                  pd.util.hash_pandas_object(frame.index).to_numpy()).data)
+    for c in frame.columns:
+        s = frame[c]
+        v = s.to_numpy() if pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s) else None
+        if v is not None and v.dtype != object: h.update(np.ascontiguousarray(v).data)   # the numbers' own bytes
+        else:                                                              # text: its runs (a symbol column is a few)
+            r = _run_starts(s)
+            h.update(r.data); h.update(pd.util.hash_pandas_object(pd.Series(_values_at(s, r)), index=False).to_numpy().data)
     h.update(json.dumps([list(map(str, frame.columns)), list(map(str, frame.dtypes))]).encode())
     if config is not None:
         d = config.model_dump(mode="json") if hasattr(config, "model_dump") else dict(config)
@@ -937,71 +1189,37 @@ class Fold:
     def __init__(self, prepared: "Prepared", split: Split, index: int):
         self.prepared, self.split, self.index, self.name = prepared, split, index, split.name
         self._built: dict | None = None
+        self._fit: tuple | None = None       # (pooled scaler, {symbol: scaler}), kept across release()
 
     def _masks(self) -> dict[str, np.ndarray]:
+        "Window-end masks over the panel's rows for train, val and test, purged and embargoed."
         P = self.prepared
-        c, e, le, s = P.config, P._end_pos, P._label_end_pos, P._start_pos
-        p, emb = c.effective_purge, c.embargo or 0
+        c, e, T = P.config, P._pos, len(P._pos)
+        p, emb, H, L = c.effective_purge, c.embargo or 0, max(c.all_horizons), c.seq_len
         def member(ranges):
-            m = np.zeros(len(e), dtype=bool)
-            for a, b in ranges or []: m |= (e >= a) & (e < b)
-            return m & P._is_end
+            m, t = np.zeros(T, dtype=bool), np.empty(T, dtype=bool)
+            for a, b in ranges or []: np.greater_equal(e, a, out=t); t &= e < b; m |= t
+            m &= P._is_end
+            return m
         masks = {k: member(getattr(self.split, k)) for k in ("train", "val", "test")}
         # Drop any training (or validation, before test) window whose real label reaches the evaluation range or whose
         # window starts before the evaluation labels end + embargo: symbols with missing dates make rows != positions.
         def purge(mask, evals):
+            A, B, C = (np.zeros(T, dtype=bool) for _ in range(3))   # scratch rows, reused: a panel's masks cost little
             for a, b in evals:
-                inside = masks_eval_all & (e >= a) & (e < b)
-                LE = int(le[inside].max()) if inside.any() else b - 1 + p
-                before = (le < a) & (e + p < a)
-                after = (s >= max(LE + 1, b + p) + emb) & (e >= b)
-                if not c.allow_feature_overlap: after &= P._read_pos >= b   # no input computed from evaluation prices
-                mask &= before | after
+                np.greater_equal(e, a, out=A); np.less(e, b, out=B); A &= B; A &= masks_eval_all     # inside the block
+                LE = int(e[H:][A[:T - H]].max()) if A.any() else b - 1 + p                         # latest label inside
+                B[T - H:] = False; np.less(e[H:], a, out=B[:T - H])                                # label ends before
+                np.less(e, a - p, out=A); B &= A
+                C[:L - 1] = False; np.greater_equal(e[:T - L + 1], max(LE + 1, b + p) + emb, out=C[L - 1:])  # starts after
+                np.greater_equal(e, b, out=A); C &= A
+                if not c.allow_feature_overlap: C &= P._reads_from(b, out=A)   # no input computed from evaluation prices
+                B |= C; mask &= B
             return mask
         masks_eval_all = masks["val"] | masks["test"]
         masks["train"] = purge(masks["train"], self.split.eval_ranges())
         if self.split.test: masks["val"] = purge(masks["val"], self.split.test)
         return masks
-
-    def _build(self) -> dict:
-        if self._built is not None: return self._built
-        P, c = self.prepared, self.prepared.config
-        m = self._masks()
-        if not m["train"].any():
-            raise InsufficientData(f"{self.name} has no training windows after purging; use fewer folds or more data")
-        train_ends = np.flatnonzero(m["train"])
-        L = c.seq_len
-        touched = np.zeros(len(P._X) + 1, dtype=np.int64)  # rows inside any training window (difference array)
-        np.add.at(touched, train_ends - L + 1, 1); np.add.at(touched, train_ends + 1, -1)
-        rows = np.cumsum(touched[:-1]) > 0
-        scaler = Scaler(c.scaler).fit(P._X[rows])
-        X, by_symbol = scaler.transform(P._X), {}
-        if P._symbols is not None and c.scaler_scope == "symbol":       # each symbol scaled by its own training rows
-            for k, name in enumerate(P._symbol_names):
-                own = P._codes == k
-                fit = rows & own
-                by_symbol[name] = Scaler(c.scaler).fit(P._X[fit]) if fit.any() else scaler   # no training rows: pooled
-                X[own] = by_symbol[name].transform(P._X[own])
-        x = torch.from_numpy(X.astype(np.float32))
-        fr = P._R1                                       # trading is on one-period returns whatever the horizon
-        if c.task == "regression":
-            tscaler = Scaler(c.target_scaler).fit(P._R[train_ends]) if c.target_scaler != "none" else None
-            y = torch.from_numpy((tscaler.transform(P._R) if tscaler else P._R).astype(np.float32))
-            n_out = y.shape[1]
-        else:
-            tscaler = None
-            y = torch.from_numpy(direction(P._R[:, 0], c.n_classes, c.dead_band))
-            n_out = 1 if c.n_classes == 2 else c.n_classes
-        kw = dict(feature_names=P.feature_names, task=c.task, n_outputs=n_out, forward_returns=fr, horizon=c.all_horizons[0],
-                  dates=P._dates, symbols=P._symbols)
-        def win(role):
-            ends = np.flatnonzero(m[role])
-            if role != "train" and getattr(self.split, role) is None: return None
-            if len(ends) == 0:
-                raise InsufficientData(f"{self.name}: the {role} range has no windows after purging; give it more rows")
-            return Windows(x, y, ends, L, augment=P.augment if role == "train" else None, role=role, **kw)
-        self._built = dict(scaler=scaler, symbol_scalers=by_symbol, target_scaler=tscaler, train=win("train"), val=win("val"), test=win("test"))
-        return self._built
 
     scaler = property(lambda self: self._build()["scaler"], doc="Feature scaler fitted on this fold's training rows (all symbols).")
     symbol_scalers = property(lambda self: self._build()["symbol_scalers"],
@@ -1024,81 +1242,206 @@ class Fold:
         sz = {k: self.split.size(k) for k in ("train", "val", "test")}
         return f"Fold({self.name!r}, positions {sz})"
 
+# %% ../nbs/02_data.ipynb #4f3340c8
+@patch
+def _scalers(self: Fold, rows: list) -> tuple:
+    "The pooled scaler and, for panels scaled per symbol, each symbol's, fitted on the training `rows` [(a, b)] only."
+    if self._fit is None:
+        P, c = self.prepared, self.prepared.config
+        per = P.symbol_col is not None and c.scaler_scope == "symbol"    # each symbol scaled by its own training rows
+        sym = np.searchsorted(P._starts, [a for a, _ in rows], side="right") - 1
+        if c.scaler == "standard":                             # one pass of per-symbol sums; pooled = their total
+            n, s1, s2 = _group_sums(P._F, rows, sym, len(P._starts))
+            if not n.sum(): raise InsufficientData("cannot fit a scaler on 0 training rows; give the training range more rows")
+            scaler = _standard(n.sum(), s1.sum(0), s2.sum(0))
+            by = {name: _standard(n[k], s1[k], s2[k]) if n[k] else scaler for k, name in enumerate(P._symbol_names)} if per else {}
+        else:
+            scaler, own = _fit_rows(c.scaler, P._F, rows), {}
+            for r, k in zip(rows, sym.tolist()): own.setdefault(k, []).append(r)
+            by = {name: _fit_rows(c.scaler, P._F, own[k]) if k in own else scaler   # no training rows: pooled
+                  for k, name in enumerate(P._symbol_names)} if per else {}
+        self._fit = scaler, by
+    return self._fit
+
+@patch
+def _targets(self: Fold, train_ends: list) -> tuple:
+    "(y, target scaler, outputs): scaled float32 returns per horizon, or direction labels."
+    P, c = self.prepared, self.prepared.config
+    if c.task == "classification":
+        y = direction(P._fwd(np.arange(len(P._pos)), c.all_horizons[0]), c.n_classes, c.dead_band)
+        return torch.from_numpy(y), None, 1 if c.n_classes == 2 else c.n_classes
+    y = np.empty((len(P._pos), len(c.all_horizons)), dtype=np.float32)
+    for a, b in zip(P._starts, P._stops):                 # one symbol at a time: no full float64 copy
+        lp = np.log(P._price[a:b])
+        for j, h in enumerate(c.all_horizons):
+            y[a:b, j] = np.nan
+            if h < b - a: y[a:b - h, j] = lp[h:] - lp[:-h]
+    tscaler = _fit_rows(c.target_scaler, y, train_ends) if c.target_scaler != "none" else None
+    if tscaler is not None: _scale_rows(y, 0, len(y), tscaler)
+    return torch.from_numpy(y), tscaler, y.shape[1]
+
+@patch
+def _build(self: Fold) -> dict:
+    if self._built is not None: return self._built
+    P, c = self.prepared, self.prepared.config
+    m = self._masks()
+    if not m["train"].any():
+        raise InsufficientData(f"{self.name} has no training windows after purging; use fewer folds or more data")
+    L = c.seq_len
+    runs = {k: _mask_runs(v) for k, v in m.items()}; del m          # runs of window ends: the masks are let go
+    ends = runs["train"]
+    scaler, by_symbol = self._scalers(_merge([(a - L + 1, b) for a, b in ends.tolist()]))   # rows of training windows
+    x = torch.from_numpy(P._scaled(self, scaler, by_symbol))
+    y, tscaler, n_out = self._targets(ends.tolist())
+    kw = dict(feature_names=P.feature_names, task=c.task, n_outputs=n_out, forward_returns=P._R1, horizon=c.all_horizons[0],
+              dates=P._dates, symbols=P._symbols)                # trading is on one-period returns whatever the horizon
+    def win(role):
+        if role != "train" and getattr(self.split, role) is None: return None
+        if not len(runs[role]):
+            raise InsufficientData(f"{self.name}: the {role} range has no windows after purging; give it more rows")
+        return Windows(x, y, None, L, runs=runs[role], augment=P.augment if role == "train" else None, role=role, **kw)
+    self._built = dict(scaler=scaler, symbol_scalers=by_symbol, target_scaler=tscaler, train=win("train"), val=win("val"), test=win("test"))
+    return self._built
+
 # %% ../nbs/02_data.ipynb #7331f971
 class Prepared:
     "A validated, featurised dataset with its split plan: `folds`, `feature_names`, `fingerprint`, `stats()`, `plot_splits()`."
-    def __init__(self, config: DataConfig, frame: pd.DataFrame, features: pd.DataFrame, plan: list[Split] | None = None):
+    def __init__(self, config: DataConfig, frame: pd.DataFrame, features: pd.DataFrame, plan: list[Split] | None = None, *,
+                 _matrix: np.ndarray | None = None):   # prepare's own float32 array behind `features`: scaled in place
         lookbacks = features.attrs.get("lookbacks") or {str(k): None for k in features.columns}
         c = self.config = resolve_embargo(config, lookbacks)
         self.lookback = max([v for v in lookbacks.values() if v is not None], default=0)
-        self.frame, self.features = frame, features
-        self.feature_names = list(features.columns)
-        sym = _symbol_col(frame, c.symbol_col)
-        self.symbol_col = sym
-        hs = c.all_horizons
-        R = forward_returns(frame, hs, price_col=c.price_col, symbol_col=sym).to_numpy()
-        R1 = R[:, hs.index(1)] if 1 in hs else forward_returns(frame, [1], price_col=c.price_col, symbol_col=sym).to_numpy()[:, 0]
-        X = features.to_numpy(dtype="float64")
-        codes = pd.factorize(frame[sym].astype(str), sort=True)[0] if sym else np.zeros(len(frame), dtype=np.int64)
-        names = np.asarray(frame[sym].astype(str)) if sym else None
-        all_dates = frame.index.unique().sort_values()
-        pos_all = all_dates.get_indexer(frame.index)
-        keep = np.zeros(len(frame), dtype=bool)
-        label_row = np.full(len(frame), -1, dtype=np.int64)
-        bounds = np.flatnonzero(np.diff(codes)) + 1
-        for a, b in zip(np.concatenate([[0], bounds]), np.concatenate([bounds, [len(frame)]])):
-            ok = np.isfinite(X[a:b]).all(1)
-            first = a + (int(np.argmax(ok)) if ok.any() else b - a)
-            last = b - max(hs)                               # rows from here on have no target
-            who = f"symbol {names[a]!r}" if sym else "the series"
-            if last - first < c.seq_len:
-                raise InsufficientData(f"{who} has {b - a} rows; after the {first - a}-row feature warm-up it needs at least "
-                                       f"seq_len + horizon = {c.seq_len} + {max(hs)} = {c.seq_len + max(hs)} rows but has "
-                                       f"{b - first}; supply more history or lower seq_len/horizon")
-            bad = ~np.isfinite(X[first:last]).all(1)
-            if bad.any():
-                i = first + int(np.argmax(bad)); j = int(np.argmax(~np.isfinite(X[i])))
-                raise DataError(f"feature {self.feature_names[j]!r} is not finite at {frame.index[i]} ({who}) after its "
-                                f"warm-up; check the input there or set {qcfg.param_hint('fill', 'ffill')}")
-            keep[first:last] = True
-            label_row[first:last] = np.arange(first, last) + max(hs)
-        self._blocks = []
-        kept = np.flatnonzero(keep)
-        self._X, self._R, self._R1 = X[kept], R[kept], R1[kept]
-        self._dates = frame.index[kept]
-        self._symbols = names[kept] if names is not None else None
-        kcodes = codes[kept]
-        self._codes, self._symbol_names = kcodes, (list(pd.factorize(frame[sym].astype(str), sort=True)[1]) if sym else [])
-        T, L = len(kept), c.seq_len
-        newblock = np.concatenate([[True], (kcodes[1:] != kcodes[:-1]) | (np.diff(kept) != 1)])
-        block_start = np.maximum.accumulate(np.where(newblock, np.arange(T), 0))
-        self._is_end = (np.arange(T) - block_start) >= L - 1
-        self._end_pos = pos_all[kept]
-        self._label_end_pos = pos_all[label_row[kept]]
-        self._start_pos = pos_all[kept[np.maximum(np.arange(T) - L + 1, 0)]]
-        sym_first = np.concatenate([[0], bounds])[np.searchsorted(bounds, kept, side="right")]
-        self._read_pos = pos_all[np.maximum(kept[np.maximum(np.arange(T) - L + 1, 0)] - self.lookback, sym_first)]
-        self._all_dates = all_dates
-        ends_pos = self._end_pos[self._is_end]
-        lo, hi = int(ends_pos.min()), int(ends_pos.max()) + 1
-        self._lo, self._hi = lo, hi
+        self.frame, self._lookbacks, self.feature_names = frame, lookbacks, list(features.columns)
+        sym = self.symbol_col = _symbol_col(frame, c.symbol_col)
+        self._owned, self._scaled_by = _matrix is not None, None
+        self._F = _matrix if _matrix is not None else np.array(features.to_numpy(dtype=np.float32), order="C")
+        if c.price_col not in frame.columns:
+            raise DataError(f"price column {c.price_col!r} is missing (columns: {', '.join(map(str, frame.columns))}); set price_col")
+        p = self._price = frame[c.price_col].to_numpy(dtype="float64")
+        if (p <= 0).any():
+            i = _first_bad(p <= 0)
+            raise DataError(f"price column {c.price_col!r} has a non-positive price ({p[i]} at {frame.index[i]}); "
+                            f"log returns need prices > 0: fix the data or choose another price_col")
+        self._starts = _symbol_starts(frame, sym)
+        self._stops = np.r_[self._starts[1:], len(frame)]
+        self._symbol_names = [str(v) for v in _values_at(frame[sym], self._starts)] if sym else []
+        self._rows_kept(c)
+        self._positions(frame, c)
+        names = np.asarray(self._symbol_names, dtype=object)
+        self._dates = frame.index
+        self._symbols = _Rows(lambda r: names[np.searchsorted(self._starts, r, side="right") - 1], len(frame)) if sym else None
+        self._R1 = _Rows(lambda r: self._fwd(r, 1), len(frame))
         if plan is None:
             strata = None
             if c.validation == "stratified_kfold":
-                lab = direction(self._R[:, 0], c.n_classes, c.dead_band) if c.task == "classification" else \
-                      np.digitize(self._R[:, 0], np.nanquantile(self._R[self._is_end, 0], [0.2, 0.4, 0.6, 0.8]))
-                per = pd.Series(lab[self._is_end].astype(float)).groupby(ends_pos).mean()
-                strata = per.reindex(range(lo, hi)).interpolate(limit_direction="both").to_numpy()
-            plan = split_plan(hi, c, start=lo, strata=strata)
+                ends = np.flatnonzero(self._is_end)
+                r = self._fwd(ends, c.all_horizons[0])
+                lab = direction(r, c.n_classes, c.dead_band) if c.task == "classification" else \
+                      np.digitize(r, np.nanquantile(r, [0.2, 0.4, 0.6, 0.8]))
+                per = pd.Series(lab.astype(float)).groupby(self._pos[ends]).mean()
+                strata = per.reindex(range(self._lo, self._hi)).interpolate(limit_direction="both").to_numpy()
+            plan = split_plan(self._hi, c, start=self._lo, strata=strata)
         check_plan(plan, c)
         self.plan = plan
         self.augment = Augment.from_config(c)
-        self.fingerprint = fingerprint(frame, c)
         self.folds = [Fold(self, s, i) for i, s in enumerate(plan)]
 
+    @property
+    def fingerprint(self) -> str:
+        "`fingerprint` of the validated frame and the config, computed on first use."
+        if getattr(self, "_fingerprint", None) is None: self._fingerprint = fingerprint(self.frame, self.config)
+        return self._fingerprint
+
     def __repr__(self):
-        return (f"Prepared({len(self._X)} rows, {len(self.feature_names)} features, {len(self.folds)} fold(s) "
-                f"[{self.config.validation}], fingerprint {self.fingerprint})")
+        return (f"Prepared({int((self._last - self._first).sum())} rows, {len(self.feature_names)} features, {len(self.folds)} "
+                f"fold(s) [{self.config.validation}], fingerprint {self.fingerprint})")
+
+# %% ../nbs/02_data.ipynb #1696325c
+@patch
+def _rows_kept(self: Prepared, c: DataConfig) -> None:
+    "Each symbol's rows with complete features and a target, [first, last); window ends need seq_len - 1 rows before."
+    X, H, L = self._F, max(c.all_horizons), c.seq_len
+    self._first, self._last = np.empty(len(self._starts), np.int64), np.empty(len(self._starts), np.int64)
+    self._is_end = np.zeros(len(X), dtype=bool)
+    complete = np.empty(len(X), dtype=bool)
+    for i in range(0, len(X), 1 << 14): complete[i:i + (1 << 14)] = np.isfinite(X[i:i + (1 << 14)]).all(1)
+    for k, (a, b) in enumerate(zip(self._starts, self._stops)):
+        ok = complete[a:b]
+        first, last = a + (int(np.argmax(ok)) if ok.any() else b - a), b - H          # rows from `last` on have no target
+        who = f"symbol {self._symbol_names[k]!r}" if self.symbol_col else "the series"
+        if last - first < L:
+            raise InsufficientData(f"{who} has {b - a} rows; after the {first - a}-row feature warm-up it needs at least "
+                                   f"seq_len + horizon = {L} + {H} = {L + H} rows but has {b - first}; supply more history "
+                                   f"or lower seq_len/horizon")
+        bad = ~ok[first - a:last - a]
+        if bad.any():
+            i = first + int(np.argmax(bad)); j = int(np.argmax(~np.isfinite(X[i])))
+            raise DataError(f"feature {self.feature_names[j]!r} is not finite at {self.frame.index[i]} ({who}) after its "
+                            f"warm-up; check the input there or set {qcfg.param_hint('fill', 'ffill')}")
+        self._first[k], self._last[k] = first, last
+        self._is_end[first + L - 1:last] = True
+
+@patch
+def _positions(self: Prepared, frame: pd.DataFrame, c: DataConfig, chunk: int = 1 << 16) -> None:
+    "Each row's position on the panel's date axis, in the smallest integer type that holds them."
+    t = frame.index.asi8                                   # numpy, not the index: its hash table would cost 4 floats a row
+    k = int(np.argmax(self._stops - self._starts))
+    for d in (t[self._starts[k]:self._stops[k]], None):   # usually every date is the longest symbol's; else all dates
+        if d is None: d = np.unique(t)
+        pos = np.empty(len(frame), dtype=np.int16 if len(d) < 2**14 else np.int32 if len(d) < 2**30 else np.int64)
+        for a in range(0, len(frame), chunk):
+            i = np.searchsorted(d, t[a:a + chunk])
+            if not (d[np.minimum(i, len(d) - 1)] == t[a:a + chunk]).all(): break
+            pos[a:a + chunk] = i
+        else: break
+    self._all_dates, self._pos = pd.DatetimeIndex(d.view(frame.index.dtype), name=frame.index.name), pos
+    L = c.seq_len
+    self._lo = int(min(self._pos[f + L - 1] for f in self._first))
+    self._hi = int(max(self._pos[z - 1] for z in self._last)) + 1
+
+@patch
+def _fwd(self: Prepared, rows, h: int) -> np.ndarray:
+    "Log return from the close at each row to h rows later in its symbol (NaN past the symbol's last row)."
+    rows = np.asarray(rows, dtype=np.int64)
+    ok = rows + h < self._stops[np.searchsorted(self._starts, rows, side="right") - 1]
+    nxt = np.where(ok, rows + h, rows)
+    return np.where(ok, np.log(self._price[nxt]) - np.log(self._price[rows]), np.nan)
+
+@patch
+def _reads_from(self: Prepared, b: int, out: np.ndarray | None = None) -> np.ndarray:
+    "Rows whose window's features read prices from date position b on only (window start minus the longest lookback)."
+    T, k = len(self._pos), self.config.seq_len - 1 + self.lookback
+    out = np.zeros(T, dtype=bool) if out is None else out
+    out[:min(k, T)] = False
+    if k < T: np.greater_equal(self._pos[:T - k], b, out=out[k:])
+    for a, z in zip(self._starts, self._stops): out[a:min(a + k, z)] = self._pos[a] >= b   # clipped at the symbol's start
+    return out
+
+# %% ../nbs/02_data.ipynb #b278537c
+@patch
+def _each_symbol(self: Prepared, scaler: Scaler, by: dict):
+    for k, (a, b) in enumerate(zip(self._starts, self._stops)):
+        yield a, b, (by.get(self._symbol_names[k], scaler) if by else scaler)
+
+@patch
+def _scaled(self: Prepared, fold: Fold, scaler: Scaler, by: dict) -> np.ndarray:
+    "The features scaled by `fold`'s scalers: in place when it is the plan's only fold (no second matrix), else a copy."
+    inplace = self._owned and len(self.folds) == 1
+    if inplace and self._scaled_by is fold: return self._F
+    X = self._F if inplace else self._F.copy()
+    for a, b, s in self._each_symbol(scaler, by): _scale_rows(X, a, b, s)
+    if inplace: self._scaled_by = fold
+    return X
+
+@patch(as_prop=True)
+def features(self: Prepared) -> pd.DataFrame:
+    "The raw float32 features (a copy; once a one-fold plan has scaled them in place, unscaled again: float32 rounding)."
+    X = self._F.copy()
+    if self._scaled_by is not None:
+        for a, b, s in self._each_symbol(*self._scaled_by._fit): X[a:b] = s.inverse_transform(X[a:b].astype("float64"))
+    out = pd.DataFrame(X, index=self.frame.index, columns=self.feature_names, copy=False)
+    out.attrs["lookbacks"] = dict(self._lookbacks)
+    return out
 
 # %% ../nbs/02_data.ipynb #aa8101e5
 def prepare(config: qcfg.DataConfig | dict | None = None,
@@ -1116,8 +1459,10 @@ def prepare(config: qcfg.DataConfig | dict | None = None,
     need = list(dict.fromkeys([c.price_col, *feature_columns(specs)]))
     df = validate_frame(df, symbol_col=sym, columns=need, fill=c.fill)
     use_cache = c.cache if cache is None else cache
-    F = compute_features(df, feats, symbol_col=sym, price_col=c.price_col, cache=use_cache)
-    return Prepared(c, df, F, plan)
+    X, names, lookbacks = _features(df, feats, symbol_col=sym, price_col=c.price_col, cache=use_cache)
+    F = pd.DataFrame(X, index=df.index, columns=names, copy=False)
+    F.attrs["lookbacks"] = lookbacks
+    return Prepared(c, df, F, plan, _matrix=X)
 
 # %% ../nbs/02_data.ipynb #94613d11
 def _stats(self: Prepared, max_folds: int = 50) -> pd.DataFrame:
@@ -1129,7 +1474,7 @@ def _stats(self: Prepared, max_folds: int = 50) -> pd.DataFrame:
         for role in ("train", "val", "test"):
             if getattr(fold.split, role) is None: continue
             e = np.flatnonzero(m[role])
-            r = self._R[e, 0]
+            r = self._fwd(e, c.all_horizons[0])
             row = dict(fold=fold.name, split=role, windows=len(e),
                        start=self._dates[e].min() if len(e) else pd.NaT, end=self._dates[e].max() if len(e) else pd.NaT)
             if c.task == "regression":
