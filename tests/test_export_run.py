@@ -110,3 +110,36 @@ def test_cli_exports_a_stateful_lstm_run_with_chunk_parity(tmp_path):
     r = qtnb("export", src.name)
     assert r.returncode == 0, r.stderr[-2000:]
     eq([e["precision"] for e in json.loads((src / "lineage.json").read_text())["exports"]], ["fp32", "fp32"])
+
+
+def test_cli_exports_estimator_runs(tmp_path):
+    "`qtnb run export` and `qtnb export` of a linear run and of the default ensemble (linear + XGBoost): ONNX fp32, parity recorded."
+    import os, subprocess, sys
+    root = Path(__file__).resolve().parents[1]
+    ini = (root / "settings.ini").read_text().replace("device = auto", "device = cpu")
+    (tmp_path / "settings.ini").write_text(ini.replace("precision = fp32", "precision = fp16"))   # estimators take fp32 unasked
+    from qtnb.datasets import random_walk
+    random_walk(1200).to_csv(tmp_path / "rw.csv")
+    env = {**os.environ, "PYTHONPATH": str(root), "QTNB_SETTINGS": str(tmp_path / "settings.ini"), "OMP_NUM_THREADS": "1"}
+    qtnb = lambda *a: subprocess.run([str(Path(sys.executable).parent / "qtnb"), *a, "--runs-dir", str(tmp_path / "runs")],
+                                     cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    runs = lambda: {p.name for p in (tmp_path / "runs").iterdir() if (p / "status.json").is_file()} if (tmp_path / "runs").exists() else set()
+    for model in ("linear", "ensemble"):
+        before = runs()
+        r = qtnb("run", "train", "-p", "data", str(tmp_path / "rw.csv"), "-p", "model", model, "-p", "seq_len", "8", "-q")
+        assert r.returncode == 0, r.stderr[-2000:]
+        (src,) = runs() - before
+        r = qtnb("run", "export", "-p", "source_run", src, "-p", "latency_runs", "10", "-q")
+        assert r.returncode == 0, r.stderr[-2000:]
+        (ex,) = runs() - before - {src}
+        ex = tmp_path / "runs" / ex
+        eq(json.loads((ex / "status.json").read_text())["state"], "completed")
+        m = json.loads((ex / "metrics.json").read_text())
+        eq((m["export"]["format"], m["export"]["precision"]), ("onnx", "fp32"))
+        assert m["export"]["parity"]["max_abs_diff"] <= 1e-5 and m["export"]["parity"]["windows"] > 100, m["export"]["parity"]
+        eq(sorted(m["latency"]), ["estimator", "onnxruntime"])
+        assert (tmp_path / "runs" / src / "model.onnx").is_file()
+    r = qtnb("export", src, "--precision", "fp16")                       # an estimator has fp32 ONNX only: one line
+    eq(r.returncode, 1); assert "fp32" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    r = qtnb("export", src)
+    assert r.returncode == 0, r.stderr[-2000:]
