@@ -22,9 +22,9 @@ from .config import QtnbConfig, allowed, config_error
 from .errors import ConfigError, QtnbError, TrainingError
 
 # %% auto #0
-__all__ = ['WIDGETS_ENV', 'widget_frontend', 'figurewidget_available', 'svg_lines', 'svg_bars', 'Chart', 'config_class',
-           'FormField', 'ConfigForm', 'Throttle', 'TrainingMonitor', 'StaticCopy', 'free_port', 'start_dashboard',
-           'TunerPanel', 'run_equity', 'run_symbols', 'RunBrowser']
+__all__ = ['WIDGETS_ENV', 'widget_frontend', 'live_frontend', 'figurewidget_available', 'svg_lines', 'svg_bars', 'Chart',
+           'config_class', 'FormField', 'ConfigForm', 'Throttle', 'TrainingMonitor', 'StaticCopy', 'free_port',
+           'start_dashboard', 'TunerPanel', 'run_equity', 'run_symbols', 'RunBrowser']
 
 # %% ../nbs/11_widgets.ipynb #d0504f9e
 WIDGETS_ENV = "QTNB_WIDGETS"
@@ -42,6 +42,15 @@ def _use_widgets(mode: str) -> bool:
     if mode not in ("auto", "widgets", "text"):
         raise ConfigError(f"mode={mode!r} is invalid; use 'auto', 'widgets' or 'text'")
     return widget_frontend() if mode == "auto" else mode == "widgets"
+
+# %% ../nbs/11_widgets.ipynb #8aa97e66
+def live_frontend() -> bool:
+    "True where a person watches the cell: a widget front end that takes input (JupyterLab, VS Code), not papermill or nbconvert."
+    if not widget_frontend(): return False
+    shell = sys.modules["IPython"].get_ipython()
+    # ipykernel keeps the running request's allow_stdin (False from nbclient, hence papermill) only in this private
+    # attribute; no public API says whether the client can answer input()
+    return bool(getattr(getattr(shell, "kernel", None), "_allow_stdin", False))
 
 # %% ../nbs/11_widgets.ipynb #5f018b70
 _PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")

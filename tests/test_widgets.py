@@ -141,3 +141,46 @@ def test_tuner_panel_follows_a_study_on_a_panel(tmp_path):
     from qtnb.runs import open_run
     run = open_run(t.best_trial().user_attrs["run_id"], runs_dir=tmp_path)
     eq(run.metrics["val"]["n_symbols"], 3)                    # each trial validated on the portfolio of all three
+
+
+# ---- train(..., monitor=True): the live monitor on the train pipeline --------------------------------------------------
+FAST = dict(data="synthetic:planted", model="mlp", seq_len=8, epochs=3, batch_size=512, verbose=False)
+
+def test_monitored_train_shows_every_epoch_and_returns_the_plain_report(tmp_path):
+    from qtnb.pipeline import LiveTrain, Report, train
+    from qtnb.widgets import TrainingMonitor
+    mon = TrainingMonitor(mode="widgets", every=0, backend="svg")
+    live = train(monitor=mon, runs_dir=tmp_path / "live", **FAST)
+    assert isinstance(live, LiveTrain)
+    rep = live.result()
+    plain = train(runs_dir=tmp_path / "plain", **FAST)            # monitor=None outside a watched kernel: no monitor
+    assert isinstance(plain, Report) and not isinstance(plain, LiveTrain)
+    hist = pd.read_csv(rep.run_dir / "history.csv")
+    eq([r["epoch"] for r in mon.history], [1, 2, 3]); eq(list(hist["epoch"]), [1, 2, 3])
+    np.testing.assert_allclose([r["val_loss"] for r in mon.history], hist["val_loss"])   # what the run recorded
+    eq(mon.loss_chart.n_points, {"train_loss": 3, "val_loss": 3}); eq(mon.state, "completed")
+    eq(rep.run.status["state"], "completed")
+    eq({k: rep.metrics[k] for k in ("val", "test")}, {k: plain.metrics[k] for k in ("val", "test")})   # the same fit
+    eq([f | {"run_id": 0} for f in rep.metrics["folds"]], [f | {"run_id": 0} for f in plain.metrics["folds"]])
+    eq(rep.run.params["parameters"] | {"runs_dir": None}, plain.run.params["parameters"] | {"runs_dir": None})
+
+def test_the_monitors_stop_button_stops_a_monitored_train(tmp_path):
+    import threading
+    from qtnb.callbacks import Callback
+    from qtnb.pipeline import train
+    from qtnb.widgets import TrainingMonitor
+    reached, clicked = threading.Event(), threading.Event()
+    class HoldAtEpoch2(Callback):                                  # no clock: the fit waits for the click
+        n = 0
+        def on_train_epoch_end(self, trainer, *args, **kwargs):
+            self.n += 1
+            if self.n == 2: reached.set(); clicked.wait(60)
+    mon = TrainingMonitor(mode="widgets", every=0, backend="svg")
+    live = train(monitor=mon, callbacks=[HoldAtEpoch2()], runs_dir=tmp_path, **{**FAST, "epochs": 50})
+    assert reached.wait(120)
+    assert not mon.stop_button.disabled
+    mon.stop_button.click(); clicked.set()
+    rep = live.result(120)
+    eq(rep.run.status["state"], "stopped"); eq(mon.state, "stopped")
+    assert rep.metrics["fit"]["epochs"] <= 3, rep.metrics["fit"]
+    eq(len(mon.history), len(pd.read_csv(rep.run_dir / "history.csv")))
