@@ -330,12 +330,16 @@ class FormField:
                   and (not isinstance(w, W.IntSlider) or float(value) == int(float(value))))
             w.value = value if ok else (w.max if _finite(value) and float(value) > w.max else w.min)
             if not ok: self._override = value
+        elif k == "choice" and value not in [o[1] if isinstance(o, tuple) else o for o in self.widget.options]:
+            self._override = value   # not one of the choices (a typo from code or YAML): kept, and flagged
         else: self.widget.value = value
 
-    def show_error(self, msg: str | None) -> None:
+    def show_error(self, msg: str | None, mark_only: bool = False) -> None:
+        "Show `msg` beside the field; `mark_only`: only a warning sign (the message stands once, in the form's status)."
         self.error = msg
-        self.message.value = (f'<span class="qtnb-error" style="color:#c62828">&#9888; {html.escape(msg)}</span>'
-                              if msg else self._help_html())
+        self.message.value = ('<span class="qtnb-error-mark" style="color:#c62828">&#9888;</span>' if msg and mark_only else
+                              f'<span class="qtnb-error" style="color:#c62828">&#9888; {html.escape(msg)}</span>' if msg
+                              else self._help_html())
 
 # %% ../nbs/11_widgets.ipynb #c6b95e62
 def _field_names_in(msg: str, names) -> list[str]:
@@ -354,7 +358,10 @@ class ConfigForm(W.VBox):
         self.presets: dict = self.schema.get("presets", {}) or {}
         self.fields = {n: FormField(n, p, self.presets) for n, p in self.schema.get("properties", {}).items()}
         self.errors: dict[str, str] = {}
+        self.messages: list[str] = []     # each problem once, as shown
         self._quiet = False
+        self.parent, self.hidden, self.model_form, self.nested_models = None, set(), None, False
+        if {"model", "model_params"} <= set(self.fields) and hasattr(self.config_class, "check"): self._nest_models()
         groups: dict[str, list[FormField]] = {}
         for f in self.fields.values(): groups.setdefault(f.group, []).append(f)
         self.sections = {}
@@ -371,8 +378,8 @@ class ConfigForm(W.VBox):
         self.save_button = W.Button(description="Save YAML", icon="save")
         title = W.HTML(f"<b>{html.escape(self.schema.get('title', self.config_class.__name__))}</b>"
                        f" <span style='color:#777'>{html.escape(self.schema.get('description', ''))}</span>")
-        header = W.HBox([self.preset_picker, self.advanced_toggle, self.save_path, self.save_button])
-        super().__init__([title, header, *[a for a, _ in self.sections.values()], self.status])
+        header = W.HBox([self.preset_picker, self.advanced_toggle, self.save_path, self.save_button, *self._actions()])
+        super().__init__([title, header, *[a for a, _ in self.sections.values()], self.status, *self._outputs()])
         self.add_class("qtnb-config-form")
         for f in self.fields.values(): f.widget.observe(self._changed, names="value")
         self.preset_picker.observe(self._preset_picked, names="value")
@@ -391,6 +398,7 @@ class ConfigForm(W.VBox):
             v = f.get()
             if v is None and f.default is None: continue
             out[n] = v
+        if self.model_form is not None: out["model_params"] = self.model_form.params
         return out
 
     def set(self, **values) -> None:
@@ -400,7 +408,11 @@ class ConfigForm(W.VBox):
                                       f"valid fields: {', '.join(self.fields)}")
         self._quiet = True
         try:
-            for k, v in values.items(): self.fields[k].set(v)
+            for k, v in sorted(values.items(), key=lambda kv: kv[0] == "model_params"):   # the model before its params
+                if k == "model_params" and self.nested_models and self._model_form(reset=True) is not None:
+                    self.model_form.set(**(v or {}))
+                else: self.fields[k].set(v)
+            if "model" in values and self.nested_models: self._model_form()
         finally: self._quiet = False
         self.validate()
 
@@ -412,27 +424,49 @@ class ConfigForm(W.VBox):
         if self.preset_picker.value != name: self.preset_picker.value = name
 
     def validate(self) -> bool:
-        "Check the values, show each problem beside its field; True when the config is valid."
-        self.errors = {}
-        try: self.config_class.model_validate(self.values)
+        "Check the values (and the config's own `check()`); show each problem once; True when the config is valid."
+        found: dict[str, list[str]] = {}        # message -> the fields it names
+        try: cfg = self.config_class.model_validate(self.values)
         except ValidationError as e:
             for err in e.errors(include_url=False):
                 loc = err.get("loc") or ()
                 name = str(loc[0]) if loc else ""
                 msg = str(err.get("ctx", {}).get("error", err["msg"])) if err["type"] == "value_error" else err["msg"]
-                if name in self.fields:
-                    rng = allowed(self.config_class.model_fields[name]) if name in self.config_class.model_fields else ""
-                    self.errors[name] = msg + (f"; allowed: {rng}" if rng else "")
-                else:
-                    self.errors.setdefault("", msg)
-                    for n in _field_names_in(msg, self.fields): self.errors.setdefault(n, msg)
-        for n, f in self.fields.items(): f.show_error(self.errors.get(n))
-        if self.errors:
-            lines = [f"{n}: {m}" if n else m for n, m in self.errors.items()]
-            self.status.value = ('<div style="color:#c62828">&#9888; ' + "<br>".join(html.escape(x) for x in lines) + "</div>")
-        else: self.status.value = '<span style="color:#2e7d32">&#10004; valid</span>'
-        self._layout()
+                rng = allowed(self.config_class.model_fields[name]) if name in self.config_class.model_fields else ""
+                if rng and "allowed" not in msg: msg += f"; allowed: {rng}"
+                found.setdefault(msg, [name] if name in self.fields else _field_names_in(msg, self.fields))
+        else:
+            nested = self.model_form is not None and self.model_form.errors   # shown beside the model's own fields
+            if hasattr(cfg, "check") and not nested:
+                try: cfg.check()
+                except QtnbError as e: found.setdefault(str(e), _field_names_in(str(e), self.fields))
+        self._show(found)
         return not self.errors
+
+    def _show(self, found: dict) -> None:
+        "A message naming one field stands beside it; any other once in the status line, the fields it names marked."
+        self.errors = {}
+        for msg, names in found.items():
+            for n in names or [""]: self.errors.setdefault(n, msg)
+        for n, f in self.fields.items():
+            msg = self.errors.get(n)
+            f.show_error(msg, mark_only=msg is not None and len(found[msg]) != 1)
+        sub = self.model_form.messages if self.model_form is not None else []
+        if sub: self.errors.setdefault("model_params", sub[0])
+        self.messages = [*found, *sub]
+        general = [m for m, names in found.items() if len(names) != 1]
+        if general: self.status.value = ('<div class="qtnb-error" style="color:#c62828">&#9888; '
+                                         + "<br>".join(html.escape(m) for m in general) + "</div>")
+        elif self.messages:
+            n = len(self.messages)
+            self.status.value = f'<span style="color:#c62828">{n} problem{"s" if n > 1 else ""} to fix, marked above</span>'
+        else: self.status.value = '<span style="color:#2e7d32">&#10004; valid</span>'
+        for b in self._actions(): b.disabled = bool(self.errors)
+        self._layout()
+        if self.parent is not None and not self.parent._quiet: self.parent.validate()
+
+    def _actions(self) -> list: return [getattr(self, "train_button"), getattr(self, "tune_button")] if self.nested_models else []
+    def _outputs(self) -> list: return [self.output] if self.nested_models else []
 
     @property
     def valid(self) -> bool: return not self.errors
@@ -468,7 +502,7 @@ class ConfigForm(W.VBox):
     def _layout(self) -> None:
         show = self.advanced_toggle.value
         for acc, fs in self.sections.values():
-            visible = [f for f in fs if show or not f.advanced or f.error]
+            visible = [f for f in fs if f.name not in self.hidden and (show or not f.advanced or f.error)]
             for f in fs: f.row.layout.display = None if f in visible else "none"
             acc.layout.display = None if visible else "none"
 
@@ -476,6 +510,79 @@ class ConfigForm(W.VBox):
         lines = [f"ConfigForm({self.config_class.__name__})"]
         lines += [f"  {n} = {f.get()!r}" + (f"   <- {f.error}" if f.error else "") for n, f in self.fields.items()]
         return "\n".join(lines)
+
+# %% ../nbs/11_widgets.ipynb #ee532ead
+from fastcore.basics import patch
+
+@patch
+def _nest_models(self: ConfigForm) -> None:
+    "Make `model` a choice of the registry's models, with that model's form in place of `model_params`; add Train and Tune."
+    from qtnb.models.core import list_models
+    f, self.nested_models = self.fields["model"], True
+    f.kind, old = "choice", f.widget
+    f.widget = W.Dropdown(options=[(m["name"], m["name"]) for m in list_models()], description=old.description,
+                          style=old.style, layout=old.layout, tooltip=old.tooltip)
+    f.widget.observe(f._moved, names="value"); f.set(f.default)
+    f.widget.observe(lambda ch: self._model_form(), names="value")
+    f.row.children = (f.widget, f.message)
+    self.model_box = self.fields["model_params"].row = W.VBox(layout=W.Layout(margin="0 0 0 24px"))
+    self.train_button = W.Button(description="Train", icon="play", button_style="success")
+    self.tune_button = W.Button(description="Tune", icon="search")
+    for b in (self.train_button, self.tune_button): b.add_class(f"qtnb-{b.description.lower()}")
+    self.train_button.on_click(self._train_clicked); self.tune_button.on_click(self._tune_clicked)
+    self.output, self.job, self.tune_job = W.Output(), None, None
+    self._quiet = True
+    try: self._model_form()
+    finally: self._quiet = False
+
+@patch
+def _model_form(self: ConfigForm, reset: bool = False):
+    "The chosen model's form, rebuilt when the model changed (or `reset`); None for a model not in the registry."
+    name, cur = self.fields["model"].get(), self.model_form
+    if cur is not None and cur.model_name == name and not reset: return cur
+    try: form = ConfigForm(name)
+    except QtnbError: form = None                 # the pipeline's check names the unknown model, once
+    if form is not None:
+        form.model_name, form.parent, form.hidden = name, self, {"name", "task", "n_outputs"}   # those the pipeline sets
+        for w in (form.save_path, form.save_button, form.status): w.layout.display = "none"
+        form._layout()
+    self.model_form, self.model_box.children = form, ([form] if form is not None else [])
+    if not self._quiet: self.validate()
+    return form
+
+@patch(as_prop=True)
+def params(self: ConfigForm) -> dict:
+    "A model form's values as a pipeline's `model_params`: the fields changed from their defaults."
+    return {n: v for n, v in self.values.items() if n not in self.hidden and v != self.fields[n].default}
+
+# %% ../nbs/11_widgets.ipynb #e3212808
+@patch
+def _train_clicked(self: ConfigForm, _=None):
+    "Train the form's values under a live monitor, in the background; the `LiveTrain` (also `self.job`)."
+    from qtnb.pipeline import TrainParams, train
+    if not self.validate(): return None
+    p = TrainParams(**{k: v for k, v in self.value.model_dump().items() if k in TrainParams.model_fields}).check()
+    with self.output: self.job = train(p, monitor=True)
+    return self.job
+
+@patch
+def _tune_clicked(self: ConfigForm, _=None):
+    "Tune with the form's values in a background thread; `self.tune_job` holds its thread, then its report or error."
+    from qtnb.pipeline import TuneParams, tune
+    if not self.validate(): return None
+    p = TuneParams(**{k: v for k, v in self.value.model_dump().items() if k in TuneParams.model_fields}).check()
+    job = self.tune_job = {"report": None, "error": None}
+    def work():
+        try:
+            job["report"] = rep = tune(p, verbose=False)
+            self.status.value = f'<span style="color:#2e7d32">&#10004; tuned: run {html.escape(rep.run.id)}</span>'
+        except BaseException as e:
+            job["error"] = e
+            self.status.value = f'<span style="color:#c62828">&#9888; tuning failed: {html.escape(str(e))}</span>'
+    job["thread"] = threading.Thread(target=work, name="qtnb-tune", daemon=True)
+    self.status.value = f"tuning {html.escape(p.model)}: {p.n_trials} trials..."
+    job["thread"].start()
+    return job
 
 # %% ../nbs/11_widgets.ipynb #beb9364b
 def _clock(s: float | None) -> str:
