@@ -22,9 +22,9 @@ from .config import QtnbConfig, allowed, config_error
 from .errors import ConfigError, QtnbError, TrainingError
 
 # %% auto #0
-__all__ = ['WIDGETS_ENV', 'widget_frontend', 'live_frontend', 'figurewidget_available', 'svg_lines', 'svg_bars', 'Chart',
-           'config_class', 'FormField', 'ConfigForm', 'Throttle', 'TrainingMonitor', 'StaticCopy', 'free_port',
-           'start_dashboard', 'TunerPanel', 'run_equity', 'run_symbols', 'RunBrowser']
+__all__ = ['WIDGETS_ENV', 'KEY_COLUMNS', 'widget_frontend', 'live_frontend', 'figurewidget_available', 'svg_lines', 'svg_bars',
+           'Chart', 'config_class', 'FormField', 'ConfigForm', 'Throttle', 'TrainingMonitor', 'StaticCopy', 'free_port',
+           'start_dashboard', 'TunerPanel', 'run_equity', 'run_symbols', 'run_label', 'ago', 'run_row', 'RunBrowser']
 
 # %% ../nbs/11_widgets.ipynb #d0504f9e
 WIDGETS_ENV = "QTNB_WIDGETS"
@@ -88,7 +88,7 @@ def svg_lines(series: dict, *, title: str = "", xlabel: str = "", logy: bool = F
            for k, xy in series.items()}
     tf = (lambda y: math.log10(y)) if logy else (lambda y: y)
     allp = [(x, tf(y)) for p in pts.values() for x, y in p]
-    L, R, T, B = 56, 110, 24 if title else 8, 30
+    L, R, T, B = 56, 140, 24 if title else 8, 30
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="qtnb-chart" width="{width}" height="{height}" '
            f'viewBox="0 0 {width} {height}" style="font:11px sans-serif;background:#fff">']
     if title: out.append(f'<text x="{L}" y="15" font-weight="bold">{html.escape(title)}</text>')
@@ -119,7 +119,7 @@ def svg_lines(series: dict, *, title: str = "", xlabel: str = "", logy: bool = F
             out += [f'<circle data-series="{key}" cx="{sx(x):.1f}" cy="{sy(tf(y)):.1f}" r="2.4" fill="{c}"/>' for x, y in p]
         ly = T + 12 + 14 * i
         out.append(f'<rect x="{L + pw + 8}" y="{ly - 8}" width="10" height="3" fill="{c}"/>'
-                   f'<text x="{L + pw + 22}" y="{ly}">{html.escape(str(name)[:16])}</text>')
+                   f'<text x="{L + pw + 22}" y="{ly}">{html.escape(str(name)[:22])}</text>')
     out.append("</svg>")
     return "".join(out)
 
@@ -147,6 +147,7 @@ class Chart:
                  backend: str = "auto", width: int = 520, height: int = 260):
         self.title, self.kind, self.xlabel, self.logy, self.width, self.height = title, kind, xlabel, logy, width, height
         self.series: dict = {}
+        self.labels: dict = {}     # series name -> the name its legend shows (e.g. run id -> run_label)
         if backend == "auto": backend = "plotly" if figurewidget_available() else "svg"
         self.backend = backend
         if backend == "plotly":
@@ -156,14 +157,14 @@ class Chart:
 
     def _svg(self) -> str:
         if self.kind == "bars": return svg_bars(self.series, title=self.title, width=self.width)
-        return svg_lines(self.series, title=self.title, xlabel=self.xlabel, logy=self.logy, width=self.width, height=self.height)
+        return svg_lines(self._shown(), title=self.title, xlabel=self.xlabel, logy=self.logy, width=self.width, height=self.height)
 
     def figure(self):
         "The current data as a plotly `Figure`."
         import plotly.graph_objects as go
         fig = go.Figure(layout=dict(title=self.title or None, width=self.width, height=self.height,
                                     margin=dict(l=50, r=10, t=30 if self.title else 10, b=30), template="plotly_white"))
-        _draw(fig, self.series, self.kind)
+        _draw(fig, self._shown(), self.kind)
         if self.logy and self.kind != "bars": fig.update_yaxes(type="log")
         if self.xlabel: fig.update_xaxes(title=self.xlabel)
         return fig
@@ -172,8 +173,13 @@ class Chart:
         "Replace the data and redraw."
         self.series = dict(series)
         if self.backend == "plotly":
-            with self.widget.batch_update(): _draw(self.widget, self.series, self.kind)
+            with self.widget.batch_update(): _draw(self.widget, self._shown(), self.kind)
         else: self.widget.value = self._svg()
+
+    def _shown(self) -> dict:
+        "The series under their legend names (the keys when two labels would clash)."
+        names = [str(self.labels.get(k, k)) for k in self.series]
+        return dict(zip(names, self.series.values())) if len(set(names)) == len(names) else self.series
 
     @property
     def n_points(self) -> dict:
@@ -590,8 +596,9 @@ def _clock(s: float | None) -> str:
     s = int(round(s)); h, r = divmod(s, 3600); m, s = divmod(r, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
-def _table(rows: list[dict], *, cls: str = "qtnb-table", links: dict | None = None) -> str:
-    "An HTML table of `rows`; `links` maps a column to a function (value, row) -> href or None."
+def _table(rows: list[dict], *, cls: str = "qtnb-table", links: dict | None = None,
+           show: dict | None = None) -> str:   # column -> function giving the text shown for a value (e.g. run_label)
+    "An HTML table of `rows`, one line each; `links` maps a column to a function (value, row) -> href or None."
     if not rows: return '<i style="color:#999">nothing yet</i>'
     cols = list(dict.fromkeys(k for r in rows for k in r))
     th = "".join(f'<th style="text-align:left;padding:2px 8px">{html.escape(str(c))}</th>' for c in cols)
@@ -600,11 +607,12 @@ def _table(rows: list[dict], *, cls: str = "qtnb-table", links: dict | None = No
         tds = []
         for c in cols:
             v = r.get(c, "")
-            cell = _fmt(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else html.escape(str(v))
+            cell = (_fmt(v) if isinstance(v, (int, float)) and not isinstance(v, bool)
+                    else html.escape(str((show or {}).get(c, str)(v) if v not in ("", None) else v)))
             href = (links or {}).get(c)
             url = href(v, r) if href and v not in ("", None) else None
             if url: cell = f'<a href="{html.escape(url, quote=True)}" target="_blank">{cell}</a>'
-            tds.append(f'<td style="padding:2px 8px">{cell}</td>')
+            tds.append(f'<td style="padding:2px 8px;white-space:nowrap">{cell}</td>')
         body.append("<tr>" + "".join(tds) + "</tr>")
     return (f'<table class="{cls}" style="border-collapse:collapse;font-size:0.9em"><thead><tr>{th}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table>')
@@ -1118,6 +1126,37 @@ def run_symbols(run) -> pd.DataFrame | None:
     return symbol_table(d["signal"].to_numpy(), d["forward_return"].to_numpy(), d["date"], d["symbol"].to_numpy(),
                         cost_bps=_traded_as(run)[1])
 
+# %% ../nbs/11_widgets.ipynb #358640a5
+import re
+from datetime import datetime, timezone
+_RUN_ID_RE = re.compile(r"^(\d{8}-\d{6})-(.+)-([0-9a-f]{4})$")   # the run store's id format
+
+def run_label(run_id: str) -> str:
+    "The run's name and its short id: '20261205-022412-train-mlp-a1b2' -> 'train-mlp a1b2' (other ids unchanged)."
+    m = _RUN_ID_RE.match(str(run_id))
+    return f"{m[2]} {m[3]}" if m else str(run_id)
+
+def ago(when, now: float | None = None) -> str:
+    "'just now', '3 min ago', '2 h ago', '5 days ago' for an ISO time or a timestamp; '' when unknown."
+    try: t = when if isinstance(when, (int, float)) else datetime.fromisoformat(str(when)).timestamp()
+    except (TypeError, ValueError): return ""
+    s = (time.time() if now is None else now) - t
+    if s < 60: return "just now"
+    for unit, n in (("days", 86400), ("h", 3600), ("min", 60)):
+        if s >= n: return f"{int(s // n)} {'day' if unit == 'days' and s < 2 * n else unit} ago"
+
+KEY_COLUMNS = ("val_loss", "test_loss", "test_r2", "test_accuracy", "test_sharpe")
+
+def run_row(r: dict, params: dict, now: float | None = None) -> dict:
+    "One compact table row from a `list_runs` row and the run's params."
+    model = params.get("model")
+    model = model.get("name") if isinstance(model, dict) else model or (params.get("parameters") or {}).get("model", "")
+    study = params.get("study")
+    return {"run": r["id"], "state": r.get("state", ""), "pipeline": params.get("pipeline", ""), "model": model or "",
+            "study": (study.get("name") if isinstance(study, dict) else study) or "",
+            **{k: r[k] for k in KEY_COLUMNS if _finite(r.get(k))},
+            "started": ago(r.get("started"), now)}
+
 # %% ../nbs/11_widgets.ipynb #e9dbd4d0
 class RunBrowser(StaticCopy, W.VBox):
     "The run store as a filterable table; overlay the selected runs' learning curves and equity, compare their metrics and symbols."
@@ -1174,19 +1213,23 @@ class RunBrowser(StaticCopy, W.VBox):
     def _href(self, run_id: str, file: str = "") -> str: return f"{self.link_root.rstrip('/')}/{run_id}/{file}"
 
     def _filter(self) -> None:
+        from qtnb.runs import open_run
         df = self.filtered
         if df is None: return
         ids = [str(x) for x in df["id"]] if "id" in df else []
-        rows = []
+        now, rows = time.time(), []
         for _, r in df.iterrows():
-            row = {("run" if k == "id" else k): _blank(v) for k, v in r.items()}
-            row["notebook"] = "notebook.ipynb" if (self.root / str(r["id"]) / "notebook.ipynb").exists() else ""
+            try: params = open_run(str(r["id"]), runs_dir=self.root).params
+            except QtnbError: params = {}
+            row = run_row(r.to_dict(), params if isinstance(params, dict) else {}, now)
+            row["notebook"] = "notebook" if (self.root / str(r["id"]) / "notebook.ipynb").exists() else ""
             rows.append(row)
         self.table.value = _table(rows, cls="qtnb-runs-table-inner",
                                   links={"run": lambda v, r: self._href(v),
-                                         "notebook": lambda v, r: self._href(r["run"], "notebook.ipynb")})
+                                         "notebook": lambda v, r: self._href(r["run"], "notebook.ipynb")},
+                                  show={"run": run_label})
         keep = [i for i in self.selector.value if i in ids]
-        self.selector.options = ids
+        self.selector.options = [(run_label(i), i) for i in ids]
         self.selector.value = tuple(keep)
         self._selected()
 
@@ -1216,6 +1259,7 @@ class RunBrowser(StaticCopy, W.VBox):
             x = list(h["epoch"]) if "epoch" in h.columns else list(range(1, len(h) + 1))
             series[rid] = (x, list(h[metric]))
         self.chart.title = metric
+        self.chart.labels = self.equity_chart.labels = {i: run_label(i) for i in hist}
         self.chart.update(series)
         self._draw_trading(list(hist))
         if not hist:
@@ -1243,7 +1287,7 @@ class RunBrowser(StaticCopy, W.VBox):
                 equity[rid] = (list(d.year + (d.day_of_year - 1) / 365.25), list(eq["equity"]))
             if sym is not None:
                 rows = [{"symbol": k, **{c: _fmt(v) for c, v in r.items()}} for k, r in sym.iterrows()]
-                tables.append(f"<b>{html.escape(rid)}</b>: {len(sym)} symbols" + _table(rows, cls="qtnb-symbols-table"))
+                tables.append(f"<b>{html.escape(run_label(rid))}</b>: {len(sym)} symbols" + _table(rows, cls="qtnb-symbols-table"))
         self.equity_chart.update(equity)
         self.symbols.value = "".join(tables)
 

@@ -224,3 +224,37 @@ def test_pipeline_form_train_button_runs_the_forms_values(tmp_path):
     want = form.value.model_dump(mode="json", exclude={"run_id", "runs_dir", "resume"})
     eq(rep.run.params["parameters"], want)
     eq(rep.run.params["model"]["hidden_size"], 8); eq(rep.metrics["fit"]["epochs"], 2)
+
+
+# ---- the run browser: names with short ids, a compact table, overlaid curves -------------------------------------------
+def test_run_browser_names_runs_with_short_ids_in_a_compact_table(panel_runs):
+    from qtnb.widgets import RunBrowser, run_label
+    store, bt, tr = panel_runs
+    rb = RunBrowser(store, mode="widgets", backend="svg")
+    table = rb.table.value
+    eq(table.count("<tr>"), 1 + 2)                                 # a header and one line per run
+    head = re.findall(r"<th[^>]*>([^<]*)</th>", table)
+    eq(head[:5], ["run", "state", "pipeline", "model", "study"]); assert "started" in head and len(head) <= 12, head
+    for rep in (bt, tr):
+        label = run_label(rep.run.id)
+        assert label.endswith(rep.run.id[-4:]) and label in table and f'{rep.run.id}/"' in table   # shown short, linked full
+    assert table.count(">linear<") == 2 and ">backtest<" in table and ">train<" in table
+    assert "<br" not in table and table.count("white-space:nowrap") >= 2 * len(head)
+    eq(sorted(l for l, _ in rb.selector.options), sorted(run_label(r.run.id) for r in (bt, tr)))
+    rb.select(bt.run.id, tr.run.id)
+    eq(set(rb.equity_chart._shown()), {run_label(bt.run.id), run_label(tr.run.id)})   # the equity legend too
+
+def test_run_browser_overlays_the_selected_runs_learning_curves_under_whole_labels(tmp_path):
+    from qtnb.runs import create_run
+    from qtnb.widgets import RunBrowser, run_label
+    ids = []
+    for name, n in (("lstm-long-name-a", 5), ("lstm-long-name-b", 3)):
+        r = create_run(name, runs_dir=tmp_path, params={"pipeline": "train", "model": {"name": "lstm"}})
+        for e in range(1, n + 1): r.log_epoch({"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e})
+        r.set_status("completed"); ids.append(r.id)
+    rb = RunBrowser(tmp_path, mode="widgets", backend="svg")
+    rb.select(*ids)
+    eq(rb.chart.n_points, {ids[0]: 5, ids[1]: 3})                 # both runs' curves, overlaid
+    svg = rb.last_static["text/html"]
+    for i in ids: assert f">{run_label(i)}</text>" in svg, run_label(i)   # legends whole: name and short id
+    eq({t["name"] for t in rb.last_static["application/vnd.plotly.v1+json"]["data"]}, {run_label(i) for i in ids})
