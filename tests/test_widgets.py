@@ -258,3 +258,19 @@ def test_run_browser_overlays_the_selected_runs_learning_curves_under_whole_labe
     svg = rb.last_static["text/html"]
     for i in ids: assert f">{run_label(i)}</text>" in svg, run_label(i)   # legends whole: name and short id
     eq({t["name"] for t in rb.last_static["application/vnd.plotly.v1+json"]["data"]}, {run_label(i) for i in ids})
+
+def test_pipeline_form_tune_button_tunes_the_forms_values(tmp_path):
+    from qtnb.pipeline import TuneParams
+    from qtnb.widgets import ConfigForm
+    form = ConfigForm(TuneParams)
+    form.set(data="synthetic:planted", seq_len=8, model="linear", n_trials=2, sampler="random", pruner="none",
+             runs_dir=str(tmp_path))
+    eq(form.errors, {}); eq(form.tune_button.disabled, False)
+    form.tune_button.click()
+    job = form.tune_job
+    job["thread"].join(300)
+    assert job["error"] is None, job["error"]
+    rep = job["report"]
+    eq(rep.run.status["state"], "completed"); eq(len(pd.read_csv(rep.run_dir / "trials.csv")), 2)   # the form's n_trials
+    eq(rep.run.params["parameters"], form.value.model_dump(mode="json", exclude={"run_id", "runs_dir", "resume"}))
+    assert "tuned: run" in form.status.value
