@@ -505,7 +505,7 @@ def train(p: TrainParams | dict | None = None, *, verbose: bool = True, cost_bps
     p = p if isinstance(p, TrainParams) else TrainParams(**{**(p or {}), **params}).check()
     if monitor is None:
         from qtnb.widgets import live_frontend
-        monitor = live_frontend()
+        monitor = live_frontend() and p.pipeline == "train"   # backtest calls train and reads its report at once
     if monitor is not False: return LiveTrain(p, monitor, verbose=verbose, cost_bps=cost_bps, callbacks=callbacks)
     dc, tcfg = p.data_config(), p.train_config()
     if cost_bps is not None: tcfg = tcfg.model_copy(update={"cost_bps": cost_bps})

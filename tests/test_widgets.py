@@ -274,3 +274,20 @@ def test_pipeline_form_tune_button_tunes_the_forms_values(tmp_path):
     eq(rep.run.status["state"], "completed"); eq(len(pd.read_csv(rep.run_dir / "trials.csv")), 2)   # the form's n_trials
     eq(rep.run.params["parameters"], form.value.model_dump(mode="json", exclude={"run_id", "runs_dir", "resume"}))
     assert "tuned: run" in form.status.value
+
+def test_live_frontend_is_on_in_a_watched_kernel_and_off_under_nbclient(tmp_path):
+    "The default of train(monitor=None): a kernel whose client takes input (JupyterLab) gets the monitor, nbclient/papermill not."
+    from jupyter_client.manager import start_new_kernel
+    env = {k: v for k, v in os.environ.items() if k != "QTNB_WIDGETS"}
+    km, kc = start_new_kernel(kernel_name="python3", cwd=str(tmp_path), env=env)
+    try:
+        def run(allow_stdin):
+            out = []
+            kc.execute_interactive("from qtnb.widgets import live_frontend, widget_frontend\n"
+                                   "print(widget_frontend(), live_frontend())", allow_stdin=allow_stdin, timeout=120,
+                                   output_hook=lambda m: out.append(m["content"].get("text", "")), stdin_hook=lambda m: None)
+            return "".join(out).strip()
+        eq(run(False), "True False")                               # as nbclient (papermill, nbconvert) runs a cell
+        eq(run(True), "True True")                                 # as JupyterLab runs one
+    finally:
+        kc.stop_channels(); km.shutdown_kernel(now=True)
