@@ -449,31 +449,6 @@ class ConfigForm(W.VBox):
         self._show(found)
         return not self.errors
 
-    def _show(self, found: dict) -> None:
-        "A message naming one field stands beside it; any other once in the status line, the fields it names marked."
-        self.errors = {}
-        for msg, names in found.items():
-            for n in names or [""]: self.errors.setdefault(n, msg)
-        for n, f in self.fields.items():
-            msg = self.errors.get(n)
-            f.show_error(msg, mark_only=msg is not None and len(found[msg]) != 1)
-        sub = self.model_form.messages if self.model_form is not None else []
-        if sub: self.errors.setdefault("model_params", sub[0])
-        self.messages = [*found, *sub]
-        general = [m for m, names in found.items() if len(names) != 1]
-        if general: self.status.value = ('<div class="qtnb-error" style="color:#c62828">&#9888; '
-                                         + "<br>".join(html.escape(m) for m in general) + "</div>")
-        elif self.messages:
-            n = len(self.messages)
-            self.status.value = f'<span style="color:#c62828">{n} problem{"s" if n > 1 else ""} to fix, marked above</span>'
-        else: self.status.value = '<span style="color:#2e7d32">&#10004; valid</span>'
-        for b in self._actions(): b.disabled = bool(self.errors)
-        self._layout()
-        if self.parent is not None and not self.parent._quiet: self.parent.validate()
-
-    def _actions(self) -> list: return [getattr(self, "train_button"), getattr(self, "tune_button")] if self.nested_models else []
-    def _outputs(self) -> list: return [self.output] if self.nested_models else []
-
     @property
     def valid(self) -> bool: return not self.errors
 
@@ -516,6 +491,37 @@ class ConfigForm(W.VBox):
         lines = [f"ConfigForm({self.config_class.__name__})"]
         lines += [f"  {n} = {f.get()!r}" + (f"   <- {f.error}" if f.error else "") for n, f in self.fields.items()]
         return "\n".join(lines)
+
+# %% ../nbs/11_widgets.ipynb #8072ad67
+from fastcore.basics import patch
+
+@patch
+def _show(self: ConfigForm, found: dict) -> None:
+    "A message naming one field stands beside it; any other once in the status line, the fields it names marked."
+    self.errors = {}
+    for msg, names in found.items():
+        for n in names or [""]: self.errors.setdefault(n, msg)
+    for n, f in self.fields.items():
+        msg = self.errors.get(n)
+        f.show_error(msg, mark_only=msg is not None and len(found[msg]) != 1)
+    sub = self.model_form.messages if self.model_form is not None else []
+    if sub: self.errors.setdefault("model_params", sub[0])
+    self.messages = [*found, *sub]
+    general = [m for m, names in found.items() if len(names) != 1]
+    if general: self.status.value = ('<div class="qtnb-error" style="color:#c62828">&#9888; '
+                                     + "<br>".join(html.escape(m) for m in general) + "</div>")
+    elif self.messages:
+        n = len(self.messages)
+        self.status.value = f'<span style="color:#c62828">{n} problem{"s" if n > 1 else ""} to fix, marked above</span>'
+    else: self.status.value = '<span style="color:#2e7d32">&#10004; valid</span>'
+    for b in self._actions(): b.disabled = bool(self.errors)
+    self._layout()
+    if self.parent is not None and not self.parent._quiet: self.parent.validate()
+
+@patch
+def _actions(self: ConfigForm) -> list: return [getattr(self, "train_button"), getattr(self, "tune_button")] if self.nested_models else []
+@patch
+def _outputs(self: ConfigForm) -> list: return [self.output] if self.nested_models else []
 
 # %% ../nbs/11_widgets.ipynb #ee532ead
 from fastcore.basics import patch
