@@ -22,9 +22,9 @@ from .config import QtnbConfig, allowed, config_error
 from .errors import ConfigError, QtnbError, TrainingError
 
 # %% auto #0
-__all__ = ['WIDGETS_ENV', 'widget_frontend', 'figurewidget_available', 'svg_lines', 'svg_bars', 'Chart', 'config_class',
-           'FormField', 'ConfigForm', 'Throttle', 'TrainingMonitor', 'StaticCopy', 'free_port', 'start_dashboard',
-           'TunerPanel', 'run_equity', 'run_symbols', 'RunBrowser']
+__all__ = ['WIDGETS_ENV', 'KEY_COLUMNS', 'widget_frontend', 'live_frontend', 'figurewidget_available', 'svg_lines', 'svg_bars',
+           'Chart', 'config_class', 'FormField', 'ConfigForm', 'Throttle', 'TrainingMonitor', 'StaticCopy', 'free_port',
+           'start_dashboard', 'TunerPanel', 'run_equity', 'run_symbols', 'run_label', 'ago', 'run_row', 'RunBrowser']
 
 # %% ../nbs/11_widgets.ipynb #d0504f9e
 WIDGETS_ENV = "QTNB_WIDGETS"
@@ -42,6 +42,15 @@ def _use_widgets(mode: str) -> bool:
     if mode not in ("auto", "widgets", "text"):
         raise ConfigError(f"mode={mode!r} is invalid; use 'auto', 'widgets' or 'text'")
     return widget_frontend() if mode == "auto" else mode == "widgets"
+
+# %% ../nbs/11_widgets.ipynb #8aa97e66
+def live_frontend() -> bool:
+    "True where a person watches the cell: a widget front end that takes input (JupyterLab, VS Code), not papermill or nbconvert."
+    if not widget_frontend(): return False
+    shell = sys.modules["IPython"].get_ipython()
+    # ipykernel keeps the running request's allow_stdin (False from nbclient, hence papermill) only in this private
+    # attribute; no public API says whether the client can answer input()
+    return bool(getattr(getattr(shell, "kernel", None), "_allow_stdin", False))
 
 # %% ../nbs/11_widgets.ipynb #5f018b70
 _PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
@@ -79,7 +88,7 @@ def svg_lines(series: dict, *, title: str = "", xlabel: str = "", logy: bool = F
            for k, xy in series.items()}
     tf = (lambda y: math.log10(y)) if logy else (lambda y: y)
     allp = [(x, tf(y)) for p in pts.values() for x, y in p]
-    L, R, T, B = 56, 110, 24 if title else 8, 30
+    L, R, T, B = 56, 140, 24 if title else 8, 30
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="qtnb-chart" width="{width}" height="{height}" '
            f'viewBox="0 0 {width} {height}" style="font:11px sans-serif;background:#fff">']
     if title: out.append(f'<text x="{L}" y="15" font-weight="bold">{html.escape(title)}</text>')
@@ -110,7 +119,7 @@ def svg_lines(series: dict, *, title: str = "", xlabel: str = "", logy: bool = F
             out += [f'<circle data-series="{key}" cx="{sx(x):.1f}" cy="{sy(tf(y)):.1f}" r="2.4" fill="{c}"/>' for x, y in p]
         ly = T + 12 + 14 * i
         out.append(f'<rect x="{L + pw + 8}" y="{ly - 8}" width="10" height="3" fill="{c}"/>'
-                   f'<text x="{L + pw + 22}" y="{ly}">{html.escape(str(name)[:16])}</text>')
+                   f'<text x="{L + pw + 22}" y="{ly}">{html.escape(str(name)[:22])}</text>')
     out.append("</svg>")
     return "".join(out)
 
@@ -138,6 +147,7 @@ class Chart:
                  backend: str = "auto", width: int = 520, height: int = 260):
         self.title, self.kind, self.xlabel, self.logy, self.width, self.height = title, kind, xlabel, logy, width, height
         self.series: dict = {}
+        self.labels: dict = {}     # series name -> the name its legend shows (e.g. run id -> run_label)
         if backend == "auto": backend = "plotly" if figurewidget_available() else "svg"
         self.backend = backend
         if backend == "plotly":
@@ -147,14 +157,14 @@ class Chart:
 
     def _svg(self) -> str:
         if self.kind == "bars": return svg_bars(self.series, title=self.title, width=self.width)
-        return svg_lines(self.series, title=self.title, xlabel=self.xlabel, logy=self.logy, width=self.width, height=self.height)
+        return svg_lines(self._shown(), title=self.title, xlabel=self.xlabel, logy=self.logy, width=self.width, height=self.height)
 
     def figure(self):
         "The current data as a plotly `Figure`."
         import plotly.graph_objects as go
         fig = go.Figure(layout=dict(title=self.title or None, width=self.width, height=self.height,
                                     margin=dict(l=50, r=10, t=30 if self.title else 10, b=30), template="plotly_white"))
-        _draw(fig, self.series, self.kind)
+        _draw(fig, self._shown(), self.kind)
         if self.logy and self.kind != "bars": fig.update_yaxes(type="log")
         if self.xlabel: fig.update_xaxes(title=self.xlabel)
         return fig
@@ -163,8 +173,13 @@ class Chart:
         "Replace the data and redraw."
         self.series = dict(series)
         if self.backend == "plotly":
-            with self.widget.batch_update(): _draw(self.widget, self.series, self.kind)
+            with self.widget.batch_update(): _draw(self.widget, self._shown(), self.kind)
         else: self.widget.value = self._svg()
+
+    def _shown(self) -> dict:
+        "The series under their legend names (the keys when two labels would clash)."
+        names = [str(self.labels.get(k, k)) for k in self.series]
+        return dict(zip(names, self.series.values())) if len(set(names)) == len(names) else self.series
 
     @property
     def n_points(self) -> dict:
@@ -321,12 +336,16 @@ class FormField:
                   and (not isinstance(w, W.IntSlider) or float(value) == int(float(value))))
             w.value = value if ok else (w.max if _finite(value) and float(value) > w.max else w.min)
             if not ok: self._override = value
+        elif k == "choice" and value not in [o[1] if isinstance(o, tuple) else o for o in self.widget.options]:
+            self._override = value   # not one of the choices (a typo from code or YAML): kept, and flagged
         else: self.widget.value = value
 
-    def show_error(self, msg: str | None) -> None:
+    def show_error(self, msg: str | None, mark_only: bool = False) -> None:
+        "Show `msg` beside the field; `mark_only`: only a warning sign (the message stands once, in the form's status)."
         self.error = msg
-        self.message.value = (f'<span class="qtnb-error" style="color:#c62828">&#9888; {html.escape(msg)}</span>'
-                              if msg else self._help_html())
+        self.message.value = ('<span class="qtnb-error-mark" style="color:#c62828">&#9888;</span>' if msg and mark_only else
+                              f'<span class="qtnb-error" style="color:#c62828">&#9888; {html.escape(msg)}</span>' if msg
+                              else self._help_html())
 
 # %% ../nbs/11_widgets.ipynb #c6b95e62
 def _field_names_in(msg: str, names) -> list[str]:
@@ -345,7 +364,10 @@ class ConfigForm(W.VBox):
         self.presets: dict = self.schema.get("presets", {}) or {}
         self.fields = {n: FormField(n, p, self.presets) for n, p in self.schema.get("properties", {}).items()}
         self.errors: dict[str, str] = {}
+        self.messages: list[str] = []     # each problem once, as shown
         self._quiet = False
+        self.parent, self.hidden, self.model_form, self.nested_models = None, set(), None, False
+        if {"model", "model_params"} <= set(self.fields) and hasattr(self.config_class, "check"): self._nest_models()
         groups: dict[str, list[FormField]] = {}
         for f in self.fields.values(): groups.setdefault(f.group, []).append(f)
         self.sections = {}
@@ -362,8 +384,8 @@ class ConfigForm(W.VBox):
         self.save_button = W.Button(description="Save YAML", icon="save")
         title = W.HTML(f"<b>{html.escape(self.schema.get('title', self.config_class.__name__))}</b>"
                        f" <span style='color:#777'>{html.escape(self.schema.get('description', ''))}</span>")
-        header = W.HBox([self.preset_picker, self.advanced_toggle, self.save_path, self.save_button])
-        super().__init__([title, header, *[a for a, _ in self.sections.values()], self.status])
+        header = W.HBox([self.preset_picker, self.advanced_toggle, self.save_path, self.save_button, *self._actions()])
+        super().__init__([title, header, *[a for a, _ in self.sections.values()], self.status, *self._outputs()])
         self.add_class("qtnb-config-form")
         for f in self.fields.values(): f.widget.observe(self._changed, names="value")
         self.preset_picker.observe(self._preset_picked, names="value")
@@ -382,6 +404,7 @@ class ConfigForm(W.VBox):
             v = f.get()
             if v is None and f.default is None: continue
             out[n] = v
+        if self.model_form is not None: out["model_params"] = self.model_form.params
         return out
 
     def set(self, **values) -> None:
@@ -391,7 +414,11 @@ class ConfigForm(W.VBox):
                                       f"valid fields: {', '.join(self.fields)}")
         self._quiet = True
         try:
-            for k, v in values.items(): self.fields[k].set(v)
+            for k, v in sorted(values.items(), key=lambda kv: kv[0] == "model_params"):   # the model before its params
+                if k == "model_params" and self.nested_models and self._model_form(reset=True) is not None:
+                    self.model_form.set(**(v or {}))
+                else: self.fields[k].set(v)
+            if "model" in values and self.nested_models: self._model_form()
         finally: self._quiet = False
         self.validate()
 
@@ -403,26 +430,23 @@ class ConfigForm(W.VBox):
         if self.preset_picker.value != name: self.preset_picker.value = name
 
     def validate(self) -> bool:
-        "Check the values, show each problem beside its field; True when the config is valid."
-        self.errors = {}
-        try: self.config_class.model_validate(self.values)
+        "Check the values (and the config's own `check()`); show each problem once; True when the config is valid."
+        found: dict[str, list[str]] = {}        # message -> the fields it names
+        try: cfg = self.config_class.model_validate(self.values)
         except ValidationError as e:
             for err in e.errors(include_url=False):
                 loc = err.get("loc") or ()
                 name = str(loc[0]) if loc else ""
                 msg = str(err.get("ctx", {}).get("error", err["msg"])) if err["type"] == "value_error" else err["msg"]
-                if name in self.fields:
-                    rng = allowed(self.config_class.model_fields[name]) if name in self.config_class.model_fields else ""
-                    self.errors[name] = msg + (f"; allowed: {rng}" if rng else "")
-                else:
-                    self.errors.setdefault("", msg)
-                    for n in _field_names_in(msg, self.fields): self.errors.setdefault(n, msg)
-        for n, f in self.fields.items(): f.show_error(self.errors.get(n))
-        if self.errors:
-            lines = [f"{n}: {m}" if n else m for n, m in self.errors.items()]
-            self.status.value = ('<div style="color:#c62828">&#9888; ' + "<br>".join(html.escape(x) for x in lines) + "</div>")
-        else: self.status.value = '<span style="color:#2e7d32">&#10004; valid</span>'
-        self._layout()
+                rng = allowed(self.config_class.model_fields[name]) if name in self.config_class.model_fields else ""
+                if rng and "allowed" not in msg: msg += f"; allowed: {rng}"
+                found.setdefault(msg, [name] if name in self.fields else _field_names_in(msg, self.fields))
+        else:
+            nested = self.model_form is not None and self.model_form.errors   # shown beside the model's own fields
+            if hasattr(cfg, "check") and not nested:
+                try: cfg.check()
+                except QtnbError as e: found.setdefault(str(e), _field_names_in(str(e), self.fields))
+        self._show(found)
         return not self.errors
 
     @property
@@ -459,7 +483,7 @@ class ConfigForm(W.VBox):
     def _layout(self) -> None:
         show = self.advanced_toggle.value
         for acc, fs in self.sections.values():
-            visible = [f for f in fs if show or not f.advanced or f.error]
+            visible = [f for f in fs if f.name not in self.hidden and (show or not f.advanced or f.error)]
             for f in fs: f.row.layout.display = None if f in visible else "none"
             acc.layout.display = None if visible else "none"
 
@@ -468,14 +492,119 @@ class ConfigForm(W.VBox):
         lines += [f"  {n} = {f.get()!r}" + (f"   <- {f.error}" if f.error else "") for n, f in self.fields.items()]
         return "\n".join(lines)
 
+# %% ../nbs/11_widgets.ipynb #8072ad67
+from fastcore.basics import patch
+
+@patch
+def _show(self: ConfigForm, found: dict) -> None:
+    "A message naming one field stands beside it; any other once in the status line, the fields it names marked."
+    self.errors = {}
+    for msg, names in found.items():
+        for n in names or [""]: self.errors.setdefault(n, msg)
+    for n, f in self.fields.items():
+        msg = self.errors.get(n)
+        f.show_error(msg, mark_only=msg is not None and len(found[msg]) != 1)
+    sub = self.model_form.messages if self.model_form is not None else []
+    if sub: self.errors.setdefault("model_params", sub[0])
+    self.messages = [*found, *sub]
+    general = [m for m, names in found.items() if len(names) != 1]
+    if general: self.status.value = ('<div class="qtnb-error" style="color:#c62828">&#9888; '
+                                     + "<br>".join(html.escape(m) for m in general) + "</div>")
+    elif self.messages:
+        n = len(self.messages)
+        self.status.value = f'<span style="color:#c62828">{n} problem{"s" if n > 1 else ""} to fix, marked above</span>'
+    else: self.status.value = '<span style="color:#2e7d32">&#10004; valid</span>'
+    for b in self._actions(): b.disabled = bool(self.errors)
+    self._layout()
+    if self.parent is not None and not self.parent._quiet: self.parent.validate()
+
+@patch
+def _actions(self: ConfigForm) -> list: return [getattr(self, "train_button"), getattr(self, "tune_button")] if self.nested_models else []
+@patch
+def _outputs(self: ConfigForm) -> list: return [self.output] if self.nested_models else []
+
+# %% ../nbs/11_widgets.ipynb #ee532ead
+from fastcore.basics import patch
+
+@patch
+def _nest_models(self: ConfigForm) -> None:
+    "Make `model` a choice of the registry's models, with that model's form in place of `model_params`; add Train and Tune."
+    from qtnb.models.core import list_models
+    f, self.nested_models = self.fields["model"], True
+    f.kind, old = "choice", f.widget
+    f.widget = W.Dropdown(options=[(m["name"], m["name"]) for m in list_models()], description=old.description,
+                          style=old.style, layout=old.layout, tooltip=old.tooltip)
+    f.widget.observe(f._moved, names="value"); f.set(f.default)
+    f.widget.observe(lambda ch: self._model_form(), names="value")
+    f.row.children = (f.widget, f.message)
+    self.model_box = self.fields["model_params"].row = W.VBox(layout=W.Layout(margin="0 0 0 24px"))
+    self.train_button = W.Button(description="Train", icon="play", button_style="success")
+    self.tune_button = W.Button(description="Tune", icon="search")
+    for b in (self.train_button, self.tune_button): b.add_class(f"qtnb-{b.description.lower()}")
+    self.train_button.on_click(self._train_clicked); self.tune_button.on_click(self._tune_clicked)
+    self.output, self.job, self.tune_job = W.Output(), None, None
+    self._quiet = True
+    try: self._model_form()
+    finally: self._quiet = False
+
+@patch
+def _model_form(self: ConfigForm, reset: bool = False):
+    "The chosen model's form, rebuilt when the model changed (or `reset`); None for a model not in the registry."
+    name, cur = self.fields["model"].get(), self.model_form
+    if cur is not None and cur.model_name == name and not reset: return cur
+    try: form = ConfigForm(name)
+    except QtnbError: form = None                 # the pipeline's check names the unknown model, once
+    if form is not None:
+        form.model_name, form.parent, form.hidden = name, self, {"name", "task", "n_outputs"}   # those the pipeline sets
+        for w in (form.save_path, form.save_button, form.status): w.layout.display = "none"
+        form._layout()
+    self.model_form, self.model_box.children = form, ([form] if form is not None else [])
+    if not self._quiet: self.validate()
+    return form
+
+@patch(as_prop=True)
+def params(self: ConfigForm) -> dict:
+    "A model form's values as a pipeline's `model_params`: the fields changed from their defaults."
+    return {n: v for n, v in self.values.items() if n not in self.hidden and v != self.fields[n].default}
+
+# %% ../nbs/11_widgets.ipynb #e3212808
+@patch
+def _train_clicked(self: ConfigForm, _=None):
+    "Train the form's values under a live monitor, in the background; the `LiveTrain` (also `self.job`)."
+    from qtnb.pipeline import TrainParams, train
+    if not self.validate(): return None
+    p = TrainParams(**{k: v for k, v in self.value.model_dump().items() if k in TrainParams.model_fields}).check()
+    with self.output: self.job = train(p, monitor=True)
+    return self.job
+
+@patch
+def _tune_clicked(self: ConfigForm, _=None):
+    "Tune with the form's values in a background thread; `self.tune_job` holds its thread, then its report or error."
+    from qtnb.pipeline import TuneParams, tune
+    if not self.validate(): return None
+    p = TuneParams(**{k: v for k, v in self.value.model_dump().items() if k in TuneParams.model_fields}).check()
+    job = self.tune_job = {"report": None, "error": None}
+    def work():
+        try:
+            job["report"] = rep = tune(p, verbose=False)
+            self.status.value = f'<span style="color:#2e7d32">&#10004; tuned: run {html.escape(rep.run.id)}</span>'
+        except BaseException as e:
+            job["error"] = e
+            self.status.value = f'<span style="color:#c62828">&#9888; tuning failed: {html.escape(str(e))}</span>'
+    job["thread"] = threading.Thread(target=work, name="qtnb-tune", daemon=True)
+    self.status.value = f"tuning {html.escape(p.model)}: {p.n_trials} trials..."
+    job["thread"].start()
+    return job
+
 # %% ../nbs/11_widgets.ipynb #beb9364b
 def _clock(s: float | None) -> str:
     if s is None or not math.isfinite(s): return "?"
     s = int(round(s)); h, r = divmod(s, 3600); m, s = divmod(r, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
-def _table(rows: list[dict], *, cls: str = "qtnb-table", links: dict | None = None) -> str:
-    "An HTML table of `rows`; `links` maps a column to a function (value, row) -> href or None."
+def _table(rows: list[dict], *, cls: str = "qtnb-table", links: dict | None = None,
+           show: dict | None = None) -> str:   # column -> function giving the text shown for a value (e.g. run_label)
+    "An HTML table of `rows`, one line each; `links` maps a column to a function (value, row) -> href or None."
     if not rows: return '<i style="color:#999">nothing yet</i>'
     cols = list(dict.fromkeys(k for r in rows for k in r))
     th = "".join(f'<th style="text-align:left;padding:2px 8px">{html.escape(str(c))}</th>' for c in cols)
@@ -484,11 +613,12 @@ def _table(rows: list[dict], *, cls: str = "qtnb-table", links: dict | None = No
         tds = []
         for c in cols:
             v = r.get(c, "")
-            cell = _fmt(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else html.escape(str(v))
+            cell = (_fmt(v) if isinstance(v, (int, float)) and not isinstance(v, bool)
+                    else html.escape(str((show or {}).get(c, str)(v) if v not in ("", None) else v)))
             href = (links or {}).get(c)
             url = href(v, r) if href and v not in ("", None) else None
             if url: cell = f'<a href="{html.escape(url, quote=True)}" target="_blank">{cell}</a>'
-            tds.append(f'<td style="padding:2px 8px">{cell}</td>')
+            tds.append(f'<td style="padding:2px 8px;white-space:nowrap">{cell}</td>')
         body.append("<tr>" + "".join(tds) + "</tr>")
     return (f'<table class="{cls}" style="border-collapse:collapse;font-size:0.9em"><thead><tr>{th}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table>')
@@ -1002,6 +1132,37 @@ def run_symbols(run) -> pd.DataFrame | None:
     return symbol_table(d["signal"].to_numpy(), d["forward_return"].to_numpy(), d["date"], d["symbol"].to_numpy(),
                         cost_bps=_traded_as(run)[1])
 
+# %% ../nbs/11_widgets.ipynb #358640a5
+import re
+from datetime import datetime, timezone
+_RUN_ID_RE = re.compile(r"^(\d{8}-\d{6})-(.+)-([0-9a-f]{4})$")   # the run store's id format
+
+def run_label(run_id: str) -> str:
+    "The run's name and its short id: '20261205-022412-train-mlp-a1b2' -> 'train-mlp a1b2' (other ids unchanged)."
+    m = _RUN_ID_RE.match(str(run_id))
+    return f"{m[2]} {m[3]}" if m else str(run_id)
+
+def ago(when, now: float | None = None) -> str:
+    "'just now', '3 min ago', '2 h ago', '5 days ago' for an ISO time or a timestamp; '' when unknown."
+    try: t = when if isinstance(when, (int, float)) else datetime.fromisoformat(str(when)).timestamp()
+    except (TypeError, ValueError): return ""
+    s = (time.time() if now is None else now) - t
+    if s < 60: return "just now"
+    for unit, n in (("days", 86400), ("h", 3600), ("min", 60)):
+        if s >= n: return f"{int(s // n)} {'day' if unit == 'days' and s < 2 * n else unit} ago"
+
+KEY_COLUMNS = ("val_loss", "test_loss", "test_r2", "test_accuracy", "test_sharpe")
+
+def run_row(r: dict, params: dict, now: float | None = None) -> dict:
+    "One compact table row from a `list_runs` row and the run's params."
+    model = params.get("model")
+    model = model.get("name") if isinstance(model, dict) else model or (params.get("parameters") or {}).get("model", "")
+    study = params.get("study")
+    return {"run": r["id"], "state": r.get("state", ""), "pipeline": params.get("pipeline", ""), "model": model or "",
+            "study": (study.get("name") if isinstance(study, dict) else study) or "",
+            **{k: r[k] for k in KEY_COLUMNS if _finite(r.get(k))},
+            "started": ago(r.get("started"), now)}
+
 # %% ../nbs/11_widgets.ipynb #e9dbd4d0
 class RunBrowser(StaticCopy, W.VBox):
     "The run store as a filterable table; overlay the selected runs' learning curves and equity, compare their metrics and symbols."
@@ -1058,19 +1219,23 @@ class RunBrowser(StaticCopy, W.VBox):
     def _href(self, run_id: str, file: str = "") -> str: return f"{self.link_root.rstrip('/')}/{run_id}/{file}"
 
     def _filter(self) -> None:
+        from qtnb.runs import open_run
         df = self.filtered
         if df is None: return
         ids = [str(x) for x in df["id"]] if "id" in df else []
-        rows = []
+        now, rows = time.time(), []
         for _, r in df.iterrows():
-            row = {("run" if k == "id" else k): _blank(v) for k, v in r.items()}
-            row["notebook"] = "notebook.ipynb" if (self.root / str(r["id"]) / "notebook.ipynb").exists() else ""
+            try: params = open_run(str(r["id"]), runs_dir=self.root).params
+            except QtnbError: params = {}
+            row = run_row(r.to_dict(), params if isinstance(params, dict) else {}, now)
+            row["notebook"] = "notebook" if (self.root / str(r["id"]) / "notebook.ipynb").exists() else ""
             rows.append(row)
         self.table.value = _table(rows, cls="qtnb-runs-table-inner",
                                   links={"run": lambda v, r: self._href(v),
-                                         "notebook": lambda v, r: self._href(r["run"], "notebook.ipynb")})
+                                         "notebook": lambda v, r: self._href(r["run"], "notebook.ipynb")},
+                                  show={"run": run_label})
         keep = [i for i in self.selector.value if i in ids]
-        self.selector.options = ids
+        self.selector.options = [(run_label(i), i) for i in ids]
         self.selector.value = tuple(keep)
         self._selected()
 
@@ -1100,6 +1265,7 @@ class RunBrowser(StaticCopy, W.VBox):
             x = list(h["epoch"]) if "epoch" in h.columns else list(range(1, len(h) + 1))
             series[rid] = (x, list(h[metric]))
         self.chart.title = metric
+        self.chart.labels = self.equity_chart.labels = {i: run_label(i) for i in hist}
         self.chart.update(series)
         self._draw_trading(list(hist))
         if not hist:
@@ -1127,7 +1293,7 @@ class RunBrowser(StaticCopy, W.VBox):
                 equity[rid] = (list(d.year + (d.day_of_year - 1) / 365.25), list(eq["equity"]))
             if sym is not None:
                 rows = [{"symbol": k, **{c: _fmt(v) for c, v in r.items()}} for k, r in sym.iterrows()]
-                tables.append(f"<b>{html.escape(rid)}</b>: {len(sym)} symbols" + _table(rows, cls="qtnb-symbols-table"))
+                tables.append(f"<b>{html.escape(run_label(rid))}</b>: {len(sym)} symbols" + _table(rows, cls="qtnb-symbols-table"))
         self.equity_chart.update(equity)
         self.symbols.value = "".join(tables)
 

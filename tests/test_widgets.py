@@ -141,3 +141,153 @@ def test_tuner_panel_follows_a_study_on_a_panel(tmp_path):
     from qtnb.runs import open_run
     run = open_run(t.best_trial().user_attrs["run_id"], runs_dir=tmp_path)
     eq(run.metrics["val"]["n_symbols"], 3)                    # each trial validated on the portfolio of all three
+
+
+# ---- train(..., monitor=True): the live monitor on the train pipeline --------------------------------------------------
+FAST = dict(data="synthetic:planted", model="mlp", seq_len=8, epochs=3, batch_size=512, verbose=False)
+
+def test_monitored_train_shows_every_epoch_and_returns_the_plain_report(tmp_path):
+    from qtnb.pipeline import LiveTrain, Report, train
+    from qtnb.widgets import TrainingMonitor
+    mon = TrainingMonitor(mode="widgets", every=0, backend="svg")
+    live = train(monitor=mon, runs_dir=tmp_path / "live", **FAST)
+    assert isinstance(live, LiveTrain)
+    rep = live.result()
+    plain = train(runs_dir=tmp_path / "plain", **FAST)            # monitor=None outside a watched kernel: no monitor
+    assert isinstance(plain, Report) and not isinstance(plain, LiveTrain)
+    hist = pd.read_csv(rep.run_dir / "history.csv")
+    eq([r["epoch"] for r in mon.history], [1, 2, 3]); eq(list(hist["epoch"]), [1, 2, 3])
+    np.testing.assert_allclose([r["val_loss"] for r in mon.history], hist["val_loss"])   # what the run recorded
+    eq(mon.loss_chart.n_points, {"train_loss": 3, "val_loss": 3}); eq(mon.state, "completed")
+    eq(rep.run.status["state"], "completed")
+    eq({k: rep.metrics[k] for k in ("val", "test")}, {k: plain.metrics[k] for k in ("val", "test")})   # the same fit
+    eq([f | {"run_id": 0} for f in rep.metrics["folds"]], [f | {"run_id": 0} for f in plain.metrics["folds"]])
+    eq(rep.run.params["parameters"] | {"runs_dir": None}, plain.run.params["parameters"] | {"runs_dir": None})
+
+def test_the_monitors_stop_button_stops_a_monitored_train(tmp_path):
+    import threading
+    from qtnb.callbacks import Callback
+    from qtnb.pipeline import train
+    from qtnb.widgets import TrainingMonitor
+    reached, clicked = threading.Event(), threading.Event()
+    class HoldAtEpoch2(Callback):                                  # no clock: the fit waits for the click
+        n = 0
+        def on_train_epoch_end(self, trainer, *args, **kwargs):
+            self.n += 1
+            if self.n == 2: reached.set(); clicked.wait(60)
+    mon = TrainingMonitor(mode="widgets", every=0, backend="svg")
+    live = train(monitor=mon, callbacks=[HoldAtEpoch2()], runs_dir=tmp_path, **{**FAST, "epochs": 50})
+    assert reached.wait(120)
+    assert not mon.stop_button.disabled
+    mon.stop_button.click(); clicked.set()
+    rep = live.result(120)
+    eq(rep.run.status["state"], "stopped"); eq(mon.state, "stopped")
+    assert rep.metrics["fit"]["epochs"] <= 3, rep.metrics["fit"]
+    eq(len(mon.history), len(pd.read_csv(rep.run_dir / "history.csv")))
+
+
+# ---- ConfigForm(TrainParams): the registry's models, nested model forms, one message per problem, Train ---------------
+def _shown_html(w) -> str:
+    "Every HTML the form draws, nested forms included (hidden rows too: a message there would still be a copy)."
+    import ipywidgets as W
+    out = [w.value] if isinstance(w, W.HTML) else []
+    for c in getattr(w, "children", ()): out.append(_shown_html(c))
+    return "\n".join(out)
+
+@pytest.mark.parametrize("values, says", [(dict(model="lstmm"), "unknown model 'lstmm'"),
+                                          (dict(model="lstm", model_params={"hidden_size": 0}), "hidden_size=0"),
+                                          (dict(epochs=0), "epochs=0")])
+def test_pipeline_form_shows_one_message_per_problem_and_disables_train(values, says):
+    import html
+    from qtnb.pipeline import TrainParams
+    from qtnb.widgets import ConfigForm
+    form = ConfigForm(TrainParams)
+    eq(form.errors, {}); eq(form.train_button.disabled, False)
+    form.set(**values)
+    eq(len(form.messages), 1); assert says in form.messages[0], form.messages
+    drawn = _shown_html(form)
+    eq(drawn.count(html.escape(form.messages[0])), 1)             # once on screen: not beside the field and in the status
+    eq(drawn.count(html.escape(says)), 1)
+    eq((form.train_button.disabled, form.tune_button.disabled), (True, True))
+
+def test_pipeline_form_train_button_runs_the_forms_values(tmp_path):
+    from qtnb.pipeline import LiveTrain, TrainParams
+    from qtnb.widgets import ConfigForm
+    form = ConfigForm(TrainParams)
+    form.set(data="synthetic:planted", seq_len=8, epochs=2, batch_size=512, runs_dir=str(tmp_path), model="lstm")
+    form.model_form.set(hidden_size=8, num_layers=1)               # the nested form, as a user edits it
+    eq(form.value.model_params, {"hidden_size": 8, "num_layers": 1} | form.model_form.params)
+    form.train_button.click()
+    assert isinstance(form.job, LiveTrain)
+    rep = form.job.result(300)
+    eq(rep.run.status["state"], "completed")
+    want = form.value.model_dump(mode="json", exclude={"run_id", "runs_dir", "resume"})
+    eq(rep.run.params["parameters"], want)
+    eq(rep.run.params["model"]["hidden_size"], 8); eq(rep.metrics["fit"]["epochs"], 2)
+
+
+# ---- the run browser: names with short ids, a compact table, overlaid curves -------------------------------------------
+def test_run_browser_names_runs_with_short_ids_in_a_compact_table(panel_runs):
+    from qtnb.widgets import RunBrowser, run_label
+    store, bt, tr = panel_runs
+    rb = RunBrowser(store, mode="widgets", backend="svg")
+    table = rb.table.value
+    eq(table.count("<tr>"), 1 + 2)                                 # a header and one line per run
+    head = re.findall(r"<th[^>]*>([^<]*)</th>", table)
+    eq(head[:5], ["run", "state", "pipeline", "model", "study"]); assert "started" in head and len(head) <= 12, head
+    for rep in (bt, tr):
+        label = run_label(rep.run.id)
+        assert label.endswith(rep.run.id[-4:]) and label in table and f'{rep.run.id}/"' in table   # shown short, linked full
+    assert table.count(">linear<") == 2 and ">backtest<" in table and ">train<" in table
+    assert "<br" not in table and table.count("white-space:nowrap") >= 2 * len(head)
+    eq(sorted(l for l, _ in rb.selector.options), sorted(run_label(r.run.id) for r in (bt, tr)))
+    rb.select(bt.run.id, tr.run.id)
+    eq(set(rb.equity_chart._shown()), {run_label(bt.run.id), run_label(tr.run.id)})   # the equity legend too
+
+def test_run_browser_overlays_the_selected_runs_learning_curves_under_whole_labels(tmp_path):
+    from qtnb.runs import create_run
+    from qtnb.widgets import RunBrowser, run_label
+    ids = []
+    for name, n in (("lstm-long-name-a", 5), ("lstm-long-name-b", 3)):
+        r = create_run(name, runs_dir=tmp_path, params={"pipeline": "train", "model": {"name": "lstm"}})
+        for e in range(1, n + 1): r.log_epoch({"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e})
+        r.set_status("completed"); ids.append(r.id)
+    rb = RunBrowser(tmp_path, mode="widgets", backend="svg")
+    rb.select(*ids)
+    eq(rb.chart.n_points, {ids[0]: 5, ids[1]: 3})                 # both runs' curves, overlaid
+    svg = rb.last_static["text/html"]
+    for i in ids: assert f">{run_label(i)}</text>" in svg, run_label(i)   # legends whole: name and short id
+    eq({t["name"] for t in rb.last_static["application/vnd.plotly.v1+json"]["data"]}, {run_label(i) for i in ids})
+
+def test_pipeline_form_tune_button_tunes_the_forms_values(tmp_path):
+    from qtnb.pipeline import TuneParams
+    from qtnb.widgets import ConfigForm
+    form = ConfigForm(TuneParams)
+    form.set(data="synthetic:planted", seq_len=8, model="linear", n_trials=2, sampler="random", pruner="none",
+             runs_dir=str(tmp_path))
+    eq(form.errors, {}); eq(form.tune_button.disabled, False)
+    form.tune_button.click()
+    job = form.tune_job
+    job["thread"].join(300)
+    assert job["error"] is None, job["error"]
+    rep = job["report"]
+    eq(rep.run.status["state"], "completed"); eq(len(pd.read_csv(rep.run_dir / "trials.csv")), 2)   # the form's n_trials
+    eq(rep.run.params["parameters"], form.value.model_dump(mode="json", exclude={"run_id", "runs_dir", "resume"}))
+    assert "tuned: run" in form.status.value
+
+def test_live_frontend_is_on_in_a_watched_kernel_and_off_under_nbclient(tmp_path):
+    "The default of train(monitor=None): a kernel whose client takes input (JupyterLab) gets the monitor, nbclient/papermill not."
+    from jupyter_client.manager import start_new_kernel
+    env = {k: v for k, v in os.environ.items() if k != "QTNB_WIDGETS"}
+    km, kc = start_new_kernel(kernel_name="python3", cwd=str(tmp_path), env=env)
+    try:
+        def run(allow_stdin):
+            out = []
+            kc.execute_interactive("from qtnb.widgets import live_frontend, widget_frontend\n"
+                                   "print(widget_frontend(), live_frontend())", allow_stdin=allow_stdin, timeout=120,
+                                   output_hook=lambda m: out.append(m["content"].get("text", "")), stdin_hook=lambda m: None)
+            return "".join(out).strip()
+        eq(run(False), "True False")                               # as nbclient (papermill, nbconvert) runs a cell
+        eq(run(True), "True True")                                 # as JupyterLab runs one
+    finally:
+        kc.stop_channels(); km.shutdown_kernel(now=True)

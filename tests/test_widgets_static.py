@@ -51,7 +51,7 @@ def test_tuner_panel_and_run_browser_keep_a_static_copy(tmp_path):
     import optuna
     from IPython.core.interactiveshell import InteractiveShell
     from qtnb.runs import create_run
-    from qtnb.widgets import RunBrowser, TunerPanel
+    from qtnb.widgets import RunBrowser, TunerPanel, run_label
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name="static-demo")
     study.optimize(lambda t: (t.suggest_float("x", -2, 2) - 1) ** 2, n_trials=5)
@@ -70,8 +70,8 @@ def test_tuner_panel_and_run_browser_keep_a_static_copy(tmp_path):
         r = create_run(name, runs_dir=tmp_path)
         r.log_epoch({"epoch": 1, "val_loss": 1.0}); r.log_epoch({"epoch": 2, "val_loss": 0.5}); r.set_status("completed")
     rb = RunBrowser(tmp_path, mode="widgets")
-    ids = list(rb.selector.options)
+    ids = [v for _, v in rb.selector.options]
     rb.select(*ids)
     s = rb.last_static
     assert all(i in s["text/html"] for i in ids) and "qtnb-compare-table" in s["text/html"]
-    eq(sorted(t["name"] for t in s["application/vnd.plotly.v1+json"]["data"]), sorted(ids))
+    eq(sorted(t["name"] for t in s["application/vnd.plotly.v1+json"]["data"]), sorted(run_label(i) for i in ids))   # name + short id
