@@ -24,9 +24,10 @@ __all__ = ['PIPELINES', 'FORWARD_GRACE_S', 'resolve_runs_dir', 'PipelineParams',
            'check_features', 'check_model_shapes', 'largest_allocation', 'free_memory', 'check_memory',
            'BacktestParams', 'TuneParams', 'ExportParams', 'default_search_space', 'parse_value', 'pipeline_class',
            'check_params', 'check_runs_dir', 'pipeline_run', 'say', 'EpochLog', 'FoldResult', 'fold_predictions',
-           'stitch', 'oos_metrics', 'train_folds', 'fold_runs', 'kept_fold', 'use_static_plotly', 'Report', 'LiveTrain',
-           'backtest', 'tune', 'latest_model_run', 'export', 'PipelineFailed', 'pipeline_notebook', 'run_pipeline',
-           'resume_target', 'parse_grid', 'grid_combinations', 'sweep', 'sweep_figure']
+           'stitch', 'oos_metrics', 'train_folds', 'fold_runs', 'kept_fold', 'mean_metrics', 'train',
+           'use_static_plotly', 'Report', 'LiveTrain', 'backtest', 'tune', 'latest_model_run', 'export',
+           'PipelineFailed', 'pipeline_notebook', 'run_pipeline', 'resume_target', 'parse_grid', 'grid_combinations',
+           'sweep', 'sweep_figure']
 
 # %% ../nbs/12_pipeline.ipynb #8df3eba0
 def resolve_runs_dir(runs_dir: str | Path | None = None) -> Path:
@@ -521,7 +522,7 @@ def _save_model(run, fr: FoldResult, model_cfg: dict, many: bool) -> Path | None
     best = Path(run.checkpoint_dir) / "best.pt"
     return best if best.is_file() else None
 
-from qtnb.trainer import _config_hash   # the hash the Trainer writes into lineage
+from .trainer import _config_hash   # the hash the Trainer writes into lineage
 
 def _export_model(run, fr: FoldResult, prep) -> Path:
     from qtnb.export import export_estimator, export_meta, export_run, _record_export
@@ -553,18 +554,13 @@ def _failing(run):
                 _best_effort(run.set_status, state, error=f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}")
             raise
 
-<<<<<<< /tmp/tmpsx8v0q0i/ours
 _TRADED_AS = ("horizon", "hold", "periods_per_year", "weighting", "long_only")   # metrics["trading"]'s keys that say how a signal is traded
 
-def train(p: TrainParams | dict | None = None, *, verbose: bool = True, cost_bps: float | None = None, **params) -> "Report":
-    "Run the train pipeline in-process: the same work as `qtnb run train`, returning a Report."
-=======
 def train(p: TrainParams | dict | None = None, *, verbose: bool = True, cost_bps: float | None = None,
           monitor=None,     # True or a TrainingMonitor: fit in the background under it (a LiveTrain); None: when live_frontend()
           callbacks=(),     # more trainer callbacks for every fold
           **params) -> "Report":
     "Run the train pipeline in-process: the same work as `qtnb run train`, returning a Report (a LiveTrain with a monitor)."
->>>>>>> /tmp/tmpsx8v0q0i/theirs
     from qtnb.data import prepare
     from qtnb.metrics import by_regime, trading_convention
     p = p if isinstance(p, TrainParams) else TrainParams(**{**(p or {}), **params}).check()
