@@ -252,6 +252,7 @@ def validate_frame(df: pd.DataFrame, *,
                         f"(df[~df.index.duplicated()]) or aggregate them")
     keep = list(dict.fromkeys(([sym] if sym is not None else []) + cols))
     out = pd.DataFrame({c: df[c] for c in keep}, index=df.index, copy=False)   # the columns, not a copy of them
+    out.attrs.update(df.attrs)                        # what a generator recorded (e.g. a planted series' optimal_r2)
     if not all(np.isfinite(out[c].to_numpy(dtype="float64")).all() for c in cols):
         vals = out[cols].to_numpy(dtype="float64")
         bad = ~np.isfinite(vals)
