@@ -724,7 +724,8 @@ def export_run(run_id: str, *, format: str = "onnx",
     prep = prepare(dict(data_cfg, cache=False) if "cache" not in data_cfg else data_cfg)
     fold = prep.folds[-1]
     model = create_model(model_cfg, n_features=len(prep.feature_names), seq_len=prep.config.seq_len)
-    if not is_torch_model(model): return _export_estimator_run(run, prep, format=format, precision=precision)
+    if not is_torch_model(model):     # settings.ini's default precision is for models that have a choice
+        return _export_estimator_run(run, prep, format=format, precision=precision if explicit else "fp32")
     try: model.load_state_dict(_state_dict(run.load_checkpoint("best")))
     except QtnbError: raise
     except RuntimeError as e: raise ExportError(f"run {run_id}'s best checkpoint does not fit its {model_cfg['name']} config: {str(e).splitlines()[0][:160]}") from None
