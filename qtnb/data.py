@@ -854,7 +854,9 @@ class Augment:
 class _Rows:
     "Per-row values computed when asked (`rows -> values`), so a panel keeps no per-row copy of them."
     def __init__(self, fn: Callable, n: int): self.fn, self.n = fn, n
-    def __getitem__(self, rows): return self.fn(np.asarray(rows))
+    def __getitem__(self, rows):
+        rows = np.asarray(rows)
+        return self.fn(np.flatnonzero(rows) if rows.dtype == bool else rows)   # a row mask, as an array would take it
     def __len__(self) -> int: return self.n
 
 class Windows:

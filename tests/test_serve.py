@@ -49,7 +49,10 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
-    proc, url = start_server(runs, "--slots", "1")
+    # no early stopping: the long second job must still be running when the test controls it, on any machine
+    ini = tmp_path_factory.mktemp("settings") / "settings.ini"
+    ini.write_text((REPO / "settings.ini").read_text().replace("early_stopping_patience = 10", "early_stopping_patience = 0"))
+    proc, url = start_server(runs, "--slots", "1", env={"QTNB_SETTINGS": str(ini)})
     yield runs, url, httpx.Client(base_url=url, timeout=60)
     stop(proc)
     for st in runs.glob("*/status.json"):                  # runs still going (a stop the trainer did not honour)
@@ -69,7 +72,7 @@ def test_start_queue_stream_control_predict(server, data, tmp_path):
     runs, url, c = server
     r = c.post("/runs/train", json={"data": str(data / "old.csv"), "model": "mlp", "epochs": 3, "seq_len": 8, "run_name": "apimlp"})
     eq(r.status_code, 202); a = r.json()["job"]
-    r = c.post("/runs/train", json={"data": str(data / "old.csv"), "model": "lstm", "epochs": 50, "seq_len": 8,
+    r = c.post("/runs/train", json={"data": str(data / "old.csv"), "model": "lstm", "epochs": 100_000, "seq_len": 8,
                                     "model_params": {"hidden_size": 8}})
     eq(r.status_code, 202); b = r.json()["job"]
     eq(c.get(f"/jobs/{b}").json()["state"], "queued")                   # one slot: the second run waits
@@ -122,6 +125,7 @@ def test_start_queue_stream_control_predict(server, data, tmp_path):
         eq(r.status_code, 202)
         eq(json.loads((runs / rid_b / "control.json").read_text())["action"], action)
     eq(c.post(f"/runs/{rid_b}/explode").status_code, 404)
+    wait_for(lambda: c.get(f"/runs/{rid_b}").json()["status"]["state"] == "stopped")   # the stop was honoured
 
 def test_paths_never_leave_the_store(server):
     runs, url, c = server
