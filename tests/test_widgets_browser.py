@@ -104,11 +104,21 @@ def _field_value(row) -> str:
             return loc.first.inner_text() if sel == ".widget-readout" else loc.first.input_value()
     return row.inner_text()
 
+def _clear_dialogs(page):
+    "Answer any JupyterLab dialog (a kernel choice after a failed kernel websocket, say) with its default button."
+    for _ in range(3):
+        d = page.locator(".jp-Dialog")
+        if not d.count(): return
+        try: d.locator(".jp-mod-accept").first.click(timeout=3_000)
+        except Exception: page.keyboard.press("Escape")
+        page.wait_for_timeout(500)
+
 def _run_all(page, tries: int = 3):
     "Run > Run All Cells, answering a kernel dialog if JupyterLab shows one, until the first cell has run."
     started = lambda: page.locator(".jp-InputPrompt").filter(has_text="[1]").count() + \
                       page.locator(".jp-InputPrompt").filter(has_text="[*]").count() > 0
     for _ in range(tries):
+        _clear_dialogs(page)                 # a dialog left open would take the click meant for the menu
         page.get_by_role("menuitem", name="Run", exact=True).click()
         page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
         try: page.locator(".jp-Dialog .jp-mod-accept").click(timeout=3_000)
