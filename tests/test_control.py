@@ -110,13 +110,17 @@ def test_pause_checkpoint_resume_stop_from_other_processes(lab):
 
 def weights(run: Path, name: str) -> dict: return torch.load(run / "checkpoints" / name, weights_only=True)["model"]
 
+def side_by_side(lab, args: list[str]) -> tuple:
+    "Two identical `qtnb run`s started together: (reference process, its run, the process to kill, its run)."
+    before = existing(lab)
+    whole = start(lab, *args)
+    run_whole = new_run(lab, before)
+    killed = start(lab, *args)
+    return whole, run_whole, killed, new_run(lab, before | {run_whole.name})
+
 def test_resume_after_kill_9_equals_an_uninterrupted_run(lab):
     d = lab[0]
-    before = existing(lab)
-    whole = start(lab, *train_args(d, 30))                    # the reference, side by side
-    run_whole = new_run(lab, before)
-    killed = start(lab, *train_args(d, 30))
-    run = new_run(lab, before | {run_whole.name})
+    whole, run_whole, killed, run = side_by_side(lab, train_args(d, 30))
     try:
         at = random.randint(2, 15)
         wait_for(lambda: epochs_done(run) >= at, 240, f"epoch {at}")
@@ -180,11 +184,7 @@ def fold_dirs(run: Path) -> dict:
 def test_walk_forward_resume_keeps_completed_folds_and_equals_an_uninterrupted_run(lab):
     import hashlib, pandas as pd
     d = lab[0]
-    before = existing(lab)
-    whole = start(lab, *wf_args(d, 5))                        # the reference, side by side
-    run_whole = new_run(lab, before)
-    killed = start(lab, *wf_args(d, 5))
-    run = new_run(lab, before | {run_whole.name})
+    whole, run_whole, killed, run = side_by_side(lab, wf_args(d, 5))
     try:
         # killed in the second fold, after two epochs (so it continues from fold 1's last.pt)
         wait_for(lambda: 1 in fold_dirs(run) and epochs_done(fold_dirs(run)[1]) >= 2, 240, "fold 1's second epoch")
