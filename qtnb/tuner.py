@@ -8,6 +8,7 @@ Docs: https://qtnb.github.io/qtnb/tuner.html.md"""
 from __future__ import annotations
 import contextlib, copy, difflib, gc, hashlib, json, math, multiprocessing, os, re, signal, socket, statistics, threading, time, warnings
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -441,8 +442,9 @@ class JournalHeartbeatStorage(JournalStorage, BaseHeartbeat):
         grace = self.grace_period or 2 * (self.heartbeat_interval or 60)
         now, out = time.time(), []
         for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
-            beat = t.system_attrs.get(_HEARTBEAT)
-            if beat and beat[0] == t._trial_id and now - beat[1] > grace: out.append(t._trial_id)
+            beat = t.system_attrs.get(_HEARTBEAT)   # no beat yet: the trial's start counts as its first
+            last = beat[1] if beat and beat[0] == t._trial_id else t.datetime_start.timestamp() if t.datetime_start else now
+            if now - last > grace: out.append(t._trial_id)
         return out
 
     def get_heartbeat_interval(self) -> int | None: return self.heartbeat_interval
@@ -637,11 +639,16 @@ def fail_trial(study: optuna.Study, trial_id: int, why: str) -> bool:
     _retry_callback(study)(study, ft)
     return True
 
-def fail_dead_trials(study: optuna.Study) -> list[int]:
+def _orphan(t: optuna.trial.FrozenTrial, after: float | None) -> bool:
+    "A RUNNING trial with no process record `after` seconds after it started: its process died between creating it and recording itself."
+    if after is None or t.system_attrs.get(_PROCESS) or t.datetime_start is None: return False
+    return (datetime.now() - t.datetime_start).total_seconds() > after
+
+def fail_dead_trials(study: optuna.Study, orphan_after: float | None = None) -> list[int]:
     "Fail and retry the RUNNING trials whose process (on this host) is gone, without waiting for their heartbeat to go stale."
     from qtnb.runs import process_alive
     dead = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            if t.system_attrs.get(_PROCESS) and process_alive(t.system_attrs[_PROCESS]) is False]
+            if (t.system_attrs.get(_PROCESS) and process_alive(t.system_attrs[_PROCESS]) is False) or _orphan(t, orphan_after)]
     return [t.number for t in dead if fail_trial(study, t._trial_id, "its process is gone")]
 
 
@@ -840,7 +847,8 @@ def run_trials(study: optuna.Study, objective: Callable, n_trials: int, *,
     try:
         while deadline is None or time.time() < deadline:
             if claim is not None: claim.acquire(); held[0] = True
-            fail_dead_trials(study)   # a process of this host that died: its trial is retried now, not after the grace period
+            fail_dead_trials(study, orphan_after=None if claim is None else 10.0)   # a process of this host that died: its trial is retried now
+            # (under the claim a trial without its process record is an orphan: its process records itself before letting go)
             c = trial_counts(study)
             if c["finished"] >= n_trials: break
             if c["finished"] + c["running"] >= n_trials:

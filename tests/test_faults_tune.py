@@ -2,7 +2,7 @@
 study files, a study whose `workers` change, reproducibility, parallel launches of one study and study names that are
 not slugs. After each fault no run says `running` without a live process, the study opens, the dashboard serves it,
 and the same command again completes the budget with exactly n_trials complete trials."""
-import json, os, random, signal, subprocess, sys, time, urllib.request
+import json, os, random, signal, subprocess, sys, time, urllib.request, zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -121,7 +121,7 @@ KILLS += [(signal.SIGKILL, 4, "top"), (signal.SIGTERM, 4, "top")]   # the qtnb p
 def test_signal_at_a_random_point_then_rerun(tmp_path, sig, workers, target):
     runs = tmp_path / "runs"
     cmd = tune_cmd(runs, workers=workers)
-    kill_at_random_point(cmd, runs, sig, target, seed=hash((sig.name, workers, target)) % 1000)
+    kill_at_random_point(cmd, runs, sig, target, seed=zlib.crc32(f"{sig.name}{workers}{target}".encode()) % 1000)
     no_ghosts(runs)
     open_study(runs)                       # the study still opens
     dashboard_serves(runs)
@@ -200,6 +200,22 @@ def test_torn_journal_tail_is_cut_and_the_study_continues(tmp_path):
     eq({t.number: t.params for t in st.trials if t.number in before}, before)
     assert (runs / "optuna.journal.torn").read_bytes().startswith(b'{"op_code": 6')
     no_ghosts(runs)
+
+
+def test_a_trial_whose_process_died_before_it_recorded_itself_is_retried(tmp_path):
+    "A kill between Optuna creating a trial and the trial recording its process leaves a RUNNING trial with no process and no"
+    " heartbeat; the next command retries it within seconds (it once waited for it forever)."
+    runs = tmp_path / "runs"
+    r = run(tune_cmd(runs, n=1, workers=4))
+    assert r.returncode == 0, r.stderr[-3000:]
+    orphan = open_study(runs).ask()                 # what the killed process left: RUNNING, nothing else
+    time.sleep(11)                                  # older than the claim's orphan age
+    t0 = time.time()
+    r = run(tune_cmd(runs, n=3, workers=4), timeout=120)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert time.time() - t0 < 100
+    st = budget_complete(runs, n=3)
+    eq(st.trials[orphan.number].state, TrialState.FAIL)
 
 
 def test_damaged_study_record_is_a_one_line_error(tmp_path):
