@@ -28,10 +28,11 @@ __all__ = ['KINDS', 'SAMPLERS', 'PRUNERS', 'PLOTS', 'Param', 'SearchSpace', 'tra
            'make_sampler', 'make_pruner', 'trial_seed', 'TrialSeededSampler', 'JournalHeartbeatStorage', 'JournalFlock',
            'journal_lock', 'StudyStorageError', 'StorageSpec', 'storage_spec', 'mark_interrupted', 'RetryAndMarkRun',
            'fail_trial', 'fail_dead_trials', 'repair_journal', 'check_storage', 'study_storage_spec', 'record_study',
-           'objective_names', 'check_objective', 'objective_directions', 'fail_reason', 'free_memory', 'trial_counts',
-           'run_trials', 'TrialProgress', 'watch_trials', 'sigterm_interrupts', 'run_workers', 'Tuner',
-           'record_trading', 'study_deflated_sharpe', 'trial_record', 'DashboardURL', 'store_storages',
-           'dashboard_storage', 'start_dashboard', 'StoreStudies', 'objective_value', 'xgboost_pruning', 'tune_symbols']
+           'AdvisoryLock', 'claim_lock', 'objective_names', 'check_objective', 'objective_directions', 'fail_reason',
+           'free_memory', 'trial_counts', 'run_trials', 'TrialProgress', 'watch_trials', 'sigterm_interrupts',
+           'run_workers', 'Tuner', 'record_trading', 'study_deflated_sharpe', 'trial_record', 'DashboardURL',
+           'store_storages', 'dashboard_storage', 'start_dashboard', 'StoreStudies', 'objective_value',
+           'xgboost_pruning', 'tune_symbols']
 
 # %% ../nbs/07_tuner.ipynb #2e26023c
 KINDS = ("log_uniform", "uniform", "int", "categorical", "conditional")
@@ -528,7 +529,7 @@ class StorageSpec:
             engine = {"connect_args": {"timeout": 60}} if self.is_sqlite else {"pool_pre_ping": True}
             if self.is_sqlite and self.url.startswith("sqlite:///") and ":memory:" not in self.url:
                 Path(self.url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-            try: storage = RDBStorage(self.url, engine_kwargs=engine, **hb)
+            try: storage = _rdb_storage(self.url, engine, hb, retry=not self.is_sqlite)
             except QtnbError: raise
             except Exception as e:
                 raise StudyStorageError(f"cannot open study storage {self.display()}: {type(e).__name__}: "
@@ -536,6 +537,15 @@ class StorageSpec:
                                         "(a damaged SQLite file: move it aside or restore it from a backup)") from None
             if self.is_sqlite: _sqlite_wal(storage.engine)
             return storage
+
+def _rdb_storage(url: str, engine: dict, hb: dict, retry: bool) -> RDBStorage:
+    "Optuna's RDBStorage; two machines opening a new database at once both create its tables, and one of them retries."
+    import sqlalchemy.exc as sx
+    for attempt in range(6 if retry else 1):
+        try: return RDBStorage(url, engine_kwargs=engine, **hb)
+        except (sx.IntegrityError, sx.ProgrammingError):   # e.g. duplicate key in pg_type: the other CREATE TABLE won
+            if attempt == (5 if retry else 0): raise
+            time.sleep(0.1 * (attempt + 1))
 
 def _sqlite_wal(engine) -> None:
     "Write-ahead log, and fsync at checkpoints rather than at every commit: a trial's per-epoch reports cost ~0.1 ms, not ~5."
@@ -762,6 +772,49 @@ def record_study(runs_dir: str | Path, study_name: str, spec: StorageSpec) -> Pa
     return rec
 
 
+# %% ../nbs/07_tuner.ipynb #e4dad458
+class AdvisoryLock(BaseJournalFileLock):
+    "A PostgreSQL session advisory lock named `key`, on a connection of its own (released by the server if that dies)."
+    def __init__(self, url: str, key: str):
+        self.url, self.key = url, key
+        self.id = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little", signed=True)
+        self._conn, self._local = None, threading.Lock()
+
+    def _sql(self, fn: str) -> None:
+        import sqlalchemy as sa
+        from sqlalchemy.pool import NullPool
+        if self._conn is None:
+            engine = sa.create_engine(self.url, poolclass=NullPool)
+            self._conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        try: self._conn.execute(sa.text(f"SELECT {fn}(:k)"), {"k": self.id})
+        except Exception:   # a lost connection lost its lock too: reconnect on the next acquire
+            conn, self._conn = self._conn, None
+            with contextlib.suppress(Exception): conn.close()
+            raise
+
+    def acquire(self) -> bool:
+        self._local.acquire()
+        try: self._sql("pg_advisory_lock")
+        except BaseException: self._local.release(); raise
+        return True
+
+    def release(self) -> None:
+        try:
+            with contextlib.suppress(Exception): self._sql("pg_advisory_unlock")
+        finally: self._local.release()
+
+    def __getstate__(self): return {"url": self.url, "key": self.key}
+    def __setstate__(self, state): self.__init__(state["url"], state["key"])
+
+def claim_lock(spec: "StorageSpec", study_name: str, fallback_dir: str | Path) -> BaseJournalFileLock:
+    "The lock all processes of study `study_name` share, on every machine that reaches its storage (see above)."
+    if spec.is_journal: return journal_lock(spec.url[len("journal:"):] + f".{study_name}.claim")
+    if spec.url.startswith(("postgresql", "postgres")): return AdvisoryLock(spec.url, f"qtnb-claim:{study_name}")
+    if spec.is_sqlite and spec.url.startswith("sqlite:///") and ":memory:" not in spec.url:
+        return journal_lock(spec.url[len("sqlite:///"):] + f".{study_name}.claim")
+    Path(fallback_dir).mkdir(parents=True, exist_ok=True)
+    return journal_lock(str(Path(fallback_dir) / "claim"))
+
 # %% ../nbs/07_tuner.ipynb #781853be
 def objective_names(objective: str | Sequence[str]) -> list[str]:
     "The objective metric names, as a list; `ConfigError` for an empty or malformed one."
@@ -830,7 +883,7 @@ def trial_counts(study: optuna.Study) -> dict[str, int]:
 def run_trials(study: optuna.Study, objective: Callable, n_trials: int, *,
                deadline: float | None = None, # time.time() after which no trial starts
                callbacks: Sequence[Callable] = (),
-               claim: BaseJournalFileLock | None = None) -> int: # a lock the study's processes on this machine share
+               claim: BaseJournalFileLock | None = None) -> int: # a lock all the study's processes share (claim_lock)
     "Run trials of `objective` until `study` has `n_trials` finished ones (shared with other processes); trials run here."
     from qtnb.runs import process_record
     ran, held, current = 0, [False], [None]
@@ -1121,9 +1174,8 @@ def _warm_up(self: Tuner) -> None:
     self._prepare()
 
 def _claim_lock(self: Tuner) -> BaseJournalFileLock:
-    "The lock this machine's workers hold from counting the budget to creating a trial (see `run_trials`)."
-    self.study_dir.mkdir(parents=True, exist_ok=True)
-    return journal_lock(str(self.study_dir / "claim"))
+    "The lock every worker of the study holds from counting the budget to creating a trial (see `run_trials`)."
+    return claim_lock(self.storage, self.study_name, self.study_dir)
 
 Tuner._objective, Tuner.optimize, Tuner._warm_up, Tuner._claim_lock = _objective, _optimize, _warm_up, _claim_lock
 

@@ -157,6 +157,47 @@ def test_four_workers_on_postgresql(postgres, tmp_path):
     assert tuner.storage.is_sqlite is False and "postgresql" in json.loads((tmp_path / "studies" / "pg" / "statistics.json").read_text())["storage"]
 
 
+MACHINE_SCRIPT = textwrap.dedent('''
+    import os, sys, time
+    from pathlib import Path
+    from optuna.trial import TrialState
+    from qtnb.tuner import SearchSpace, Tuner
+    storage, runs, reps, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+
+    def objective(params, trial):   # the two processes end their trials together, so both count the budget at once
+        trial.set_user_attr("pid", os.getpid())
+        deadline = time.time() + 1
+        while time.time() < deadline and len(trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))) < 2:
+            time.sleep(0.005)
+        return params["x"] ** 2
+
+    me, other = Path(runs + ".ready"), Path(sys.argv[5] + ".ready")   # start together: both imported, then go
+    me.write_text("x")
+    while not other.exists(): time.sleep(0.01)
+    for rep in range(reps):   # both "machines" go through the same studies, each with a run store of its own
+        Tuner(SearchSpace().uniform("x", -3, 3), objective, study_name=f"budget{rep}", sampler="random", pruner="none",
+              storage=storage, runs_dir=runs).optimize(n, write_outputs=False)
+''')
+
+
+def test_two_machines_on_one_postgresql_study_keep_its_budget(postgres, tmp_path):
+    "Two tuner processes with run stores of their own (as two machines have) share a PostgreSQL study: exactly n_trials, 10 times."
+    script, reps, n = tmp_path / "machine.py", 10, 5   # odd: the last trial is the one both would start
+    script.write_text(MACHINE_SCRIPT)
+    procs = [subprocess.Popen([PY, str(script), postgres, str(tmp_path / f"runs{i}"), str(reps), str(n),
+                              str(tmp_path / f"runs{1 - i}")], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    for p in procs:
+        out, _ = p.communicate(timeout=300)
+        assert p.returncode == 0, out[-3000:]
+    shared = 0
+    for rep in range(reps):
+        study = optuna.load_study(study_name=f"budget{rep}", storage=postgres)
+        eq((rep, trial_counts(study)["complete"], len(study.trials)), (rep, n, n))
+        shared += len({t.user_attrs.get("pid") for t in study.trials}) == 2
+    assert shared >= reps // 2, f"the two processes shared only {shared} of {reps} studies: the race was not run"
+
+
 def test_sqlite_url_with_workers_is_refused(tmp_path):
     # qtnb's own refusal, before any worker starts: not SQLite's error from two processes writing at once
     with pytest.raises(ConfigError, match=r"lives in SQLite .*which 2 worker processes cannot share") as info:
