@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "into runs/<run_id>/notebook.ipynb, streaming its output.")
     pipeline_args(r)
     r.add_argument("-q", "--quiet", action="store_true", help="do not stream the notebook's output")
+    r.add_argument("--scheduler", metavar="ADDRESS", help="tune: run the workers as tasks of the Dask cluster at tcp://HOST:PORT")
     r.add_argument("--resume", metavar="RUN_ID", help="continue this stopped or killed train run from its last checkpoint, in its folder")
 
     s = sub.add_parser("sweep", help="one run per combination of parameter values, in parallel", epilog=_pipeline_help(), formatter_class=fmt,
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline_args(s)
     s.add_argument("-g", "--grid", nargs=2, action="append", metavar=("NAME", "V1,V2"), help="values of a parameter to sweep (repeatable)")
     s.add_argument("--workers", type=int, default=1, metavar="N", help="runs at a time (processes; default 1)")
+    s.add_argument("--scheduler", metavar="ADDRESS", help="run each run as a task of the Dask cluster at tcp://HOST:PORT")
 
     rs = sub.add_parser("runs", help="list, show, compare, delete, pause, resume, stop or checkpoint runs")
     rsub = rs.add_subparsers(dest="runs_command", metavar="ACTION")
@@ -158,6 +160,11 @@ def _cli_param_style(command: str):
 def cmd_run(args) -> int:
     from qtnb.pipeline import PipelineFailed, run_pipeline
     params = _parse_params(args.pipeline, args.param)
+    if getattr(args, "scheduler", None):
+        if args.pipeline != "tune": raise ConfigError(f"--scheduler runs tuner workers and sweep runs on Dask; `qtnb run {args.pipeline}` has none (use qtnb sweep)")
+        from qtnb.cluster import dask_client
+        dask_client(args.scheduler).close()   # reachable, before a kernel starts
+        params["scheduler"] = args.scheduler
     quiet = open(os.devnull, "w") if args.quiet else None
     try:
         run = run_pipeline(args.pipeline, params, yaml_path=args.params_file, runs_dir=args.runs_dir, name=args.name,
@@ -187,7 +194,7 @@ def cmd_sweep(args) -> int:
     if both: raise ConfigError(f"{both[0]} is given by -p and by -g; sweep it with -g or fix it with -p, not both")
     def done(r, n): _echo(f"[{r['index'] + 1}/{n}] {r['state']:<9} {r['run_id'] or ''} {r['error'] or ''}")
     table, folder = sweep(args.pipeline, grid, params, yaml_path=args.params_file, workers=args.workers,
-                          runs_dir=args.runs_dir, name=args.name, on_done=done)
+                          runs_dir=args.runs_dir, name=args.name, on_done=done, scheduler=args.scheduler)
     cols = [c for c in table.columns if c in grid or c in ("sweep_state", "state", "test_loss", "test_directional_accuracy", "test_sharpe", "val_loss")]
     with __import__("pandas").option_context("display.width", 160, "display.max_columns", 20):
         _echo("\n" + table[cols].to_string())

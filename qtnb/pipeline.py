@@ -201,6 +201,7 @@ class TuneParams(TrainParams):
     objective: str = param("val_loss", description="Metric to optimise: val_<metric> or test_<metric> (names of qtnb.metrics.METRIC_NAMES).", group="tuning")
     search_space: dict | str | None = param(None, description="{'params': {name: spec}} or a YAML path; None: a default space for the model.", group="tuning")
     workers: int = param(1, description="Worker processes sharing the study.", group="tuning", ge=1, le=64)
+    scheduler: str | None = param(None, description="Dask scheduler address (tcp://HOST:8786): the workers are tasks of its cluster; None: local processes.", group="tuning", advanced=True)
     study_name: str | None = param(None, description="Optuna study name (default: stable from model, objective and space).", group="tuning", advanced=True)
 
 class ExportParams(PipelineParams):
@@ -864,10 +865,11 @@ def tune(p: TuneParams | dict | None = None, *, verbose: bool = True, **params) 
                                                   "objectives": tuner.objectives, "space": tuner.space.to_dict()}})
         if verbose: say(f"run {run.id}: study {tuner.study_name!r} on {tuner.storage.display()}, {p.n_trials} trials")
         progress, stop = TrialProgress(tuner.study, p.n_trials), threading.Event()
-        if verbose and p.workers > 1:           # the workers' trials, as they land in the study
+        apart = p.workers > 1 or p.scheduler is not None
+        if verbose and apart:                   # the workers' trials, as they land in the study
             threading.Thread(target=watch_trials, args=(progress, say, stop), daemon=True).start()
-        log = [lambda study, trial: say(progress.line(trial))] if verbose and p.workers == 1 else ()
-        try: tuner.optimize(p.n_trials, timeout=p.timeout, workers=p.workers, callbacks=log)
+        log = [lambda study, trial: say(progress.line(trial))] if verbose and not apart else ()
+        try: tuner.optimize(p.n_trials, timeout=p.timeout, workers=p.workers, callbacks=log, scheduler=p.scheduler)
         finally: stop.set()
         stats = tuner.statistics()
         best = tuner.best_trial()
@@ -1296,19 +1298,23 @@ def _sweep_dir(root: Path, name: str) -> Path:
     raise ConfigError(f"no free sweep id for {name!r} in {root / 'sweeps'}")
 
 def sweep(pipeline: str, grid: dict[str, list], params: dict | None = None, *, yaml_path: str | Path | None = None,
-          workers: int = 1, runs_dir: str | Path | None = None, name: str | None = None, on_done=None):
-    "One run of `pipeline` per grid combination, `workers` at a time; (comparison table, sweep folder)."
+          workers: int = 1, runs_dir: str | Path | None = None, name: str | None = None, on_done=None,
+          scheduler=None): # a Dask scheduler address (or LocalCluster, Client): each run is a task of its cluster
+    "One run of `pipeline` per grid combination, `workers` at a time (or as tasks of a Dask cluster); (comparison table, sweep folder)."
     from concurrent.futures import ProcessPoolExecutor
     import multiprocessing as mp
     from qtnb.runs import compare_runs
     if not grid: raise ConfigError("a sweep needs at least one -g NAME v1,v2 grid parameter")
     if workers < 1: raise ConfigError(f"--workers {workers} must be at least 1")
+    if scheduler is not None:
+        from qtnb.cluster import dask_client
+        client = dask_client(scheduler)   # reachable before anything is written
     combos = grid_combinations(grid)
     for c in combos: check_params(pipeline, {**(params or {}), **c}, yaml_path=yaml_path)   # all valid before any kernel
     root = check_runs_dir(runs_dir)
     base = name or f"sweep-{pipeline}"
     folder = _sweep_dir(root, base)
-    threads = max(1, (os.cpu_count() or 1) // min(workers, len(combos)))
+    threads = 1 if scheduler is not None else max(1, (os.cpu_count() or 1) // min(workers, len(combos)))
     jobs = [dict(pipeline=pipeline, params={**(params or {}), **c}, yaml_path=None if yaml_path is None else str(yaml_path),
                  runs_dir=str(root), name=f"{base[:56]}-{i}", index=i, threads=threads, log_dir=str(folder)) for i, c in enumerate(combos)]
     results, got = [], []
@@ -1316,7 +1322,13 @@ def sweep(pipeline: str, grid: dict[str, list], params: dict | None = None, *, y
         results.append(r)
         if r["state"] == "interrupted" and not got: got.append(r.get("signum", signal.SIGINT))
         if on_done: on_done(r, len(jobs))
-    if workers == 1:
+    if scheduler is not None:
+        from qtnb.cluster import map_on_cluster
+        try: map_on_cluster(client, _sweep_one, jobs, name=f"qtnb-{folder.name}", on_result=record)
+        except KeyboardInterrupt: got.append(signal.SIGINT)   # unfinished runs cancelled; the summary keeps what ended
+        finally:
+            if client is not scheduler: client.close()
+    elif workers == 1:
         for j in jobs:
             if got: break
             record(_sweep_one(j))                          # run_pipeline handles the signals of each run

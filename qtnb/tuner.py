@@ -883,7 +883,8 @@ def trial_counts(study: optuna.Study) -> dict[str, int]:
 def run_trials(study: optuna.Study, objective: Callable, n_trials: int, *,
                deadline: float | None = None, # time.time() after which no trial starts
                callbacks: Sequence[Callable] = (),
-               claim: BaseJournalFileLock | None = None) -> int: # a lock all the study's processes share (claim_lock)
+               claim: BaseJournalFileLock | None = None, # a lock all the study's processes share (claim_lock)
+               stop: Callable[[], bool] | None = None) -> int: # asked before each trial: True ends the loop
     "Run trials of `objective` until `study` has `n_trials` finished ones (shared with other processes); trials run here."
     from qtnb.runs import process_record
     ran, held, current = 0, [False], [None]
@@ -898,7 +899,7 @@ def run_trials(study: optuna.Study, objective: Callable, n_trials: int, *,
         return objective(trial)
     gc.freeze()   # what exists now (libraries, data) is left alone: the collection after each trial scans only what trials made
     try:
-        while deadline is None or time.time() < deadline:
+        while (deadline is None or time.time() < deadline) and not (stop is not None and stop()):
             if claim is not None: claim.acquire(); held[0] = True
             fail_dead_trials(study, orphan_after=None if claim is None else 10.0)   # a process of this host that died: its trial is retried now
             # (under the claim a trial without its process record is an orphan: its process records itself before letting go)
@@ -986,9 +987,36 @@ def _worker(tuner: "Tuner", n_trials: int, deadline: float | None, threads: int 
             run_trials(tuner.study, tuner._objective, n_trials, deadline=deadline, claim=tuner._claim_lock())
     except KeyboardInterrupt: raise SystemExit(130) from None   # its trial is failed and queued again; no traceback
 
+def _cluster_worker(job: tuple) -> int:
+    "A tuner worker as a task on a Dask worker: trials until the budget is met or the optimize that sent it stops."
+    tuner, n_trials, deadline, threads, event = job
+    from distributed import Event, get_worker
+    import torch
+    torch.set_num_threads(threads or max(1, int(getattr(get_worker(), "nthreads", 1) or 1)))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    tuner._warm_up()
+    return run_trials(tuner.study, tuner._objective, n_trials, deadline=deadline, claim=tuner._claim_lock(), stop=Event(event).is_set)
+
+def _run_on_cluster(tuner: "Tuner", n_trials: int, workers: int, deadline: float | None, threads: int | None, scheduler) -> None:
+    from distributed import Event
+    from qtnb.cluster import dask_client, map_on_cluster
+    client = dask_client(scheduler)
+    name = f"qtnb-tune-{tuner.study_name}-{os.getpid()}-{time.time_ns()}"
+    try: map_on_cluster(client, _cluster_worker, [(tuner, n_trials, deadline, threads, name)] * workers, name=name)
+    except KeyboardInterrupt:   # running trials finish (or fail and are queued again), none starts
+        with contextlib.suppress(Exception): Event(name, client=client).set()
+        raise
+    except QtnbError: raise
+    except Exception as e:
+        raise TuningError(f"a tuner worker on the cluster failed ({fail_reason(e)[:200]}); completed trials are kept: "
+                          "rerun optimize to finish the study") from None
+    finally:
+        if client is not scheduler: client.close()
+
 def run_workers(tuner: "Tuner", n_trials: int, workers: int, *, deadline: float | None = None,
-                threads: int | None = None) -> None:
-    "Run `workers` processes on `tuner`'s study until it has `n_trials` finished trials; `TuningError` if one dies."
+                threads: int | None = None, scheduler=None) -> None:
+    "Run `workers` processes (tasks of the Dask cluster at `scheduler`) on `tuner`'s study until it has `n_trials` finished trials."
+    if scheduler is not None: return _run_on_cluster(tuner, n_trials, workers, deadline, threads, scheduler)
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_worker, args=(tuner, n_trials, deadline, threads), name=f"qtnb-tuner-{i}", daemon=False)
              for i in range(workers)]
@@ -1142,7 +1170,8 @@ def _optimize(self: Tuner, n_trials: int | None = None, *,
               timeout: float | None = None, # seconds after which no new trial starts (default: TuneConfig.timeout_hours)
               workers: int | None = None,   # worker processes (default: TuneConfig.parallel_trials)
               callbacks: Sequence[Callable] = (), # Optuna callbacks (study, frozen_trial), in-process runs only
-              write_outputs: bool = True) -> optuna.Study:
+              write_outputs: bool = True,
+              scheduler=None) -> optuna.Study: # a Dask scheduler address (or Client): the workers are tasks of its cluster
     "Run trials until the study holds `n_trials` finished ones; here or in `workers` processes. The study."
     n_trials = self.config.n_trials if n_trials is None else n_trials
     workers = self.config.parallel_trials if workers is None else workers
@@ -1154,15 +1183,19 @@ def _optimize(self: Tuner, n_trials: int | None = None, *,
         raise ConfigError(f"study {self.study_name!r} lives in SQLite ({self.storage.display()}), which {workers} worker processes cannot "
                           "share without 'database is locked'; continue it with workers=1, or tune a new study_name (a journal)")
     if workers > 1 and callbacks: raise ConfigError("callbacks run in-process; with workers > 1 watch the study instead (TunerPanel.watch)")
+    if scheduler is not None and (self.storage.is_sqlite or callbacks):
+        raise ConfigError(f"scheduler={scheduler!r}: cluster workers need a study they all reach (a journal in a shared run store, or "
+                          "PostgreSQL), not SQLite, and take no in-process callbacks" if self.storage.is_sqlite else
+                          f"scheduler={scheduler!r}: callbacks run in-process; watch the study instead (TunerPanel.watch)")
     deadline = time.time() + timeout if timeout else None
     study = self.study                  # created here once, before workers race to create it
     with sigterm_interrupts():
-        if workers == 1:
+        if workers == 1 and scheduler is None:
             self._warm_up()
             run_trials(study, self._objective, n_trials, deadline=deadline, callbacks=callbacks, claim=self._claim_lock())
         else:
-            threads = max(1, (os.cpu_count() or 1) // workers)
-            run_workers(self, n_trials, workers, deadline=deadline, threads=threads)
+            threads = None if scheduler is not None else max(1, (os.cpu_count() or 1) // workers)   # a Dask worker: its nthreads
+            run_workers(self, n_trials, workers, deadline=deadline, threads=threads, scheduler=scheduler)
     if write_outputs: self.write_outputs()
     return study
 
