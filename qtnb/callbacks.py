@@ -6,7 +6,7 @@ Docs: https://qtnb.github.io/qtnb/callbacks.html.md"""
 
 # %% ../nbs/05_callbacks.ipynb #7037693e
 from __future__ import annotations
-import math, os, time
+import math, os, sys, time
 from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence
 
@@ -19,8 +19,8 @@ from .metrics import MetricTracker
 
 # %% auto #0
 __all__ = ['HOOKS', 'Callback', 'implements', 'hook_table', 'state_keys', 'clone_state', 'EarlyStopping', 'save_state',
-           'load_state', 'Checkpoint', 'LearningRateMonitor', 'HistoryLogger', 'TensorBoardLogger', 'ProgressBar',
-           'NonFiniteGuard', 'TimeBudget', 'report_values', 'PruningCallback']
+           'load_state', 'Checkpoint', 'LearningRateMonitor', 'HistoryLogger', 'TensorBoardLogger', 'watched',
+           'ProgressBar', 'NonFiniteGuard', 'TimeBudget', 'report_values', 'PruningCallback']
 
 # %% ../nbs/05_callbacks.ipynb #07029c8e
 HOOKS = ("on_fit_start", "on_train_epoch_start", "on_train_batch_end", "on_validation_end", "on_train_epoch_end",
@@ -243,14 +243,41 @@ class TensorBoardLogger(Callback):
     def __repr__(self): return f"TensorBoardLogger({str(self.log_dir)!r})"
 
 # %% ../nbs/05_callbacks.ipynb #28afd8f7
+def watched() -> bool:
+    "Whether a person watches this output live: a terminal, or a notebook front end that takes input (not papermill or nbconvert)."
+    ip = sys.modules.get("IPython")
+    shell = ip.get_ipython() if ip is not None else None
+    if shell is not None and type(shell).__name__ == "ZMQInteractiveShell":
+        # nbclient (papermill, nbconvert) runs cells with allow_stdin False; ipykernel keeps it only in this private attribute
+        return bool(getattr(getattr(shell, "kernel", None), "_allow_stdin", False))
+    return sys.stderr.isatty()
+
+def _duration(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
 class ProgressBar(Callback):
-    "A tqdm.auto bar over epochs (and, with `batches=True`, over each epoch's batches) showing the latest losses."
-    def __init__(self, *, batches: bool = False, leave: bool = True, **tqdm_kwargs):
-        self.batches, self.leave, self.kw = batches, leave, tqdm_kwargs
+    "A tqdm.auto bar over epochs (and, with `batches=True`, over each epoch's batches) showing the latest losses; text lines where unwatched."
+    def __init__(self, *, batches: bool = False, leave: bool = True, text: bool | None = None, # None: lines unless `watched()`
+                 **tqdm_kwargs):
+        self.batches, self.leave, self.text, self.kw = batches, leave, text, tqdm_kwargs
         self.skip_hooks = () if batches else ("on_train_batch_end", "on_train_epoch_start")
         self.bar = self.inner = None
 
+    def _line(self, trainer, metrics) -> str:
+        n, e = trainer.config.num_epochs, int(metrics.get("epoch", trainer.epoch))
+        vals = " ".join(f"{k} {v:.4g}" for k, v in _scalars(metrics).items() if k in ("train_loss", "val_loss", trainer.monitor))
+        took = time.monotonic() - self._t0
+        done = e - self._first + 1
+        eta = f", ETA {_duration(took / done * (n - e))}" if e < n else ""
+        return f"epoch {e}/{n} {vals} | {_duration(took)}{eta}"
+
     def on_fit_start(self, trainer):
+        self._t0, self._first = time.monotonic(), trainer.epoch + 1
+        if self.text if self.text is not None else not watched():
+            self.skip_hooks, self._lines = ("on_train_batch_end", "on_train_epoch_start"), True
+            return
+        self._lines = False
         from tqdm.auto import tqdm
         self._tqdm = tqdm
         self.bar = tqdm(total=trainer.config.num_epochs, initial=trainer.epoch, desc="epochs", unit="epoch",
@@ -263,6 +290,7 @@ class ProgressBar(Callback):
     def on_train_batch_end(self, trainer, batch, loss): self.inner.update(1)
 
     def on_train_epoch_end(self, trainer, metrics):
+        if self._lines: print(self._line(trainer, metrics), flush=True); return
         self.bar.set_postfix({k: f"{v:.4g}" for k, v in _scalars(metrics).items() if k in ("train_loss", "val_loss", trainer.monitor)},
                              refresh=False)
         self.bar.update(1)
