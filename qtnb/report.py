@@ -29,10 +29,12 @@ _SIDE = ("val_sharpe", "val_directional_accuracy", "val_accuracy", "val_r2")   #
 def _side_metric(h: pd.DataFrame) -> str | None:
     return next((c for c in _SIDE if c in h and h[c].notna().any()), None)
 
-def _closed_form(h: pd.DataFrame, title: str) -> go.Figure:
-    "An estimator's one fit: its losses as bars, said to be fitted in closed form (no epochs to draw)."
-    cols = [c for c in ("train_loss", "val_loss", _side_metric(h)) if c and c in h]
-    fig = go.Figure(go.Bar(x=cols, y=[float(h[c].iloc[-1]) for c in cols], name="one fit", text=[f"{h[c].iloc[-1]:.4g}" for c in cols]))
+def _closed_form(groups: list, title: str) -> go.Figure:
+    "An estimator's one fit (per fold): its losses as bars, said to be fitted in closed form (no epochs to draw)."
+    fig = go.Figure()
+    for f, h in groups:
+        cols = [c for c in ("train_loss", "val_loss", _side_metric(h)) if c and c in h]
+        fig.add_trace(go.Bar(x=cols, y=[float(h[c].iloc[-1]) for c in cols], name="one fit" if len(groups) == 1 else f"fold {f}"))
     fig.update_layout(title=f"{title}: fitted in closed form (no epochs)", height=300, **_LAYOUT)
     return fig
 
@@ -47,15 +49,15 @@ def learning_curves(history: pd.DataFrame, # history.csv: epoch, train_loss, val
                     stopped_epoch: int | dict | None = None, # the epoch early stopping ended the fit (a dict: per fold)
                     title: str = "Learning curves") -> go.Figure:
     "Loss per epoch with the best and early-stop epochs marked, a finance side metric, and the learning rate (log axis) if it changed."
-    if history["epoch"].max() <= 1 and ("lr" not in history or history["lr"].isna().all()): return _closed_form(history, title)
-    groups = list(history.groupby("fold", sort=True)) if "fold" in history and history["fold"].nunique() > 1 else [(None, history)]
+    groups = list(history.groupby("fold", sort=True)) if "fold" in history else [(None, history)]
+    if history["epoch"].max() <= 1 and ("lr" not in history or history["lr"].isna().all()): return _closed_form(groups, title)
     side, lr = _side_metric(history), history["lr"].dropna() if "lr" in history else pd.Series(dtype=float)
     show_lr = lr.nunique() > 1
     names = ["loss"] + ([f"{side} (validation)"] if side else []) + (["learning rate"] if show_lr else [])
     fig = make_subplots(rows=1, cols=len(names), subplot_titles=names)
     pick = lambda v, f: v.get(f) if isinstance(v, dict) else v
     for f, h in groups:
-        tag = "" if f is None else f" (fold {f})"
+        tag = "" if len(groups) == 1 else f" (fold {f})"
         for col, dash in (("train_loss", None), ("val_loss", "dot")):
             if col in h: fig.add_trace(go.Scatter(x=h["epoch"], y=h[col], name=col + tag, line=dict(dash=dash), mode="lines+markers"), row=1, col=1)
         if side: fig.add_trace(go.Scatter(x=h["epoch"], y=h[side], name=side + tag, mode="lines+markers"), row=1, col=2)
