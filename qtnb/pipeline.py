@@ -336,7 +336,8 @@ class EpochLog(Callback):
         if e % self.every and not trainer.should_stop: return
         keys = dict.fromkeys(["train_loss", "val_loss", trainer.monitor])
         vals = "  ".join(f"{k} {metrics[k]:.4g}" for k in keys if isinstance(metrics.get(k), (int, float)))
-        say(f"{self.prefix}epoch {e}/{trainer.config.num_epochs}  {vals}  {time.perf_counter() - self.t0:.1f}s")
+        step = f"epoch {e}/{trainer.config.num_epochs}" if trainer.is_torch else "fitted in closed form"   # an estimator has no epochs
+        say(f"{self.prefix}{step}  {vals}  {time.perf_counter() - self.t0:.1f}s")
 
 # %% ../nbs/12_pipeline.ipynb #5f1fe2d0
 @dataclass
