@@ -223,7 +223,8 @@ def run_figures(run) -> list[tuple[str, go.Figure]]:
 # %% ../nbs/15_report.ipynb #bb5cef97
 def _metrics_html(m: dict) -> str:
     rows = []
-    splits = {"val": m.get("val"), "test": m.get("test"), "buy and hold": (m.get("backtest") or {}).get("buy_hold")}
+    wf = len(m.get("folds") or []) > 1   # walk-forward: `val` averages the folds' scaled-target losses; `test` is in return space
+    splits = {"val": None if wf else m.get("val"), "test": m.get("test"), "buy and hold": (m.get("backtest") or {}).get("buy_hold")}
     for split, d in splits.items():   # buy-and-hold: the same dates and convention as the strategy's test figures
         for k, v in (d or {}).items():
             if isinstance(v, (int, float)) and not isinstance(v, bool): rows.append(f"<tr><td>{split}</td><td>{html.escape(k)}</td><td>{v:.6g}</td></tr>")
