@@ -19,28 +19,55 @@ from .errors import ConfigError
 
 # %% auto #0
 __all__ = ['learning_curves', 'predictions_figure', 'trade', 'equity_figure', 'exposure_figure', 'rolling_sharpe_figure',
-           'monthly_returns_figure', 'classification_figures', 'importance_figure', 'fold_sharpe_figure',
-           'tune_figures', 'run_figures', 'report_html', 'write_report']
+           'monthly_returns_figure', 'cost_sensitivity', 'cost_sensitivity_figure', 'classification_figures',
+           'importance_figure', 'fold_sharpe_figure', 'tune_figures', 'run_figures', 'report_html', 'write_report']
 
 # %% ../nbs/15_report.ipynb #8235220c
 _LAYOUT = dict(template="plotly_white", margin=dict(t=50, b=40, l=50, r=20))
+_SIDE = ("val_sharpe", "val_directional_accuracy", "val_accuracy", "val_r2")   # finance first; never a copy of the loss
 
-def learning_curves(history: pd.DataFrame, *, best_epoch: int | None = None, title: str = "Learning curves") -> go.Figure:
-    "Loss per epoch (train and validation), the best epoch marked, and the learning rate on a log axis unless constant."
-    lr = history["lr"].dropna() if "lr" in history else pd.Series(dtype=float)
-    show_lr = len(lr) > 1 and lr.nunique() > 1
-    fig = make_subplots(rows=1, cols=2 if show_lr else 1, subplot_titles=("loss", "learning rate") if show_lr else ("loss",))
-    for col, dash in (("train_loss", None), ("val_loss", "dot")):
-        if col in history: fig.add_trace(go.Scatter(x=history["epoch"], y=history[col], name=col, line=dict(dash=dash), mode="lines+markers"), row=1, col=1)
-    if show_lr:
-        fig.add_trace(go.Scatter(x=history["epoch"], y=history["lr"], name="lr", showlegend=False), row=1, col=2)
-        fig.update_yaxes(type="log", row=1, col=2)
-    if len(history) <= 1:
-        fig.add_annotation(text="fitted in closed form (no epochs)", xref="paper", yref="paper", x=0.5, y=0.9, showarrow=False)
-    elif best_epoch is not None:
-        fig.add_vline(x=best_epoch, line=dict(dash="dash", color="#2a9d8f"), row=1, col=1)
-        fig.add_annotation(x=best_epoch, y=1, yref="y domain", text=f"best epoch {best_epoch}", showarrow=False, yanchor="bottom")
-    fig.update_xaxes(title_text="epoch", tickformat="d", dtick=max(1, len(history) // 10))
+def _side_metric(h: pd.DataFrame) -> str | None:
+    return next((c for c in _SIDE if c in h and h[c].notna().any()), None)
+
+def _closed_form(groups: list, title: str) -> go.Figure:
+    "An estimator's one fit (per fold): its losses as bars, said to be fitted in closed form (no epochs to draw)."
+    fig = go.Figure()
+    for f, h in groups:
+        cols = [c for c in ("train_loss", "val_loss", _side_metric(h)) if c and c in h]
+        fig.add_trace(go.Bar(x=cols, y=[float(h[c].iloc[-1]) for c in cols], name="one fit" if len(groups) == 1 else f"fold {f}"))
+    fig.update_layout(title=f"{title}: fitted in closed form (no epochs)", height=300, **_LAYOUT)
+    return fig
+
+def _mark(fig, h: pd.DataFrame, epoch, name: str, symbol: str, color: str) -> None:
+    row = h[h["epoch"] == epoch]
+    if len(row) and "val_loss" in h:
+        fig.add_trace(go.Scatter(x=[int(epoch)], y=[float(row["val_loss"].iloc[0])], name=name, mode="markers+text", text=[name],
+                                 textposition="top center", marker=dict(symbol=symbol, size=12, color=color)), row=1, col=1)
+
+def learning_curves(history: pd.DataFrame, # history.csv: epoch, train_loss, val_loss, val_sharpe, lr (a `fold` column: one curve each)
+                    *, best_epoch: int | dict | None = None, # the restored epoch (a dict: per fold)
+                    stopped_epoch: int | dict | None = None, # the epoch early stopping ended the fit (a dict: per fold)
+                    title: str = "Learning curves") -> go.Figure:
+    "Loss per epoch with the best and early-stop epochs marked, a finance side metric, and the learning rate (log axis) if it changed."
+    groups = list(history.groupby("fold", sort=True)) if "fold" in history else [(None, history)]
+    if history["epoch"].max() <= 1 and ("lr" not in history or history["lr"].isna().all()): return _closed_form(groups, title)
+    side, lr = _side_metric(history), history["lr"].dropna() if "lr" in history else pd.Series(dtype=float)
+    show_lr = lr.nunique() > 1
+    names = ["loss"] + ([f"{side} (validation)"] if side else []) + (["learning rate"] if show_lr else [])
+    fig = make_subplots(rows=1, cols=len(names), subplot_titles=names)
+    pick = lambda v, f: v.get(f) if isinstance(v, dict) else v
+    for f, h in groups:
+        tag = "" if len(groups) == 1 else f" (fold {f})"
+        for col, dash in (("train_loss", None), ("val_loss", "dot")):
+            if col in h: fig.add_trace(go.Scatter(x=h["epoch"], y=h[col], name=col + tag, line=dict(dash=dash), mode="lines+markers"), row=1, col=1)
+        if side: fig.add_trace(go.Scatter(x=h["epoch"], y=h[side], name=side + tag, mode="lines+markers"), row=1, col=2)
+        if show_lr: fig.add_trace(go.Scatter(x=h["epoch"], y=h["lr"], name="lr" + tag), row=1, col=len(names))
+        if pick(best_epoch, f) is not None: _mark(fig, h, pick(best_epoch, f), "best epoch" + tag, "star", "#2a9d8f")
+        if pick(stopped_epoch, f) is not None: _mark(fig, h, pick(stopped_epoch, f), "early stop" + tag, "x", "#e76f51")
+    if show_lr: fig.update_yaxes(type="log", title_text="lr (log)", row=1, col=len(names))
+    elif len(lr): fig.add_annotation(text=f"constant learning rate {lr.iloc[0]:.3g}", xref="paper", yref="paper", x=1, y=-0.18, showarrow=False, xanchor="right")
+    n = int(history["epoch"].max())
+    fig.update_xaxes(title_text="epoch", tickformat="d", tick0=1, dtick=max(1, -(-n // 10)))
     fig.update_layout(title=title, height=340, **_LAYOUT)
     return fig
 
@@ -92,6 +119,26 @@ def monthly_returns_figure(bt: pd.DataFrame) -> go.Figure:
     fig.update_layout(title="Monthly returns", height=120 + 22 * len(t), **_LAYOUT)
     return fig
 
+# %% ../nbs/15_report.ipynb #0ddc4ecc
+def cost_sensitivity(trade_at, # cost in basis points -> a backtest frame with its metrics in attrs (`trade`, or a Report's `backtest`)
+                     costs=(0, 1, 2, 5, 10, 20, 50)) -> pd.DataFrame:
+    "The strategy's Sharpe ratio, annual return and turnover when each unit of turnover costs `costs` basis points."
+    rows = {float(c): trade_at(float(c)).attrs["metrics"] for c in costs}
+    return pd.DataFrame(rows).T.rename_axis("cost_bps")[["sharpe", "annual_return", "turnover"]]
+
+def cost_sensitivity_figure(table: pd.DataFrame, cost_bps: float | None = None) -> go.Figure:
+    "Sharpe ratio against trading cost (`cost_sensitivity`'s table): the run's own cost marked, and where the edge is gone."
+    x, y = table.index.to_numpy(float), table["sharpe"].to_numpy(float)
+    fig = go.Figure(go.Scatter(x=x, y=y, name="Sharpe after costs", mode="lines+markers"))
+    if cost_bps is not None: fig.add_vline(x=cost_bps, line=dict(dash="dot", color="#999"), annotation_text=f"this run: {cost_bps:g} bps")
+    cross = np.flatnonzero((y[:-1] > 0) & (y[1:] <= 0))
+    if len(cross):   # linear interpolation between the last positive and the first non-positive cost
+        i = cross[0]; be = x[i] + (x[i + 1] - x[i]) * y[i] / (y[i] - y[i + 1])
+        fig.add_annotation(x=be, y=0, text=f"break-even ≈ {be:.1f} bps", showarrow=True)
+    fig.update_layout(title="Cost sensitivity", xaxis_title="cost per unit turnover (bps)", yaxis_title="annualised Sharpe",
+                      height=300, **_LAYOUT)
+    return fig
+
 # %% ../nbs/15_report.ipynb #2255d6a9
 def classification_figures(pred: pd.DataFrame) -> list[go.Figure]:
     "Confusion heatmap, ROC curve and calibration curve of binary (direction) predictions with a `logit_0` column."
@@ -112,17 +159,18 @@ def classification_figures(pred: pd.DataFrame) -> list[go.Figure]:
 
 # %% ../nbs/15_report.ipynb #af46db22
 def importance_figure(imp: pd.Series) -> go.Figure:
-    "Feature importance bars, the largest on top."
+    "Permutation importance bars (how much the loss worsens when a feature is shuffled), the largest on top."
     imp = imp.sort_values()
-    fig = go.Figure(go.Bar(x=imp.values, y=[str(i) for i in imp.index], orientation="h"))
-    fig.update_layout(title="Feature importance", height=120 + 22 * len(imp), **_LAYOUT)
+    fig = go.Figure(go.Bar(x=imp.values, y=[str(i) for i in imp.index], orientation="h", name=str(imp.name or "importance")))
+    fig.update_layout(title="Permutation importance", xaxis_title=str(imp.name or "loss increase when shuffled"),
+                      height=120 + 22 * len(imp), **_LAYOUT)
     return fig
 
 def fold_sharpe_figure(folds: list[dict]) -> go.Figure:
     "Each walk-forward fold's test Sharpe ratio."
     names = [f.get("name") or f"fold {f.get('fold')}" for f in folds]
-    fig = go.Figure(go.Bar(x=names, y=[(f.get("test") or {}).get("sharpe") for f in folds]))
-    fig.update_layout(title="Sharpe per fold", height=300, **_LAYOUT)
+    fig = go.Figure(go.Bar(x=names, y=[(f.get("test") or {}).get("sharpe") for f in folds], name="test Sharpe"))
+    fig.update_layout(title="Sharpe per fold", yaxis_title="annualised Sharpe", height=300, **_LAYOUT)
     return fig
 
 # %% ../nbs/15_report.ipynb #f12cf05c
@@ -153,7 +201,8 @@ def run_figures(run) -> list[tuple[str, go.Figure]]:
     out = []
     if (t := _read_csv(path / "trials.csv")) is not None: out += [(f.layout.title.text, f) for f in tune_figures(t)]
     if (h := _read_csv(path / "history.csv")) is not None and "epoch" in h:
-        out.append(("Learning curves", learning_curves(h, best_epoch=(m.get("fit") or {}).get("best_epoch"))))
+        early = int(h["epoch"].max()) if str(run.status.get("stop_reason") or "").startswith("early stopping") else None
+        out.append(("Learning curves", learning_curves(h, best_epoch=(m.get("fit") or {}).get("best_epoch"), stopped_epoch=early)))
     pred = _read_csv(path / "predictions.csv")
     if pred is not None and len(pred):
         pred["date"] = pd.to_datetime(pred["date"], errors="coerce")
@@ -161,19 +210,23 @@ def run_figures(run) -> list[tuple[str, go.Figure]]:
         if "logit_0" in pred and "logit_1" not in pred:
             out += [(f.layout.title.text, f) for f in classification_figures(pred)]
         if pred["date"].notna().all() and "forward_return" in pred:
-            bt = trade(pred, float((params.get("train") or {}).get("cost_bps") or 0.0))
+            cost = float((params.get("train") or {}).get("cost_bps") or 0.0)
+            bt = trade(pred, cost)
             out += [("Equity against buy-and-hold", equity_figure(bt)), ("Exposure and turnover", exposure_figure(bt)),
-                    ("Rolling Sharpe", rolling_sharpe_figure(bt)), ("Monthly returns", monthly_returns_figure(bt))]
+                    ("Rolling Sharpe", rolling_sharpe_figure(bt)), ("Monthly returns", monthly_returns_figure(bt)),
+                    ("Cost sensitivity", cost_sensitivity_figure(cost_sensitivity(lambda c: trade(pred, c)), cost))]
     if len(m.get("folds") or []) > 1: out.append(("Sharpe per fold", fold_sharpe_figure(m["folds"])))
     if (imp := _read_csv(path / "feature_importance.csv")) is not None and imp.shape[1] >= 2:
-        out.append(("Feature importance", importance_figure(imp.set_index(imp.columns[0]).iloc[:, 0])))
+        out.append(("Permutation importance", importance_figure(imp.set_index(imp.columns[0]).iloc[:, 0])))
     return out
 
 # %% ../nbs/15_report.ipynb #bb5cef97
 def _metrics_html(m: dict) -> str:
     rows = []
-    for split in ("val", "test"):
-        for k, v in (m.get(split) or {}).items():
+    wf = len(m.get("folds") or []) > 1   # walk-forward: `val` averages the folds' scaled-target losses; `test` is in return space
+    splits = {"val": None if wf else m.get("val"), "test": m.get("test"), "buy and hold": (m.get("backtest") or {}).get("buy_hold")}
+    for split, d in splits.items():   # buy-and-hold: the same dates and convention as the strategy's test figures
+        for k, v in (d or {}).items():
             if isinstance(v, (int, float)) and not isinstance(v, bool): rows.append(f"<tr><td>{split}</td><td>{html.escape(k)}</td><td>{v:.6g}</td></tr>")
     return f"<table class='metrics'><tr><th>split</th><th>metric</th><th>value</th></tr>{''.join(rows)}</table>" if rows else ""
 

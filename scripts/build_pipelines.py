@@ -58,20 +58,48 @@ REGIMES = (
     "for kind, table in report.metrics['by_regime'].items():\n"
     "    display(pd.DataFrame(table).T.rename_axis(kind) if 'error' not in table else f\"{kind}: {table['error']}\")")
 
+# the train and backtest reports' diagnostics (qtnb.report's figures, one text for both)
+LEARNING = ("## Learning curves\n\nTraining and validation loss per epoch (one pair per fold), the best epoch (the weights kept) and "
+    "the epoch early stopping ended the fit marked; next to it the validation Sharpe ratio, a trading figure rather than the loss "
+    "again; the learning rate on a log axis, or only noted when it never changed. A model fitted in closed form (linear, "
+    "XGBoost) has no epochs: its losses are shown as bars.", "report.plot_history()")
+CLASSIFICATION = (
+    "## Classification diagnostics\n\nFor a direction target: the confusion matrix of the test predictions (up when P(up) > 0.5), "
+    "the ROC curve with its AUC, and the calibration curve (predicted P(up) against how often up came, in deciles).",
+    "from qtnb.report import classification_figures\nd = report.predictions\n"
+    "if 'logit_0' in d and 'logit_1' not in d:\n    for fig in classification_figures(d): fig.show()\n"
+    "else: print(f'target {params.target!r}: no confusion matrix, ROC or calibration (they are drawn for a two-class direction target)')")
+IMPORTANCE = (
+    "## Permutation importance\n\nHow much the test loss worsens when one feature's values are shuffled (the run's "
+    "feature_importance.csv; for walk-forward, the last fold's model). Small differences are noise.",
+    "from qtnb.report import importance_figure\nimp = report.folds[-1].result.feature_importance\n"
+    "importance_figure(imp) if imp is not None else print('no importance was computed (the trainer setting importance is off)')")
+TRADING = (
+    "## Trading diagnostics\n\nThe position held each period and the turnover it caused; the Sharpe ratio over a rolling quarter "
+    "(63 periods); the compounded return of each month (percent); and the Sharpe ratio the same signal reaches at other costs "
+    "per unit turnover (this run's cost dotted; where the curve crosses zero the edge is gone). A panel is traded as one portfolio.",
+    "from qtnb.report import exposure_figure, rolling_sharpe_figure, monthly_returns_figure, cost_sensitivity, cost_sensitivity_figure\n"
+    "bt = report.backtest()\nfor fig in (exposure_figure(bt), rolling_sharpe_figure(bt), monthly_returns_figure(bt)): fig.show()\n"
+    "cost_sensitivity_figure(cost_sensitivity(report.backtest), cost_bps=report.cost_bps)")
+
 REPORTS = {
 "train": ("Train", "One model trained on one dataset, validated without look-ahead; the run's report.", [
     ("## Run", "report = train(params)"),
     ("## Data\n\nWhat was trained on, and how it was split (purged between ranges, so no target reaches into an evaluation range).",
      "report.data_summary()"),
     (None, "report.prepared.plot_splits()"),
-    ("## Learning curves", "report.plot_history()"),
+    LEARNING,
     ("## Predictions against actual\n\nOut of sample: the test range (each fold's test range, stitched, for walk-forward).",
      "report.plot_predictions()"),
-    ("## Metrics\n\nMetric names are qtnb.metrics'; for walk-forward, `test` is the stitched out-of-sample series in return space.",
+    CLASSIFICATION,
+    ("## Metrics\n\nMetric names are qtnb.metrics'. For walk-forward, `test` is the stitched out-of-sample series and each fold's row its "
+     "part of it, all in return space. `buy and hold` is holding the asset long over the same test dates (trading figures only).",
      "report.metrics_table()"),
     ("## Trading\n\nThe model's signal traded after costs, against buy-and-hold, on one-period returns (or non-overlapping "
      "horizon-long blocks when the trainer's `trade_hold` is 'blocks'): the next line says which.",
      "print(report.metrics['trading']['definition'])\nreport.plot_equity()"),
+    TRADING,
+    IMPORTANCE,
     SIGNIFICANCE,
     REGIMES,
     ("## Where it is", "print(report.summary())"),
@@ -80,18 +108,24 @@ REPORTS = {
     ("## Run", "report = backtest(params)"),
     ("## Data and folds", "report.data_summary()"),
     (None, "report.prepared.plot_splits()"),
-    ("## Per-fold metrics\n\nEach fold's model is scored on its own test range; `test` is all of them stitched.",
+    ("## Per-fold metrics\n\nEach fold's model is scored on its own test range; `test` is all of them stitched. Every row is computed "
+     "the same way from the out-of-sample predictions, in return space; `buy and hold` holds the asset over the same dates.",
      "report.metrics_table()"),
+    ("## Sharpe per fold\n\nEach fold's test Sharpe ratio (the fold rows above): an edge that lives in one fold is more often luck "
+     "than skill.", "from qtnb.report import fold_sharpe_figure\nfold_sharpe_figure(report.metrics['folds'])"),
     ("## Equity and drawdown against buy-and-hold\n\nAfter costs of `cost_bps` per unit turnover; dotted lines mark fold boundaries.",
      "report.plot_equity()"),
     ("## Trading metrics\n\nStrategy and buy-and-hold over the same dates and the same convention (printed first).",
      "import pandas as pd\nprint(report.metrics['backtest']['trading'])\npd.DataFrame({k: report.metrics['backtest'][k] for k in ('strategy', 'buy_hold')})"),
+    TRADING,
     SIGNIFICANCE,
     REGIMES,
     ("## Per symbol\n\nA panel is traded as one portfolio; each symbol's own figures show which ones carry it (best Sharpe first).",
      "pd.DataFrame(report.metrics['backtest'].get('symbols', {})).T"),
     ("## Predictions against actual", "report.plot_predictions()"),
-    ("## Learning curves", "report.plot_history()"),
+    CLASSIFICATION,
+    LEARNING,
+    IMPORTANCE,
     ("## Where it is", "print(report.summary())"),
 ]),
 "tune": ("Tune", "An Optuna study over a search space; every trial is a run of its own, linked both ways.", [
@@ -105,7 +139,7 @@ REPORTS = {
     ("## Parameter importances\n\nEstimated from the finished trials; below 10 trials they are mostly noise, so they are not drawn.",
      "from qtnb.errors import TuningError\nif n_done < 10: fig = None; print(f'{n_done} finished trials: too few for parameter importances (10 or more)')\nelse:\n    print(f'estimated from {n_done} trials; treat small differences as noise')\n    try: fig = tuner.plot('importances')\n    except TuningError as e: fig = None; print(f'no importances yet ({e})')\nfig"),
     ("## Best trial", "import pandas as pd\nbest = report.metrics['study']\nprint(f\"trial {best['best_trial']} (run {best['best_run_id']}): {best['best_value']}\")\npd.Series(best['best_params'], name='best parameters').to_frame()"),
-    (None, "from qtnb.runs import open_run\nfrom qtnb.report import learning_curves\nbest_run = open_run(best['best_run_id'], runs_dir=report.run_dir.parent)\nlearning_curves(pd.read_csv(best_run.path / 'history.csv'), best_epoch=(best_run.metrics.get('fit') or {}).get('best_epoch'),\n                title=f\"Learning curves of the best trial ({best['best_trial']})\")"),
+    (None, "from qtnb.runs import open_run\nfrom qtnb.report import learning_curves\nbest_run = open_run(best['best_run_id'], runs_dir=report.run_dir.parent)\nh = pd.read_csv(best_run.path / 'history.csv')\nearly = int(h['epoch'].max()) if str(best_run.status.get('stop_reason') or '').startswith('early stopping') else None\nlearning_curves(h, best_epoch=(best_run.metrics.get('fit') or {}).get('best_epoch'), stopped_epoch=early,\n                title=f\"Learning curves of the best trial ({best['best_trial']})\")"),
     ("## Is the best trial's Sharpe more than luck?\n\nThe deflated Sharpe ratio (Bailey and López de Prado) of the best trial, given how "
      "many trials were tried and how much their Sharpe ratios varied: `sr0` is the Sharpe the best of that many unskilled trials "
      "would reach; `p_value` < 0.05 says the best trial beats it.",

@@ -11,9 +11,9 @@ from fastcore.test import test_eq as eq
 BIN = Path(sys.executable).parent
 SMALL = dict(data="synthetic:planted", model="mlp", epochs=2, seq_len=8, verbose=False)
 TRAIN = ["Learning curves", "Predictions against actual", "Confusion matrix", "ROC curve", "Calibration",
-         "Equity against buy-and-hold", "Exposure and turnover", "Rolling Sharpe", "Monthly returns"]
+         "Equity against buy-and-hold", "Exposure and turnover", "Rolling Sharpe", "Monthly returns", "Cost sensitivity"]
 BACKTEST = ["Learning curves", "Predictions against actual", "Equity against buy-and-hold", "Exposure and turnover",
-            "Rolling Sharpe", "Monthly returns", "Sharpe per fold"]
+            "Rolling Sharpe", "Monthly returns", "Cost sensitivity", "Sharpe per fold"]
 TUNE = ["Optimization history", "Slice plots"]
 
 def titles(page: str) -> list[str]:
@@ -47,7 +47,7 @@ def test_one_offline_file_per_run_with_its_figures(runs, kind, want):
     assert out.stat().st_size < 6 * 2**20, out.stat().st_size
     eq(page.count("* plotly.js v"), 1)                            # plotly.js inlined exactly once
     assert 'src="https://cdn.plot.ly' not in page and "injected-parameters" not in page and "test_eq" not in page
-    if kind == "train" and (d / ids[kind] / "feature_importance.csv").is_file(): assert "Feature importance" in got
+    if kind == "train" and (d / ids[kind] / "feature_importance.csv").is_file(): assert "Permutation importance" in got
 
 @pytest.mark.slow
 def test_cdn_option_makes_a_small_file(runs, tmp_path):
