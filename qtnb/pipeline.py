@@ -337,7 +337,8 @@ class EpochLog(Callback):
         if e % self.every and not trainer.should_stop: return
         keys = dict.fromkeys(["train_loss", "val_loss", trainer.monitor])
         vals = "  ".join(f"{k} {metrics[k]:.4g}" for k in keys if isinstance(metrics.get(k), (int, float)))
-        say(f"{self.prefix}epoch {e}/{trainer.config.num_epochs}  {vals}  {time.perf_counter() - self.t0:.1f}s")
+        step = f"epoch {e}/{trainer.config.num_epochs}" if trainer.is_torch else "fitted in closed form"   # an estimator has no epochs
+        say(f"{self.prefix}{step}  {vals}  {time.perf_counter() - self.t0:.1f}s")
 
 # %% ../nbs/12_pipeline.ipynb #5f1fe2d0
 @dataclass
@@ -651,6 +652,11 @@ class Report:
     @property
     def run_dir(self) -> Path: return Path(self.run.path)
 
+    @property
+    def cost_bps(self) -> float:
+        "The cost per unit turnover the run traded at (its resolved train config), in basis points."
+        return float(((self.run.params or {}).get("train") or {}).get("cost_bps") or 0.0)
+
     def summary(self) -> str:
         "Where the notebook, the metrics and the model are, and the headline test metrics."
         t = self.metrics.get("test", {})
@@ -679,34 +685,40 @@ def _data_summary(self: Report) -> pd.DataFrame:
         rows.append((fr.name, "; ".join(f"{k} {v[0]}..{v[1]}" for k, v in fr.ranges.items() if v)))
     return pd.DataFrame(rows, columns=["", "value"]).set_index("")
 
+def _buy_hold(bt: pd.DataFrame, tr: dict) -> dict:
+    "Buy-and-hold's trading metrics on a backtest frame's dates, traded on the strategy's convention (`tr`: metrics['trading'])."
+    from qtnb.metrics import trading_metrics
+    span = tr.get("horizon", 1) if tr.get("hold") == "blocks" else 1
+    return trading_metrics(np.ones(len(bt)), bt["asset_return"].to_numpy(), log_returns=False,
+                           periods_per_year=tr.get("periods_per_year", 252) / span)
+
 def _metrics_table(self: Report) -> pd.DataFrame:
-    "Metrics by split (and by fold for walk-forward) as a table; confusion matrices left out."
-    rows = {}
-    for split in ("val", "test"):
-        rows[split] = {k: v for k, v in self.metrics.get(split, {}).items() if isinstance(v, _SCALARS)}
-    if len(self.folds) > 1:
-        for fr in self.folds:
-            rows[f"{fr.name} test"] = {k: v for k, v in fr.result.test_metrics.items() if isinstance(v, _SCALARS)}
+    "Metrics by split and a buy-and-hold row; walk-forward: the stitched test and each fold's test, all in return space."
+    keep = lambda d: {k: v for k, v in (d or {}).items() if isinstance(v, _SCALARS)}
+    tr, d = self.metrics.get("trading", {}), self.predictions
+    if len(self.folds) <= 1: rows = {s: keep(self.metrics.get(s)) for s in ("val", "test")}
+    else:   # each fold's rows of the stitched predictions, scored as the stitched row (the folds' own val/test are in scaled units)
+        kw = dict(cost_bps=self.cost_bps, horizon=tr.get("horizon", 1), hold=tr.get("hold", "next"),
+                  weighting=tr.get("weighting", "equal"), long_only=tr.get("long_only", False))
+        rows = {"test": keep(self.metrics.get("test"))}
+        rows.update({f"{fr.name} test": keep(oos_metrics(d[d["fold"] == fr.index], self.prepared.config.task, **kw)) for fr in self.folds})
+    bt = self.backtest()
+    if not bt.empty: rows["buy and hold"] = keep(_buy_hold(bt, tr))
     return pd.DataFrame(rows).T
 
 Report.data_summary, Report.metrics_table = _data_summary, _metrics_table
 
 # %% ../nbs/12_pipeline.ipynb #7b3d4469
 def _plot_history(self: Report):
-    "Training and validation loss per epoch (one pair of curves per fold) and the learning rate."
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "learning rate"))
-    for fr in self.folds:
-        h = fr.result.history
-        if h is None or h.empty: continue
-        tag = f" ({fr.name})" if len(self.folds) > 1 else ""
-        for col, dash in (("train_loss", None), ("val_loss", "dot")):
-            if col in h: fig.add_trace(go.Scatter(x=h["epoch"], y=h[col], name=col + tag, line=dict(dash=dash)), row=1, col=1)
-        if "lr" in h: fig.add_trace(go.Scatter(x=h["epoch"], y=h["lr"], name="lr" + tag, showlegend=False), row=1, col=2)
-    fig.update_xaxes(title_text="epoch")
-    fig.update_layout(height=330, template="plotly_white", margin=dict(t=40, b=40))
-    return fig
+    "Learning curves of every fold (`qtnb.report.learning_curves`): best and early-stop epochs marked, val Sharpe, LR if it changed."
+    from qtnb.report import learning_curves
+    hs = [(fr, fr.result.history) for fr in self.folds if fr.result.history is not None and not fr.result.history.empty]
+    if not hs:
+        import plotly.graph_objects as go
+        return go.Figure()
+    early = {fr.index: fr.result.epochs for fr, _ in hs if str(fr.result.stop_reason or "").startswith("early stopping")}
+    return learning_curves(pd.concat([h.assign(fold=fr.index) for fr, h in hs], ignore_index=True),
+                           best_epoch={fr.index: fr.result.best_epoch for fr, _ in hs}, stopped_epoch=early)
 
 def _plot_predictions(self: Report, max_points: int = 3000):
     "Out-of-sample predictions against the actual target over time, and as a scatter."
@@ -737,7 +749,7 @@ def _backtest(self: Report, cost_bps: float | None = None) -> pd.DataFrame:
     from qtnb.metrics import backtest
     d = self.predictions
     if d is None or d.empty: return pd.DataFrame()
-    cost = getattr(self.params, "cost_bps", 0.0) if cost_bps is None else cost_bps
+    cost = self.cost_bps if cost_bps is None else cost_bps
     tr = self.metrics.get("trading", {})
     if "symbol" in d and d["symbol"].nunique() > 1: return _portfolio_backtest(d, cost, tr)
     return backtest(d["signal"].to_numpy(), d["forward_return"].to_numpy(), pd.DatetimeIndex(d["date"]), cost_bps=cost,
@@ -827,14 +839,12 @@ class LiveTrain:
 # %% ../nbs/12_pipeline.ipynb #1b3419cc
 def backtest(p: BacktestParams | dict | None = None, *, verbose: bool = True, **params) -> Report:
     "Run the backtest pipeline in-process: walk-forward fits, stitched out-of-sample predictions traded after costs."
-    from qtnb.metrics import trading_metrics
     p = p if isinstance(p, BacktestParams) else BacktestParams(**{**(p or {}), **params}).check()
     rep = train(p, verbose=verbose, cost_bps=p.cost_bps)
     bt = rep.backtest()
     if not bt.empty:
         tr = rep.metrics["trading"]
-        hold = trading_metrics(np.ones(len(bt)), bt["asset_return"].to_numpy(), log_returns=False,
-                               periods_per_year=tr["periods_per_year"] / (tr["horizon"] if tr["hold"] == "blocks" else 1))
+        hold = _buy_hold(bt, tr)
         d = rep.predictions
         symbols = None
         if d is not None and "symbol" in d and d["symbol"].nunique() > 1:
