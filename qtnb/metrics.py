@@ -66,16 +66,15 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> float:
     return float(dx @ dy / den) if den > 0 else float("nan")
 
 def _regression_1d(t: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    "scikit-learn's mse, mae and r2 (a constant target: 1 when predicted exactly, else 0; nan below 2 rows), and corr, snr_db."
+    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+    mse = float(mean_squared_error(t, p))
+    r2 = float("nan") if len(t) < 2 else float(r2_score(t, p))
     err = t - p
-    mse = float(np.mean(err ** 2))
-    ss_res, ss_tot = float(err @ err), float(((t - t.mean()) ** 2).sum())
-    if len(t) < 2: r2 = float("nan")
-    elif ss_tot == 0: r2 = 1.0 if ss_res == 0 else 0.0
-    else: r2 = 1.0 - ss_res / ss_tot
-    sig = float(t @ t)
+    ss_res, sig = float(err @ err), float(t @ t)
     snr = float("nan") if sig == 0 and ss_res == 0 else (math.inf if ss_res == 0 else
           (-math.inf if sig == 0 else 10.0 * math.log10(sig / ss_res)))
-    return dict(mse=mse, rmse=math.sqrt(mse), mae=float(np.mean(np.abs(err))), r2=r2, corr=_pearson(t, p), snr_db=snr)
+    return dict(mse=mse, rmse=math.sqrt(mse), mae=float(mean_absolute_error(t, p)), r2=r2, corr=_pearson(t, p), snr_db=snr)
 
 def regression_metrics(y_true, y_pred, *,
                        per_horizon: bool = False, # also report `<name>_h<k>` for each horizon k (1-based)
@@ -124,28 +123,16 @@ def _labels(y_true, n_classes: int) -> np.ndarray:
                         f"check n_classes (direction targets use -1 for rows without a target: drop them)")
     return y.astype(np.int64)
 
-def _rank(x: np.ndarray) -> np.ndarray:
-    "1-based ranks, ties sharing their average rank."
-    order = np.argsort(x, kind="mergesort")
-    xs = x[order]
-    first = np.r_[True, xs[1:] != xs[:-1]]
-    start = np.flatnonzero(first)
-    ends = np.r_[start[1:], len(x)]
-    avg = (start + ends + 1) / 2.0                       # mean of positions start+1..end
-    ranks = np.empty(len(x))
-    ranks[order] = np.repeat(avg, ends - start)
-    return ranks
-
 def binary_auc(y: np.ndarray, score: np.ndarray) -> float:
-    "Area under the ROC curve of `score` for labels `y` in {0, 1} (Mann-Whitney U); `nan` when only one class is present."
-    pos = y == 1
-    n1, n0 = int(pos.sum()), int((~pos).sum())
-    if n1 == 0 or n0 == 0: return float("nan")
-    return float((_rank(score)[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+    "scikit-learn's area under the ROC curve of `score` for labels `y` in {0, 1}; `nan` when only one class is present."
+    from sklearn.metrics import roc_auc_score
+    if len(np.unique(y)) < 2: return float("nan")
+    return float(roc_auc_score(y, score))
 
 def confusion(y: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:
-    "Counts (n_classes, n_classes): true class in rows, predicted class in columns."
-    return np.bincount(y * n_classes + pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+    "scikit-learn's confusion matrix (n_classes, n_classes): true class in rows, predicted class in columns."
+    from sklearn.metrics import confusion_matrix
+    return confusion_matrix(y, pred, labels=np.arange(n_classes))
 
 # %% ../nbs/04_metrics.ipynb #ca8fda15
 def classification_metrics(y_true, logits_or_probs, *, n_classes: int = 2,
@@ -157,11 +144,9 @@ def classification_metrics(y_true, logits_or_probs, *, n_classes: int = 2,
     p = class_probabilities(logits_or_probs, n_classes=n_classes, from_logits=from_logits)
     _same_rows(y, p, "y_true", "y_pred")
     pred = (p[:, 1] >= 0.5).astype(np.int64) if n_classes == 2 else p.argmax(1)
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
     cm = confusion(y, pred, n_classes)
-    tp = np.diag(cm).astype(np.float64)
-    prec = np.divide(tp, cm.sum(0), out=np.zeros(n_classes), where=cm.sum(0) > 0)
-    rec = np.divide(tp, cm.sum(1), out=np.zeros(n_classes), where=cm.sum(1) > 0)
-    f1 = np.divide(2 * prec * rec, prec + rec, out=np.zeros(n_classes), where=(prec + rec) > 0)
+    prec, rec, f1, _ = precision_recall_fscore_support(y, pred, labels=np.arange(n_classes), zero_division=0)
     if n_classes == 2:
         precision, recall, f = prec[1], rec[1], f1[1]
         auc = binary_auc(y, p[:, 1])
@@ -170,7 +155,7 @@ def classification_metrics(y_true, logits_or_probs, *, n_classes: int = 2,
         aucs = [binary_auc((y == c).astype(np.int64), p[:, c]) for c in range(n_classes) if (y == c).any()]
         aucs = [a for a in aucs if not math.isnan(a)]
         auc = float(np.mean(aucs)) if aucs else float("nan")
-    return dict(accuracy=float(tp.sum() / len(y)), precision=float(precision), recall=float(recall), f1=float(f),
+    return dict(accuracy=float(accuracy_score(y, pred)), precision=float(precision), recall=float(recall), f1=float(f),
                 roc_auc=float(auc), confusion_matrix=cm.astype(int).tolist())
 
 # %% ../nbs/04_metrics.ipynb #264340fd
