@@ -194,8 +194,8 @@ def _symbol_col(df: pd.DataFrame, symbol_col: str | None) -> str | None:
 
 def _first_bad(mask: np.ndarray) -> int: return int(np.flatnonzero(mask)[0])
 
-def _validate(df: pd.DataFrame, symbol_col: str | None, columns: Sequence[str] | None, fill: str) -> tuple[pd.DataFrame, np.ndarray]:
-    "`validate_frame`'s frame and the first row of each symbol's block (prepare passes them on: found once)."
+def _validate(df: pd.DataFrame, symbol_col: str | None, columns: Sequence[str] | None, fill: str) -> tuple:
+    "`validate_frame`'s frame, the first row of each symbol's block and the symbols' names (None: not read here)."
     if not isinstance(df, pd.DataFrame): raise DataError(f"expected a pandas DataFrame, got {type(df).__name__}; load it with load_frame")
     if len(df) == 0 or len(df.columns) == 0:
         raise DataError(f"the frame is empty ({len(df)} rows, {len(df.columns)} columns); pass a frame with data")
@@ -228,29 +228,29 @@ def _validate(df: pd.DataFrame, symbol_col: str | None, columns: Sequence[str] |
             raise DataError(f"symbol column {sym!r} is empty at row {_first_bad(s.isna().to_numpy())}; fill or drop those rows")
         starts = _run_starts(s)
         names = np.array([str(v) for v in _values_at(s, starts)], dtype=object)
+        found = list(names)                           # what Prepared would read again at these rows
         if len(set(names)) < len(starts):             # a symbol's rows in several blocks: sort by symbol (a copy)
             codes, names = pd.factorize(s.astype(str), sort=True)
             order = np.argsort(codes, kind="stable")
             df = df.iloc[order]
             starts = np.concatenate([[0], np.flatnonzero(np.diff(codes[order])) + 1])
-            names = np.asarray(names)
+            names, found = np.asarray(names), None
     else:
-        starts, names = np.zeros(1, dtype=np.int64), np.array([None])
+        starts, names, found = np.zeros(1, dtype=np.int64), np.array([None]), []
     t = df.index.asi8
     same = np.ones(max(len(df) - 1, 0), dtype=bool)   # row i + 1 is the same symbol as row i
     same[starts[1:] - 1] = False
-    dt = np.diff(t)
     def where(i): return f"symbol {names[np.searchsorted(starts, i, side='right') - 1]!r}" if sym is not None else "the series"
-    if ((dt <= 0) & same).any():
-        back = same & (dt < 0)
+    if ((t[1:] <= t[:-1]) & same).any():
+        back = same & (t[1:] < t[:-1])
         if back.any():
             i = _first_bad(back)
             raise DataError(f"timestamps of {where(i)} are not sorted: {df.index[i + 1]} comes after {df.index[i]}; "
                             f"sort with df.sort_index() (or sort_values([symbol, time]))")
-        i = _first_bad(same & (dt == 0))
+        i = _first_bad(same & (t[1:] == t[:-1]))
         raise DataError(f"{where(i)} has duplicate timestamp {df.index[i]}; drop duplicates "
                         f"(df[~df.index.duplicated()]) or aggregate them")
-    del dt, same
+    del same
     keep = list(dict.fromkeys(([sym] if sym is not None else []) + cols))
     taken = {c: df[c] for c in keep}
     out = pd.DataFrame(taken, index=df.index, copy=False)   # the columns, not a copy of them
@@ -271,8 +271,8 @@ def _validate(df: pd.DataFrame, symbol_col: str | None, columns: Sequence[str] |
             out[cols] = out.groupby(codes)[cols].ffill() if sym is not None else out[cols].ffill()
         out = out[out[cols].notna().all(axis=1).to_numpy()]
         if len(out) == 0: raise DataError(f"no row is left after fill={fill!r} removed non-finite values; clean the data")
-        starts = _run_starts(out[sym]) if sym is not None else starts   # rows dropped: the blocks moved
-    return out, starts
+        if sym is not None: starts, found = _run_starts(out[sym]), None      # rows dropped: the blocks moved
+    return out, starts, found
 
 def validate_frame(df: pd.DataFrame, *,
                    symbol_col: str | None = None,   # column naming each row's symbol; default 'symbol' when present
@@ -616,7 +616,7 @@ def _slow_parts(df: pd.DataFrame, s: FeatureSpec, starts: np.ndarray, price_col:
 
 def _feature_matrix(df: pd.DataFrame, specs: Sequence[FeatureSpec], sym: str | None, price_col: str,
                     check_causal: bool = True, starts: np.ndarray | None = None) -> tuple[np.ndarray, list[str]]:
-    "The features of a frame grouped by symbol as one (rows, features) float32 array, written one column at a time."
+    "The features of a frame grouped by symbol as one (rows, features) float32 array, a chunk of rows (or a column) at a time."
     starts = _symbol_starts(df, sym) if starts is None else starts
     if check_causal:
         for s in specs:
@@ -817,11 +817,11 @@ def _fit_rows(kind: str, X: np.ndarray, runs, chunk: int = 1 << 14) -> Scaler:
     n, s1, s2 = _group_sums(X, parts, np.zeros(len(parts), dtype=np.int64), 1, chunk)   # sums and squares in float64
     return _standard(n[0], s1[0], s2[0])
 
-def _scale_rows(X: np.ndarray, a: int, b: int, scaler: Scaler, chunk: int = 1 << 14) -> None:
-    "Scale rows a..b of X in place: (x - center) / scale in float64, rounded once into X's dtype."
-    buf = np.empty((min(chunk, max(b - a, 0)), X.shape[1]))
-    for i in range(a, b, chunk):
-        j = min(b, i + chunk); t = buf[:j - i]
+def _scale_rows(X: np.ndarray, a: int, b: int, scaler: Scaler, chunk: int = 1 << 14, buf: np.ndarray | None = None) -> None:
+    "Scale rows a..b of X in place: (x - center) / scale in float64, rounded once into X's dtype (`buf`: float64 scratch rows)."
+    if buf is None: buf = np.empty((min(chunk, max(b - a, 1)), X.shape[1]))
+    for i in range(a, b, len(buf)):
+        j = min(b, i + len(buf)); t = buf[:j - i]
         np.subtract(X[i:j], scaler.center, out=t); np.divide(t, scaler.scale, out=X[i:j], casting="same_kind")
 
 # %% ../nbs/02_data.ipynb #877dd941
@@ -1337,7 +1337,7 @@ class Prepared:
     "A validated, featurised dataset with its split plan: `folds`, `feature_names`, `fingerprint`, `stats()`, `plot_splits()`."
     def __init__(self, config: DataConfig, frame: pd.DataFrame, features: pd.DataFrame, plan: list[Split] | None = None, *,
                  _matrix: np.ndarray | None = None,    # prepare's own float32 array behind `features`: scaled in place
-                 _starts: np.ndarray | None = None):   # prepare's symbol block starts, found when it validated the frame
+                 _blocks: tuple | None = None):        # prepare's (symbol block starts, names or None) from validation
         lookbacks = features.attrs.get("lookbacks") or {str(k): None for k in features.columns}
         c = self.config = resolve_embargo(config, lookbacks)
         self.lookback = max([v for v in lookbacks.values() if v is not None], default=0)
@@ -1352,9 +1352,9 @@ class Prepared:
             i = _first_bad(p <= 0)
             raise DataError(f"price column {c.price_col!r} has a non-positive price ({p[i]} at {frame.index[i]}); "
                             f"log returns need prices > 0: fix the data or choose another price_col")
-        self._starts = _symbol_starts(frame, sym) if _starts is None else _starts
+        self._starts, names = _blocks if _blocks is not None else (_symbol_starts(frame, sym), None)
         self._stops = np.r_[self._starts[1:], len(frame)]
-        self._symbol_names = [str(v) for v in _values_at(frame[sym], self._starts)] if sym else []
+        self._symbol_names = ([str(v) for v in _values_at(frame[sym], self._starts)] if names is None else names) if sym else []
         self._rows_kept(c)
         self._positions(frame, c)
         names = np.asarray(self._symbol_names, dtype=object)
@@ -1472,7 +1472,8 @@ def _scaled(self: Prepared, fold: Fold, scaler: Scaler, by: dict) -> np.ndarray:
     inplace = self._owned and len(self.folds) == 1
     if inplace and self._scaled_by is fold: return self._F
     X = self._F if inplace else self._F.copy()
-    for a, b, s in self._each_symbol(scaler, by): _scale_rows(X, a, b, s)
+    buf = np.empty((min(1 << 14, len(X)), X.shape[1]))   # one scratch for all symbols: the arithmetic is the cost, not the loop
+    for a, b, s in self._each_symbol(scaler, by): _scale_rows(X, a, b, s, buf=buf)
     if inplace: self._scaled_by = fold
     return X
 
@@ -1500,12 +1501,12 @@ def prepare(config: qcfg.DataConfig | dict | None = None,
     feats = list(features) if features is not None else c.features
     specs = feature_specs(feats, [x for x in df.columns if x != sym], price_col=c.price_col)
     need = list(dict.fromkeys([c.price_col, *feature_columns(specs)]))
-    df, starts = _validate(df, sym, need, c.fill)
+    df, starts, names = _validate(df, sym, need, c.fill)
     use_cache = c.cache if cache is None else cache
-    X, names, lookbacks = _features(df, feats, symbol_col=sym, price_col=c.price_col, cache=use_cache, starts=starts)
-    F = pd.DataFrame(X, index=df.index, columns=names, copy=False)
+    X, columns, lookbacks = _features(df, feats, symbol_col=sym, price_col=c.price_col, cache=use_cache, starts=starts)
+    F = pd.DataFrame(X, index=df.index, columns=columns, copy=False)
     F.attrs["lookbacks"] = lookbacks
-    return Prepared(c, df, F, plan, _matrix=X, _starts=starts)
+    return Prepared(c, df, F, plan, _matrix=X, _blocks=(starts, names))
 
 # %% ../nbs/02_data.ipynb #94613d11
 def _stats(self: Prepared, max_folds: int = 50) -> pd.DataFrame:
