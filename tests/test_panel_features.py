@@ -1,4 +1,4 @@
-"Panel features are computed for all symbols at once in float32: they must equal the per-symbol computation."
+"Panel features, and prepare's rows kept, date positions, targets and scaling, run for all symbols at once: they must equal the per-symbol computation."
 import numpy as np
 import pandas as pd
 import pytest
