@@ -194,11 +194,8 @@ def _symbol_col(df: pd.DataFrame, symbol_col: str | None) -> str | None:
 
 def _first_bad(mask: np.ndarray) -> int: return int(np.flatnonzero(mask)[0])
 
-def validate_frame(df: pd.DataFrame, *,
-                   symbol_col: str | None = None,   # column naming each row's symbol; default 'symbol' when present
-                   columns: Sequence[str] | None = None, # columns that must exist and be numeric; default all but the symbol
-                   fill: Literal["none", "ffill", "drop"] = "none") -> pd.DataFrame:
-    "Check a frame (DatetimeIndex, numeric, finite, sorted unique timestamps per symbol); return it grouped by symbol."
+def _validate(df: pd.DataFrame, symbol_col: str | None, columns: Sequence[str] | None, fill: str) -> tuple:
+    "`validate_frame`'s frame, the first row of each symbol's block and the symbols' names (None: not read here)."
     if not isinstance(df, pd.DataFrame): raise DataError(f"expected a pandas DataFrame, got {type(df).__name__}; load it with load_frame")
     if len(df) == 0 or len(df.columns) == 0:
         raise DataError(f"the frame is empty ({len(df)} rows, {len(df.columns)} columns); pass a frame with data")
@@ -214,8 +211,11 @@ def validate_frame(df: pd.DataFrame, *,
     if missing:
         raise DataError(f"column {missing[0]!r} is missing from the frame (columns: {', '.join(map(str, df.columns))}); "
                         f"add it or choose features/price_col that do not need it")
+    dtypes = df.dtypes                                # each df[c] deep-copies the frame's attrs: columns are taken once
     for c in cols:
-        if not (pd.api.types.is_numeric_dtype(df[c]) or pd.api.types.is_bool_dtype(df[c])):
+        d = dtypes[c]
+        if isinstance(d, pd.Series): d = d.iloc[0]
+        if not (pd.api.types.is_numeric_dtype(d) or pd.api.types.is_bool_dtype(d)):
             s = df[c]; bad = pd.to_numeric(s, errors="coerce").isna() & s.notna()
             ex = f", e.g. {s[bad].iloc[0]!r} at {s.index[bad.to_numpy()][0]}" if bad.any() else ""
             raise DataError(f"column {c!r} is not numeric (dtype {s.dtype}{ex}); convert it with pd.to_numeric or drop it")
@@ -223,37 +223,39 @@ def validate_frame(df: pd.DataFrame, *,
         raise DataError(f"the index has a missing timestamp (NaT) at row {_first_bad(df.index.isna())}; drop or fix that row")
     if df.index.tz is not None: df = df.tz_convert("UTC").tz_localize(None)
     if sym is not None:
-        if df[sym].isna().any():
-            raise DataError(f"symbol column {sym!r} is empty at row {_first_bad(df[sym].isna().to_numpy())}; fill or drop those rows")
-        starts = _run_starts(df[sym])
-        names = np.array([str(v) for v in _values_at(df[sym], starts)], dtype=object)
+        s = df[sym]
+        if s.isna().any():
+            raise DataError(f"symbol column {sym!r} is empty at row {_first_bad(s.isna().to_numpy())}; fill or drop those rows")
+        starts = _run_starts(s)
+        names = np.array([str(v) for v in _values_at(s, starts)], dtype=object)
+        found = list(names)                           # what Prepared would read again at these rows
         if len(set(names)) < len(starts):             # a symbol's rows in several blocks: sort by symbol (a copy)
-            codes, names = pd.factorize(df[sym].astype(str), sort=True)
+            codes, names = pd.factorize(s.astype(str), sort=True)
             order = np.argsort(codes, kind="stable")
             df = df.iloc[order]
             starts = np.concatenate([[0], np.flatnonzero(np.diff(codes[order])) + 1])
-            names = np.asarray(names)
-        codes = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(df)]))
+            names, found = np.asarray(names), None
     else:
-        codes, names = np.zeros(len(df), dtype=np.int64), np.array([None])
+        starts, names, found = np.zeros(1, dtype=np.int64), np.array([None]), []
     t = df.index.asi8
-    same = codes[1:] == codes[:-1]
-    dt = np.diff(t)
-    def where(i): return f"symbol {names[codes[i]]!r}" if sym is not None else "the series"
-    back = same & (dt < 0)
-    if back.any():
-        i = _first_bad(back)
-        raise DataError(f"timestamps of {where(i)} are not sorted: {df.index[i + 1]} comes after {df.index[i]}; "
-                        f"sort with df.sort_index() (or sort_values([symbol, time]))")
-    dup = same & (dt == 0)
-    if dup.any():
-        i = _first_bad(dup)
+    same = np.ones(max(len(df) - 1, 0), dtype=bool)   # row i + 1 is the same symbol as row i
+    same[starts[1:] - 1] = False
+    def where(i): return f"symbol {names[np.searchsorted(starts, i, side='right') - 1]!r}" if sym is not None else "the series"
+    if ((t[1:] <= t[:-1]) & same).any():
+        back = same & (t[1:] < t[:-1])
+        if back.any():
+            i = _first_bad(back)
+            raise DataError(f"timestamps of {where(i)} are not sorted: {df.index[i + 1]} comes after {df.index[i]}; "
+                            f"sort with df.sort_index() (or sort_values([symbol, time]))")
+        i = _first_bad(same & (t[1:] == t[:-1]))
         raise DataError(f"{where(i)} has duplicate timestamp {df.index[i]}; drop duplicates "
                         f"(df[~df.index.duplicated()]) or aggregate them")
+    del same
     keep = list(dict.fromkeys(([sym] if sym is not None else []) + cols))
-    out = pd.DataFrame({c: df[c] for c in keep}, index=df.index, copy=False)   # the columns, not a copy of them
+    taken = {c: df[c] for c in keep}
+    out = pd.DataFrame(taken, index=df.index, copy=False)   # the columns, not a copy of them
     out.attrs.update(df.attrs)                        # what a generator recorded (e.g. a planted series' optimal_r2)
-    if not all(np.isfinite(out[c].to_numpy(dtype="float64")).all() for c in cols):
+    if not all(np.isfinite(taken[c].to_numpy(dtype="float64")).all() for c in cols):
         vals = out[cols].to_numpy(dtype="float64")
         bad = ~np.isfinite(vals)
         if fill == "none":
@@ -265,10 +267,19 @@ def validate_frame(df: pd.DataFrame, *,
         out = out.copy()
         out[cols] = out[cols].astype("float64").replace([np.inf, -np.inf], np.nan)
         if fill == "ffill":
+            codes = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(out)]))
             out[cols] = out.groupby(codes)[cols].ffill() if sym is not None else out[cols].ffill()
         out = out[out[cols].notna().all(axis=1).to_numpy()]
         if len(out) == 0: raise DataError(f"no row is left after fill={fill!r} removed non-finite values; clean the data")
-    return out
+        if sym is not None: starts, found = _run_starts(out[sym]), None      # rows dropped: the blocks moved
+    return out, starts, found
+
+def validate_frame(df: pd.DataFrame, *,
+                   symbol_col: str | None = None,   # column naming each row's symbol; default 'symbol' when present
+                   columns: Sequence[str] | None = None, # columns that must exist and be numeric; default all but the symbol
+                   fill: Literal["none", "ffill", "drop"] = "none") -> pd.DataFrame:
+    "Check a frame (DatetimeIndex, numeric, finite, sorted unique timestamps per symbol); return it grouped by symbol."
+    return _validate(df, symbol_col, columns, fill)[0]
 
 # %% ../nbs/02_data.ipynb #7715751e
 def _close(df, price_col): return df[price_col].astype("float64")
@@ -572,20 +583,30 @@ def _symbol_starts(df: pd.DataFrame, sym: str | None) -> np.ndarray:
                         f"first or sort with df.sort_values([{sym!r}, df.index.name or 'date'], kind='stable')")
     return starts
 
+def _block_pos(starts: np.ndarray, h: int, b: int) -> np.ndarray:
+    "Position of rows h..b inside their symbol's block (row minus the block's first row), from the blocks' `starts`."
+    k0, k1 = np.searchsorted(starts, [h, b], side="right")
+    first = starts[k0 - 1:k1]                                # the blocks rows h..b touch
+    return np.arange(h, b) - np.repeat(first, np.diff(np.r_[h, first[1:], b]))
+
 def _fill_panel(X: np.ndarray, df: pd.DataFrame, todo: list, starts: np.ndarray, price_col: str, chunk: int = 1 << 14):
     "Write the vectorised features `todo` [(column, spec)] into X, chunk by chunk with a halo of their longest lookback."
     T, halo = len(df), max(s.lookback for _, s in todo) + 1
     need = list(dict.fromkeys(c for _, s in todo for c in s.needs))
     cols = {c: df[c].to_numpy(dtype="float64") for c in need}      # views of float64 columns: no copy
+    js = [j for j, _ in todo]
+    whole = js == list(range(X.shape[1]))
+    buf = np.empty((len(todo), min(chunk, T)), dtype=np.float32)   # a chunk's features, one contiguous row each
     for a in range(0, T, chunk):
         b, h = min(T, a + chunk), max(0, a - halo)
-        rows = np.arange(h, b)
-        ch = _Chunk({c: v[h:b] for c, v in cols.items()}, rows - starts[np.searchsorted(starts, rows, side="right") - 1],
-                    lambda h=h, b=b: df.index[h:b])
-        for j, s in todo:
-            with np.errstate(invalid="ignore", divide="ignore"): X[a:b, j] = _PANEL[s.base](ch, s.window, price_col)[a - h:]
-        blk = X[a:b]; bad = ~np.isfinite(blk)
-        if bad.any(): blk[bad] = np.nan                      # inf (a division by zero, an overflow) is missing
+        ch = _Chunk({c: v[h:b] for c, v in cols.items()}, _block_pos(starts, h, b), lambda h=h, b=b: df.index[h:b])
+        out = buf[:, :b - a]
+        for i, (j, s) in enumerate(todo):
+            with np.errstate(invalid="ignore", divide="ignore"): out[i] = _PANEL[s.base](ch, s.window, price_col)[a - h:]
+        bad = ~np.isfinite(out)
+        if bad.any(): out[bad] = np.nan                      # inf (a division by zero, an overflow) is missing
+        if whole: X[a:b] = out.T
+        else: X[a:b, js] = out.T
 
 # %% ../nbs/02_data.ipynb #ec2bca38
 def _slow_parts(df: pd.DataFrame, s: FeatureSpec, starts: np.ndarray, price_col: str) -> list[pd.DataFrame]:
@@ -594,9 +615,9 @@ def _slow_parts(df: pd.DataFrame, s: FeatureSpec, starts: np.ndarray, price_col:
     return [_one_symbol(df.iloc[a:b], [s], price_col) for a, b in zip(starts, ends)]
 
 def _feature_matrix(df: pd.DataFrame, specs: Sequence[FeatureSpec], sym: str | None, price_col: str,
-                    check_causal: bool = True) -> tuple[np.ndarray, list[str]]:
-    "The features of a frame grouped by symbol as one (rows, features) float32 array, written one column at a time."
-    starts = _symbol_starts(df, sym)
+                    check_causal: bool = True, starts: np.ndarray | None = None) -> tuple[np.ndarray, list[str]]:
+    "The features of a frame grouped by symbol as one (rows, features) float32 array, a chunk of rows (or a column) at a time."
+    starts = _symbol_starts(df, sym) if starts is None else starts
     if check_causal:
         for s in specs:
             if s.kind == "callable": _check_causal(df.iloc[:(starts[1] if len(starts) > 1 else len(df))], s, price_col)
@@ -621,7 +642,7 @@ def _feature_matrix(df: pd.DataFrame, specs: Sequence[FeatureSpec], sym: str | N
     return X, names
 
 # %% ../nbs/02_data.ipynb #b0cd34fe
-def _features(df: pd.DataFrame, features, *, symbol_col=None, price_col="Close", cache=False, check_causal=True):
+def _features(df: pd.DataFrame, features, *, symbol_col=None, price_col="Close", cache=False, check_causal=True, starts=None):
     "(float32 matrix, column names, lookbacks) of `compute_features`, read from or written to the cache."
     sym = _symbol_col(df, symbol_col)
     inputs = [c for c in df.columns if c != sym]
@@ -643,7 +664,7 @@ def _features(df: pd.DataFrame, features, *, symbol_col=None, price_col="Close",
                     vals, names = z["values"], [str(n) for n in z["names"]]
                 if vals.shape[0] == len(df) and vals.dtype == np.float32: return vals, names, _lookbacks(specs, names)
             except Exception: pass  # unreadable entry: recompute and overwrite
-    X, names = _feature_matrix(df, specs, sym, price_col, check_causal)
+    X, names = _feature_matrix(df, specs, sym, price_col, check_causal, starts)
     if path is not None:
         import io
         buf = io.BytesIO()
@@ -796,11 +817,11 @@ def _fit_rows(kind: str, X: np.ndarray, runs, chunk: int = 1 << 14) -> Scaler:
     n, s1, s2 = _group_sums(X, parts, np.zeros(len(parts), dtype=np.int64), 1, chunk)   # sums and squares in float64
     return _standard(n[0], s1[0], s2[0])
 
-def _scale_rows(X: np.ndarray, a: int, b: int, scaler: Scaler, chunk: int = 1 << 14) -> None:
-    "Scale rows a..b of X in place: (x - center) / scale in float64, rounded once into X's dtype."
-    buf = np.empty((min(chunk, max(b - a, 0)), X.shape[1]))
-    for i in range(a, b, chunk):
-        j = min(b, i + chunk); t = buf[:j - i]
+def _scale_rows(X: np.ndarray, a: int, b: int, scaler: Scaler, chunk: int = 1 << 14, buf: np.ndarray | None = None) -> None:
+    "Scale rows a..b of X in place: (x - center) / scale in float64, rounded once into X's dtype (`buf`: float64 scratch rows)."
+    if buf is None: buf = np.empty((min(chunk, max(b - a, 1)), X.shape[1]))
+    for i in range(a, b, len(buf)):
+        j = min(b, i + len(buf)); t = buf[:j - i]
         np.subtract(X[i:j], scaler.center, out=t); np.divide(t, scaler.scale, out=X[i:j], casting="same_kind")
 
 # %% ../nbs/02_data.ipynb #877dd941
@@ -1267,18 +1288,23 @@ def _scalers(self: Fold, rows: list) -> tuple:
     return self._fit
 
 @patch
-def _targets(self: Fold, train_ends: list) -> tuple:
+def _targets(self: Fold, train_ends: list, chunk: int = 1 << 16) -> tuple:
     "(y, target scaler, outputs): scaled float32 returns per horizon, or direction labels."
     P, c = self.prepared, self.prepared.config
     if c.task == "classification":
         y = direction(P._fwd(np.arange(len(P._pos)), c.all_horizons[0]), c.n_classes, c.dead_band)
         return torch.from_numpy(y), None, 1 if c.n_classes == 2 else c.n_classes
-    y = np.empty((len(P._pos), len(c.all_horizons)), dtype=np.float32)
-    for a, b in zip(P._starts, P._stops):                 # one symbol at a time: no full float64 copy
-        lp = np.log(P._price[a:b])
-        for j, h in enumerate(c.all_horizons):
-            y[a:b, j] = np.nan
-            if h < b - a: y[a:b - h, j] = lp[h:] - lp[:-h]
+    T, hs = len(P._pos), c.all_horizons
+    y = np.empty((T, len(hs)), dtype=np.float32)
+    for i in range(0, T, chunk):                          # all symbols at once, a chunk of rows at a time: no float64 copy
+        j = min(T, i + chunk)
+        lp = np.log(P._price[i:min(T, j + max(hs))])
+        for col, h in enumerate(hs):
+            m = max(0, min(j - i, len(lp) - h))           # rows whose close h rows later is in the panel
+            y[i:i + m, col] = lp[h:h + m] - lp[:m]
+    for col, h in enumerate(hs):                          # each symbol's last h rows have no target
+        tail = (P._stops[:, None] - np.arange(1, h + 1)).ravel()
+        y[tail[tail >= np.repeat(P._starts, h)], col] = np.nan
     tscaler = _fit_rows(c.target_scaler, y, train_ends) if c.target_scaler != "none" else None
     if tscaler is not None: _scale_rows(y, 0, len(y), tscaler)
     return torch.from_numpy(y), tscaler, y.shape[1]
@@ -1310,7 +1336,8 @@ def _build(self: Fold) -> dict:
 class Prepared:
     "A validated, featurised dataset with its split plan: `folds`, `feature_names`, `fingerprint`, `stats()`, `plot_splits()`."
     def __init__(self, config: DataConfig, frame: pd.DataFrame, features: pd.DataFrame, plan: list[Split] | None = None, *,
-                 _matrix: np.ndarray | None = None):   # prepare's own float32 array behind `features`: scaled in place
+                 _matrix: np.ndarray | None = None,    # prepare's own float32 array behind `features`: scaled in place
+                 _blocks: tuple | None = None):        # prepare's (symbol block starts, names or None) from validation
         lookbacks = features.attrs.get("lookbacks") or {str(k): None for k in features.columns}
         c = self.config = resolve_embargo(config, lookbacks)
         self.lookback = max([v for v in lookbacks.values() if v is not None], default=0)
@@ -1325,9 +1352,9 @@ class Prepared:
             i = _first_bad(p <= 0)
             raise DataError(f"price column {c.price_col!r} has a non-positive price ({p[i]} at {frame.index[i]}); "
                             f"log returns need prices > 0: fix the data or choose another price_col")
-        self._starts = _symbol_starts(frame, sym)
+        self._starts, names = _blocks if _blocks is not None else (_symbol_starts(frame, sym), None)
         self._stops = np.r_[self._starts[1:], len(frame)]
-        self._symbol_names = [str(v) for v in _values_at(frame[sym], self._starts)] if sym else []
+        self._symbol_names = ([str(v) for v in _values_at(frame[sym], self._starts)] if names is None else names) if sym else []
         self._rows_kept(c)
         self._positions(frame, c)
         names = np.asarray(self._symbol_names, dtype=object)
@@ -1361,46 +1388,59 @@ class Prepared:
 
 # %% ../nbs/02_data.ipynb #1696325c
 @patch
-def _rows_kept(self: Prepared, c: DataConfig) -> None:
+def _rows_kept(self: Prepared, c: DataConfig, chunk: int = 1 << 14) -> None:
     "Each symbol's rows with complete features and a target, [first, last); window ends need seq_len - 1 rows before."
-    X, H, L = self._F, max(c.all_horizons), c.seq_len
-    self._first, self._last = np.empty(len(self._starts), np.int64), np.empty(len(self._starts), np.int64)
-    self._is_end = np.zeros(len(X), dtype=bool)
-    complete = np.empty(len(X), dtype=bool)
-    for i in range(0, len(X), 1 << 14): complete[i:i + (1 << 14)] = np.isfinite(X[i:i + (1 << 14)]).all(1)
-    for k, (a, b) in enumerate(zip(self._starts, self._stops)):
-        ok = complete[a:b]
-        first, last = a + (int(np.argmax(ok)) if ok.any() else b - a), b - H          # rows from `last` on have no target
+    X, H, L, starts, stops = self._F, max(c.all_horizons), c.seq_len, self._starts, self._stops
+    complete, fin = np.empty(len(X), dtype=bool), np.empty((X.shape[1], min(chunk, len(X))), dtype=bool)
+    for i in range(0, len(X), chunk):                     # column-wise: numpy reduces a 10-value row axis slowly
+        f = fin[:, :min(chunk, len(X) - i)]
+        np.isfinite(X[i:i + chunk].T, out=f); f.all(0, out=complete[i:i + chunk])
+    gap = np.flatnonzero(~complete)                       # incomplete rows: the warm-ups, and any later hole
+    k = np.searchsorted(gap, starts)                      # each symbol's first incomplete row
+    warm = k < len(gap)
+    warm[warm] = gap[k[warm]] == starts[warm]             # symbols whose first row is incomplete: skip that run of rows
+    run_last = np.r_[np.flatnonzero(np.diff(gap) != 1), len(gap) - 1]   # index in gap of each run's last row
+    first, last = starts.copy(), stops - H                # rows from `last` on have no target
+    first[warm] = np.minimum(gap[run_last[np.searchsorted(run_last, k[warm])]] + 1, stops[warm])
+    short = last - first < L
+    hole = np.searchsorted(gap, np.maximum(first, last)) > np.searchsorted(gap, first)   # incomplete after the warm-up
+    if (short | hole).any():
+        k = int(np.argmax(short | hole)); a, b = int(starts[k]), int(stops[k])
         who = f"symbol {self._symbol_names[k]!r}" if self.symbol_col else "the series"
-        if last - first < L:
-            raise InsufficientData(f"{who} has {b - a} rows; after the {first - a}-row feature warm-up it needs at least "
-                                   f"seq_len + horizon = {L} + {H} = {L + H} rows but has {b - first}; supply more history "
+        if short[k]:
+            raise InsufficientData(f"{who} has {b - a} rows; after the {first[k] - a}-row feature warm-up it needs at least "
+                                   f"seq_len + horizon = {L} + {H} = {L + H} rows but has {b - first[k]}; supply more history "
                                    f"or lower seq_len/horizon")
-        bad = ~ok[first - a:last - a]
-        if bad.any():
-            i = first + int(np.argmax(bad)); j = int(np.argmax(~np.isfinite(X[i])))
-            raise DataError(f"feature {self.feature_names[j]!r} is not finite at {self.frame.index[i]} ({who}) after its "
-                            f"warm-up; check the input there or set {qcfg.param_hint('fill', 'ffill')}")
-        self._first[k], self._last[k] = first, last
-        self._is_end[first + L - 1:last] = True
+        i = int(gap[np.searchsorted(gap, first[k])]); j = int(np.argmax(~np.isfinite(X[i])))
+        raise DataError(f"feature {self.feature_names[j]!r} is not finite at {self.frame.index[i]} ({who}) after its "
+                        f"warm-up; check the input there or set {qcfg.param_hint('fill', 'ffill')}")
+    self._first, self._last = first, last
+    self._is_end = np.zeros(len(X), dtype=bool)
+    for f, z in zip((first + L - 1).tolist(), last.tolist()): self._is_end[f:z] = True
 
 @patch
 def _positions(self: Prepared, frame: pd.DataFrame, c: DataConfig, chunk: int = 1 << 16) -> None:
     "Each row's position on the panel's date axis, in the smallest integer type that holds them."
-    t = frame.index.asi8                                   # numpy, not the index: its hash table would cost 4 floats a row
-    k = int(np.argmax(self._stops - self._starts))
-    for d in (t[self._starts[k]:self._stops[k]], None):   # usually every date is the longest symbol's; else all dates
+    t, starts = frame.index.asi8, self._starts            # numpy, not the index: its hash table would cost 4 floats a row
+    k = int(np.argmax(self._stops - starts))
+    for d in (t[starts[k]:self._stops[k]], None):        # usually every date is the longest symbol's; else all dates
         if d is None: d = np.unique(t)
         pos = np.empty(len(frame), dtype=np.int16 if len(d) < 2**14 else np.int32 if len(d) < 2**30 else np.int64)
+        lag = starts - np.searchsorted(d, t[starts])      # guess: a block's dates follow the axis from its first date
         for a in range(0, len(frame), chunk):
-            i = np.searchsorted(d, t[a:a + chunk])
-            if not (d[np.minimum(i, len(d) - 1)] == t[a:a + chunk]).all(): break
-            pos[a:a + chunk] = i
+            b = min(len(frame), a + chunk)
+            k0, k1 = np.searchsorted(starts, [a, b], side="right")
+            i = np.arange(a, b) - np.repeat(lag[k0 - 1:k1], np.diff(np.r_[a, starts[k0:k1], b]))
+            miss = np.flatnonzero(d[np.minimum(i, len(d) - 1)] != t[a:b])   # a missing date: search those rows
+            if len(miss):
+                i[miss] = np.searchsorted(d, t[a:b][miss])
+                if not (d[np.minimum(i[miss], len(d) - 1)] == t[a:b][miss]).all(): break
+            pos[a:b] = i
         else: break
     self._all_dates, self._pos = pd.DatetimeIndex(d.view(frame.index.dtype), name=frame.index.name), pos
     L = c.seq_len
-    self._lo = int(min(self._pos[f + L - 1] for f in self._first))
-    self._hi = int(max(self._pos[z - 1] for z in self._last)) + 1
+    self._lo = int(self._pos[self._first + L - 1].min())
+    self._hi = int(self._pos[self._last - 1].max()) + 1
 
 @patch
 def _fwd(self: Prepared, rows, h: int) -> np.ndarray:
@@ -1432,7 +1472,8 @@ def _scaled(self: Prepared, fold: Fold, scaler: Scaler, by: dict) -> np.ndarray:
     inplace = self._owned and len(self.folds) == 1
     if inplace and self._scaled_by is fold: return self._F
     X = self._F if inplace else self._F.copy()
-    for a, b, s in self._each_symbol(scaler, by): _scale_rows(X, a, b, s)
+    buf = np.empty((min(1 << 14, len(X)), X.shape[1]))   # one scratch for all symbols: the arithmetic is the cost, not the loop
+    for a, b, s in self._each_symbol(scaler, by): _scale_rows(X, a, b, s, buf=buf)
     if inplace: self._scaled_by = fold
     return X
 
@@ -1460,12 +1501,12 @@ def prepare(config: qcfg.DataConfig | dict | None = None,
     feats = list(features) if features is not None else c.features
     specs = feature_specs(feats, [x for x in df.columns if x != sym], price_col=c.price_col)
     need = list(dict.fromkeys([c.price_col, *feature_columns(specs)]))
-    df = validate_frame(df, symbol_col=sym, columns=need, fill=c.fill)
+    df, starts, names = _validate(df, sym, need, c.fill)
     use_cache = c.cache if cache is None else cache
-    X, names, lookbacks = _features(df, feats, symbol_col=sym, price_col=c.price_col, cache=use_cache)
-    F = pd.DataFrame(X, index=df.index, columns=names, copy=False)
+    X, columns, lookbacks = _features(df, feats, symbol_col=sym, price_col=c.price_col, cache=use_cache, starts=starts)
+    F = pd.DataFrame(X, index=df.index, columns=columns, copy=False)
     F.attrs["lookbacks"] = lookbacks
-    return Prepared(c, df, F, plan, _matrix=X)
+    return Prepared(c, df, F, plan, _matrix=X, _blocks=(starts, names))
 
 # %% ../nbs/02_data.ipynb #94613d11
 def _stats(self: Prepared, max_folds: int = 50) -> pd.DataFrame:

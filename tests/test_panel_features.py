@@ -1,8 +1,8 @@
-"Panel features are computed for all symbols at once in float32: they must equal the per-symbol computation."
+"Panel features, and prepare's rows kept, date positions, targets and scaling, run for all symbols at once: they must equal the per-symbol computation."
 import numpy as np
 import pandas as pd
 import pytest
-from fastcore.test import test_eq as eq
+from fastcore.test import test_close as close, test_eq as eq
 
 from qtnb.data import FEATURES, DataConfig, _one_symbol, compute_features, feature_specs, prepare, validate_frame
 from qtnb.datasets import random_walk
@@ -69,3 +69,54 @@ def test_panel_rows_of_a_symbol_block_must_be_together():
     split = pd.concat([df.iloc[:20], df.iloc[50:], df.iloc[20:50]])   # S00 in two blocks
     with pytest.raises(Exception, match="must be together"): compute_features(split, ["logret_1"])
     eq(len(compute_features(validate_frame(split), ["logret_1"])), 100)
+
+
+def _ragged_panel(seed=11):
+    "30 symbols, 71,000 rows (several chunks of every chunked step): one starts late, one ends early, one misses a tenth of its dates, one a month."
+    df = random_walk(2400, n_symbols=30, seed=seed)
+    k, sym = np.arange(len(df)) % 2400, df.symbol.to_numpy()
+    holes = np.random.default_rng(seed).random(len(df)) < 0.1
+    drop = ((sym == "S01") & (k < 150)) | ((sym == "S02") & (k > 1400)) | ((sym == "S03") & holes) | ((sym == "S04") & (k >= 300) & (k < 330))
+    return df[~drop]
+
+
+@pytest.fixture(scope="module")
+def ragged():
+    df = _ragged_panel()
+    return df, _per_symbol(df, ["default"]).to_numpy()
+
+
+@pytest.mark.parametrize("horizons", [[1], [1, 3]])
+def test_panel_prepare_equals_the_plain_per_symbol_computation(ragged, horizons):
+    "Features, rows kept, date positions, targets and per-symbol scaling run over all symbols at once: the per-symbol loop's numbers."
+    df, slow = ragged
+    c = DataConfig(features=["default"], seq_len=8, horizons=horizons, validation="holdout", cache=False)
+    p = prepare(c, df)
+    raw = p.features.to_numpy()                       # read before the fold scales the matrix in place
+    np.testing.assert_allclose(raw, slow, rtol=3e-6, atol=1e-6)
+    f, H, L = p.folds[0], max(horizons), c.seq_len
+    x, y, ts = f.train.x.numpy(), f.train.y.numpy(), f.target_scaler
+    same = np.testing.assert_array_equal                # fastcore's test_eq walks long lists element by element: slow
+    same(p._all_dates.asi8, np.unique(p.frame.index.asi8))
+    sym = p.frame.symbol.to_numpy()
+    eq(sorted({len(g) for _, g in p.frame.groupby("symbol")}), [1401, 2143, 2250, 2370, 2400])   # unequal lengths
+    for k, name in enumerate(p._symbol_names):
+        rows = np.flatnonzero(sym == name); a, b = rows[0], rows[-1] + 1
+        same(rows, np.arange(a, b))
+        g = p.frame.iloc[a:b]
+        same(p._pos[a:b], p._all_dates.get_indexer(g.index))                            # each row's date on the panel's axis
+        ok = np.isfinite(raw[a:b]).all(1)
+        first = a + int(np.argmax(ok))                                                  # past this symbol's feature warm-up
+        eq((p._first[k], p._last[k]), (first, b - H))
+        same(np.flatnonzero(p._is_end[a:b]), np.arange(first + L - 1 - a, b - H - a))
+        lp = np.log(g["Close"].to_numpy())
+        for j, h in enumerate(horizons):                                                # h rows later in this symbol
+            ref = np.full(b - a, np.nan, dtype=np.float32); ref[:-h] = lp[h:] - lp[:-h]
+            same(y[a:b, j], ((ref.astype("float64") - ts.center[j]) / ts.scale[j]).astype(np.float32))
+        s = f.symbol_scalers[name]                                                      # this symbol's own scaler
+        same(x[a:b], ((raw[a:b].astype("float64") - s.center) / s.scale).astype(np.float32))
+    ends, owner = f.train.ends.numpy(), f.train.symbols
+    for name in p._symbol_names:                      # each scaler is fitted on its own symbol's training-window rows only
+        rows = np.unique(np.concatenate([np.arange(e - L + 1, e + 1) for e in ends[owner == name]]))
+        fit = raw[rows].astype("float64")
+        close(f.symbol_scalers[name].center, fit.mean(0), eps=1e-9); close(f.symbol_scalers[name].scale, fit.std(0), eps=1e-9)
