@@ -6,7 +6,7 @@ Docs: https://qtnb.github.io/qtnb/serve.html.md"""
 
 # %% ../nbs/14_serve.ipynb #fce1dee3
 from __future__ import annotations
-import asyncio, hmac, json, os, re, secrets, subprocess, sys, threading, time
+import asyncio, hmac, json, math, os, re, secrets, subprocess, sys, threading, time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -17,6 +17,7 @@ import orjson
 import pandas as pd
 from fastapi import Body, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 
 from .config import atomic_write, check_slug, load_settings, write_yaml
@@ -25,7 +26,7 @@ from .errors import ConfigError, DataError, QtnbError
 # %% auto #0
 __all__ = ['LOOPBACK', 'TOKEN_ENV', 'MAX_BODY', 'JOB_STATES', 'JOBS_FILE', 'KEEP_FINISHED', 'FINAL_STATES', 'CONTROL_ACTIONS',
            'INLINE_BYTES', 'INLINE_WINDOWS', 'check_bind', 'Guard', 'Job', 'JobQueue', 'request_control', 'follow',
-           'Predictors', 'serve_slots', 'create_app', 'run_app', 'serve']
+           'Predictors', 'WindowPlan', 'serve_slots', 'create_app', 'run_app', 'serve']
 
 # %% ../nbs/14_serve.ipynb #6c581fb6
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -363,20 +364,30 @@ def _add_stream_route(app: FastAPI, root: Path) -> None:
 
 # %% ../nbs/14_serve.ipynb #98b1d4f9
 class Predictors:
-    "One warm ONNX Runtime `Predictor` per registered model version, made on first use."
+    "One warm ONNX Runtime `Predictor` per registered model version, made on first use, with its `WindowPlan`."
     def __init__(self, root: Path, backend: str = "onnx"):
         from qtnb.runs import REGISTRY_FILE
-        self.root, self.backend, self.cache, self.refs, self.lock = root, backend, {}, {}, threading.Lock()
+        self.root, self.backend, self.cache, self.plans, self.refs, self.lock = root, backend, {}, {}, {}, threading.Lock()
         self.registry = str(Path(root) / REGISTRY_FILE)
 
     def _stamp(self) -> int | None:
         try: return os.stat(self.registry).st_mtime_ns
         except OSError: return None
 
-    def warm(self, ref: str):
-        "The predictor `ref` named when the registry has not changed since: one stat, no file read, no export (else None)."
+    def _key(self, ref: str) -> str | None:
+        "The version `ref` named when the registry has not changed since: one stat, no file read (else None)."
         hit = self.refs.get(ref)
-        return self.cache.get(hit[1]) if hit is not None and hit[0] == self._stamp() else None
+        return hit[1] if hit is not None and hit[0] == self._stamp() else None
+
+    def warm(self, ref: str):
+        "The predictor `ref` named when the registry has not changed since: no file read, no export (else None)."
+        key = self._key(ref)
+        return None if key is None else self.cache.get(key)
+
+    def hot(self, ref: str):
+        "The `WindowPlan` of `ref`'s warm predictor (see `warm`), else None."
+        key = self._key(ref)
+        return None if key is None else self.plans.get(key)
 
     def get(self, ref: str):
         "The predictor of `ref` (`name`, `name@3`, `name@production`), its session exported and opened on first use."
@@ -387,8 +398,10 @@ class Predictors:
         stamp, entry = self._stamp(), resolve_version(ref, runs_dir=self.root)
         key = f"{entry['name']}@{entry['version']}"
         with self.lock:
-            p = self.cache.get(key) or Predictor.from_registry(key, backend=self.backend, runs_dir=self.root)
-            self.cache[key] = p
+            p = self.cache.get(key)
+            if p is None:
+                p = Predictor.from_registry(key, backend=self.backend, runs_dir=self.root)
+                self.plans[key], self.cache[key] = WindowPlan(p), p
         self.refs[ref] = (stamp, key)
         return p
 
@@ -420,9 +433,13 @@ def _predict_windows(p, x: np.ndarray) -> bytes:
     else:
         raw = p.raw(x)
         if p.session is not None: p.session.reset_stats()              # a server keeps no latency history
-    cols = {k: v.tolist() for k, v in p.columns(raw).items()}
+    return _encode(p, p.columns(raw), len(x))
+
+def _encode(p, cols: dict, n: int) -> bytes:
+    "The reply to `n` windows: one record per window of the named output columns `cols`, with the run id and model version."
+    cols = {k: v.tolist() for k, v in cols.items()}
     return _json_bytes({"predictions": [dict(window=i, **{k: v[i] for k, v in cols.items()}, run_id=p.run_id, model_version=p.version)
-                                        for i in range(len(x))]})
+                                        for i in range(n)]})
 
 def _predict_rows(p, kind: str, payload) -> bytes:
     "Predictions for raw rows (a list of dicts or CSV bytes): the run's stored preprocessing, then the session."
@@ -435,11 +452,74 @@ def _predict_rows(p, kind: str, payload) -> bytes:
     if p.session is not None: p.session.reset_stats()                  # a server keeps no latency history
     return b'{"predictions": ' + out.to_json(orient="records", date_format="iso", double_precision=15).encode() + b"}"
 
+# %% ../nbs/14_serve.ipynb #e5415599
+class WindowPlan:
+    "Ready windows through one warm predictor, with what does not change between requests worked out once."
+    def __init__(self, p):
+        n, s, sess = p.preprocess, p.preprocess.state, p.session
+        self.p, self.shape, self.ids = p, (n.seq_len, len(n.feature_names)), (p.run_id, p.version)
+        self.bad_shape = f"; this model takes (batch, {n.seq_len}, {len(n.feature_names)})"
+        self.limit = p.batch_size if sess is not None else 0
+        # a stateless ONNX Runtime session is called as it is: the input's shape, dtype and finiteness are checked here
+        ort = sess.ort if getattr(sess, "backend", None) == "onnxruntime" and len(sess.ort.get_inputs()) == 1 else None
+        self.run = None if ort is None else (lambda x, run=ort.run, out=[sess._out], name=sess._in: run(out, {name: x})[0])
+        ts, k = s["target_scaler"], int(s["n_outputs"])
+        self.regression = s["task"] == "regression" and not (ts and ts["symbols"])     # one target scaler (or none)
+        # the target scaler as Python floats: float64 arithmetic as numpy's, without numpy's per-call cost on a few values
+        self.scale = (n.arrays["y_scale"][0].tolist(), n.arrays["y_center"][0].tolist()) if ts else ([1.0] * k, [0.0] * k)
+        self.keys = ("window", *["y_pred" if j == 0 else f"y_pred_h{j}" for j in range(k)], "signal", "run_id", "model_version")
+
+    def __call__(self, x: np.ndarray) -> bytes:
+        "The reply to windows `x` (batch, seq_len, features): the bytes `_predict_windows` gives."
+        if x.ndim != 3 or x.shape[1:] != self.shape: raise DataError(f"windows have shape {x.shape}{self.bad_shape}")
+        if self.run is None or not 0 < len(x) <= self.limit or x.dtype != np.float32 or not np.isfinite(x).all():
+            return _predict_windows(self.p, x)
+        try: raw = self.run(x)
+        except Exception: return _predict_windows(self.p, x)        # which says what failed, as it always has
+        if self.regression and raw.shape[1] == len(self.scale[0]):
+            out, (scale, center), keys, ids = [], self.scale, self.keys, self.ids
+            for i, r in enumerate(raw.tolist()):
+                y = [v * a + b for v, a, b in zip(r, scale, center)]
+                if not all(map(math.isfinite, y)): break                # the general columns raise their error
+                out.append(dict(zip(keys, (i, *y, float((y[0] > 0) - (y[0] < 0)), *ids))))   # signal: np.sign
+            else: return orjson.dumps({"predictions": out})
+        return _encode(self.p, self.p.columns(raw), len(x))
+
 # %% ../nbs/14_serve.ipynb #4ba31ee8
 def _predict(predictors: Predictors, ref: str, body: bytes, ctype: str, kind: str | None = None, payload=None) -> bytes:
     if kind is None: kind, payload = _parse(body, ctype)
     p = predictors.get(ref)
     return _predict_windows(p, payload) if kind == "windows" else _predict_rows(p, kind, payload)
+
+async def _answer(predictors: Predictors, ref: str, body: bytes, ctype: str) -> bytes:
+    "The predict endpoint's reply body; a `QtnbError` becomes the HTTPException saying it."
+    try:
+        kind = payload = None
+        if len(body) <= INLINE_BYTES:
+            kind, payload = _parse(body, ctype)
+            # a few windows on a warm session take microseconds: a thread hop would cost more than the work
+            if kind == "windows" and len(payload) <= INLINE_WINDOWS and (plan := predictors.hot(ref)) is not None: return plan(payload)
+        return await asyncio.to_thread(_predict, predictors, ref, body, ctype, kind, payload)
+    except QtnbError as e: raise _error(e) from None
+
+async def _body(receive) -> bytes:
+    "A request's body from its ASGI messages (usually one)."
+    parts = []
+    while True:
+        m = await receive()
+        if m["type"] != "http.request": raise ClientDisconnect()
+        parts.append(m.get("body", b""))
+        if not m.get("more_body", False): return parts[0] if len(parts) == 1 else b"".join(parts)
+
+class _PredictApp:
+    "`POST /models/{ref}/predict` as a bare ASGI app: no Request, Response or dependency solving per request."
+    def __init__(self, predictors: Predictors): self.predictors = predictors
+    async def __call__(self, scope, receive, send):
+        ctype = next((v for k, v in scope["headers"] if k == b"content-type"), b"").decode("latin-1")
+        out = await _answer(self.predictors, scope["path_params"]["ref"], await _body(receive), ctype)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(out))]})
+        await send({"type": "http.response.body", "body": out})
 
 def _add_model_routes(app: FastAPI, root: Path, predictors: Predictors) -> None:
     from qtnb.runs import model_versions
@@ -447,23 +527,13 @@ def _add_model_routes(app: FastAPI, root: Path, predictors: Predictors) -> None:
     @app.get("/models", summary="Registered model versions")
     def models_list(): return _json(_records(model_versions(runs_dir=root)))
 
-    async def lean(request: Request): return await models_predict(request.path_params["ref"], request)
-    # requests are answered by this plain route, matched first: it skips FastAPI's per-request dependency solving (~0.15 ms);
-    # the FastAPI route below gives the same handler its OpenAPI documentation
-    app.router.routes.insert(0, Route("/models/{ref}/predict", lean, methods=["POST"]))
+    # requests are answered by this bare route, matched first (its HTTPExceptions reach FastAPI's handler as any route's);
+    # the FastAPI route below, with the same answer, gives the endpoint its OpenAPI documentation
+    app.router.routes.insert(0, Route("/models/{ref}/predict", _PredictApp(predictors), methods=["POST"]))
 
     @app.post("/models/{ref}/predict", summary="Predict with a registered model: JSON rows, CSV or windows in, JSON out")
     async def models_predict(ref: str, request: Request):
-        body, ctype = await request.body(), request.headers.get("content-type", "")
-        try:
-            kind = payload = None
-            if len(body) <= INLINE_BYTES:
-                kind, payload = _parse(body, ctype)
-                p = predictors.warm(ref)
-                # a few windows on a warm session take microseconds: a thread hop would cost more than the work
-                if kind == "windows" and p is not None and len(payload) <= INLINE_WINDOWS: return Response(_predict_windows(p, payload), media_type="application/json")
-            out = await asyncio.to_thread(_predict, predictors, ref, body, ctype, kind, payload)
-        except QtnbError as e: raise _error(e) from None
+        out = await _answer(predictors, ref, await request.body(), request.headers.get("content-type", ""))
         return Response(out, media_type="application/json")
 
 # %% ../nbs/14_serve.ipynb #85f96996

@@ -190,3 +190,35 @@ def test_a_restarted_server_keeps_its_queue(data, tmp_path):
             pid = json.loads(st.read_text()).get("pid")
             try: os.killpg(pid, signal.SIGTERM)
             except (ProcessLookupError, PermissionError, TypeError): pass
+
+def _onnx_predictor(store: Path, frame: pd.DataFrame, **data):
+    "An MLP fitted for one epoch on `frame` (data config overrides `data`), as an ONNX Runtime `Predictor`."
+    from qtnb.data import prepare
+    from qtnb.predict import Predictor
+    from qtnb.runs import create_run
+    from qtnb.trainer import fit_fold
+    prep = prepare(dict(data="synthetic:planted", seq_len=8, cache=False, **data), frame)
+    run = create_run("plan", runs_dir=store)
+    fit_fold(prep.folds[0], {"name": "mlp", "hidden_sizes": [8]}, dict(num_epochs=1, device="cpu"), run=run)
+    return Predictor.from_run(run.id, runs_dir=store, backend="onnx")
+
+def _outcome(f):
+    "What `f()` gives: its value, or the type and message of what it raised."
+    try: return f()
+    except Exception as e: return type(e).__name__, str(e)
+
+@pytest.mark.parametrize("data", [{}, {"horizons": [1, 5]}, {"target_scaler": "none"}, {"target": "direction"}])
+def test_window_plan_replies_as_the_general_path(tmp_path, data, monkeypatch):
+    "The hot path's precomputed plan gives the bytes (and the errors) of `_predict_windows`, for each kind of output."
+    from qtnb import serve
+    frame = load_frame("synthetic:planted").iloc[:1200]
+    p = _onnx_predictor(tmp_path, frame.iloc[:1000], **data)
+    x, _ = p.preprocess.windows(frame.iloc[1000:1040])
+    plan = serve.WindowPlan(p)
+    bad = x.copy(); bad[1, 2, 3] = np.inf
+    cases = [x[:1], x, np.repeat(x, 103, 0)[:p.batch_size + 3], x.astype(np.float64), x[:0], bad, x[:, :, :3], x[0]]
+    for b in cases: eq(_outcome(lambda: plan(b)), _outcome(lambda: serve._predict_windows(p, b)))
+    assert b'"y_pred"' in plan(x[:1]) and _outcome(lambda: plan(bad))[0] == "ExportError"
+    def general(*a): raise AssertionError("the general path was taken")
+    monkeypatch.setattr(serve, "_predict_windows", general)
+    eq(json.loads(plan(x))["predictions"][-1]["window"], len(x) - 1)     # the common case never leaves the plan
