@@ -511,7 +511,7 @@ def _save_model(run, fr: FoldResult, model_cfg: dict, many: bool) -> Path | None
     from qtnb.models.core import is_torch_model
     model = fr.trainer.model
     if not is_torch_model(model):
-        from qtnb.runs import save_estimator
+        from qtnb.registry import save_estimator
         return save_estimator(run, model)
     if many:
         src = Path(run.path) / "folds" / fr.run_id / "checkpoints"
@@ -934,10 +934,10 @@ def export(p: ExportParams | dict | None = None, *, verbose: bool = True, **para
     "Run the export pipeline in-process: export a run's model, check parity, time the backends."
     from qtnb.data import prepare
     from qtnb.export import InferenceSession, compare_backends, export_meta, export_run
-    from qtnb.models.core import create_model, is_torch_model
-    from qtnb.runs import load_estimator
+    from qtnb.models.core import is_torch_model
+    from qtnb.registry import load_run_model
     from qtnb.runs import open_run
-    from qtnb.export import BACKENDS, _run_configs, _state_dict, is_stateful, stateful_parity
+    from qtnb.export import BACKENDS, _run_configs, is_stateful, stateful_parity
     p = p if isinstance(p, ExportParams) else ExportParams(**{**(p or {}), **params}).check()
     root = resolve_runs_dir(p.runs_dir)
     src = open_run(p.source_run or latest_model_run(root), runs_dir=root)
@@ -956,12 +956,11 @@ def export(p: ExportParams | dict | None = None, *, verbose: bool = True, **para
         data_cfg, model_cfg = _run_configs(src.params)
         prep = prepare(data_cfg)
         fold = prep.folds[-1]
-        model = create_model(model_cfg, n_features=len(prep.feature_names), seq_len=prep.config.seq_len)
+        model = load_run_model(src, inputs=dict(n_features=len(prep.feature_names), seq_len=prep.config.seq_len))
         w = fold.test if fold.test is not None else fold.val
         x = w.numpy()[0]
         if not is_torch_model(model):              # linear, XGBoost, ensembles of them: their own files, ONNX fp32
-            return _export_estimator_report(p, run, src, load_estimator(src), path, prep, x)
-        model.load_state_dict(_state_dict(src.load_checkpoint("best"))); model.eval()
+            return _export_estimator_report(p, run, src, model, path, prep, x)
         import torch
         stateful = is_stateful(model)
         with torch.no_grad(): ref = (model.forward_chunk(torch.from_numpy(x), None)[0] if stateful else model(torch.from_numpy(x))).numpy()

@@ -622,7 +622,7 @@ def _run_start(self: Trainer, train: Windows, data_fingerprint: str | None) -> N
     if mcfg is not None and hasattr(mcfg, "model_dump"): params["model"] = mcfg.model_dump(mode="json")
     params.pop("inputs", None)
     chash = _config_hash(params)               # the config alone: the inputs below follow from it and the data
-    # what the model was built for, so qtnb.runs.load_version can rebuild it without preparing the data again
+    # what the model was built for, so qtnb.registry.load_version can rebuild it without preparing the data again
     params["inputs"] = {"n_features": train.n_features, "seq_len": train.seq_len,
                         "feature_names": list(train.feature_names) or None, "task": train.task, "n_outputs": train.n_outputs}
     self.run.write_params(params)
