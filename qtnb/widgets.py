@@ -1,4 +1,4 @@
-"""Config forms, a live training monitor, a tuner panel and a run browser for the notebook; plain text where there is no widget front end.
+"""Config forms, a tuner panel and a run browser for the notebook; plain text where there is no widget front end. The live training monitor and the charts are in `qtnb.monitor` (the pipelines use them) and importable from here too.
 
 Docs: https://qtnb.github.io/qtnb/widgets.html.md"""
 

@@ -109,3 +109,38 @@ def test_registry_functions_come_from_the_models_package():
     from qtnb.models import core
     assert (create_model, list_models, model_schema) == (core.create_model, core.list_models, core.model_schema)
     assert "mlp" in [m["name"] for m in list_models()]
+
+
+def bolted_methods(path: Path) -> list[int]:
+    "Lines of module-level `Class.a, Class.b = f, g` assignments (methods bolted on after the class, not in it or by @patch)."
+    tree = ast.parse(path.read_text())
+    def on_class(t): return isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id[:1].isupper()
+    lines = []
+    for node in tree.body:
+        if not isinstance(node, ast.Assign): continue
+        targets = [e for t in node.targets for e in (t.elts if isinstance(t, ast.Tuple) else [t])]
+        if targets and all(on_class(t) for t in targets): lines.append(node.lineno)
+    return lines
+
+
+# Modules that still bolt methods on with `Class.x = f` lines. Each one converted (methods in the class, or fastcore's
+# @patch next to their prose) leaves this list; when it is empty the rule is simply "no such lines".
+STILL_BOLTED = {"qtnb.config", "qtnb.data", "qtnb.pipeline", "qtnb.runs", "qtnb.tuner", "qtnb.models.core",
+                "qtnb.models.ensemble", "qtnb.models.rnn", "qtnb.models.xgboost"}
+
+def test_no_new_class_attribute_assignment_lines(tmp_path):
+    (tmp_path / "m.py").write_text("class A: pass\ndef f(self): pass\nA.f, A.g = f, f\nA.h = property(f)\nx = A.f\n")
+    eq(bolted_methods(tmp_path / "m.py"), [3, 4])
+    found = {m: bolted_methods(p) for m, p in module_files().items()}
+    found = {m: ls for m, ls in found.items() if ls}
+    new = {m: ls for m, ls in found.items() if m not in STILL_BOLTED}
+    assert not new, f"methods bolted on with `Class.x = f` (put them in the class or use @patch): {new}"
+    done = STILL_BOLTED - set(found)
+    assert not done, f"{sorted(done)} no longer bolt methods on: take them out of STILL_BOLTED"
+
+
+def test_trainer_exports_no_bare_method_names():
+    import qtnb.trainer as T
+    methods = {n for n in T.__all__ if callable(getattr(T.Trainer, n, None))}
+    assert not methods, f"qtnb.trainer.__all__ exports Trainer methods as bare functions: {sorted(methods)}"
+    for n in ("fit", "test", "predict", "evaluate"): assert callable(getattr(T.Trainer, n))
