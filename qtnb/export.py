@@ -20,55 +20,14 @@ from fastcore.basics import patch
 import qtnb
 from .config import atomic_write
 from .errors import ExportError, QtnbError
+from .modelfile import (META_KEY, ENGINE_SUFFIXES, ExportMeta, backend_for, read_meta, quantize_dynamic_int8,
+                            quantize_static_qdq, to_fp16, _as_windows, _copy_meta, _load_onnx, _load_torchscript, _quiet)
 
 # %% auto #0
-__all__ = ['META_KEY', 'ENGINE_SUFFIXES', 'BACKENDS', 'ExportMeta', 'second_seq_len', 'seq_is_dynamic', 'onnx_input_dims',
-           'check_dynamic_axes', 'export_onnx', 'check_parity', 'export_torchscript', 'backend_for', 'read_meta',
-           'ort_session', 'is_stateful', 'zero_state', 'InferenceSession', 'export_meta', 'quantize_dynamic_int8',
-           'quantize_static_qdq', 'quantization_report', 'to_fp16', 'compare_backends', 'export_run', 'stateful_parity',
-           'export_stateful', 'export_estimator', 'ensemble_onnx']
-
-# %% ../nbs/08_export.ipynb #d135b686
-META_KEY = "qtnb"  # key of the metadata in an ONNX model's metadata_props and a TorchScript file's extra files
-
-@dataclass
-class ExportMeta:
-    "What an exported model needs to turn a raw frame into its input: features, scaler statistics, window, task."
-    seq_len: int                                 # rows in each input window
-    n_features: int                              # columns in each window
-    feature_names: list[str] = field(default_factory=list)  # column order of the window
-    n_outputs: int = 1                           # columns of the output
-    task: str = "regression"                     # regression or classification
-    horizon: int = 1                             # rows ahead the target looks
-    name: str = "model"                          # model family or registry name
-    dynamic_seq: bool = True                     # False when the model fixes the window length (an MLP flattens it)
-    features: list = field(default_factory=list) # the DataConfig feature spec that computes the columns from OHLCV
-    data: dict = field(default_factory=dict)     # the DataConfig the model was trained with (for compute_features)
-    scaler: dict | None = None                   # fitted input scaler state (qtnb.data), None when unscaled
-    target_scaler: dict | None = None            # fitted target scaler state, None when the target is unscaled
-    input_name: str = "x"
-    output_name: str = "y"
-    qtnb_version: str = qtnb.__version__
-    torch_version: str = torch.__version__
-    extra: dict = field(default_factory=dict)    # exporter, opset, precision and anything else worth keeping
-
-    def to_json(self) -> str: return json.dumps(asdict(self), default=_jsonable)
-
-    @classmethod
-    def from_json(cls, text: str | bytes, source: str = "metadata") -> ExportMeta:
-        try: d = json.loads(text)
-        except (ValueError, TypeError) as e: raise ExportError(f"qtnb metadata in {source} is not valid JSON ({e}); re-export the model") from None
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        missing = {"seq_len", "n_features"} - set(known)
-        if missing: raise ExportError(f"qtnb metadata in {source} lacks {sorted(missing)}; re-export the model with qtnb")
-        return cls(**known)
-
-def _jsonable(o):
-    if isinstance(o, (np.generic,)): return o.item()
-    if isinstance(o, (np.ndarray, torch.Tensor)): return np.asarray(o.detach().cpu() if isinstance(o, torch.Tensor) else o).tolist()
-    if isinstance(o, Path): return str(o)
-    if hasattr(o, "model_dump"): return o.model_dump(mode="json")
-    raise TypeError(f"cannot store {type(o).__name__} in export metadata")
+__all__ = ['BACKENDS', 'second_seq_len', 'seq_is_dynamic', 'onnx_input_dims', 'check_dynamic_axes', 'export_onnx', 'check_parity',
+           'export_torchscript', 'ort_session', 'is_stateful', 'zero_state', 'InferenceSession', 'export_meta',
+           'quantization_report', 'compare_backends', 'export_run', 'stateful_parity', 'export_stateful',
+           'export_estimator', 'ensemble_onnx']
 
 # %% ../nbs/08_export.ipynb #4cee137c
 def second_seq_len(model: nn.Module, seq_len: int, n_features: int) -> int | None:
@@ -105,32 +64,10 @@ def _unsupported_op(e: BaseException) -> str | None:
             if m: return m.group(1).replace("::", ".")
     return None
 
-@contextlib.contextmanager
-def _quiet():
-    "Silence the exporter's warnings and progress logs (torchvision absent, deprecations) for the duration."
-    loggers = [logging.getLogger(n) for n in ("", "torch.onnx", "torch.export", "torch._dynamo", "torch.fx", "onnxscript")]
-    levels = [l.level for l in loggers]
-    for l in loggers: l.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for l, lv in zip(loggers, levels): l.setLevel(lv)
-
 # %% ../nbs/08_export.ipynb #5a327e00
 def _dims(value_info) -> list:
     return [d.dim_param if d.dim_param else (d.dim_value if d.HasField("dim_value") else None)
             for d in value_info.type.tensor_type.shape.dim]
-
-def _load_onnx(path: str | Path, load_external_data: bool = True):
-    import onnx
-    p = Path(path)
-    if not p.is_file(): raise ExportError(f"ONNX file {p} does not exist; export the model first (export_onnx)")
-    try: return onnx.load(str(p), load_external_data=load_external_data)
-    except Exception as e:
-        first = (str(e).splitlines() or [type(e).__name__])[0]
-        raise ExportError(f"{p} is not a readable ONNX model ({type(e).__name__}: {first[:120]}); it may be truncated or corrupt: re-export it") from None
 
 def onnx_input_dims(path_or_model) -> dict[str, list]:
     "The dimensions of each graph input: names for dynamic axes, sizes for fixed ones."
@@ -302,39 +239,6 @@ def export_torchscript(model: nn.Module, path: str | Path, *, meta: ExportMeta |
     finally:
         model.train(was_training)
     return path
-
-# %% ../nbs/08_export.ipynb #0ac2621b
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
-
-def backend_for(path: str | Path) -> str:
-    "The backend that serves a file: onnxruntime for .onnx, tensorrt for .engine/.plan/.trt, torchscript otherwise."
-    s = Path(path).suffix.lower()
-    return "onnxruntime" if s == ".onnx" else "tensorrt" if s in ENGINE_SUFFIXES else "torchscript"
-
-def _load_torchscript(path: Path, device="cpu"):
-    if not path.is_file(): raise ExportError(f"TorchScript file {path} does not exist; export the model first (export_torchscript)")
-    extra = {META_KEY + ".json": ""}
-    try:
-        with _quiet(): mod = torch.jit.load(str(path), map_location=device, _extra_files=extra)
-    except Exception as e:
-        raise ExportError(f"{path} is not a readable TorchScript file ({type(e).__name__}); it may be truncated or corrupt: re-export it") from None
-    raw = extra[META_KEY + ".json"]
-    if not raw: raise ExportError(f"{path} carries no qtnb metadata; export it with qtnb.export.export_torchscript")
-    return mod, ExportMeta.from_json(raw, str(path))
-
-def read_meta(path: str | Path) -> ExportMeta:
-    "The `ExportMeta` stored in an exported ONNX, TorchScript or TensorRT engine file."
-    p = Path(path)
-    kind = backend_for(p)
-    if kind == "onnxruntime":
-        props = {e.key: e.value for e in _load_onnx(p, load_external_data=False).metadata_props}
-        if META_KEY not in props: raise ExportError(f"{p} carries no qtnb metadata; export it with qtnb.export.export_onnx or pass meta=")
-        return ExportMeta.from_json(props[META_KEY], str(p))
-    if kind == "tensorrt":
-        side = p.with_suffix(p.suffix + ".json")
-        if not side.is_file(): raise ExportError(f"engine {p} has no metadata file {side.name} beside it; build it with qtnb.tensorrt.build_engine")
-        return ExportMeta.from_json(side.read_text(), str(side))
-    return _load_torchscript(p)[1]
 
 # %% ../nbs/08_export.ipynb #1a51b769
 def _pick_device(device: str) -> str:
@@ -542,62 +446,6 @@ def to_returns(self: InferenceSession, y: np.ndarray) -> np.ndarray:
     from qtnb.data import Scaler
     return Scaler.from_state_dict(self.meta.target_scaler).inverse_transform(np.asarray(y, np.float64))
 
-# %% ../nbs/08_export.ipynb #252c473e
-def _copy_meta(src: Path, dst: Path, **extra) -> Path:
-    import onnx
-    meta = read_meta(src); meta.extra.update(extra)
-    m = _load_onnx(dst)
-    del m.metadata_props[:]
-    onnx.helper.set_model_props(m, {META_KEY: meta.to_json(), "producer": f"qtnb {qtnb.__version__}"})
-    atomic_write(dst, m.SerializeToString())
-    return dst
-
-def _suffixed(src: Path, tag: str) -> Path: return src.with_name(f"{src.stem}.{tag}{src.suffix}")
-
-def quantize_dynamic_int8(src: str | Path, dst: str | Path | None = None) -> Path:
-    "INT8 weights, activations quantized at run time: an onnxruntime CPU model with no calibration (default dst: *.int8-dynamic.onnx, apart from the static QDQ file)."
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    src = Path(src); dst = Path(dst) if dst else _suffixed(src, "int8-dynamic")
-    read_meta(src)
-    with _quiet(): quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
-    return _copy_meta(src, dst, precision="int8", quantization="dynamic")
-
-# %% ../nbs/08_export.ipynb #3b33810e
-class _Windows:
-    "An onnxruntime CalibrationDataReader over (N, L, F) windows, `batch_size` at a time."
-    def __init__(self, x: np.ndarray, name: str, batch_size: int):
-        self.x, self.name, self.bs, self.i = np.ascontiguousarray(x, np.float32), name, batch_size, 0
-    def get_next(self):
-        if self.i >= len(self.x): return None
-        b = self.x[self.i:self.i + self.bs]; self.i += self.bs
-        return {self.name: b}
-    def rewind(self): self.i = 0
-
-def _as_windows(calibration) -> np.ndarray:
-    if hasattr(calibration, "numpy") and not isinstance(calibration, torch.Tensor): calibration = calibration.numpy()
-    if isinstance(calibration, torch.Tensor): calibration = calibration.detach().cpu().numpy()
-    x = np.asarray(calibration, dtype=np.float32)
-    if x.ndim != 3 or len(x) == 0: raise ExportError(f"calibration windows have shape {x.shape}; pass training windows (N, seq_len, n_features)")
-    return x
-
-def quantize_static_qdq(src: str | Path, calibration, dst: str | Path | None = None, *,
-                        n_windows: int = 256,   # calibration windows used (evenly spaced over the ones given)
-                        batch_size: int = 32,
-                        per_channel: bool = True) -> Path:
-    "Static INT8 in QDQ format, symmetric, calibrated on training windows: TensorRT 11's INT8 input (default dst: *.qdq.onnx)."
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    src = Path(src); dst = Path(dst) if dst else _suffixed(src, "qdq")
-    meta = read_meta(src)
-    x = _as_windows(calibration)
-    if x.shape[2] != meta.n_features: raise ExportError(f"calibration windows have {x.shape[2]} features; the model takes {meta.n_features}")
-    if len(x) > n_windows: x = x[np.linspace(0, len(x) - 1, n_windows).astype(int)]
-    with _quiet():
-        quantize_static(str(src), str(dst), _Windows(x, meta.input_name, batch_size), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
-                        calibrate_method=CalibrationMethod.MinMax,
-                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
-    return _copy_meta(src, dst, precision="int8", quantization="static_qdq", calibration_windows=len(x))
-
 # %% ../nbs/08_export.ipynb #35b4d965
 def quantization_report(fp32: str | Path, quantized: str | Path, x, y=None) -> dict:
     "Accuracy change of a quantized model against its FP32 original on windows `x` (and targets `y`)."
@@ -617,16 +465,6 @@ def quantization_report(fp32: str | Path, quantized: str | Path, x, y=None) -> d
             out.update(metric="mse", fp32=float(((pa - y) ** 2).mean()), quantized=float(((pb - y) ** 2).mean()))
         out["change"] = out["quantized"] - out["fp32"]
     return out
-
-# %% ../nbs/08_export.ipynb #0483b6f3
-def to_fp16(src: str | Path, dst: str | Path | None = None) -> Path:
-    "An FP16 copy of an ONNX model with float32 inputs and outputs (default dst: *.fp16.onnx)."
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-    src = Path(src); dst = Path(dst) if dst else _suffixed(src, "fp16")
-    read_meta(src)
-    with _quiet(): m = convert_float_to_float16(_load_onnx(src), keep_io_types=True)
-    atomic_write(dst, m.SerializeToString())
-    return _copy_meta(src, dst, precision="fp16")
 
 # %% ../nbs/08_export.ipynb #a3ee23df
 BACKENDS = ("torch", "torchscript", "onnxruntime", "onnxruntime_int8")
@@ -683,22 +521,12 @@ def _latency_figure(lat: dict, title: str):
 def _run_configs(params: dict) -> tuple[dict, dict]:
     "The data and model configs in a run's params: nested ({data: {...}, model: {...}}) or flat (pipeline parameters)."
     from qtnb.data import DataConfig
+    from qtnb.registry import _model_params
     p = dict(params or {})
     data = p.get("data") if isinstance(p.get("data"), dict) else {k: v for k, v in p.items() if k in DataConfig.model_fields}
-    model = p.get("model")
-    if isinstance(model, str): model = {"name": model, **(p.get("model_params") or {})}
-    if not isinstance(model, dict) or "name" not in model:
-        raise ExportError(f"the run's params name no model (keys: {sorted(p)}); export needs params.model")
-    if isinstance(data, dict) and data.get("target") == "direction": model.setdefault("task", "classification")
+    model = _model_params(p)
+    if model is None: raise ExportError(f"the run's params name no model (keys: {sorted(p)}); export needs params.model")
     return data, model
-
-def _state_dict(ckpt) -> dict:
-    if isinstance(ckpt, nn.Module): return ckpt.state_dict()
-    if isinstance(ckpt, dict):
-        for k in ("model", "model_state", "state_dict", "model_state_dict"):
-            if isinstance(ckpt.get(k), dict): return ckpt[k]
-        if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()): return ckpt
-    raise ExportError(f"the best checkpoint holds a {type(ckpt).__name__} without model weights; re-train the run")
 
 def _record_export(run, entry: dict) -> None:
     p = Path(run.path) / "lineage.json"
@@ -715,7 +543,8 @@ def export_run(run_id: str, *, format: str = "onnx",
     from qtnb.data import prepare
     explicit = precision is not None
     if precision is None: precision = ExportConfig.resolve().precision
-    from qtnb.models.core import create_model, is_torch_model
+    from qtnb.models.core import is_torch_model
+    from qtnb.registry import load_run_model
     from qtnb.runs import open_run
     if format not in ("onnx", "torchscript", "tensorrt"): raise ExportError(f"format={format!r} is unknown; use onnx, torchscript or tensorrt")
     if precision not in ("fp32", "fp16", "int8"): raise ExportError(f"precision={precision!r} is unknown; use fp32, fp16 or int8")
@@ -723,13 +552,9 @@ def export_run(run_id: str, *, format: str = "onnx",
     data_cfg, model_cfg = _run_configs(run.params)
     prep = prepare(dict(data_cfg, cache=False) if "cache" not in data_cfg else data_cfg)
     fold = prep.folds[-1]
-    model = create_model(model_cfg, n_features=len(prep.feature_names), seq_len=prep.config.seq_len)
+    model = load_run_model(run, inputs=dict(n_features=len(prep.feature_names), seq_len=prep.config.seq_len))
     if not is_torch_model(model):     # settings.ini's default precision is for models that have a choice
-        return _export_estimator_run(run, prep, format=format, precision=precision if explicit else "fp32")
-    try: model.load_state_dict(_state_dict(run.load_checkpoint("best")))
-    except QtnbError: raise
-    except RuntimeError as e: raise ExportError(f"run {run_id}'s best checkpoint does not fit its {model_cfg['name']} config: {str(e).splitlines()[0][:160]}") from None
-    model.eval()
+        return _export_estimator_run(run, prep, format=format, precision=precision if explicit else "fp32", model=model)
     stateful = is_stateful(model)
     if stateful and not explicit: precision = "fp32"     # settings.ini's default is for models that have a choice
     if stateful and (format, precision) != ("onnx", "fp32"):
@@ -757,12 +582,12 @@ def export_run(run_id: str, *, format: str = "onnx",
     _record_export(run, entry)
     return out
 
-def _export_estimator_run(run, prep, *, format: str, precision: str) -> Path:
-    "An estimator run's model, loaded by `qtnb.runs.load_estimator` (own-format files, hashes checked), exported to ONNX."
-    from qtnb.runs import load_estimator
+def _export_estimator_run(run, prep, *, format: str, precision: str, model=None) -> Path:
+    "An estimator run's model, loaded by `qtnb.registry.load_estimator` (own-format files, hashes checked), exported to ONNX."
+    from qtnb.registry import load_estimator
     if format != "onnx" or precision != "fp32":
         raise ExportError(f"run {run.id} holds an estimator, which exports to ONNX fp32 only; use format='onnx', precision='fp32'")
-    model = load_estimator(run)
+    model = model if model is not None else load_estimator(run)
     out = export_estimator(model, Path(run.path) / "model.onnx", meta=export_meta(model, prep, fold=prep.folds[-1]))
     _record_export(run, dict(format="onnx" if out.suffix == ".onnx" else "native", precision="fp32", path=out.name,
                              time=time.strftime("%Y-%m-%dT%H:%M:%S"), qtnb=qtnb.__version__, data_fingerprint=prep.fingerprint,

@@ -221,7 +221,7 @@ BACKENDS = ("torch", "onnx", "torchscript")
 
 def _torch_model(run, params: dict):
     "The run's torch model, rebuilt from its params and best checkpoint (`torch.load(weights_only=True)`)."
-    from qtnb import runs as R
+    from qtnb import registry as R
     from qtnb.models.core import create_model
     inp = R._inputs(run, params)
     model = create_model(R._model_params(params), n_features=inp["n_features"], seq_len=inp["seq_len"])
@@ -233,7 +233,7 @@ def _torch_model(run, params: dict):
 
 def _run_model(run):
     "The model of `run`: torch from its checkpoint, an estimator through the run store's loader (never unpickled)."
-    from qtnb import runs as R
+    from qtnb import registry as R
     params = run.params
     if (run.path / "checkpoints" / "best.pt").is_file(): return _torch_model(run, params)
     load = getattr(R, "load_estimator", None)   # the run store's own-format estimator loader
@@ -263,7 +263,8 @@ class Predictor:
     @classmethod
     def from_registry(cls, ref: str, *, backend: str = "torch", runs_dir=None) -> "Predictor":
         "The predictor of a registered version: `name`, `name@3` or `name@production`."
-        from qtnb.runs import load_version, open_run, resolve_version
+        from qtnb.registry import load_version
+        from qtnb.runs import open_run, resolve_version
         entry = resolve_version(ref, runs_dir=runs_dir)
         model = load_version(f"{entry['name']}@{entry['version']}", runs_dir=runs_dir)
         run = open_run(entry["run_id"], runs_dir=runs_dir)

@@ -27,9 +27,8 @@ __all__ = ['RUN_STATES', 'FINISHED_STATES', 'HEARTBEAT_MIN_S', 'LINEAGE_PACKAGES
            'VERSION_COLUMNS', 'VERSION_METRICS', 'RunError', 'RunNotFound', 'plain', 'sanitize_name', 'new_run_id',
            'process_record', 'process_alive', 'Run', 'process_gone', 'create_run', 'open_run', 'lineage_info',
            'RunInterrupted', 'rng_state', 'set_rng_state', 'list_runs', 'compare_runs', 'RegistryError',
-           'VersionNotFound', 'check_model_name', 'check_stage', 'parse_ref', 'register_version', 'set_stage',
-           'resolve_version', 'model_versions', 'load_version', 'save_estimator', 'load_estimator', 'NeedsForce',
-           'check_run_id', 'delete_run']
+           'VersionNotFound', 'check_model_name', 'check_stage', 'parse_ref', 'set_stage', 'resolve_version',
+           'model_versions', 'NeedsForce', 'check_run_id', 'delete_run']
 
 # %% ../nbs/10_runs.ipynb #d6ee5e8a
 RUN_STATES = ("queued", "running", "completed", "failed", "stopped", "interrupted", "pruned")
@@ -712,21 +711,6 @@ def _pickle_refused(run: Run) -> str:
 
 LINEAGE_KEYS = ("git_commit", "git_dirty", "packages", "data_fingerprint", "config_hash", "seed")
 
-def _model_params(params: dict) -> dict | None:
-    "The model config in a run's params: nested (model: {name: ...}) or flat (model: name, model_params: {...})."
-    m = params.get("model")
-    if isinstance(m, str): m = {"name": m, **(params.get("model_params") or {})}
-    if not isinstance(m, dict) or not m.get("name"): return None
-    m = dict(m)
-    data = params.get("data") if isinstance(params.get("data"), dict) else params
-    if data.get("target") == "direction": m.setdefault("task", "classification")
-    return m
-
-def _model_family(name: str) -> str | None:
-    from qtnb.models.core import model_entry
-    try: return model_entry(name).family
-    except Exception: return None      # a plugin that is not installed here: the name is still recorded
-
 def _next_version(entry: dict) -> int:
     return max([int(entry.get("last_version") or 0)] + [int(v["version"]) for v in entry["versions"]]) + 1
 
@@ -736,54 +720,6 @@ def _archive_others(versions: list, keep: dict, stage: str) -> list[int]:
         if v is not keep and v.get("stage") == stage:
             v.update(stage="archived", stage_changed=_now()); moved.append(v["version"])
     return moved
-
-def register_version(run_id_or_run: str | Run, name: str, *,
-                     stage: str | None = None,         # none (default), staging, production or archived
-                     description: str | None = None,
-                     runs_dir: str | Path | None = None) -> dict:
-    "Register the model of a finished run as the next version of `name` in the store's registry.json; its entry."
-    check_model_name(name)
-    stage = check_stage(stage) if stage is not None else "none"
-    run = open_run(run_id_or_run, runs_dir=runs_dir)
-    root = run.path.parent if runs_dir is None else _root(runs_dir)     # the registry lives in the run's own store
-    if run.path.parent != root:
-        raise RegistryError(f"run {run.id} is in {run.path.parent}, not in run store {root}; pass runs_dir={str(run.path.parent)!r}")
-    state = run.status.get("state")
-    if state not in REGISTRABLE_STATES:
-        raise RegistryError(f"run {run.id} is {state}; only a completed or stopped run can be registered: wait for it to "
-                            f"finish, or train it again")
-    params = run.params
-    model = _model_params(params)
-    if model is None:
-        raise RegistryError(f"run {run.id}'s params.yaml names no model (params.model), so its model cannot be rebuilt; "
-                            f"train it from a model config (Trainer({{'name': 'mlp'}}, run=run))")
-    if (run.checkpoint_dir / "best.pt").is_file(): kind, rel = "torch", "checkpoints/best.pt"
-    elif (run.path / ESTIMATOR_MANIFEST).is_file():
-        kind, rel = "estimator", ESTIMATOR_MANIFEST
-        try: load_estimator(run)                         # registers only what loads: every file present, every hash right
-        except RunError as e: raise RegistryError(f"run {run.id} cannot be registered: {e}") from None
-    elif (run.path / "model.pkl").exists(): raise RegistryError(_pickle_refused(run))
-    else:
-        raise RegistryError(f"run {run.id} has no model artifact (checkpoints/best.pt or {ESTIMATOR_MANIFEST}); train "
-                            f"torch models with a run, and save estimators with save_estimator(run, model)")
-    if kind == "torch" and not isinstance(params.get("inputs"), dict) and not isinstance(params.get("data"), dict):
-        raise RegistryError(f"run {run.id}'s params.yaml records neither the model's inputs nor a data config, so its model "
-                            f"cannot be rebuilt; train it again with this qtnb")
-    metrics, lineage = run.metrics, run.lineage
-    entry = dict(name=name, version=None, run_id=run.id, stage=stage, created=_now(), description=description,
-                 model=dict(name=model["name"], family=_model_family(model["name"]), task=model.get("task")),
-                 artifact=dict(kind=kind, **_file_info(run, rel)),
-                 onnx=_file_info(run, "model.onnx") if (run.path / "model.onnx").is_file() else None,
-                 metrics={k: metrics[k] for k in ("val", "test") if isinstance(metrics.get(k), dict)},
-                 lineage={k: lineage.get(k) for k in LINEAGE_KEYS})
-    with _registry_update(root) as reg:
-        if not (run.path / "status.json").is_file():      # deleted while the files were hashed
-            raise RunNotFound(f"run {run.id} was deleted while it was being registered; register another run")
-        m = reg["models"].setdefault(name, {"last_version": 0, "versions": []})
-        entry["version"] = m["last_version"] = _next_version(m)
-        m["versions"].append(entry)
-        if stage in ("production", "staging"): _archive_others(m["versions"], entry, stage)
-    return plain(entry, finite=True)
 
 # %% ../nbs/10_runs.ipynb #e7abf867
 def _versions_text(versions: list) -> str:
@@ -854,157 +790,6 @@ def model_versions(name: str | None = None, *, runs_dir: str | Path | None = Non
     df = pd.DataFrame(rows)
     metric_cols = [f"{s}.{k}" for s in ("val", "test") for k in VERSION_METRICS if f"{s}.{k}" in df]
     return df[list(VERSION_COLUMNS) + metric_cols]
-
-# %% ../nbs/10_runs.ipynb #e5f6b15e
-def _weights(ckpt) -> dict | None:
-    "The model's state dict in a checkpoint: a trainer state ({'model': ...}) or a bare state dict."
-    if isinstance(ckpt, dict):
-        for k in ("model", "model_state", "state_dict", "model_state_dict"):
-            if isinstance(ckpt.get(k), dict): return ckpt[k]
-        if ckpt and all(hasattr(v, "shape") for v in ckpt.values()): return ckpt
-    return None
-
-def _inputs(run: Run, params: dict) -> dict:
-    "What the model was built for: params' `inputs` (written by the Trainer), else from preparing the run's data again."
-    inp = params.get("inputs")
-    if isinstance(inp, dict) and inp.get("n_features") and inp.get("seq_len"): return inp
-    from qtnb.data import DataConfig, prepare
-    data = params.get("data") if isinstance(params.get("data"), dict) else {k: v for k, v in params.items() if k in DataConfig.model_fields}
-    if not data: raise RegistryError(f"run {run.id}'s params.yaml records neither the model's inputs nor its data; it cannot be rebuilt")
-    prep = prepare(data, cache=False)
-    return {"n_features": len(prep.feature_names), "seq_len": prep.config.seq_len, "feature_names": list(prep.feature_names)}
-
-def _read_artifact(run: Run, entry: dict, ref: str) -> bytes:
-    a = entry["artifact"]
-    p = run.path / a["path"]
-    if not p.is_file(): raise RegistryError(f"{ref}: {p} is gone; restore it, or register another run")
-    data = p.read_bytes()                                 # hashed and loaded from the same bytes: no swap in between
-    if _sha256(data) != a["sha256"]:
-        raise RegistryError(f"{ref}: {p} changed since it was registered (sha256 {_sha256(data)[:12]}, registered "
-                            f"{a['sha256'][:12]}); restore the file, or register the run again as a new version")
-    return data
-
-def load_version(ref: str, *, runs_dir: str | Path | None = None,
-                 map_location: Any = "cpu") -> Any: # torch models: where the weights go
-    "The model `ref` names, ready to predict (torch: rebuilt, weights loaded, eval mode; estimators: `load_estimator`)."
-    root = _root(runs_dir)
-    entry = resolve_version(ref, runs_dir=root)
-    ref = f"{entry['name']}@{entry['version']}"
-    try: run = open_run(entry["run_id"], runs_dir=root)
-    except RunNotFound: raise RegistryError(f"{ref}: its run {entry['run_id']} is no longer in {root}; register another run") from None
-    if entry["artifact"]["kind"] == "estimator" and entry["artifact"].get("path") != ESTIMATOR_MANIFEST:
-        raise RegistryError(f"{ref} was registered from {entry['artifact'].get('path')}, a pickle qtnb does not load "
-                            f"(unpickling a file can run any code); train the run again and register it as a new version")
-    data = _read_artifact(run, entry, ref)
-    if entry["artifact"]["kind"] == "estimator":
-        try: model = _load_estimator(run, data)
-        except RunError as e: raise RegistryError(f"{ref}: {e}") from None
-    else:
-        import torch
-        from qtnb.models.core import create_model
-        params = run.params
-        inp = _inputs(run, params)
-        model = create_model(_model_params(params), n_features=inp["n_features"], seq_len=inp["seq_len"])
-        try: sd = _weights(torch.load(io.BytesIO(data), map_location=map_location, weights_only=True))
-        except Exception as e:
-            raise RegistryError(f"{ref}: {entry['artifact']['path']} cannot be loaded ({type(e).__name__}); register another run") from None
-        if sd is None: raise RegistryError(f"{ref}: {entry['artifact']['path']} holds no model weights; register another run")
-        try: model.load_state_dict(sd)
-        except RuntimeError as e:
-            raise RegistryError(f"{ref}: the weights do not fit the run's {entry['model']['name']} config "
-                                f"({(str(e).splitlines() or [''])[0][:120]}); register another run") from None
-        if isinstance(map_location, (str, torch.device)): model.to(map_location)
-        model.eval()
-    try: model.qtnb_version = entry
-    except Exception: pass                                 # a model class with __slots__: the entry is still resolve_version's
-    return model
-
-# %% ../nbs/10_runs.ipynb #b0c23895
-def _merge_lineage(run: Run, **fields) -> None:
-    p = run.path / "lineage.json"
-    try: old = _read_json(p, "lineage file")
-    except RunError: old = {}
-    atomic_write(p, _dump_json({**old, **fields}))
-
-def save_estimator(run: str | Run, model, *, runs_dir: str | Path | None = None) -> Path:
-    "Save a fitted estimator in its library's own format under the run's estimator/ folder; the manifest's path."
-    from qtnb.config import check_slug
-    from qtnb.models.core import EstimatorModel, is_torch_model
-    run = open_run(run, runs_dir=runs_dir)
-    if is_torch_model(model):
-        raise RunError(f"{type(model).__name__} is a torch model: the trainer saves it as checkpoints/best.pt; "
-                       f"save_estimator is for estimators (linear, xgboost, ensembles)")
-    if not isinstance(model, EstimatorModel):
-        raise RunError(f"save_estimator needs a qtnb EstimatorModel, not a {type(model).__name__}; build it with create_model")
-    if not model.is_fitted: raise RunError(f"the {model.name} estimator is not fitted; fit it (Trainer(...).fit) before saving")
-    if not callable(getattr(model, "state_files", None)):
-        raise RunError(f"{type(model).__name__} has no state_files(); qtnb saves estimators in their own format, never "
-                       f"pickled: give the class state_files() and load_state_files(files)")
-    folder = run.artifact(ESTIMATOR_DIR); folder.mkdir(exist_ok=True)
-    files = {}
-    for name, data in model.state_files().items():
-        check_slug(name, "estimator file name")
-        sha, (stem, suffix) = _sha256(data), os.path.splitext(name)
-        files[name] = {"path": f"{stem}.{sha[:12]}{suffix}", "sha256": sha, "bytes": len(data)}
-        atomic_write(folder / files[name]["path"], data)
-    manifest = dict(format=ESTIMATOR_FORMAT, model=plain(model.config), n_features=model.n_features, seq_len=model.seq_len,
-                    files=files, qtnb=qtnb.__version__, saved=_now())
-    raw = _dump_json(manifest).encode()
-    path = atomic_write(run.path / ESTIMATOR_MANIFEST, raw)         # last: a reader sees the old set or the new one
-    keep = {f["path"] for f in files.values()} | {"manifest.json"}
-    for p in folder.iterdir():
-        if p.name not in keep and not p.name.startswith("."): p.unlink()   # the parts of an earlier save
-    _merge_lineage(run, estimator=dict(path=ESTIMATOR_MANIFEST, sha256=_sha256(raw), bytes=len(raw)))
-    return path
-
-# %% ../nbs/10_runs.ipynb #4b520c8d
-def _load_estimator(run: Run, raw: bytes):
-    "The estimator the manifest bytes `raw` describe: JSON, hashed files, a config; no code from disk runs."
-    from qtnb.config import check_slug
-    from qtnb.models.core import create_model
-    mp = run.path / ESTIMATOR_MANIFEST
-    try: man = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise RunError(f"estimator manifest {mp} is not JSON; save the estimator again (save_estimator)") from None
-    if not isinstance(man, dict) or man.get("format") != ESTIMATOR_FORMAT or not isinstance(man.get("files"), dict) \
-            or not isinstance(man.get("model"), dict):
-        raise RunError(f"estimator manifest {mp} is not a {ESTIMATOR_FORMAT} manifest; save the estimator again")
-    files = {}
-    for name, info in man["files"].items():
-        try: rel = check_slug(info.get("path") if isinstance(info, dict) else None, "estimator file")
-        except ConfigError: raise RunError(f"estimator manifest {mp} names a file outside {mp.parent} ({info!r}); save the estimator again") from None
-        f = mp.parent / rel
-        if not f.is_file(): raise RunError(f"estimator file {f} is gone; restore it, or train the run again")
-        data = f.read_bytes()
-        if _sha256(data) != info.get("sha256"):
-            raise RunError(f"estimator file {f} changed since it was saved (sha256 {_sha256(data)[:12]}, saved "
-                           f"{str(info.get('sha256'))[:12]}); restore it, or train the run again")
-        files[name] = data
-    try: model = create_model(man["model"], n_features=int(man["n_features"]), seq_len=int(man["seq_len"]))
-    except (QtnbError, KeyError, TypeError, ValueError) as e:
-        raise RunError(f"estimator manifest {mp}: its model cannot be built ({(str(e).splitlines() or [''])[0][:120]})") from None
-    if not callable(getattr(model, "load_state_files", None)):
-        raise RunError(f"{type(model).__name__} cannot load saved files (no load_state_files); install the qtnb it was saved with")
-    try: return model.load_state_files(files)
-    except QtnbError as e: raise RunError(f"estimator in {mp.parent}: {e}") from None
-    except Exception as e:
-        raise RunError(f"estimator files in {mp.parent} cannot be loaded ({type(e).__name__}: "
-                       f"{(str(e).splitlines() or [''])[0][:80]}); train the run again") from None
-
-def load_estimator(run: str | Run, *, runs_dir: str | Path | None = None):
-    "The estimator `save_estimator` stored in `run`, rebuilt from its config and own-format files, hashes checked."
-    run = open_run(run, runs_dir=runs_dir)
-    mp = run.path / ESTIMATOR_MANIFEST
-    if not mp.is_file():
-        if (run.path / "model.pkl").exists(): raise RunError(_pickle_refused(run))
-        raise RunError(f"run {run.id} has no saved estimator ({mp} is missing); fit one and save_estimator(run, model)")
-    raw = mp.read_bytes()
-    try: rec = run.lineage.get("estimator") or {}
-    except RunError: rec = {}
-    if isinstance(rec, dict) and rec.get("sha256") and rec["sha256"] != _sha256(raw):
-        raise RunError(f"estimator manifest {mp} changed since it was saved (sha256 {_sha256(raw)[:12]}, lineage.json "
-                       f"records {str(rec['sha256'])[:12]}); restore it, or train the run again")
-    return _load_estimator(run, raw)
 
 # %% ../nbs/10_runs.ipynb #cec22e94
 def _registered(reg: dict, run_id: str) -> list[str]:

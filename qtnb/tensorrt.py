@@ -17,7 +17,7 @@ from torch import nn
 
 from .config import atomic_write
 from .errors import ExportError, TensorRTUnavailable
-from .export import ExportMeta, InferenceSession, quantize_static_qdq, read_meta, to_fp16
+from .modelfile import ExportMeta, _as_windows, quantize_static_qdq, read_meta, to_fp16
 
 # %% auto #0
 __all__ = ['INSTALL', 'Shape', 'PRECISIONS', 'require_tensorrt', 'trt_major', 'gpu_name', 'cuda_memory', 'profile_shapes',
@@ -226,7 +226,6 @@ def _build(trt, src: Path, precision, shapes, workspace, major, meta, calibratio
         if precision == "int8":
             if calibration is None:
                 raise ExportError("int8 on TensorRT 10 needs calibration= windows from the training split (N, seq_len, n_features)")
-            from qtnb.export import _as_windows
             x = _as_windows(calibration)
             bs = min(32, len(x), shapes["max"][0])
             x = x[:, :shapes["opt"][1]] if meta.dynamic_seq else x
@@ -318,24 +317,31 @@ def _time(fn, n: int) -> np.ndarray:
         t0 = time.perf_counter(); fn(); t[i] = time.perf_counter() - t0
     return t
 
+def _eager(model: nn.Module, device: str):
+    "Eager PyTorch as a session serves it: a float32 numpy batch in, numpy out."
+    model = model.eval().to(device)
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode(): return model(torch.from_numpy(x).to(device)).float().cpu().numpy()
+    return run
+
 def benchmark(model: nn.Module, onnx_path: str | Path, precision: str = "fp16", *, batch_sizes: Sequence[int] = (1, 64, 256),
               rounds: int = 5, n: int = 50, warmup: int = 10, device: str = "cuda", **build_kwargs) -> pd.DataFrame:
     "Latency of eager PyTorch and a TensorRT engine side by side, with speedup and memory reduction from measurements."
-    trt_sess = InferenceSession(build_engine(onnx_path, precision, max_batch=max(batch_sizes), **build_kwargs), backend="tensorrt")
-    meta = trt_sess.meta
+    engine = TensorRTSession(build_engine(onnx_path, precision, max_batch=max(batch_sizes), **build_kwargs))
+    meta = engine.meta
     dev = device if torch.cuda.is_available() else "cpu"
-    base = InferenceSession(model, meta=meta, device=dev)
+    runs = {"torch": _eager(model, dev), "tensorrt": engine.run}   # both: float32 numpy in, numpy out
     rows = []
     for b in batch_sizes:
         x = np.random.default_rng(0).standard_normal((b, meta.seq_len, meta.n_features)).astype(np.float32)
-        for s in (base, trt_sess): s.warm_up(warmup, batch_size=b)
+        for run in runs.values(): _time(lambda: run(x), warmup)
         t = {"torch": [], "tensorrt": []}
         for r in range(rounds):
-            for name, s in ((("torch", base), ("tensorrt", trt_sess)) if r % 2 == 0 else (("tensorrt", trt_sess), ("torch", base))):
-                t[name].append(_time(lambda: s.predict(x, record=False), n))
+            for name in (("torch", "tensorrt") if r % 2 == 0 else ("tensorrt", "torch")):
+                t[name].append(_time(lambda: runs[name](x), n))
         tt, te = np.concatenate(t["torch"]) * 1e3, np.concatenate(t["tensorrt"]) * 1e3
         mem_t = _torch_peak_memory(model, x, dev)
-        mem_e = trt_sess.trt.device_memory() if hasattr(trt_sess, "trt") else math.nan
+        mem_e = engine.device_memory()
         rows.append(dict(batch=b, precision=precision, torch_p50_ms=np.median(tt), torch_p99_ms=np.percentile(tt, 99),
                          trt_p50_ms=np.median(te), trt_p99_ms=np.percentile(te, 99), speedup=np.median(tt) / np.median(te),
                          throughput=b / (np.median(te) / 1e3), torch_mem_mb=mem_t / 2**20, trt_mem_mb=mem_e / 2**20,

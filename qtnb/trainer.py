@@ -22,12 +22,12 @@ from .errors import ConfigError, DataError, InsufficientData, ModelError, NonFin
 from .data import Windows
 from .metrics import compute_metrics, trading_metrics, prediction_signal, MetricTracker, metric_direction
 from .callbacks import (Callback, Checkpoint, EarlyStopping, HOOKS, clone_state, hook_table, load_state, state_keys)
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['FUSED_DEVICES', 'STEP_SCHEDULES', 'LOSSES', 'TrainConfig', 'select_device', 'seed_everything', 'epoch_seed',
-           'make_optimizer', 'make_scheduler', 'make_loss', 'toy_windows', 'FitResult', 'Trainer', 'predict',
-           'evaluate', 'validate', 'test', 'state_dict', 'load_state_dict', 'windows_from_arrays', 'fit', 'FitHandle',
-           'fit_in_background', 'RunControl', 'stateful_streams', 'fit_fold']
+           'make_optimizer', 'make_scheduler', 'make_loss', 'toy_windows', 'FitResult', 'Trainer',
+           'windows_from_arrays', 'FitHandle', 'fit_in_background', 'RunControl', 'stateful_streams', 'fit_fold']
 
 # %% ../nbs/06_trainer.ipynb #bd76fd70
 class TrainConfig(qcfg.TrainConfig):
@@ -314,6 +314,7 @@ def _check_windows(w, role: str, required: bool) -> None:
         raise DataError(f"{role} must be qtnb.data.Windows, not {type(w).__name__}; build them with qtnb.data.prepare or Windows(x, y, ends, seq_len)")
     if len(w) == 0: raise InsufficientData(f"the {role} split is empty (0 windows); give it more rows or pass {role}=None")
 
+@patch
 def _build(self: Trainer, train: Windows) -> None:
     m = self.model
     if isinstance(m, (str, dict)) or isinstance(m, qcfg.ModelConfig):
@@ -323,6 +324,7 @@ def _build(self: Trainer, train: Windows) -> None:
         seed_everything(self.config.seed)
         self.model = create_model(cfg, n_features=train.n_features, seq_len=train.seq_len)
 
+@patch
 def _check_model(self: Trainer, w: Windows, role: str) -> None:
     m, want = self.model, _out_width(w)
     cfg = getattr(m, "config", None)
@@ -358,14 +360,14 @@ def _check_model(self: Trainer, w: Windows, role: str) -> None:
             raise ModelError(f"model {name!r} returns shape {tuple(getattr(out, 'shape', ()))} for a batch of {len(xb)}; "
                              f"the targets need ({len(xb)}, {want})")
 
-Trainer._build, Trainer._check_model = _build, _check_model
-
 # %% ../nbs/06_trainer.ipynb #b5d77574
+@patch
 def _autocast(self: Trainer):
     mp = self.config.mixed_precision
     if mp == "none" or self.device.type not in ("cuda", "cpu"): return contextlib.nullcontext()
     return torch.autocast(self.device.type, dtype=torch.float16 if mp == "fp16" else torch.bfloat16)
 
+@patch
 def _predict_tensor(self: Trainer, w: Windows) -> torch.Tensor:
     if w.device != self.device: w = w.to(self.device)
     m = self.model
@@ -377,6 +379,7 @@ def _predict_tensor(self: Trainer, w: Windows) -> torch.Tensor:
     finally: m.train(was)
     return torch.cat(outs)
 
+@patch
 def predict(self: Trainer, w: Windows) -> np.ndarray:
     "Model outputs for every window of `w`: (n, outputs) values (regression, model space) or logits (classification)."
     _check_windows(w, "prediction", True)
@@ -385,9 +388,11 @@ def predict(self: Trainer, w: Windows) -> np.ndarray:
         return np.asarray(self.model.predict(w.numpy()[0]), dtype=np.float64).reshape(len(w), -1)
     return self._predict_tensor(w).cpu().numpy()
 
+@patch
 def _loss_fn(self: Trainer, w: Windows) -> Callable:
     return make_loss(self.loss, w.task, w.n_outputs)
 
+@patch
 def _metrics_from(self: Trainer, w: Windows, pred: np.ndarray, loss: float, prefix: str) -> dict:
     task, y = w.task, w.targets().cpu().numpy()
     n_classes = 2 if w.n_outputs == 1 else w.n_outputs
@@ -411,6 +416,7 @@ def _metrics_from(self: Trainer, w: Windows, pred: np.ndarray, loss: float, pref
                                        from_logits=True if task == "classification" else None))
     return {f"{prefix}loss": loss, **{f"{prefix}{k}": v for k, v in m.items()}}
 
+@patch
 def evaluate(self: Trainer, w: Windows, prefix: str = "") -> dict:
     "Loss and the task's metrics (and trading metrics when `w` has forward returns) of the current weights on `w`."
     _check_windows(w, "evaluation", True)
@@ -428,20 +434,20 @@ def evaluate(self: Trainer, w: Windows, prefix: str = "") -> dict:
                             f"(loss {loss}) after epoch {self.epoch}; lower learning_rate or set gradient_clip_norm")
     return self._metrics_from(w, pred, loss, prefix)
 
+@patch
 def validate(self: Trainer, w: Windows) -> dict:
     "Validation loss and metrics (`val_` prefixed) of the current weights."
     return self.evaluate(w, "val_")
 
+@patch
 def test(self: Trainer, w: Windows) -> dict:
     "Test loss and metrics (`test_` prefixed) of the current weights."
     return self.evaluate(w, "test_")
 
-Trainer._autocast, Trainer._predict_tensor, Trainer.predict, Trainer._loss_fn = _autocast, _predict_tensor, predict, _loss_fn
-Trainer._metrics_from, Trainer.evaluate, Trainer.validate, Trainer.test = _metrics_from, evaluate, validate, test
-
 # %% ../nbs/06_trainer.ipynb #0c62ea66
 def _config_hash(d: dict) -> str: return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
+@patch
 def state_dict(self: Trainer) -> dict:
     "Weights, optimiser, schedule, grad scaler, RNG states, history, best weights and callback states."
     from qtnb.runs import rng_state
@@ -454,6 +460,7 @@ def state_dict(self: Trainer) -> dict:
                 rng=rng_state(), tracker=self.tracker.state_dict() if self.tracker else None, best_model=self.best_state,
                 history=[dict(r) for r in self.history], callbacks=cbs, config=self.config.model_dump(mode="json"))
 
+@patch
 def load_state_dict(self: Trainer, state: dict) -> None:
     "Continue from `state_dict()`: the counters, weights, optimiser, schedule, scaler, callbacks and RNG states."
     from qtnb.runs import set_rng_state
@@ -490,9 +497,8 @@ def _to(obj, device):
     if isinstance(obj, list): return [_to(v, device) for v in obj]
     return obj
 
-Trainer.state_dict, Trainer.load_state_dict = state_dict, load_state_dict
-
 # %% ../nbs/06_trainer.ipynb #8b1ad0c9
+@patch
 def _control(self: Trainer) -> bool:
     "Handle a pause or stop request at a batch boundary; True when the fit must stop."
     if self._pause_flag and not self._stop_flag:
@@ -521,6 +527,7 @@ def _batches(w: Windows, batch_size: int, g: torch.Generator, drop_last: bool, a
 def _first_bad(losses: torch.Tensor, n: int) -> int:
     return int(torch.nonzero(~torch.isfinite(losses[:n]))[0, 0])
 
+@patch
 def _train_epoch(self: Trainer, train: Windows, epoch: int, lossf: Callable, fwd: nn.Module) -> float | None:
     "One pass over the training windows; the mean loss (None when a stop request cut the epoch short)."
     if _is_stateful(self.model): return self._train_epoch_stateful(train, epoch, lossf)
@@ -572,9 +579,8 @@ def _train_epoch(self: Trainer, train: Windows, epoch: int, lossf: Callable, fwd
                             f"learning_rate, set gradient_clip_norm, or check the data for NaN/inf")
     return mean
 
-Trainer._control, Trainer._train_epoch = _control, _train_epoch
-
 # %% ../nbs/06_trainer.ipynb #653c9fd2
+@patch
 def _setup(self: Trainer, train: Windows, val: Windows | None, test: Windows | None):
     c = self.config
     for w, role, req in ((train, "train", True), (val, "val", False), (test, "test", False)): _check_windows(w, role, req)
@@ -593,6 +599,7 @@ def _setup(self: Trainer, train: Windows, val: Windows | None, test: Windows | N
         monitor = "train_loss"   # nothing else to pick the best epoch by
     self.tracker = MetricTracker(monitor, c.mode, c.min_delta)
 
+@patch
 def _callbacks_for_fit(self: Trainer) -> list:
     "The user's callbacks plus the built-ins the config asks for (early stopping, checkpoints with a run)."
     c, cbs = self.config, list(self.callbacks)
@@ -605,6 +612,7 @@ def _callbacks_for_fit(self: Trainer) -> list:
         cbs.append(RunControl(self.run))    # pause, stop and checkpoint requests from other processes
     return cbs
 
+@patch
 def _resume_path(self: Trainer, resume) -> Path:
     if resume != "last": return Path(resume)
     for cb in self._fit_callbacks:
@@ -612,9 +620,8 @@ def _resume_path(self: Trainer, resume) -> Path:
     if self.run is not None: return Path(self.run.checkpoint_dir) / "last.pt"
     raise ConfigError("resume='last' needs a checkpoint folder: give the trainer a run or a Checkpoint(dirpath=...) callback, or pass a path")
 
-Trainer._setup, Trainer._callbacks_for_fit, Trainer._resume_path = _setup, _callbacks_for_fit, _resume_path
-
 # %% ../nbs/06_trainer.ipynb #3e66ad61
+@patch
 def _run_start(self: Trainer, train: Windows, data_fingerprint: str | None) -> None:
     if self.run is None: return
     mcfg = getattr(self.model, "config", None)
@@ -622,7 +629,7 @@ def _run_start(self: Trainer, train: Windows, data_fingerprint: str | None) -> N
     if mcfg is not None and hasattr(mcfg, "model_dump"): params["model"] = mcfg.model_dump(mode="json")
     params.pop("inputs", None)
     chash = _config_hash(params)               # the config alone: the inputs below follow from it and the data
-    # what the model was built for, so qtnb.runs.load_version can rebuild it without preparing the data again
+    # what the model was built for, so qtnb.registry.load_version can rebuild it without preparing the data again
     params["inputs"] = {"n_features": train.n_features, "seq_len": train.seq_len,
                         "feature_names": list(train.feature_names) or None, "task": train.task, "n_outputs": train.n_outputs}
     self.run.write_params(params)
@@ -630,18 +637,19 @@ def _run_start(self: Trainer, train: Windows, data_fingerprint: str | None) -> N
     if hasattr(self.run, "beat"): self.run.beat()   # this process, now: the record readers check for a live run
     self.run.write_lineage(seed=self.config.seed, data_fingerprint=data_fingerprint, config_hash=chash)
 
+@patch
 def _sync_history(self: Trainer) -> None:
     "After a resume, history.csv holds exactly the checkpoint's rows (an epoch logged after it is dropped)."
     if self.run is None: return
     rows = [{k: v for k, v in r.items() if not isinstance(v, (list, dict))} for r in self.history]
     atomic_write(Path(self.run.path) / "history.csv", pd.DataFrame(rows).to_csv(index=False) if rows else "")
 
+@patch
 def _log_row(self: Trainer, row: dict) -> None:
     if self.run is not None: self.run.log_epoch({k: v for k, v in row.items() if not isinstance(v, (list, dict))})
 
-Trainer._run_start, Trainer._sync_history, Trainer._log_row = _run_start, _sync_history, _log_row
-
 # %% ../nbs/06_trainer.ipynb #a4513929
+@patch
 def _fit_torch(self: Trainer, train: Windows, val: Windows | None, resume) -> None:
     c = self.config
     if train.device != self.device: train = train.to(self.device)
@@ -692,8 +700,6 @@ def _fit_torch(self: Trainer, train: Windows, val: Windows | None, resume) -> No
         self._log_row(row)
         self.dispatch("on_train_epoch_end", row)
 
-Trainer._fit_torch = _fit_torch
-
 # %% ../nbs/06_trainer.ipynb #de237fea
 def windows_from_arrays(x: np.ndarray, y: np.ndarray, *, task: str, n_outputs: int) -> Windows:
     "Windows over (N, L, F) window arrays and their targets (copies laid end to end), for estimators' torch members."
@@ -709,6 +715,7 @@ def windows_from_arrays(x: np.ndarray, y: np.ndarray, *, task: str, n_outputs: i
         yy = torch.zeros(N * L, y2.shape[1]); yy[ends] = torch.from_numpy(y2)
     return Windows(flat, yy, ends, L, task=task, n_outputs=n_outputs)
 
+@patch
 def _fit_member(self: Trainer, module, x, y, x_val=None, y_val=None):
     task = module.config.task
     n_out = 1 if task == "classification" and module.n_outputs == 1 else module.n_outputs
@@ -718,6 +725,7 @@ def _fit_member(self: Trainer, module, x, y, x_val=None, y_val=None):
     Trainer(module, cfg, device=self.device, loss=self.loss).fit(w, wv)
     return module
 
+@patch
 def _fit_estimator(self: Trainer, train: Windows, val: Windows | None) -> None:
     self.dispatch("on_fit_start")
     t0 = time.perf_counter()
@@ -741,9 +749,8 @@ def _fit_estimator(self: Trainer, train: Windows, val: Windows | None) -> None:
     self._log_row(row)
     self.dispatch("on_train_epoch_end", row)
 
-Trainer._fit_member, Trainer._fit_estimator = _fit_member, _fit_estimator
-
 # %% ../nbs/06_trainer.ipynb #f88c3ade
+@patch
 def _importance(self: Trainer, w: Windows) -> pd.Series | None:
     from qtnb.models.core import permutation_importance
     k = min(len(w), self.config.importance_windows)
@@ -759,6 +766,7 @@ def _importance(self: Trainer, w: Windows) -> pd.Series | None:
     if self.is_torch: return permutation_importance(self.model, x, y, w.feature_names, metric=metric, seed=self.config.seed)
     return permutation_importance(self.model.predict, x, y, w.feature_names, metric=metric, seed=self.config.seed)
 
+@patch
 def _wrap(self: Trainer, e: Exception) -> QtnbError:
     if isinstance(e, QtnbError): return e
     where = f"at epoch {self.epoch + 1}" if self.is_torch else "while fitting"
@@ -767,6 +775,7 @@ def _wrap(self: Trainer, e: Exception) -> QtnbError:
         return TrainingError(f"out of memory {where}: {msg}; lower batch_size or eval_batch_size, or use a smaller model")
     return TrainingError(f"training failed {where}: {type(e).__name__}: {msg}")
 
+@patch
 def fit(self: Trainer, train: Windows, val: Windows | None = None, *,
         resume: str | Path | None = None,  # 'last' (the run's or Checkpoint's last.pt) or a checkpoint path
         test: Windows | None = None,       # evaluated once, with the final weights
@@ -781,6 +790,7 @@ def fit(self: Trainer, train: Windows, val: Windows | None = None, *,
             return self._fit(train, val, resume=resume, test=test, inverse_target=inverse_target, data_fingerprint=data_fingerprint)
     finally: self._busy = False
 
+@patch
 def _fit(self: Trainer, train, val, *, resume, test, inverse_target, data_fingerprint) -> FitResult:
     self._state, self.should_stop, self.stop_reason = "running", False, None
     self._stop_flag = self._pause_flag = False; self._go.set()
@@ -821,6 +831,7 @@ def _fit(self: Trainer, train, val, *, resume, test, inverse_target, data_finger
     self.dispatch("on_fit_end")
     return result
 
+@patch
 def _finish(self: Trainer, train: Windows, val: Windows | None, test: Windows | None) -> FitResult:
     from qtnb.models.core import model_size_mb, param_count
     stopped = self._stop_flag
@@ -845,8 +856,6 @@ def _finish(self: Trainer, train: Windows, val: Windows | None, test: Windows | 
         if imp is not None: atomic_write(self.run.artifact("feature_importance.csv"), imp.to_csv())
         self.run.set_status("stopped" if stopped else "completed", stop_reason=self.stop_reason)
     return res
-
-Trainer._importance, Trainer._wrap, Trainer.fit, Trainer._fit, Trainer._finish = _importance, _wrap, fit, _fit, _finish
 
 # %% ../nbs/06_trainer.ipynb #7321eeeb
 class FitHandle:

@@ -222,7 +222,7 @@ def test_models_registry_round_trip(planted_run):
     assert v["lineage"]["data_fingerprint"]
     r = qtnb("models", "list", runs=runs)
     assert r.returncode == 0 and "staging" in r.stdout and "production" in r.stdout
-    from qtnb.runs import load_version
+    from qtnb.registry import load_version
     import torch
     model = load_version("planted-mlp@production", runs_dir=runs)
     x = torch.randn(4, 16, 10)

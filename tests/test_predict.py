@@ -13,7 +13,8 @@ from qtnb.data import Scaler, load_frame, prepare
 from qtnb.errors import DataError, InsufficientData, QtnbError
 from qtnb.pipeline import train
 from qtnb.predict import Predictor, load_preprocess, save_preprocess
-from qtnb.runs import create_run, open_run, register_version
+from qtnb.registry import register_version
+from qtnb.runs import create_run, open_run
 
 QTNB = str(Path(sys.executable).parent / "qtnb")
 REPO = Path(__file__).resolve().parent.parent

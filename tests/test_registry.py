@@ -13,8 +13,9 @@ from qtnb.data import prepare
 from qtnb.datasets import planted
 from qtnb.errors import ConfigError, QtnbError
 from qtnb.models.core import create_model
-from qtnb.runs import (REGISTRY_FILE, RegistryError, RunError, VersionNotFound, create_run, delete_run, load_version,
-                       model_versions, register_version, resolve_version, save_estimator, set_stage)
+from qtnb.registry import load_version, register_version, save_estimator
+from qtnb.runs import (REGISTRY_FILE, RegistryError, RunError, VersionNotFound, create_run, delete_run, model_versions,
+                       resolve_version, set_stage)
 from qtnb.trainer import Trainer, fit_fold, toy_windows
 
 TR, VA, TE = toy_windows(256, seed=0), toy_windows(128, seed=1), toy_windows(128, seed=2)
@@ -128,7 +129,7 @@ def test_archive_existing_false_keeps_both(tmp_path):
 
 def _register_many(args):
     root, run_id, n, barrier = args
-    from qtnb.runs import register_version
+    from qtnb.registry import register_version
     barrier.wait(60)                            # every process starts registering at the same moment
     return [register_version(run_id, "race", runs_dir=root)["version"] for _ in range(n)]
 

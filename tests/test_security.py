@@ -16,8 +16,9 @@ from fastcore.test import test_eq as eq
 
 from qtnb.errors import ConfigError, QtnbError
 from qtnb.models.core import create_model
-from qtnb.runs import (ESTIMATOR_MANIFEST, Run, RunError, create_run, delete_run, list_runs, load_estimator,
-                       load_version, model_versions, open_run, process_record, register_version, save_estimator)
+from qtnb.registry import load_estimator, load_version, register_version, save_estimator
+from qtnb.runs import (ESTIMATOR_MANIFEST, Run, RunError, create_run, delete_run, list_runs, model_versions, open_run,
+                       process_record)
 
 QTNB = str(Path(sys.executable).parent / "qtnb")
 REPO = Path(__file__).resolve().parent.parent

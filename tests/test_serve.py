@@ -13,7 +13,7 @@ from fastcore.test import test_eq as eq, test_close as close
 httpx = pytest.importorskip("httpx")
 from qtnb.data import load_frame
 from qtnb.pipeline import train
-from qtnb.runs import register_version
+from qtnb.registry import register_version
 
 QTNB = str(Path(sys.executable).parent / "qtnb")
 REPO = Path(__file__).resolve().parent.parent

@@ -110,7 +110,7 @@ def test_pipeline_run_is_tracked_with_its_notebook_and_model(server, tracked_run
 
 @pytest.mark.slow
 def test_registered_model_is_pushed_to_the_mlflow_registry(server, tracked_run, tmp_path):
-    from qtnb.runs import register_version
+    from qtnb.registry import register_version
     from qtnb.tracking import push_version
     runs, run, _ = tracked_run
     register_version(run.name, "planted-mlp", stage="production", runs_dir=runs)
@@ -126,7 +126,8 @@ def test_registered_model_is_pushed_to_the_mlflow_registry(server, tracked_run, 
 
 def test_push_refuses_a_version_without_onnx(tmp_path):
     require(HAVE, "mlflow is not installed (pip install -e '.[dev,mlflow]')")
-    from qtnb.runs import create_run, register_version
+    from qtnb.registry import register_version
+    from qtnb.runs import create_run
     from qtnb.trainer import Trainer, toy_windows
     from qtnb.tracking import TrackingError, push_version
     run = create_run("noonnx", runs_dir=tmp_path)

@@ -18,14 +18,15 @@ from torch import nn
 
 from ..config import ModelConfig, Settings, load_settings, param, schema_problems
 from ..errors import ConfigError, ModelError, QtnbError
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['PRESETS', 'TASKS', 'ACTIVATIONS', 'Activation', 'MODELS', 'REJECTED', 'ENTRY_POINT_GROUP', 'BUILTINS',
            'IMPORTANCE_METRICS', 'output_width', 'activation', 'init_weights', 'Head', 'TorchModel', 'EstimatorModel',
-           'check_windows', 'check_targets', 'lagged', 'is_torch_model', 'param_count', 'model_size_mb', 'ModelEntry',
-           'registry_name', 'model_problems', 'register_model', 'load_plugin', 'load_entry_point', 'plugin_dir',
-           'discover_plugins', 'model_entry', 'list_models', 'model_config_class', 'model_schema', 'as_model_config',
-           'create_model', 'as_predict_fn', 'permutation_importance']
+           'is_torch_model', 'param_count', 'model_size_mb', 'ModelEntry', 'registry_name', 'model_problems',
+           'register_model', 'load_plugin', 'load_entry_point', 'plugin_dir', 'discover_plugins', 'model_entry',
+           'list_models', 'model_config_class', 'model_schema', 'as_model_config', 'create_model', 'as_predict_fn',
+           'permutation_importance']
 
 # %% ../../nbs/03_models.core.ipynb #6f4975d0
 PRESETS = ("easy", "medium", "advanced")
@@ -116,6 +117,7 @@ class EstimatorModel:
     def __repr__(self): return f"{type(self).__name__}({self.config!r})"
 
 # %% ../../nbs/03_models.core.ipynb #a8d55ba1
+@patch
 def check_windows(self: EstimatorModel, x, what: str = "x") -> np.ndarray:
     "`x` as float32 (N, seq_len, n_features) windows; `ModelError` naming the shape otherwise."
     x = np.asarray(x, dtype=np.float32)
@@ -125,6 +127,7 @@ def check_windows(self: EstimatorModel, x, what: str = "x") -> np.ndarray:
     if not np.isfinite(x).all(): raise ModelError(f"{what} holds NaN or inf; fill or drop them before {self.name}")
     return x
 
+@patch
 def check_targets(self: EstimatorModel, y, n: int, what: str = "y") -> np.ndarray:
     "Regression targets as float (N, H); class labels as int (N,) in 0..C-1; `ModelError` naming the problem otherwise."
     y = np.asarray(y)
@@ -143,12 +146,11 @@ def check_targets(self: EstimatorModel, y, n: int, what: str = "y") -> np.ndarra
         raise ModelError(f"{what} holds labels {y.min()}..{y.max()} but {self.name} has {self.n_classes} classes (0..{self.n_classes - 1}); set n_outputs")
     return y
 
+@patch
 def lagged(self: EstimatorModel, x: np.ndarray) -> np.ndarray:
     "The last `lags` rows of each window (all rows when lags is 0), flattened row by row: (N, lags * n_features)."
     lags = getattr(self.config, "lags", 0) or self.seq_len
     return np.ascontiguousarray(x[:, -lags:, :].reshape(len(x), -1))
-
-EstimatorModel.check_windows, EstimatorModel.check_targets, EstimatorModel.lagged = check_windows, check_targets, lagged
 
 # %% ../../nbs/03_models.core.ipynb #40860c67
 def is_torch_model(model) -> bool:

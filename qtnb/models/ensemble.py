@@ -15,9 +15,10 @@ from ..config import ModelConfig, param
 from ..errors import ModelError, QtnbError
 from .core import (EstimatorModel, as_predict_fn, create_model, is_torch_model, model_config_class,
                               model_entry, model_size_mb, param_count, register_model)
+from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['EnsembleConfig', 'Ensemble', 'fit', 'predict', 'n_params', 'size_bytes']
+__all__ = ['EnsembleConfig', 'Ensemble']
 
 # %% ../../nbs/03g_models.ensemble.ipynb #4620383f
 def _with_task(member: dict, cfg) -> ModelConfig:
@@ -117,6 +118,7 @@ def _folds(n: int, k: int, purge: int):
         train = np.r_[0:max(0, a - purge), min(n, b + purge):n]
         yield train, np.arange(a, b)
 
+@patch
 def fit(self: Ensemble, x, y, *, x_val=None, y_val=None, fit_torch: Callable | None = None):
     "Fit every member (and the stacking meta-learner) on windows `x` and targets `y`."
     x = self.check_windows(x); y = self.check_targets(y, len(x))
@@ -151,6 +153,7 @@ def _votes(self: Ensemble, outs: list[np.ndarray]) -> np.ndarray:
     share = (share + 0.5 / len(outs)) / (1 + 0.5 * C / len(outs))  # smoothed so a unanimous vote is a finite logit
     return np.log(share[:, 1:] / share[:, :1]) if self.n_outputs == 1 else np.log(share)
 
+@patch
 def predict(self: Ensemble, x) -> np.ndarray:
     "Combined values (regression) or logits (classification), (N, outputs)."
     if not self.is_fitted: raise ModelError("the ensemble is not fitted; call fit(x, y) first")
@@ -162,14 +165,15 @@ def predict(self: Ensemble, x) -> np.ndarray:
     if method == "vote": return _votes(self, outs)
     return np.tensordot(self.weights, np.stack(outs), axes=1)
 
+@patch
 def n_params(self: Ensemble) -> int:
     "Parameters of all members and the meta-learner."
     return sum(param_count(m) for m in self.members) + (param_count(self.meta) if self.meta is not None else 0)
 
+@patch
 def size_bytes(self: Ensemble) -> int:
     return int(round(sum(model_size_mb(m) for m in [*self.members, *([self.meta] if self.meta else [])]) * 2**20))
 
-Ensemble.fit, Ensemble.predict, Ensemble.n_params, Ensemble.size_bytes = fit, predict, n_params, size_bytes
 register_model(Ensemble)
 
 # %% ../../nbs/03g_models.ensemble.ipynb #84f77ea9

@@ -15,9 +15,10 @@ from torch import nn
 from ..config import ModelConfig, param
 from ..errors import ModelError
 from .core import Head, TorchModel, register_model
+from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['Size', 'RNNConfig', 'LSTMConfig', 'GRUConfig', 'RecurrentModel', 'forward_chunk', 'reset_state', 'LSTM', 'GRU']
+__all__ = ['Size', 'RNNConfig', 'LSTMConfig', 'GRUConfig', 'RecurrentModel', 'LSTM', 'GRU']
 
 # %% ../../nbs/03b_models.rnn.ipynb #0f3d1813
 Size = Annotated[int, Field(ge=1, le=65536)]
@@ -82,6 +83,7 @@ class RecurrentModel(TorchModel):
         return self.head(self._last(out))
 
 # %% ../../nbs/03b_models.rnn.ipynb #3d717dce
+@patch
 def forward_chunk(self: RecurrentModel, x: torch.Tensor, state=None, *, all_steps: bool = False):
     "Outputs for chunk `x` (last step, or every step) starting from `state`; and the final state, detached."
     if state is not None and _batch(state) != x.shape[0]:
@@ -90,11 +92,10 @@ def forward_chunk(self: RecurrentModel, x: torch.Tensor, state=None, *, all_step
     out, state = self.rnn(x, state)
     return (self.head(out) if all_steps else self.head(self._last(out))), _detach(state)
 
+@patch
 def reset_state(self: RecurrentModel) -> None:
     "Forget the carried hidden state (between symbols, or before evaluating)."
     self.state = None
-
-RecurrentModel.forward_chunk, RecurrentModel.reset_state = forward_chunk, reset_state
 
 @register_model
 class LSTM(RecurrentModel):

@@ -14,9 +14,10 @@ import pandas as pd
 from ..config import ModelConfig, param
 from ..errors import ModelError
 from .core import EstimatorModel, register_model
+from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['XGBoostConfig', 'XGBoost', 'gain_importance']
+__all__ = ['XGBoostConfig', 'XGBoost']
 
 # %% ../../nbs/03f_models.xgboost.ipynb #e27cd95f
 class XGBoostConfig(ModelConfig):
@@ -101,6 +102,7 @@ class XGBoost(EstimatorModel):
     def size_bytes(self) -> int: return len(self.booster.save_raw("ubj")) if self.is_fitted else 0
 
 # %% ../../nbs/03f_models.xgboost.ipynb #536aeb5c
+@patch
 def gain_importance(self: XGBoost, feature_names: list[str] | None = None) -> pd.Series:
     "Total split gain per feature (summed over its lags), largest first."
     if not self.is_fitted: raise ModelError("the xgboost model is not fitted; call fit(x, y) first")
@@ -109,8 +111,6 @@ def gain_importance(self: XGBoost, feature_names: list[str] | None = None) -> pd
     gain = np.zeros(self.n_features)
     for k, v in self.booster.get_score(importance_type="total_gain").items(): gain[int(k[1:]) % self.n_features] += v
     return pd.Series(gain, index=names, name="gain").sort_values(ascending=False)
-
-XGBoost.gain_importance = gain_importance
 
 # %% ../../nbs/03f_models.xgboost.ipynb #136cb18e
 import json

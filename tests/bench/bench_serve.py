@@ -48,7 +48,7 @@ def setup(root: Path):
     "An MLP trained on the S&P 500 registered as bench@production, and one on a 500-symbol panel as panel@production."
     from qtnb.data import load_frame
     from qtnb.pipeline import train
-    from qtnb.runs import register_version
+    from qtnb.registry import register_version
     sp = load_frame("sp500")
     sp.iloc[:1500].to_csv(root / "sp.csv")
     run = train(model="mlp", epochs=1, seq_len=16, data=str(root / "sp.csv"), runs_dir=str(root / "runs"), verbose=False).run

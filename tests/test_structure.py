@@ -1,0 +1,145 @@
+"""The shape of the package, read from the `ast` of qtnb/: which module imports which, so a change that makes two
+modules lean on each other (or makes the run store reach up into models or data) fails here and names the path."""
+import ast
+from pathlib import Path
+
+import pytest
+from fastcore.test import test_eq as eq
+
+ROOT = Path(__file__).resolve().parents[1]
+PKG = ROOT / "qtnb"
+
+
+def module_files(pkg: Path = PKG) -> dict[str, Path]:
+    "Every module of the package by dotted name (a package's `__init__` under the package's own name)."
+    out = {}
+    for p in sorted(pkg.rglob("*.py")):
+        parts = list(p.relative_to(pkg.parent).with_suffix("").parts)
+        if parts[-1] == "__init__": parts = parts[:-1]
+        out[".".join(parts)] = p
+    return out
+
+
+def _target(name: str, mods: dict) -> str | None:
+    "The package module that `name` (a module, or a module's attribute) lives in."
+    while name and name not in mods: name = name.rpartition(".")[0]
+    return name or None
+
+
+def imports_of(mod: str, path: Path, mods: dict, root: str = "qtnb") -> dict[str, int]:
+    "The package modules `mod` imports, at module level or inside a function, each with the first line that does it."
+    tree = ast.parse(path.read_text(), filename=str(path))
+    here = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
+    found = {}
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.Import): names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = here.split(".")[:len(here.split(".")) - (node.level - 1)]
+                full = ".".join(base + ([node.module] if node.module else []))
+            else: full = node.module or ""
+            # `from pkg import sub` imports the submodule; `from mod import name` imports mod
+            names = [f"{full}.{a.name}" if f"{full}.{a.name}" in mods else full for a in node.names]
+        for n in names:
+            if not (n == root or n.startswith(root + ".")): continue
+            t = _target(n, mods)
+            if t and t != mod: found.setdefault(t, node.lineno)
+    return found
+
+
+def import_graph(pkg: Path = PKG) -> dict[str, dict[str, int]]:
+    mods = module_files(pkg)
+    return {m: imports_of(m, p, mods, pkg.name) for m, p in mods.items()}
+
+
+def find_cycle(graph: dict[str, dict]) -> list[str] | None:
+    "One import circle as [a, b, ..., a], or None (depth-first search, modules in sorted order)."
+    state, stack = {}, []
+    def visit(m):
+        state[m] = "open"; stack.append(m)
+        for d in sorted(graph.get(m, ())):
+            if state.get(d) == "open": return stack[stack.index(d):] + [d]
+            if d not in state and (c := visit(d)): return c
+        state[m] = "done"; stack.pop()
+        return None
+    for m in sorted(graph):
+        if m not in state and (c := visit(m)): return c
+    return None
+
+
+def describe(cycle: list[str], graph: dict) -> str:
+    return " -> ".join(cycle) + "  (" + "; ".join(f"{a} imports {b} at line {graph[a][b]}" for a, b in zip(cycle, cycle[1:])) + ")"
+
+
+# ---------------------------------------------------------------- the checker itself
+def test_the_checker_sees_module_and_function_level_circles(tmp_path):
+    pkg = tmp_path / "pk"; (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text(""); (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from .b import x\n")
+    (pkg / "b.py").write_text("def f():\n    from pk.sub import c\n")
+    (pkg / "sub" / "c.py").write_text("import os\nfrom .. import a\n")
+    g = import_graph(pkg)
+    eq(g["pk.a"], {"pk.b": 1}); eq(g["pk.b"], {"pk.sub.c": 2}); eq(g["pk.sub.c"], {"pk.a": 2})
+    eq(find_cycle(g), ["pk.a", "pk.b", "pk.sub.c", "pk.a"])
+    (pkg / "sub" / "c.py").write_text("import os\n")
+    eq(find_cycle(import_graph(pkg)), None)
+
+
+# ---------------------------------------------------------------- the rules
+def test_no_import_circle():
+    g = import_graph()
+    assert "qtnb.export" in g and "qtnb.runs" in g, sorted(g)
+    cycle = find_cycle(g)
+    assert cycle is None, f"import circle: {describe(cycle, g)}"
+
+
+# The run store observes: it sits on config, errors and file helpers, never on what produces runs.
+STORE_MAY_NOT_IMPORT = ("qtnb.models", "qtnb.data", "qtnb.trainer", "qtnb.tuner")
+
+def test_the_run_store_imports_no_models_data_trainer_or_tuner():
+    g = import_graph()
+    bad = {m: line for m, line in g["qtnb.runs"].items()
+           if any(m == b or m.startswith(b + ".") for b in STORE_MAY_NOT_IMPORT)}
+    assert not bad, f"qtnb/runs.py imports {', '.join(f'{m} (line {l})' for m, l in sorted(bad.items()))}; rebuild models in qtnb.registry"
+
+
+def test_registry_functions_come_from_the_models_package():
+    from qtnb.models import create_model, list_models, model_schema
+    from qtnb.models import core
+    assert (create_model, list_models, model_schema) == (core.create_model, core.list_models, core.model_schema)
+    assert "mlp" in [m["name"] for m in list_models()]
+
+
+def bolted_methods(path: Path) -> list[int]:
+    "Lines of module-level `Class.a, Class.b = f, g` assignments (methods bolted on after the class, not in it or by @patch)."
+    tree = ast.parse(path.read_text())
+    def on_class(t): return isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id[:1].isupper()
+    lines = []
+    for node in tree.body:
+        if not isinstance(node, ast.Assign): continue
+        targets = [e for t in node.targets for e in (t.elts if isinstance(t, ast.Tuple) else [t])]
+        if targets and all(on_class(t) for t in targets): lines.append(node.lineno)
+    return lines
+
+
+# Modules that still bolt methods on with `Class.x = f` lines. Each one converted (methods in the class, or fastcore's
+# @patch next to their prose) leaves this list; when it is empty the rule is simply "no such lines".
+STILL_BOLTED = {"qtnb.config", "qtnb.data", "qtnb.pipeline", "qtnb.runs", "qtnb.tuner"}
+
+def test_no_new_class_attribute_assignment_lines(tmp_path):
+    (tmp_path / "m.py").write_text("class A: pass\ndef f(self): pass\nA.f, A.g = f, f\nA.h = property(f)\nx = A.f\n")
+    eq(bolted_methods(tmp_path / "m.py"), [3, 4])
+    found = {m: bolted_methods(p) for m, p in module_files().items()}
+    found = {m: ls for m, ls in found.items() if ls}
+    new = {m: ls for m, ls in found.items() if m not in STILL_BOLTED}
+    assert not new, f"methods bolted on with `Class.x = f` (put them in the class or use @patch): {new}"
+    done = STILL_BOLTED - set(found)
+    assert not done, f"{sorted(done)} no longer bolt methods on: take them out of STILL_BOLTED"
+
+
+def test_trainer_exports_no_bare_method_names():
+    import qtnb.trainer as T
+    methods = {n for n in T.__all__ if callable(getattr(T.Trainer, n, None))}
+    assert not methods, f"qtnb.trainer.__all__ exports Trainer methods as bare functions: {sorted(methods)}"
+    for n in ("fit", "test", "predict", "evaluate"): assert callable(getattr(T.Trainer, n))
