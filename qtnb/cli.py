@@ -258,7 +258,8 @@ def cmd_models(args) -> int:
     if c is None: raise ConfigError("qtnb models needs an action: list, register, stage or show (qtnb models --help)")
     if c == "list": _echo(_table(R.model_versions(args.name, runs_dir=args.runs_dir)))
     elif c == "register":
-        v = R.register_version(args.run, args.name, stage=args.stage, description=args.description, runs_dir=args.runs_dir)
+        from qtnb.registry import register_version
+        v = register_version(args.run, args.name, stage=args.stage, description=args.description, runs_dir=args.runs_dir)
         _echo(f"registered {v['name']}@{v['version']} (run {v['run_id']}, stage {v['stage']})")
     elif c == "stage":
         v = R.set_stage(args.ref, args.stage, archive_existing=not args.keep_existing, runs_dir=args.runs_dir)

@@ -25,9 +25,9 @@ __all__ = ['PIPELINES', 'FORWARD_GRACE_S', 'resolve_runs_dir', 'PipelineParams',
            'BacktestParams', 'TuneParams', 'ExportParams', 'default_search_space', 'parse_value', 'pipeline_class',
            'check_params', 'check_runs_dir', 'pipeline_run', 'say', 'EpochLog', 'FoldResult', 'fold_predictions',
            'stitch', 'oos_metrics', 'train_folds', 'fold_runs', 'kept_fold', 'mean_metrics', 'train',
-           'use_static_plotly', 'Report', 'LiveTrain', 'backtest', 'tune', 'latest_model_run', 'export',
-           'PipelineFailed', 'pipeline_notebook', 'run_pipeline', 'resume_target', 'parse_grid', 'grid_combinations',
-           'sweep', 'sweep_figure']
+           'use_static_plotly', 'Report', 'backtest', 'tune', 'latest_model_run', 'export', 'PipelineFailed',
+           'pipeline_notebook', 'run_pipeline', 'resume_target', 'parse_grid', 'grid_combinations', 'sweep',
+           'sweep_figure']
 
 # %% ../nbs/12_pipeline.ipynb #8df3eba0
 def resolve_runs_dir(runs_dir: str | Path | None = None) -> Path:
@@ -513,7 +513,7 @@ def _save_model(run, fr: FoldResult, model_cfg: dict, many: bool) -> Path | None
     from qtnb.models.core import is_torch_model
     model = fr.trainer.model
     if not is_torch_model(model):
-        from qtnb.runs import save_estimator
+        from qtnb.registry import save_estimator
         return save_estimator(run, model)
     if many:
         src = Path(run.path) / "folds" / fr.run_id / "checkpoints"
@@ -558,6 +558,8 @@ def _failing(run):
 
 _TRADED_AS = ("horizon", "hold", "periods_per_year", "weighting", "long_only")   # metrics["trading"]'s keys that say how a signal is traded
 
+from .monitor import LiveTrain, live_frontend   # train(monitor=True): the fit in the background under a live monitor
+
 def train(p: TrainParams | dict | None = None, *, verbose: bool = True, cost_bps: float | None = None,
           monitor=None,     # True or a TrainingMonitor: fit in the background under it (a LiveTrain); None: when live_frontend()
           callbacks=(),     # more trainer callbacks for every fold
@@ -566,10 +568,8 @@ def train(p: TrainParams | dict | None = None, *, verbose: bool = True, cost_bps
     from qtnb.data import prepare
     from qtnb.metrics import by_regime, trading_convention
     p = p if isinstance(p, TrainParams) else TrainParams(**{**(p or {}), **params}).check()
-    if monitor is None:
-        from qtnb.widgets import live_frontend
-        monitor = live_frontend() and p.pipeline == "train"   # backtest calls train and reads its report at once
-    if monitor is not False: return LiveTrain(p, monitor, verbose=verbose, cost_bps=cost_bps, callbacks=callbacks)
+    if monitor is None: monitor = live_frontend() and p.pipeline == "train"   # backtest calls train and reads its report at once
+    if monitor is not False: return LiveTrain(train, p, monitor, verbose=verbose, cost_bps=cost_bps, callbacks=callbacks)
     dc, tcfg = p.data_config(), p.train_config()
     if cost_bps is not None: tcfg = tcfg.model_copy(update={"cost_bps": cost_bps})
     mcfg = p.model_spec(dc)
@@ -789,53 +789,6 @@ def _plot_equity(self: Report, cost_bps: float | None = None):
 
 Report.plot_history, Report.plot_predictions, Report.backtest, Report.plot_equity = _plot_history, _plot_predictions, _backtest, _plot_equity
 
-# %% ../nbs/12_pipeline.ipynb #51fcd909
-import threading
-
-class LiveTrain:
-    "The train pipeline fitting in a background thread under a live `TrainingMonitor`; `.result()` waits for its Report."
-    def __init__(self, p: TrainParams, monitor=True,   # True, or the TrainingMonitor to show
-                 **kw):                                 # train's cost_bps and callbacks
-        from IPython.display import display
-        from qtnb.widgets import TrainingMonitor, widget_frontend
-        self.params, self._report, self._error = p, None, None
-        self.monitor = monitor if isinstance(monitor, TrainingMonitor) else TrainingMonitor()
-        if self.monitor.widgets and not self.monitor._shown and widget_frontend():   # from this thread: in the calling cell
-            display(self.monitor); self.monitor._show_static()
-        kw.update(verbose=False, monitor=False, callbacks=[self.monitor, *kw.get("callbacks", ())])  # the monitor reports each epoch
-        self.thread = threading.Thread(target=self._fit, args=(kw,), name="qtnb-train", daemon=True)
-        self.thread.start()
-
-    def _fit(self, kw: dict) -> None:
-        try: self._report = train(self.params, **kw)
-        except BaseException as e:
-            self._error = e
-            if self.monitor.state not in ("failed", "stopped"): self.monitor.on_exception(None, e)
-
-    @property
-    def done(self) -> bool: return not self.thread.is_alive()
-
-    def result(self, timeout: float | None = None) -> "Report":
-        "Wait for the fit (at most `timeout` s); its Report, or its exception raised here."
-        self.thread.join(timeout)
-        if self.thread.is_alive(): raise TimeoutError(f"the train pipeline is still running after {timeout} s")
-        if self._error is not None: raise self._error
-        return self._report
-
-    def wait(self, timeout: float | None = None) -> "Report":
-        "The same as `result`."
-        return self.result(timeout)
-
-    def pause(self) -> None: self.monitor.pause()
-    def resume(self) -> None: self.monitor.resume()
-    def stop(self) -> None: self.monitor.stop()
-
-    def __getattr__(self, name: str):
-        if name.startswith("_"): raise AttributeError(name)   # IPython's display probes must not wait for the fit
-        return getattr(self.result(), name)
-
-    def __repr__(self) -> str: return f"LiveTrain({self.params.model}: {self.monitor._line()})"
-
 # %% ../nbs/12_pipeline.ipynb #1b3419cc
 def backtest(p: BacktestParams | dict | None = None, *, verbose: bool = True, **params) -> Report:
     "Run the backtest pipeline in-process: walk-forward fits, stitched out-of-sample predictions traded after costs."
@@ -946,10 +899,10 @@ def export(p: ExportParams | dict | None = None, *, verbose: bool = True, **para
     "Run the export pipeline in-process: export a run's model, check parity, time the backends."
     from qtnb.data import prepare
     from qtnb.export import InferenceSession, compare_backends, export_meta, export_run
-    from qtnb.models.core import create_model, is_torch_model
-    from qtnb.runs import load_estimator
+    from qtnb.models.core import is_torch_model
+    from qtnb.registry import load_run_model
     from qtnb.runs import open_run
-    from qtnb.export import BACKENDS, _run_configs, _state_dict, is_stateful, stateful_parity
+    from qtnb.export import BACKENDS, _run_configs, is_stateful, stateful_parity
     p = p if isinstance(p, ExportParams) else ExportParams(**{**(p or {}), **params}).check()
     root = resolve_runs_dir(p.runs_dir)
     src = open_run(p.source_run or latest_model_run(root), runs_dir=root)
@@ -968,12 +921,11 @@ def export(p: ExportParams | dict | None = None, *, verbose: bool = True, **para
         data_cfg, model_cfg = _run_configs(src.params)
         prep = prepare(data_cfg)
         fold = prep.folds[-1]
-        model = create_model(model_cfg, n_features=len(prep.feature_names), seq_len=prep.config.seq_len)
+        model = load_run_model(src, inputs=dict(n_features=len(prep.feature_names), seq_len=prep.config.seq_len))
         w = fold.test if fold.test is not None else fold.val
         x = w.numpy()[0]
         if not is_torch_model(model):              # linear, XGBoost, ensembles of them: their own files, ONNX fp32
-            return _export_estimator_report(p, run, src, load_estimator(src), path, prep, x)
-        model.load_state_dict(_state_dict(src.load_checkpoint("best"))); model.eval()
+            return _export_estimator_report(p, run, src, model, path, prep, x)
         import torch
         stateful = is_stateful(model)
         with torch.no_grad(): ref = (model.forward_chunk(torch.from_numpy(x), None)[0] if stateful else model(torch.from_numpy(x))).numpy()
