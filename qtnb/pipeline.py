@@ -917,7 +917,10 @@ def export(p: ExportParams | dict | None = None, *, verbose: bool = True, **para
     with _failing(run):
         run.write_params({**run.params, "source_run": src.id})
         if verbose: say(f"run {run.id}: exporting {src.id} to {p.format} {p.precision}")
+        t0 = time.perf_counter()
         path = export_run(src.id, format=p.format, precision=p.precision, runs_dir=root)
+        if verbose: say(f"  wrote {path.name} ({path.stat().st_size / 2**20:.2f} MB) in {time.perf_counter() - t0:.1f}s; "
+                        "preparing the data for the parity check")
         data_cfg, model_cfg = _run_configs(src.params)
         prep = prepare(data_cfg)
         fold = prep.folds[-1]
@@ -934,8 +937,10 @@ def export(p: ExportParams | dict | None = None, *, verbose: bool = True, **para
             sess = InferenceSession(path)           # a stateful RNN's windows each from a zero state, on both sides
             got = sess.predict_batch(x, batch_size=256)
             parity = {"max_abs_diff": float(np.abs(got - ref).max()), "windows": int(len(x)), "backend": sess.backend}
+            if verbose: say(f"  parity on {len(x)} test windows: max |difference| {parity['max_abs_diff']:.2e}")
         if stateful:                                # and its state carried over three consecutive chunks
             parity.update(chunks=3, chunks_max_abs_diff=stateful_parity(model, path, n_chunks=3))
+        if verbose: say(f"  timing the backends ({p.latency_runs} calls each)")
         table, fig = compare_backends(model, meta=export_meta(model, prep, fold=fold), n=p.latency_runs,
                                       backends=("torch", "onnxruntime") if stateful else BACKENDS)   # fp32 ONNX only
         metrics = {"export": {"source_run": src.id, "path": str(path), "format": p.format, "precision": p.precision,

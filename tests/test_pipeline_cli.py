@@ -191,6 +191,8 @@ def test_export_command_and_pipeline(planted_run):
     r = qtnb("run", "export", "-p", "source_run", run.name, "-p", "latency_runs", "20", runs=runs)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert (run / "model.onnx").is_file()
+    for step in ("wrote model.onnx", "parity on ", "timing the backends (20 calls each)"):   # never silent for long
+        assert step in r.stdout, r.stdout[-2000:]
     lin = json.loads((run / "lineage.json").read_text())
     eq([e["format"] for e in lin["exports"]], ["torchscript", "onnx"])
     exp = [p for p in runs.iterdir() if (p / "params.yaml").exists() and yaml.safe_load((p / "params.yaml").read_text()).get("pipeline") == "export"]
