@@ -23,8 +23,9 @@ from .errors import ConfigError, QtnbError, TrainingError
 
 # %% auto #0
 __all__ = ['WIDGETS_ENV', 'KEY_COLUMNS', 'widget_frontend', 'live_frontend', 'figurewidget_available', 'svg_lines', 'svg_bars',
-           'Chart', 'config_class', 'FormField', 'ConfigForm', 'Throttle', 'TrainingMonitor', 'StaticCopy', 'free_port',
-           'start_dashboard', 'TunerPanel', 'run_equity', 'run_symbols', 'run_label', 'ago', 'run_row', 'RunBrowser']
+           'Chart', 'config_class', 'FormField', 'ConfigForm', 'Throttle', 'TrainingMonitor', 'plotly_html',
+           'show_plotlyjs', 'StaticCopy', 'free_port', 'start_dashboard', 'TunerPanel', 'run_equity', 'run_symbols',
+           'run_label', 'ago', 'run_row', 'RunBrowser']
 
 # %% ../nbs/11_widgets.ipynb #d0504f9e
 WIDGETS_ENV = "QTNB_WIDGETS"
@@ -854,6 +855,39 @@ class TrainingMonitor(W.VBox, Callback):
         self.latest.value = _table([{**{k: last[k] for k in first}, **{k: v for k, v in last.items() if k not in first}}]) if last else ""
         self._static()          # the same state as static output, which a saved notebook keeps
 
+# %% ../nbs/11_widgets.ipynb #774d7646
+import uuid
+
+def plotly_html(fig, fallback: str = "") -> str:
+    "A plotly figure (a `Figure` or its dict) as a `div` the page's plotly.js draws; `fallback` (an SVG) shows where no script runs."
+    from plotly.io.json import to_json_plotly
+    d = fig.to_plotly_json() if hasattr(fig, "to_plotly_json") else fig
+    js = lambda o: to_json_plotly(o).replace("</", "<\\/")     # a title holding '</script>' must not end the script
+    div = f"qtnb-fig-{uuid.uuid4().hex[:12]}"
+    return (f'<div id="{div}" class="plotly-graph-div qtnb-figure">{fallback}</div><script type="text/javascript">'
+            f'(function(){{function draw(){{var gd=document.getElementById("{div}");if(!gd||!window.Plotly||gd.dataset.drawn)return;'
+            f'gd.dataset.drawn="1";gd.innerHTML="";Plotly.newPlot(gd,{js(d.get("data", []))},{js(d.get("layout", {}))},'
+            f'{{"displaylogo":false,"responsive":true}});}}draw();window.addEventListener("load",draw);}})();</script>')
+
+_PLOTLYJS: dict = {}   # the request (cell id, message id) whose output carries plotly.js in this kernel
+
+def _request() -> tuple:
+    "The running request's notebook cell id (JupyterLab sends it; None elsewhere) and message id."
+    shell = sys.modules["IPython"].get_ipython() if "IPython" in sys.modules else None
+    parent = (shell.get_parent() if hasattr(shell, "get_parent") else None) or {}
+    return (parent.get("metadata") or {}).get("cellId"), (parent.get("header") or {}).get("msg_id")
+
+def show_plotlyjs() -> bool:
+    "Display plotly.js (no network needed) unless this notebook's output already holds it; True when shown now."
+    from IPython.display import display
+    from plotly.offline import get_plotlyjs
+    cell, msg = _request()
+    again = cell is not None and cell == _PLOTLYJS.get("cell") and msg != _PLOTLYJS.get("msg")   # that cell re-ran
+    if _PLOTLYJS and not again: return False
+    _PLOTLYJS.update(cell=cell, msg=msg)
+    display({"text/html": f'<script type="text/javascript">{get_plotlyjs()}</script>', "text/plain": ""}, raw=True)
+    return True
+
 # %% ../nbs/11_widgets.ipynb #d9908b91
 from fastcore.basics import patch
 
@@ -884,16 +918,18 @@ def figure(self: TrainingMonitor):
 # %% ../nbs/11_widgets.ipynb #ceb37534
 @patch
 def _bundle(self: TrainingMonitor) -> dict:
-    "The static output: plotly JSON, an SVG chart with the status line as HTML, and the line as text."
+    "The static output: plotly JSON, the figure as HTML (an SVG where no script runs) with the status line, and the line as text."
     eps = [r["epoch"] for r in self.history]
     loss = {k: (eps, [r.get(k) for r in self.history]) for k in ("train_loss", "val_loss") if any(k in r for r in self.history)}
     svg = svg_lines(loss, title="loss", xlabel="epoch") if loss else ""
-    return {"application/vnd.plotly.v1+json": self._spec(), "text/plain": f"TrainingMonitor({self._line()})",
-            "text/html": f'<div class="qtnb-static-monitor">{svg}<pre>{html.escape(self._line())}</pre></div>'}
+    spec = self._spec()
+    return {"application/vnd.plotly.v1+json": spec, "text/plain": f"TrainingMonitor({self._line()})",
+            "text/html": f'<div class="qtnb-static-monitor">{plotly_html(spec, svg)}<pre>{html.escape(self._line())}</pre></div>'}
 
 @patch
 def _show_static(self: TrainingMonitor) -> None:
     from IPython.display import display
+    show_plotlyjs()
     self._static_handle = display(self._bundle(), raw=True, display_id=True)
 
 @patch
@@ -909,15 +945,22 @@ class StaticCopy:
     def _ipython_display_(self):
         from IPython.display import display
         display(self._repr_mimebundle_(), raw=True)
+        show_plotlyjs()
         self._static_handle = display(getattr(self, "last_static", None) or {"text/plain": repr(self)}, raw=True, display_id=True)
 
     def _static(self, chart: "Chart", parts: list) -> None:
-        "Rebuild the static copy from `chart` and the HTML widgets `parts`; replace the one shown, if any."
-        svg = chart._svg() if chart.kind == "bars" or chart.series else ""
-        self.last_static = {"application/vnd.plotly.v1+json": chart.figure().to_plotly_json(), "text/plain": repr(self),
-                            "text/html": f'<div class="qtnb-static">{svg}{"".join(p.value for p in parts)}</div>'}
+        "Rebuild the static copy from `chart` and `parts` (HTML widgets, or more charts); replace the one shown, if any."
+        fig = chart.figure().to_plotly_json()
+        body = "".join(_chart_html(p, fig if p is chart else None) if isinstance(p, Chart) else p.value for p in [chart, *parts])
+        self.last_static = {"application/vnd.plotly.v1+json": fig, "text/plain": repr(self),
+                            "text/html": f'<div class="qtnb-static">{body}</div>'}
         h = getattr(self, "_static_handle", None)
         if h is not None: h.update(self.last_static, raw=True)
+
+def _chart_html(chart: "Chart", fig: dict | None = None) -> str:
+    "A chart as a plotly figure in HTML with its SVG as the stand-in; '' for a line chart with no series."
+    if chart.kind != "bars" and not chart.series: return ""
+    return plotly_html(fig if fig is not None else chart.figure(), chart._svg())
 
 # %% ../nbs/11_widgets.ipynb #635031a9
 def free_port(host: str = "127.0.0.1") -> int:
@@ -1060,7 +1103,7 @@ class TunerPanel(StaticCopy, W.VBox):
                          **{k: v for k, v in t.params.items()}, "seconds": round(dur, 2) if dur is not None else "",
                          "run_id": t.user_attrs.get("run_id", "")})
         self.trials_table.value = _table(rows, cls="qtnb-trials-table", links={"run_id": _run_link(self._links_root(study))})
-        self._static(self.history_chart, [self.summary, self.best])
+        self._static(self.history_chart, [self.summary, self.best, self.intermediate_chart, self.importance_chart])
 
     def watch(self, every: float | None = None) -> "TunerPanel":
         "Redraw every `every` seconds from a background thread until `unwatch()` (for studies other processes fill)."
@@ -1245,9 +1288,7 @@ class RunBrowser(StaticCopy, W.VBox):
 
     def _selected(self) -> None:
         self._draw_selected()
-        from types import SimpleNamespace
-        equity = SimpleNamespace(value=self.equity_chart._svg() if self.equity_chart.series else "")
-        self._static(self.chart, [self.table, self.compare, equity, self.symbols])
+        self._static(self.chart, [self.table, self.compare, self.equity_chart, self.symbols])
 
     def _draw_selected(self) -> None:
         from qtnb.runs import compare_runs, open_run

@@ -45,7 +45,8 @@ def test_saved_notebook_and_its_html_show_the_final_state(tmp_path):
     eq(spec["data"][0]["x"], [1, 2, 3, 4])
     page, _ = HTMLExporter().from_notebook_node(saved)
     assert "completed: epoch 4/4" in page and "qtnb-static-monitor" in page
-    assert "cdn.plot.ly" not in page and "unpkg.com/@jupyter-widgets" not in page.split("qtnb-static-monitor")[1][:2000]
+    assert 'src="https://cdn.plot.ly' not in page and "unpkg.com/@jupyter-widgets" not in page.split("qtnb-static-monitor")[1][:2000]
+    assert page.count("plotly.js v") == 1 and page.count('class="plotly-graph-div qtnb-figure"') == 1   # the library once, offline
 
 def test_tuner_panel_and_run_browser_keep_a_static_copy(tmp_path):
     import optuna
