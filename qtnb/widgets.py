@@ -324,7 +324,7 @@ class FormField:
 
     def set(self, value) -> None:
         "Show `value` in the widget."
-        k = self.kind
+        k, self._override = self.kind, None
         if k == "const": return
         if k == "choices": self.widget.value = tuple(value or ())
         elif k == "list": self.widget.value = ", ".join(str(x) for x in (value or []))
@@ -338,7 +338,8 @@ class FormField:
             w.value = value if ok else (w.max if _finite(value) and float(value) > w.max else w.min)
             if not ok: self._override = value
         elif k == "choice" and value not in [o[1] if isinstance(o, tuple) else o for o in self.widget.options]:
-            self._override = value   # not one of the choices (a typo from code or YAML): kept, and flagged
+            self.widget.index = None   # no choice shown, so picking any one (the old one too) replaces it
+            self._override = value     # not one of the choices (a typo from code or YAML): kept, and flagged
         else: self.widget.value = value
 
     def show_error(self, msg: str | None, mark_only: bool = False) -> None:

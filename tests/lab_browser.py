@@ -119,6 +119,11 @@ class Lab:
             except AssertionError: continue
         raise AssertionError("Run All Cells did not start the notebook")
 
+    def run_cell(self, page, index: int):
+        "Run the notebook's cell `index` alone."
+        page.evaluate(f"() => {{ window.jupyterapp.shell.currentWidget.content.activeCellIndex = {index};"
+                      " return window.jupyterapp.commands.execute('notebook:run-cell'); }")
+
     def idle(self, page, timeout: float = 120):
         "Wait until no cell is running."
         eventually(lambda: page.locator(".jp-InputPrompt").filter(has_text="[*]").count() == 0
