@@ -110,7 +110,7 @@ dates = pd.bdate_range("2020-01-01", periods=60)
 for name, lr in [("alpha", 1e-3), ("beta", 3e-4), ("gamma", 1e-2)]:
     r = create_run(name, runs_dir="runs", params={"model": "mlp", "learning_rate": lr})
     for e in range(1, 6): r.log_epoch({"epoch": e, "train_loss": 1 / e, "val_loss": 1.1 / e + lr})
-    ret = np.random.default_rng(len(name)).normal(0, 0.01, 60)
+    ret = np.random.default_rng(int(lr * 1e4)).normal(0, 0.01, 60)
     pd.DataFrame({"date": dates, "fold": 0, "y_true": ret, "y_pred": ret / 2, "signal": np.sign(ret + 0.005),
                   "forward_return": ret}).to_csv(r.path / "predictions.csv", index=False)
     r.write_metrics({"val": {"loss": 0.2 + lr}, "test": {"sharpe": lr * 100}}); r.set_status("completed")
@@ -129,15 +129,24 @@ def test_run_browser_saved_offline(lab):
         picked = [i for i in ids if "-alpha-" in i or "-gamma-" in i]
         rb.locator("select[multiple]").first.select_option(value=None, label=[_label(i) for i in picked])   # a person's pick
         eventually(lambda: rb.locator("circle[data-series]").count() >= 10, 30, "two runs' curves overlaid")
+        first = lambda: rb.locator(".qtnb-runs-table-inner tbody tr").first.inner_text()
+        rb.locator("button.qtnb-sort-val_loss").click()                  # a click on a column's name sorts by it
+        eventually(lambda: "beta" in first(), 30, "the lowest val_loss first")
+        rb.locator("button.qtnb-sort-val_loss").click()                  # again: reversed
+        eventually(lambda: "gamma" in first(), 30, "the highest val_loss first")
         rb.scroll_into_view_if_needed(); page.screenshot(path=str(lab.out / "browser-selected.png"))
         nb = lab.save(page, "browser.ipynb", lambda nb: any(all(_label(i) in d["text/html"] for i in picked)
                                                              and "qtnb-compare-table" in d["text/html"] for d in _static_outputs(nb, "qtnb-static")))
     finally: page.close(); lab.shutdown_kernels()
     html = lab.to_html("browser.ipynb")
+    table = html[html.rindex("qtnb-runs-table-inner"):]
+    assert table.index("gamma") < table.index("alpha") < table.index("beta")   # the saved copy keeps the order shown
     figs = plotly_figures(html)
     curves = [f for f in figs if {t.get("name") for t in f["data"]} == {_label(i) for i in picked} and f["data"][0]["x"] == [1, 2, 3, 4, 5]]
     equity = [f for f in figs if "equity" in json.dumps(f["layout"].get("title", "")) and len(f["data"]) == 2]
-    assert curves and equity, [(f["layout"].get("title"), [t.get("name") for t in f["data"]]) for f in figs]
+    predictions = [f for f in figs if "predictions" in json.dumps(f["layout"].get("title", ""))
+                   and {t.get("name") for t in f["data"]} == {"actual", *(_label(i) for i in picked)}]
+    assert curves and equity and predictions, [(f["layout"].get("title"), [t.get("name") for t in f["data"]]) for f in figs]
     drawn = _check_offline(lab, ctx, html, curves[0]["id"], "browser")
     eq(sorted(t["name"] for t in drawn), sorted(_label(i) for i in picked))
 
