@@ -22,10 +22,10 @@ from .config import QtnbConfig, allowed, config_error
 from .errors import ConfigError, QtnbError, TrainingError
 
 # %% auto #0
-__all__ = ['WIDGETS_ENV', 'KEY_COLUMNS', 'widget_frontend', 'live_frontend', 'figurewidget_available', 'svg_lines', 'svg_bars',
-           'Chart', 'config_class', 'FormField', 'ConfigForm', 'Throttle', 'TrainingMonitor', 'plotly_html',
-           'show_plotlyjs', 'StaticCopy', 'free_port', 'start_dashboard', 'TunerPanel', 'run_equity', 'run_symbols',
-           'run_label', 'ago', 'run_row', 'RunBrowser']
+__all__ = ['WIDGETS_ENV', 'STATIC_STYLE', 'KEY_COLUMNS', 'widget_frontend', 'live_frontend', 'figurewidget_available',
+           'svg_lines', 'svg_bars', 'Chart', 'config_class', 'FormField', 'ConfigForm', 'Throttle', 'TrainingMonitor',
+           'plotly_html', 'show_plotlyjs', 'StaticCopy', 'free_port', 'start_dashboard', 'TunerPanel', 'run_equity',
+           'run_symbols', 'run_label', 'ago', 'run_row', 'RunBrowser']
 
 # %% ../nbs/11_widgets.ipynb #d0504f9e
 WIDGETS_ENV = "QTNB_WIDGETS"
@@ -873,6 +873,11 @@ def plotly_html(fig, fallback: str = "") -> str:
             f'gd.dataset.drawn="1";gd.innerHTML="";Plotly.newPlot(gd,{js(d.get("data", []))},{js(d.get("layout", {}))},'
             f'{{"displaylogo":false,"responsive":true}});}}draw();window.addEventListener("load",draw);}})();</script>')
 
+# JupyterLab shows the live widget itself: its static copy, the next output in the same cell, is hidden there (and
+# shows wherever the widget cannot draw: nbconvert's HTML, a notebook reopened without its kernel)
+STATIC_STYLE = ("<style>.jp-OutputArea-child:has(.qtnb-training-monitor, .qtnb-tuner-panel, .qtnb-run-browser) ~ "
+                ".jp-OutputArea-child .qtnb-static-copy{display:none}</style>")
+
 _PLOTLYJS: dict = {}   # the request (cell id, message id) whose output carries plotly.js in this kernel
 
 def _request() -> tuple:
@@ -922,13 +927,14 @@ def figure(self: TrainingMonitor):
 # %% ../nbs/11_widgets.ipynb #ceb37534
 @patch
 def _bundle(self: TrainingMonitor) -> dict:
-    "The static output: plotly JSON, the figure as HTML (an SVG where no script runs) with the status line, and the line as text."
+    "The static output: the figure as HTML (an SVG where no script runs) with the status line, and the line as text."
     eps = [r["epoch"] for r in self.history]
     loss = {k: (eps, [r.get(k) for r in self.history]) for k in ("train_loss", "val_loss") if any(k in r for r in self.history)}
     svg = svg_lines(loss, title="loss", xlabel="epoch") if loss else ""
-    spec = self._spec()
-    return {"application/vnd.plotly.v1+json": spec, "text/plain": f"TrainingMonitor({self._line()})",
-            "text/html": f'<div class="qtnb-static-monitor">{plotly_html(spec, svg)}<pre>{html.escape(self._line())}</pre></div>'}
+    self.last_figure = spec = self._spec()
+    return {"text/plain": f"TrainingMonitor({self._line()})",
+            "text/html": f'{STATIC_STYLE}<div class="qtnb-static-copy qtnb-static-monitor">{plotly_html(spec, svg)}'
+                         f'<pre>{html.escape(self._line())}</pre></div>'}
 
 @patch
 def _show_static(self: TrainingMonitor) -> None:
@@ -957,8 +963,8 @@ class StaticCopy:
         fig = chart.figure().to_plotly_json()
         body = "".join(_chart_html(p, fig if p is chart else None) if isinstance(p, Chart) else p if isinstance(p, str)
                        else p.value for p in [chart, *parts])
-        self.last_static = {"application/vnd.plotly.v1+json": fig, "text/plain": repr(self),
-                            "text/html": f'<div class="qtnb-static">{body}</div>'}
+        self.last_figure = fig
+        self.last_static = {"text/plain": repr(self), "text/html": f'{STATIC_STYLE}<div class="qtnb-static-copy qtnb-static">{body}</div>'}
         h = getattr(self, "_static_handle", None)
         if h is not None: h.update(self.last_static, raw=True)
 

@@ -61,6 +61,8 @@ def test_monitored_train_pause_resume_stop_saved_offline(lab):
         epochs = [int(e) for e in pd.read_csv(run / "history.csv")["epoch"]]
         assert 3 <= len(epochs) < 300, epochs              # paused, resumed and stopped well before the last epoch
         page.screenshot(path=str(lab.out / "monitor-stopped.png"))
+        static = page.locator(".qtnb-static-monitor")
+        assert static.count() == 1 and not static.first.is_visible()   # the live monitor shows; its static copy is hidden under it
         done = f"stopped: epoch {len(epochs)}/300"
         nb = lab.save(page, "monitor.ipynb", lambda nb: any(done in d["text/plain"] for d in _static_outputs(nb, "qtnb-static-monitor")))
     finally: page.close(); lab.shutdown_kernels()
