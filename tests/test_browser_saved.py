@@ -110,13 +110,13 @@ from qtnb.runs import create_run
 from qtnb.widgets import RunBrowser
 dates = pd.bdate_range("2020-01-01", periods=60)
 for name, lr in [("alpha", 1e-3), ("beta", 3e-4), ("gamma", 1e-2)]:
-    r = create_run(name, runs_dir="runs", params={"model": "mlp", "learning_rate": lr})
+    r = create_run(name, runs_dir="store", params={"model": "mlp", "learning_rate": lr})
     for e in range(1, 6): r.log_epoch({"epoch": e, "train_loss": 1 / e, "val_loss": 1.1 / e + lr})
     ret = np.random.default_rng(int(lr * 1e4)).normal(0, 0.01, 60)
     pd.DataFrame({"date": dates, "fold": 0, "y_true": ret, "y_pred": ret / 2, "signal": np.sign(ret + 0.005),
                   "forward_return": ret}).to_csv(r.path / "predictions.csv", index=False)
     r.write_metrics({"val": {"loss": 0.2 + lr}, "test": {"sharpe": lr * 100}}); r.set_status("completed")
-RunBrowser("runs")'''
+RunBrowser("store")'''   # its own store: the monitor test's run is not in it
 
 def test_run_browser_saved_offline(lab):
     lab, ctx = lab
@@ -127,7 +127,7 @@ def test_run_browser_saved_offline(lab):
         rb = page.locator(".qtnb-run-browser").first
         rb.wait_for(timeout=120_000)
         lab.idle(page)
-        ids = sorted(p.name for p in (lab.root / "runs").iterdir() if p.is_dir())
+        ids = sorted(p.name for p in (lab.root / "store").iterdir() if p.is_dir())
         picked = [i for i in ids if "-alpha-" in i or "-gamma-" in i]
         rb.locator("select[multiple]").first.select_option(value=None, label=[_label(i) for i in picked])   # a person's pick
         eventually(lambda: rb.locator("circle[data-series]").count() >= 10, 30, "two runs' curves overlaid")
@@ -137,12 +137,11 @@ def test_run_browser_saved_offline(lab):
         rb.locator("button.qtnb-sort-val_loss").click()                  # again: reversed
         eventually(lambda: "gamma" in first(), 30, "the highest val_loss first")
         rb.scroll_into_view_if_needed(); page.screenshot(path=str(lab.out / "browser-selected.png"))
-        nb = lab.save(page, "browser.ipynb", lambda nb: any(all(_label(i) in d["text/html"] for i in picked)
+        nb = lab.save(page, "browser.ipynb", lambda nb: any(all(_label(i) in d["text/html"] for i in picked) and _sorted(d["text/html"])
                                                              and "qtnb-compare-table" in d["text/html"] for d in _static_outputs(nb, "qtnb-static")))
     finally: page.close(); lab.shutdown_kernels()
     html = lab.to_html("browser.ipynb")
-    table = html[html.rindex("qtnb-runs-table-inner"):]
-    assert table.index("gamma") < table.index("alpha") < table.index("beta")   # the saved copy keeps the order shown
+    assert _sorted(html)                                            # the saved copy keeps the order shown
     figs = plotly_figures(html)
     curves = [f for f in figs if {t.get("name") for t in f["data"]} == {_label(i) for i in picked} and f["data"][0]["x"] == [1, 2, 3, 4, 5]]
     equity = [f for f in figs if "equity" in json.dumps(f["layout"].get("title", "")) and len(f["data"]) == 2]
@@ -151,6 +150,11 @@ def test_run_browser_saved_offline(lab):
     assert curves and equity and predictions, [(f["layout"].get("title"), [t.get("name") for t in f["data"]]) for f in figs]
     drawn = _check_offline(lab, ctx, html, curves[0]["id"], "browser")
     eq(sorted(t["name"] for t in drawn), sorted(_label(i) for i in picked))
+
+def _sorted(html: str) -> bool:
+    "Whether the run table in `html` lists gamma, alpha, beta: highest val_loss first."
+    table = html[html.rindex("qtnb-runs-table-inner"):]
+    return table.index("gamma") < table.index("alpha") < table.index("beta")
 
 def _label(run_id: str) -> str:
     from qtnb.widgets import run_label
