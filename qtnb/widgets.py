@@ -694,7 +694,7 @@ class TrainingMonitor(W.VBox, Callback):
     # --- display ---
     def _repr_mimebundle_(self, **kw):
         self._shown = True
-        return super()._repr_mimebundle_(**kw)
+        return _no_text(super()._repr_mimebundle_(**kw))
 
     def __repr__(self) -> str: return f"TrainingMonitor({self._line()})"
 
@@ -878,6 +878,10 @@ def plotly_html(fig, fallback: str = "") -> str:
 STATIC_STYLE = ("<style>.jp-OutputArea-child:has(.qtnb-training-monitor, .qtnb-tuner-panel, .qtnb-run-browser) ~ "
                 ".jp-OutputArea-child .qtnb-static-copy{display:none}</style>")
 
+def _no_text(bundle: dict) -> dict:
+    "A widget's display bundle without its text: where the widget cannot draw, the static copy below it speaks (the repr would be stale)."
+    return {**bundle, "text/plain": ""} if isinstance(bundle, dict) else bundle
+
 _PLOTLYJS: dict = {}   # the request (cell id, message id) whose output carries plotly.js in this kernel
 
 def _request() -> tuple:
@@ -954,7 +958,7 @@ class StaticCopy:
     "Mixin for a widget that also shows its state as static output, so a saved notebook keeps it."
     def _ipython_display_(self):
         from IPython.display import display
-        display(self._repr_mimebundle_(), raw=True)
+        display(_no_text(self._repr_mimebundle_()), raw=True)
         show_plotlyjs()
         self._static_handle = display(getattr(self, "last_static", None) or {"text/plain": repr(self)}, raw=True, display_id=True)
 

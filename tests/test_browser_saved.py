@@ -68,7 +68,7 @@ def test_monitored_train_pause_resume_stop_saved_offline(lab):
     finally: page.close(); lab.shutdown_kernels()
     eq(len(_static_outputs(nb, "qtnb-static-monitor")), 1)    # one copy, replaced at each redraw
     html = lab.to_html("monitor.ipynb")
-    assert done in html
+    assert done in html and "idle: epoch 0" not in html           # the final state, and no stale repr of the widget
     figs = [f for f in plotly_figures(html) if any(t.get("name") == "train_loss" for t in f["data"])]
     eq(len(figs), 1)
     eq([t["x"] for t in figs[0]["data"] if t["name"] == "train_loss"], [epochs])   # the run's epochs, all of them
