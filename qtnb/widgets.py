@@ -145,8 +145,10 @@ def svg_bars(values: dict, *, title: str = "", width: int = 520, bar: int = 18) 
 class Chart:
     "A line or bar chart that redraws in place: a plotly `FigureWidget` where possible, else SVG in an `HTML` widget."
     def __init__(self, title: str = "", *, kind: str = "lines", xlabel: str = "", logy: bool = False,
-                 backend: str = "auto", width: int = 520, height: int = 260):
+                 backend: str = "auto", width: int = 520, height: int = 260,
+                 xformat: str | None = None):   # plotly's tick format for x, e.g. '.1f' for years (no '2,020')
         self.title, self.kind, self.xlabel, self.logy, self.width, self.height = title, kind, xlabel, logy, width, height
+        self.xformat = xformat
         self.series: dict = {}
         self.labels: dict = {}     # series name -> the name its legend shows (e.g. run id -> run_label)
         if backend == "auto": backend = "plotly" if figurewidget_available() else "svg"
@@ -168,6 +170,7 @@ class Chart:
         _draw(fig, self._shown(), self.kind)
         if self.logy and self.kind != "bars": fig.update_yaxes(type="log")
         if self.xlabel: fig.update_xaxes(title=self.xlabel)
+        if self.xformat: fig.update_xaxes(tickformat=self.xformat)
         return fig
 
     def update(self, series: dict) -> None:
@@ -1242,8 +1245,8 @@ class RunBrowser(StaticCopy, W.VBox):
         self.table = W.HTML(); self.table.add_class("qtnb-runs-table")
         self.compare = W.HTML(); self.compare.add_class("qtnb-runs-compare")
         self.chart = Chart(metric, xlabel="epoch", backend=backend)
-        self.equity_chart = Chart("out-of-sample equity (a panel: its portfolio)", xlabel="year", backend=backend)
-        self.prediction_chart = Chart("out-of-sample predictions", xlabel="year", backend=backend)
+        self.equity_chart = Chart("out-of-sample equity (a panel: its portfolio)", xlabel="year", backend=backend, xformat=".1f")
+        self.prediction_chart = Chart("out-of-sample predictions", xlabel="year", backend=backend, xformat=".1f")
         self.symbols = W.HTML(); self.symbols.add_class("qtnb-runs-symbols")
         for w in (self.query, self.status_filter): w.observe(lambda ch: self._filter(), names="value")
         self.selector.observe(lambda ch: self._selected(), names="value")
