@@ -1373,10 +1373,13 @@ def _draw_table(self: RunBrowser) -> None:
 @patch
 def _draw_selected(self: RunBrowser) -> None:
     from qtnb.runs import open_run
-    hist = {}
+    hist, labels = {}, {}
     for rid in self.selector.value:
         try: hist[rid] = open_run(rid, runs_dir=self.root).history
         except QtnbError: hist[rid] = None
+        labels[rid] = run_label(rid)
+        for key, label, h in _fold_histories(self.root / rid):   # a walk-forward run: each fold's own curve
+            hist[key], labels[key] = h, f"{run_label(rid)} {label}"
     cols = {c for h in hist.values() if h is not None for c in h.columns if c != "epoch"}
     metric = self.metric_picker.value
     opts = sorted(cols | {metric})
@@ -1387,10 +1390,20 @@ def _draw_selected(self: RunBrowser) -> None:
         x = list(h["epoch"]) if "epoch" in h.columns else list(range(1, len(h) + 1))
         series[rid] = (x, list(h[metric]))
     self.chart.title = metric
-    self.chart.labels = {i: run_label(i) for i in hist}
+    self.chart.labels = labels
     self.chart.update(series)
-    self._draw_trading(list(hist))
-    self._draw_compare(list(hist))
+    self._draw_trading(list(self.selector.value))
+    self._draw_compare(list(self.selector.value))
+
+def _fold_histories(path: Path) -> list[tuple]:
+    "The fold runs a walk-forward run keeps under folds/: (key, 'fold<k>', history) each, in fold order."
+    from qtnb.runs import open_run
+    out = []
+    for p in sorted(path.joinpath("folds").glob("*/history.csv")):
+        m = _RUN_ID_RE.match(p.parent.name)
+        try: out.append((f"{path.name}#{p.parent.name}", m[2] if m else p.parent.name, open_run(p.parent.name, runs_dir=p.parent.parent).history))
+        except QtnbError: continue
+    return sorted(out, key=lambda t: (len(t[1]), t[1]))      # fold2 before fold10
 
 @patch
 def _draw_compare(self: RunBrowser, run_ids: list[str]) -> None:
