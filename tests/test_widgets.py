@@ -80,9 +80,11 @@ def test_run_browser_draws_a_panel_runs_portfolio_equity_and_symbols(panel_runs)
     rb = RunBrowser(store, mode="widgets", backend="svg")
     rb.select(bt.run.id, tr.run.id)
     pred = pd.read_csv(tr.run_dir / "predictions.csv")
-    eq(rb.equity_chart.n_points, {bt.run.id: pred["date"].nunique(), tr.run.id: pred["date"].nunique()})   # one point a date
+    lines = lambda rid: [k for k in rb.equity_chart.series if k.split("#")[0] == rid]   # a walk-forward run: a line per fold
     for rep in (bt, tr):                                        # the portfolio's equity: what metrics.json reports
-        final = rb.equity_chart.series[rep.run.id][1][-1]
+        eq(len(lines(rep.run.id)), pred["fold"].nunique())
+        eq(sum(rb.equity_chart.n_points[k] for k in lines(rep.run.id)), pred["date"].nunique())   # one point a date
+        final = rb.equity_chart.series[lines(rep.run.id)[-1]][1][-1]
         np.testing.assert_allclose(final, 1 + rep.metrics["test"]["total_return"], rtol=1e-9)
         assert rep.metrics["test"]["n_symbols"] == 4
     back = pd.read_csv(bt.run_dir / "backtest.csv", index_col=0)
@@ -232,17 +234,19 @@ def test_run_browser_names_runs_with_short_ids_in_a_compact_table(panel_runs):
     store, bt, tr = panel_runs
     rb = RunBrowser(store, mode="widgets", backend="svg")
     table = rb.table.value
-    eq(table.count("<tr>"), 1 + 2)                                 # a header and one line per run
-    head = re.findall(r"<th[^>]*>([^<]*)</th>", table)
+    eq(table.count("<tr>"), 2)                                     # one line per run, under the column names' buttons
+    head = [b.description for b in rb.header.children]
     eq(head[:5], ["run", "state", "pipeline", "model", "study"]); assert "started" in head and len(head) <= 12, head
     for rep in (bt, tr):
         label = run_label(rep.run.id)
         assert label.endswith(rep.run.id[-4:]) and label in table and f'{rep.run.id}/"' in table   # shown short, linked full
     assert table.count(">linear<") == 2 and ">backtest<" in table and ">train<" in table
     assert "<br" not in table and table.count("white-space:nowrap") >= 2 * len(head)
+    static = rb.last_static["text/html"]                           # the saved copy has the names as a header row
+    eq(re.findall(r"<th[^>]*>([^<]*)</th>", static[static.index("qtnb-runs-table-inner"):])[:len(head)], head)
     eq(sorted(l for l, _ in rb.selector.options), sorted(run_label(r.run.id) for r in (bt, tr)))
     rb.select(bt.run.id, tr.run.id)
-    eq(set(rb.equity_chart._shown()), {run_label(bt.run.id), run_label(tr.run.id)})   # the equity legend too
+    eq(set(rb.equity_chart._shown()), {f"{run_label(r.run.id)} fold {k}" for r in (bt, tr) for k in (0, 1)})   # the equity legend too
 
 def test_run_browser_overlays_the_selected_runs_learning_curves_under_whole_labels(tmp_path):
     from qtnb.runs import create_run
@@ -257,7 +261,7 @@ def test_run_browser_overlays_the_selected_runs_learning_curves_under_whole_labe
     eq(rb.chart.n_points, {ids[0]: 5, ids[1]: 3})                 # both runs' curves, overlaid
     svg = rb.last_static["text/html"]
     for i in ids: assert f">{run_label(i)}</text>" in svg, run_label(i)   # legends whole: name and short id
-    eq({t["name"] for t in rb.last_static["application/vnd.plotly.v1+json"]["data"]}, {run_label(i) for i in ids})
+    eq({t["name"] for t in rb.last_figure["data"]}, {run_label(i) for i in ids})
 
 def test_pipeline_form_tune_button_tunes_the_forms_values(tmp_path):
     from qtnb.pipeline import TuneParams

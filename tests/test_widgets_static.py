@@ -7,6 +7,7 @@ import nbformat
 import pytest
 
 from fastcore.test import test_eq as eq
+from lab_browser import plotly_figures
 
 CELL = '''from qtnb.trainer import Trainer, toy_windows
 from qtnb.widgets import TrainingMonitor
@@ -41,11 +42,11 @@ def test_saved_notebook_and_its_html_show_the_final_state(tmp_path):
     eq(len(outs), 1)                                                     # one static copy, updated in place
     data = outs[0]["data"]
     assert "completed: epoch 4/4" in data["text/plain"], data["text/plain"]
-    spec = data["application/vnd.plotly.v1+json"]
-    eq(spec["data"][0]["x"], [1, 2, 3, 4])
+    eq(plotly_figures(data["text/html"])[0]["data"][0]["x"], [1, 2, 3, 4])
     page, _ = HTMLExporter().from_notebook_node(saved)
     assert "completed: epoch 4/4" in page and "qtnb-static-monitor" in page
-    assert "cdn.plot.ly" not in page and "unpkg.com/@jupyter-widgets" not in page.split("qtnb-static-monitor")[1][:2000]
+    assert 'src="https://cdn.plot.ly' not in page and "unpkg.com/@jupyter-widgets" not in page.split("qtnb-static-monitor")[1][:2000]
+    assert page.count("plotly.js v") == 1 and page.count('class="plotly-graph-div qtnb-figure"') == 1   # the library once, offline
 
 def test_tuner_panel_and_run_browser_keep_a_static_copy(tmp_path):
     import optuna
@@ -58,7 +59,7 @@ def test_tuner_panel_and_run_browser_keep_a_static_copy(tmp_path):
     panel = TunerPanel(study, mode="widgets")
     s = panel.last_static
     assert "static-demo" in s["text/html"] and "5 trials" in s["text/html"] and "<svg" in s["text/html"]
-    eq(len(s["application/vnd.plotly.v1+json"]["data"][0]["x"]), 5)
+    eq(len(panel.last_figure["data"][0]["x"]), 5); eq(len(plotly_figures(s["text/html"])[0]["data"][0]["x"]), 5)
     study.optimize(lambda t: (t.suggest_float("x", -2, 2) - 1) ** 2, n_trials=2)
     shown = []
     class Handle:
@@ -74,4 +75,4 @@ def test_tuner_panel_and_run_browser_keep_a_static_copy(tmp_path):
     rb.select(*ids)
     s = rb.last_static
     assert all(i in s["text/html"] for i in ids) and "qtnb-compare-table" in s["text/html"]
-    eq(sorted(t["name"] for t in s["application/vnd.plotly.v1+json"]["data"]), sorted(run_label(i) for i in ids))   # name + short id
+    eq(sorted(t["name"] for t in plotly_figures(s["text/html"])[0]["data"]), sorted(run_label(i) for i in ids))   # name + short id
