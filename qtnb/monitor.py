@@ -16,8 +16,8 @@ from .callbacks import Callback
 from .errors import ConfigError, TrainingError
 
 # %% auto #0
-__all__ = ['WIDGETS_ENV', 'widget_frontend', 'live_frontend', 'figurewidget_available', 'svg_lines', 'svg_bars', 'Chart',
-           'Throttle', 'TrainingMonitor', 'LiveTrain']
+__all__ = ['WIDGETS_ENV', 'STATIC_STYLE', 'widget_frontend', 'live_frontend', 'figurewidget_available', 'svg_lines', 'svg_bars',
+           'Chart', 'Throttle', 'TrainingMonitor', 'plotly_html', 'show_plotlyjs', 'LiveTrain']
 
 # %% ../nbs/11_monitor.ipynb #d0504f9e
 WIDGETS_ENV = "QTNB_WIDGETS"
@@ -137,8 +137,10 @@ def svg_bars(values: dict, *, title: str = "", width: int = 520, bar: int = 18) 
 class Chart:
     "A line or bar chart that redraws in place: a plotly `FigureWidget` where possible, else SVG in an `HTML` widget."
     def __init__(self, title: str = "", *, kind: str = "lines", xlabel: str = "", logy: bool = False,
-                 backend: str = "auto", width: int = 520, height: int = 260):
+                 backend: str = "auto", width: int = 520, height: int = 260,
+                 xformat: str | None = None):   # plotly's tick format for x, e.g. '.1f' for years (no '2,020')
         self.title, self.kind, self.xlabel, self.logy, self.width, self.height = title, kind, xlabel, logy, width, height
+        self.xformat = xformat
         self.series: dict = {}
         self.labels: dict = {}     # series name -> the name its legend shows (e.g. run id -> run_label)
         if backend == "auto": backend = "plotly" if figurewidget_available() else "svg"
@@ -160,6 +162,7 @@ class Chart:
         _draw(fig, self._shown(), self.kind)
         if self.logy and self.kind != "bars": fig.update_yaxes(type="log")
         if self.xlabel: fig.update_xaxes(title=self.xlabel)
+        if self.xformat: fig.update_xaxes(tickformat=self.xformat)
         return fig
 
     def update(self, series: dict) -> None:
@@ -203,11 +206,12 @@ def _clock(s: float | None) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 def _table(rows: list[dict], *, cls: str = "qtnb-table", links: dict | None = None,
-           show: dict | None = None) -> str:   # column -> function giving the text shown for a value (e.g. run_label)
+           show: dict | None = None,     # column -> function giving the text shown for a value (e.g. run_label)
+           header: bool = True, widths: dict | None = None) -> str:   # column -> pixels: a fixed layout
     "An HTML table of `rows`, one line each; `links` maps a column to a function (value, row) -> href or None."
     if not rows: return '<i style="color:#999">nothing yet</i>'
     cols = list(dict.fromkeys(k for r in rows for k in r))
-    th = "".join(f'<th style="text-align:left;padding:2px 8px">{html.escape(str(c))}</th>' for c in cols)
+    th = "".join(f'<th style="text-align:left;padding:2px 8px">{html.escape(str(c))}</th>' for c in cols) if header else ""
     body = []
     for r in rows:
         tds = []
@@ -218,10 +222,12 @@ def _table(rows: list[dict], *, cls: str = "qtnb-table", links: dict | None = No
             href = (links or {}).get(c)
             url = href(v, r) if href and v not in ("", None) else None
             if url: cell = f'<a href="{html.escape(url, quote=True)}" target="_blank">{cell}</a>'
-            tds.append(f'<td style="padding:2px 8px;white-space:nowrap">{cell}</td>')
+            tds.append(f'<td style="padding:2px 8px;white-space:nowrap;overflow:hidden;text-overflow:ellipsis">{cell}</td>')
         body.append("<tr>" + "".join(tds) + "</tr>")
-    return (f'<table class="{cls}" style="border-collapse:collapse;font-size:0.9em"><thead><tr>{th}</tr></thead>'
-            f'<tbody>{"".join(body)}</tbody></table>')
+    fixed = (f"table-layout:fixed;width:{sum(widths.get(c, 0) for c in cols)}px;" if widths else "")
+    colgroup = "<colgroup>" + "".join(f'<col style="width:{widths.get(c, 0)}px">' for c in cols) + "</colgroup>" if widths else ""
+    return (f'<table class="{cls}" style="{fixed}border-collapse:collapse;font-size:0.9em">{colgroup}'
+            + (f"<thead><tr>{th}</tr></thead>" if header else "") + f'<tbody>{"".join(body)}</tbody></table>')
 
 class Throttle:
     "True at most once every `every` seconds (and always when forced)."
@@ -289,7 +295,7 @@ class TrainingMonitor(W.VBox, Callback):
     # --- display ---
     def _repr_mimebundle_(self, **kw):
         self._shown = True
-        return super()._repr_mimebundle_(**kw)
+        return _no_text(super()._repr_mimebundle_(**kw))
 
     def __repr__(self) -> str: return f"TrainingMonitor({self._line()})"
 
@@ -454,6 +460,48 @@ class TrainingMonitor(W.VBox, Callback):
         self.latest.value = _table([{**{k: last[k] for k in first}, **{k: v for k, v in last.items() if k not in first}}]) if last else ""
         self._static()          # the same state as static output, which a saved notebook keeps
 
+# %% ../nbs/11_monitor.ipynb #774d7646
+import uuid
+
+def plotly_html(fig, fallback: str = "") -> str:
+    "A plotly figure (a `Figure` or its dict) as a `div` the page's plotly.js draws; `fallback` (an SVG) shows where no script runs."
+    from plotly.io.json import to_json_plotly
+    d = fig.to_plotly_json() if hasattr(fig, "to_plotly_json") else fig
+    js = lambda o: to_json_plotly(o).replace("</", "<\\/")     # a title holding '</script>' must not end the script
+    div = f"qtnb-fig-{uuid.uuid4().hex[:12]}"
+    return (f'<div id="{div}" class="plotly-graph-div qtnb-figure">{fallback}</div><script type="text/javascript">'
+            f'(function(){{function draw(){{var gd=document.getElementById("{div}");if(!gd||!window.Plotly||gd.dataset.drawn)return;'
+            f'gd.dataset.drawn="1";gd.innerHTML="";Plotly.newPlot(gd,{js(d.get("data", []))},{js(d.get("layout", {}))},'
+            f'{{"displaylogo":false,"responsive":true}});}}draw();window.addEventListener("load",draw);}})();</script>')
+
+# JupyterLab shows the live widget itself: its static copy, the next output in the same cell, is hidden there (and
+# shows wherever the widget cannot draw: nbconvert's HTML, a notebook reopened without its kernel)
+STATIC_STYLE = ("<style>.jp-OutputArea-child:has(.qtnb-training-monitor, .qtnb-tuner-panel, .qtnb-run-browser) ~ "
+                ".jp-OutputArea-child .qtnb-static-copy{display:none}</style>")
+
+def _no_text(bundle: dict) -> dict:
+    "A widget's display bundle without its text: where the widget cannot draw, the static copy below it speaks (the repr would be stale)."
+    return {**bundle, "text/plain": ""} if isinstance(bundle, dict) else bundle
+
+_PLOTLYJS: dict = {}   # the request (cell id, message id) whose output carries plotly.js in this kernel
+
+def _request() -> tuple:
+    "The running request's notebook cell id (JupyterLab sends it; None elsewhere) and message id."
+    shell = sys.modules["IPython"].get_ipython() if "IPython" in sys.modules else None
+    parent = (shell.get_parent() if hasattr(shell, "get_parent") else None) or {}
+    return (parent.get("metadata") or {}).get("cellId"), (parent.get("header") or {}).get("msg_id")
+
+def show_plotlyjs() -> bool:
+    "Display plotly.js (no network needed) unless this notebook's output already holds it; True when shown now."
+    from IPython.display import display
+    from plotly.offline import get_plotlyjs
+    cell, msg = _request()
+    again = cell is not None and cell == _PLOTLYJS.get("cell") and msg != _PLOTLYJS.get("msg")   # that cell re-ran
+    if _PLOTLYJS and not again: return False
+    _PLOTLYJS.update(cell=cell, msg=msg)
+    display({"text/html": f'<script type="text/javascript">{get_plotlyjs()}</script>', "text/plain": ""}, raw=True)
+    return True
+
 # %% ../nbs/11_monitor.ipynb #d9908b91
 from fastcore.basics import patch
 
@@ -484,16 +532,19 @@ def figure(self: TrainingMonitor):
 # %% ../nbs/11_monitor.ipynb #ceb37534
 @patch
 def _bundle(self: TrainingMonitor) -> dict:
-    "The static output: plotly JSON, an SVG chart with the status line as HTML, and the line as text."
+    "The static output: the figure as HTML (an SVG where no script runs) with the status line, and the line as text."
     eps = [r["epoch"] for r in self.history]
     loss = {k: (eps, [r.get(k) for r in self.history]) for k in ("train_loss", "val_loss") if any(k in r for r in self.history)}
     svg = svg_lines(loss, title="loss", xlabel="epoch") if loss else ""
-    return {"application/vnd.plotly.v1+json": self._spec(), "text/plain": f"TrainingMonitor({self._line()})",
-            "text/html": f'<div class="qtnb-static-monitor">{svg}<pre>{html.escape(self._line())}</pre></div>'}
+    self.last_figure = spec = self._spec()
+    return {"text/plain": f"TrainingMonitor({self._line()})",
+            "text/html": f'{STATIC_STYLE}<div class="qtnb-static-copy qtnb-static-monitor">{plotly_html(spec, svg)}'
+                         f'<pre>{html.escape(self._line())}</pre></div>'}
 
 @patch
 def _show_static(self: TrainingMonitor) -> None:
     from IPython.display import display
+    show_plotlyjs()
     self._static_handle = display(self._bundle(), raw=True, display_id=True)
 
 @patch

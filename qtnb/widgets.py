@@ -22,7 +22,7 @@ from .config import QtnbConfig, allowed, config_error
 from .errors import ConfigError, QtnbError, TrainingError
 # the monitor and what it draws with live one module down (the pipelines use them); the names stay importable from here
 from .monitor import (WIDGETS_ENV, Chart, Throttle, TrainingMonitor, figurewidget_available, live_frontend, svg_bars, svg_lines,
-                          widget_frontend, _draw, _finite, _fmt, _table, _use_widgets)
+                          widget_frontend, plotly_html, show_plotlyjs, STATIC_STYLE, _draw, _finite, _fmt, _no_text, _table, _use_widgets)
 
 # %% auto #0
 __all__ = ['KEY_COLUMNS', 'config_class', 'FormField', 'ConfigForm', 'StaticCopy', 'free_port', 'start_dashboard', 'TunerPanel',
@@ -148,7 +148,7 @@ class FormField:
 
     def set(self, value) -> None:
         "Show `value` in the widget."
-        k = self.kind
+        k, self._override = self.kind, None
         if k == "const": return
         if k == "choices": self.widget.value = tuple(value or ())
         elif k == "list": self.widget.value = ", ".join(str(x) for x in (value or []))
@@ -162,7 +162,8 @@ class FormField:
             w.value = value if ok else (w.max if _finite(value) and float(value) > w.max else w.min)
             if not ok: self._override = value
         elif k == "choice" and value not in [o[1] if isinstance(o, tuple) else o for o in self.widget.options]:
-            self._override = value   # not one of the choices (a typo from code or YAML): kept, and flagged
+            self.widget.index = None   # no choice shown, so picking any one (the old one too) replaces it
+            self._override = value     # not one of the choices (a typo from code or YAML): kept, and flagged
         else: self.widget.value = value
 
     def show_error(self, msg: str | None, mark_only: bool = False) -> None:
@@ -426,16 +427,24 @@ class StaticCopy:
     "Mixin for a widget that also shows its state as static output, so a saved notebook keeps it."
     def _ipython_display_(self):
         from IPython.display import display
-        display(self._repr_mimebundle_(), raw=True)
+        display(_no_text(self._repr_mimebundle_()), raw=True)
+        show_plotlyjs()
         self._static_handle = display(getattr(self, "last_static", None) or {"text/plain": repr(self)}, raw=True, display_id=True)
 
     def _static(self, chart: "Chart", parts: list) -> None:
-        "Rebuild the static copy from `chart` and the HTML widgets `parts`; replace the one shown, if any."
-        svg = chart._svg() if chart.kind == "bars" or chart.series else ""
-        self.last_static = {"application/vnd.plotly.v1+json": chart.figure().to_plotly_json(), "text/plain": repr(self),
-                            "text/html": f'<div class="qtnb-static">{svg}{"".join(p.value for p in parts)}</div>'}
+        "Rebuild the static copy from `chart` and `parts` (HTML widgets or strings, or more charts); replace the one shown, if any."
+        fig = chart.figure().to_plotly_json()
+        body = "".join(_chart_html(p, fig if p is chart else None) if isinstance(p, Chart) else p if isinstance(p, str)
+                       else p.value for p in [chart, *parts])
+        self.last_figure = fig
+        self.last_static = {"text/plain": repr(self), "text/html": f'{STATIC_STYLE}<div class="qtnb-static-copy qtnb-static">{body}</div>'}
         h = getattr(self, "_static_handle", None)
         if h is not None: h.update(self.last_static, raw=True)
+
+def _chart_html(chart: "Chart", fig: dict | None = None) -> str:
+    "A chart as a plotly figure in HTML with its SVG as the stand-in; '' for a line chart with no series."
+    if chart.kind != "bars" and not chart.series: return ""
+    return plotly_html(fig if fig is not None else chart.figure(), chart._svg())
 
 # %% ../nbs/11_widgets.ipynb #635031a9
 def free_port(host: str = "127.0.0.1") -> int:
@@ -578,7 +587,7 @@ class TunerPanel(StaticCopy, W.VBox):
                          **{k: v for k, v in t.params.items()}, "seconds": round(dur, 2) if dur is not None else "",
                          "run_id": t.user_attrs.get("run_id", "")})
         self.trials_table.value = _table(rows, cls="qtnb-trials-table", links={"run_id": _run_link(self._links_root(study))})
-        self._static(self.history_chart, [self.summary, self.best])
+        self._static(self.history_chart, [self.summary, self.best, self.intermediate_chart, self.importance_chart])
 
     def watch(self, every: float | None = None) -> "TunerPanel":
         "Redraw every `every` seconds from a background thread until `unwatch()` (for studies other processes fill)."
@@ -683,7 +692,7 @@ def run_row(r: dict, params: dict, now: float | None = None) -> dict:
 
 # %% ../nbs/11_widgets.ipynb #e9dbd4d0
 class RunBrowser(StaticCopy, W.VBox):
-    "The run store as a filterable table; overlay the selected runs' learning curves and equity, compare their metrics and symbols."
+    "The run store as a compact table to sort and filter; overlay the selected runs' curves, predictions and equity; compare them."
     def __init__(self, runs_dir: str | Path | None = None, # default: settings.ini's [storage] runs_dir
                  *, metric: str = "val_loss", mode: str = "auto", backend: str = "auto",
                  link_root: str | None = None): # href prefix of run folders (default: the store relative to the cwd)
@@ -691,24 +700,27 @@ class RunBrowser(StaticCopy, W.VBox):
         self.runs_dir, self.widgets = runs_dir, _use_widgets(mode)
         self.root = Path(runs_dir).expanduser().resolve() if runs_dir is not None else default_runs_dir()
         self.link_root = link_root if link_root is not None else os.path.relpath(self.root, Path.cwd())
-        self.runs = None
+        self.runs, self.rows, self.started, self.sort_by, self.descending = None, [], {}, None, False
         self.query = W.Text(placeholder="any text in any column", description="Filter", layout=W.Layout(width="320px"))
         self.status_filter = W.Dropdown(options=["(any)"], description="State", layout=W.Layout(width="220px"))
         self.refresh_button = W.Button(description="Refresh", icon="refresh")
         self.selector = W.SelectMultiple(options=[], rows=8, description="Runs", layout=W.Layout(width="520px"))
         self.metric_picker = W.Dropdown(options=[metric], value=metric, description="Curve", layout=W.Layout(width="260px"))
+        self.header = W.HBox(); self.header.add_class("qtnb-runs-header")     # the column names: click one to sort
+        self.sort_buttons: dict[str, W.Button] = {}
         self.table = W.HTML(); self.table.add_class("qtnb-runs-table")
         self.compare = W.HTML(); self.compare.add_class("qtnb-runs-compare")
         self.chart = Chart(metric, xlabel="epoch", backend=backend)
-        self.equity_chart = Chart("out-of-sample equity (a panel: its portfolio)", xlabel="year", backend=backend)
+        self.equity_chart = Chart("out-of-sample equity (a panel: its portfolio)", xlabel="year", backend=backend, xformat=".1f")
+        self.prediction_chart = Chart("out-of-sample predictions", xlabel="year", backend=backend, xformat=".1f")
         self.symbols = W.HTML(); self.symbols.add_class("qtnb-runs-symbols")
         for w in (self.query, self.status_filter): w.observe(lambda ch: self._filter(), names="value")
         self.selector.observe(lambda ch: self._selected(), names="value")
         self.metric_picker.observe(lambda ch: self._selected(), names="value")
         self.refresh_button.on_click(lambda _: self.refresh())
-        super().__init__([W.HBox([self.query, self.status_filter, self.refresh_button]), self.table,
+        super().__init__([W.HBox([self.query, self.status_filter, self.refresh_button]), self.header, self.table,
                           W.HBox([W.VBox([self.selector, self.metric_picker]), self.chart.widget]), self.compare,
-                          self.equity_chart.widget, self.symbols])
+                          W.HBox([self.equity_chart.widget, self.prediction_chart.widget]), self.symbols])
         self.add_class("qtnb-run-browser")
         self.refresh()
 
@@ -734,86 +746,13 @@ class RunBrowser(StaticCopy, W.VBox):
             df = df[text.str.contains(q, regex=False)]
         return df
 
-    def _href(self, run_id: str, file: str = "") -> str: return f"{self.link_root.rstrip('/')}/{run_id}/{file}"
-
-    def _filter(self) -> None:
-        from qtnb.runs import open_run
-        df = self.filtered
-        if df is None: return
-        ids = [str(x) for x in df["id"]] if "id" in df else []
-        now, rows = time.time(), []
-        for _, r in df.iterrows():
-            try: params = open_run(str(r["id"]), runs_dir=self.root).params
-            except QtnbError: params = {}
-            row = run_row(r.to_dict(), params if isinstance(params, dict) else {}, now)
-            row["notebook"] = "notebook" if (self.root / str(r["id"]) / "notebook.ipynb").exists() else ""
-            rows.append(row)
-        self.table.value = _table(rows, cls="qtnb-runs-table-inner",
-                                  links={"run": lambda v, r: self._href(v),
-                                         "notebook": lambda v, r: self._href(r["run"], "notebook.ipynb")},
-                                  show={"run": run_label})
-        keep = [i for i in self.selector.value if i in ids]
-        self.selector.options = [(run_label(i), i) for i in ids]
-        self.selector.value = tuple(keep)
-        self._selected()
-
     def select(self, *run_ids: str) -> None:
         "Select runs, as a click in the list would."
         self.selector.value = tuple(run_ids)
 
     def _selected(self) -> None:
         self._draw_selected()
-        from types import SimpleNamespace
-        equity = SimpleNamespace(value=self.equity_chart._svg() if self.equity_chart.series else "")
-        self._static(self.chart, [self.table, self.compare, equity, self.symbols])
-
-    def _draw_selected(self) -> None:
-        from qtnb.runs import compare_runs, open_run
-        hist = {}
-        for rid in self.selector.value:
-            try: hist[rid] = open_run(rid, runs_dir=self.root).history
-            except QtnbError: hist[rid] = None
-        cols = {c for h in hist.values() if h is not None for c in h.columns if c != "epoch"}
-        metric = self.metric_picker.value
-        opts = sorted(cols | {metric})
-        if list(self.metric_picker.options) != opts: self.metric_picker.options = opts; self.metric_picker.value = metric
-        series = {}
-        for rid, h in hist.items():
-            if h is None or metric not in h.columns: continue
-            x = list(h["epoch"]) if "epoch" in h.columns else list(range(1, len(h) + 1))
-            series[rid] = (x, list(h[metric]))
-        self.chart.title = metric
-        self.chart.labels = self.equity_chart.labels = {i: run_label(i) for i in hist}
-        self.chart.update(series)
-        self._draw_trading(list(hist))
-        if not hist:
-            self.compare.value = '<i style="color:#999">select runs to overlay their curves and compare them</i>'
-            return
-        try: cmp = compare_runs(list(hist), runs_dir=self.root).reset_index()
-        except QtnbError as e:
-            self.compare.value = f'<span style="color:#c62828">{html.escape(str(e))}</span>'
-            return
-        rows = [{("run" if k == "id" else k): _blank(v) for k, v in r.items()} for _, r in cmp.iterrows()]
-        self.compare.value = _table(rows, cls="qtnb-compare-table")
-
-    def _draw_trading(self, run_ids: list[str]) -> None:
-        "The selected runs' out-of-sample equity (x in years), and each selected panel run's per-symbol table."
-        from qtnb.runs import open_run
-        equity, tables = {}, []
-        for rid in run_ids:
-            try:
-                run = open_run(rid, runs_dir=self.root)
-                eq, sym = run_equity(run), run_symbols(run)
-            except QtnbError as e:
-                tables.append(f'<span style="color:#c62828">{html.escape(rid)}: {html.escape(str(e))}</span>'); continue
-            if eq is not None and len(eq):
-                d = pd.DatetimeIndex(eq.index)
-                equity[rid] = (list(d.year + (d.day_of_year - 1) / 365.25), list(eq["equity"]))
-            if sym is not None:
-                rows = [{"symbol": k, **{c: _fmt(v) for c, v in r.items()}} for k, r in sym.iterrows()]
-                tables.append(f"<b>{html.escape(run_label(rid))}</b>: {len(sym)} symbols" + _table(rows, cls="qtnb-symbols-table"))
-        self.equity_chart.update(equity)
-        self.symbols.value = "".join(tables)
+        self._static(self.chart, [self._table_html(header=True), self.compare, self.equity_chart, self.prediction_chart, self.symbols])
 
     def __repr__(self) -> str:
         df = self.filtered
@@ -824,3 +763,177 @@ class RunBrowser(StaticCopy, W.VBox):
 def _blank(v):
     "'' for a missing value, so tables show nothing rather than nan or None."
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else v
+
+# %% ../nbs/11_widgets.ipynb #b9e83237
+def _sort_key(v):
+    "Numbers before text, each in its own order."
+    return (0, float(v), "") if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, 0.0, str(v))
+
+@patch
+def _filter(self: RunBrowser) -> None:
+    from qtnb.runs import open_run
+    df = self.filtered
+    if df is None: return
+    ids = [str(x) for x in df["id"]] if "id" in df else []
+    now, self.rows = time.time(), []
+    for _, r in df.iterrows():
+        try: params = open_run(str(r["id"]), runs_dir=self.root).params
+        except QtnbError: params = {}
+        row = run_row(r.to_dict(), params if isinstance(params, dict) else {}, now)
+        row["notebook"] = "notebook" if (self.root / str(r["id"]) / "notebook.ipynb").exists() else ""
+        self.rows.append(row); self.started[row["run"]] = str(r.get("started") or "")
+    cols = [c for c in ("run", "state", "pipeline", "model", "study", *KEY_COLUMNS, "started", "notebook") if any(c in r for r in self.rows)]
+    self.rows = [{c: r.get(c, "") for c in cols} for r in self.rows]     # the same columns, in the same order, on every line
+    self._draw_table()
+    keep = [i for i in self.selector.value if i in ids]
+    self.selector.options = [(run_label(i), i) for i in ids]
+    self.selector.value = tuple(keep)
+    self._selected()
+
+@patch
+def sort(self: RunBrowser, column: str, descending: bool | None = None) -> None:
+    "Sort the table by `column`, as a click on its name does (a second click on the same one reverses the order)."
+    if descending is None: descending = not self.descending if column == self.sort_by else False
+    self.sort_by, self.descending = column, descending
+    self._draw_table(); self._selected()
+
+@patch(as_prop=True)
+def sorted_rows(self: RunBrowser) -> list[dict]:
+    "The table's rows in the order shown."
+    c = self.sort_by
+    if c is None: return list(self.rows)
+    val = (lambda r: self.started.get(r["run"], "")) if c == "started" else (lambda r: r.get(c, ""))
+    have = sorted((r for r in self.rows if val(r) not in ("", None)), key=lambda r: _sort_key(val(r)), reverse=self.descending)
+    return have + [r for r in self.rows if val(r) in ("", None)]
+
+@patch
+def _table_html(self: RunBrowser, header: bool = False) -> str:
+    links = {"run": lambda v, r: self._href(v), "notebook": lambda v, r: self._href(r["run"], "notebook.ipynb")}
+    return _table(self.sorted_rows, cls="qtnb-runs-table-inner", links=links, show={"run": run_label},
+                  header=header, widths=None if header else self._widths())
+
+@patch
+def _href(self: RunBrowser, run_id: str, file: str = "") -> str: return f"{self.link_root.rstrip('/')}/{run_id}/{file}"
+
+@patch
+def _widths(self: RunBrowser) -> dict:
+    "Pixels per column, so the header buttons line up with the table below them."
+    cols = list(dict.fromkeys(k for r in self.rows for k in r))
+    text = lambda c, v: run_label(v) if c == "run" else _fmt(v) if isinstance(v, (int, float)) else str(v)
+    return {c: min(260, 20 + 8 * max(len(c) + 2, *(len(text(c, r.get(c, ""))) for r in self.rows))) for c in cols}
+
+@patch
+def _draw_table(self: RunBrowser) -> None:
+    widths = self._widths()
+    for c in widths:
+        if c not in self.sort_buttons:
+            b = self.sort_buttons[c] = W.Button(tooltip=f"sort by {c}", layout=W.Layout(margin="0", padding="0 4px"))
+            b.add_class(f"qtnb-sort-{c}"); b.on_click(lambda _, c=c: self.sort(c))
+    for c, b in self.sort_buttons.items():
+        b.description = c + (" \u25bc" if self.descending else " \u25b2") * (c == self.sort_by)
+        b.layout.width = f"{widths.get(c, 0)}px"
+    self.header.children = [self.sort_buttons[c] for c in widths]
+    self.table.value = self._table_html()
+
+# %% ../nbs/11_widgets.ipynb #55d23b3b
+@patch
+def _draw_selected(self: RunBrowser) -> None:
+    from qtnb.runs import open_run
+    hist, labels = {}, {}
+    for rid in self.selector.value:
+        try: hist[rid] = open_run(rid, runs_dir=self.root).history
+        except QtnbError: hist[rid] = None
+        labels[rid] = run_label(rid)
+        for key, label, h in _fold_histories(self.root / rid):   # a walk-forward run: each fold's own curve
+            hist[key], labels[key] = h, f"{run_label(rid)} {label}"
+    cols = {c for h in hist.values() if h is not None for c in h.columns if c != "epoch"}
+    metric = self.metric_picker.value
+    opts = sorted(cols | {metric})
+    if list(self.metric_picker.options) != opts: self.metric_picker.options = opts; self.metric_picker.value = metric
+    series = {}
+    for rid, h in hist.items():
+        if h is None or metric not in h.columns: continue
+        x = list(h["epoch"]) if "epoch" in h.columns else list(range(1, len(h) + 1))
+        series[rid] = (x, list(h[metric]))
+    self.chart.title = metric
+    self.chart.labels = labels
+    self.chart.update(series)
+    self._draw_trading(list(self.selector.value))
+    self._draw_compare(list(self.selector.value))
+
+def _fold_histories(path: Path) -> list[tuple]:
+    "The fold runs a walk-forward run keeps under folds/: (key, 'fold<k>', history) each, in fold order."
+    from qtnb.runs import open_run
+    out = []
+    for p in sorted(path.joinpath("folds").glob("*/history.csv")):
+        m = _RUN_ID_RE.match(p.parent.name)
+        try: out.append((f"{path.name}#{p.parent.name}", m[2] if m else p.parent.name, open_run(p.parent.name, runs_dir=p.parent.parent).history))
+        except QtnbError: continue
+    return sorted(out, key=lambda t: (len(t[1]), t[1]))      # fold2 before fold10
+
+@patch
+def _draw_compare(self: RunBrowser, run_ids: list[str]) -> None:
+    "One column per selected run: the key metrics, then the parameters that differ between the runs."
+    from qtnb.runs import KEY_METRICS, compare_runs
+    self.comparison = pd.DataFrame()
+    if not run_ids:
+        self.compare.value = '<i style="color:#999">select runs to overlay their curves and compare them</i>'
+        return
+    try: cmp = compare_runs(run_ids, metrics=KEY_METRICS, runs_dir=self.root)
+    except QtnbError as e:
+        self.compare.value = f'<span style="color:#c62828">{html.escape(str(e))}</span>'
+        return
+    rows = []
+    for col in cmp.columns.drop(["name", "error"], errors="ignore"):
+        vals = [_blank(v) for v in cmp[col]]
+        if any(v != "" for v in vals): rows.append({"": col.removeprefix("params."), **dict(zip(map(run_label, cmp.index), vals))})
+    self.comparison = pd.DataFrame(rows).set_index("")   # what the view shows: a row per metric or parameter
+    self.compare.value = _table(rows, cls="qtnb-compare-table")
+
+# %% ../nbs/11_widgets.ipynb #90afc71c
+def _years(dates) -> list[float]:
+    d = pd.DatetimeIndex(dates)
+    return list(d.year + (d.day_of_year - 1) / 365.25)
+
+def _by_fold(rid: str, dates, values, folds, series: dict, labels: dict, max_points: int = 1500) -> None:
+    "Add a run's line to `series` (one line per fold when it has several), thinned to at most `max_points` in all."
+    d = pd.DataFrame({"date": pd.DatetimeIndex(dates), "v": np.asarray(values, float),
+                      "fold": np.asarray(folds) if folds is not None else 0})
+    d = d.iloc[:: max(1, -(-len(d) // max_points))]
+    groups = list(d.groupby("fold", sort=True)) if d["fold"].nunique() > 1 else [(None, d)]
+    for k, g in groups:
+        key = rid if k is None else f"{rid}#fold{k}"
+        series[key], labels[key] = (_years(g["date"]), list(g["v"])), run_label(rid) + ("" if k is None else f" fold {k}")
+
+def _fold_of_date(pred: pd.DataFrame | None):
+    "Date -> fold, from a run's predictions (None without a fold column)."
+    if pred is None or "fold" not in pred: return None
+    return pred.groupby("date")["fold"].first()
+
+@patch
+def _draw_trading(self: RunBrowser, run_ids: list[str]) -> None:
+    "The selected runs' out-of-sample equity and predictions by fold, and each selected panel run's per-symbol table."
+    from qtnb.runs import open_run
+    equity, preds, el, pl, tables = {}, {}, {}, {}, []
+    for rid in run_ids:
+        try:
+            run = open_run(rid, runs_dir=self.root)
+            eq, sym = run_equity(run), run_symbols(run)
+            p = Path(run.path) / "predictions.csv"
+            pred = pd.read_csv(p, parse_dates=["date"]) if p.is_file() else None
+        except (QtnbError, ValueError, KeyError) as e:
+            tables.append(f'<span style="color:#c62828">{html.escape(run_label(rid))}: {html.escape(str(e))}</span>'); continue
+        folds = _fold_of_date(pred)
+        if eq is not None and len(eq):
+            _by_fold(rid, eq.index, eq["equity"], None if folds is None else folds.reindex(pd.DatetimeIndex(eq.index)).ffill().bfill(),
+                     equity, el)
+        if pred is not None and {"date", "y_pred"} <= set(pred.columns) and len(pred):
+            one = pred[pred["symbol"] == pred["symbol"].iloc[0]] if "symbol" in pred else pred
+            if not preds and "y_true" in one: _by_fold("actual", one["date"], one["y_true"], None, preds, pl)
+            _by_fold(rid, one["date"], one["y_pred"], one.get("fold"), preds, pl)
+        if sym is not None:
+            rows = [{"symbol": k, **{c: _fmt(v) for c, v in r.items()}} for k, r in sym.iterrows()]
+            tables.append(f"<b>{html.escape(run_label(rid))}</b>: {len(sym)} symbols" + _table(rows, cls="qtnb-symbols-table"))
+    self.equity_chart.labels, self.prediction_chart.labels = el, pl
+    self.equity_chart.update(equity); self.prediction_chart.update(preds)
+    self.symbols.value = "".join(tables)
