@@ -56,6 +56,7 @@ VARIANTS = {
     "mv_tpe5_asha_min1_boot2": (dict(MV, n_startup_trials=5), (SH, dict(min_resource=1, reduction_factor=3, bootstrap_count=2))),
     "mv_tpe10_asha_min1": (dict(MV, n_startup_trials=10), (SH, dict(min_resource=1, reduction_factor=3))),
     "mv_tpe5_ei64_asha_min1": (dict(MV, n_startup_trials=5, n_ei_candidates=64), (SH, dict(min_resource=1, reduction_factor=3))),
+    "mv_tpe10_hyperband_min1": (dict(MV, n_startup_trials=10), (HB, dict(min_resource=1, reduction_factor=3))),
     "independent_tpe10_hyperband_min1": (dict(multivariate=False, n_startup_trials=10), (HB, dict(min_resource=1, reduction_factor=3))),
 }
 
