@@ -12,7 +12,8 @@ Figure, defined before anything is measured (symmetric: both searches are charge
                            (usually 1), each of the other trials comes before the first of them with probability
                            1/(k + 1), so the charge is sum(epochs of the others) / (k + 1) + mean(epochs of the k);
                            for one best of N equal trials, (N + 1) / 2 trials' epochs. The tuner (qtnb's defaults:
-                           sampler 'tpe', pruner 'hyperband', seeded with the same seed) runs trials one at a time and
+                           TuneConfig's sampler and pruner, seeded with the same seed, so its random startup trials draw
+                           random search's first points) runs trials one at a time and
                            is charged every epoch it trained, pruned trials included, until a complete trial's value
                            first reaches the target. A tuner that has not reached it when it has spent random search's
                            whole budget (N x 27 epochs) is charged what it spent and the seed is marked not reached (its
@@ -20,7 +21,8 @@ Figure, defined before anything is measured (symmetric: both searches are charge
                            random epochs, with the quartiles, the minimum and maximum and every seed's numbers.
 
 `python tests/bench/bench_pruning.py` measures qtnb's defaults. `python tests/bench/bench_pruning.py ablation` measures,
-on the same random-search targets, each step from plain settings to the defaults (see VARIANTS), one figure each.
+on the same random-search targets, each variant in VARIANTS (QTNB_BENCH_VARIANTS=a,b picks some), one figure each, with
+every seed's trials, complete trials and best value beside the target.
 Seeds run in two processes at a time (each with one torch thread); the figure counts epochs, not time.
 """
 import json, os, statistics, sys, tempfile, time
@@ -32,39 +34,70 @@ import numpy as np
 
 from _timing import Bench, emit
 
-N_RANDOM, EPOCHS, MAX_TUNER_TRIALS = 30, 27, 120
+N_RANDOM, EPOCHS = 30, 27
 SEEDS = [int(s) for s in os.environ.get("QTNB_BENCH_SEEDS", "0,1,2,3,4,5,6").split(",")]
 PROCESSES = int(os.environ.get("QTNB_BENCH_PROCESSES", 2))
 TRAIN = dict(num_epochs=EPOCHS, batch_size=64, early_stopping_patience=0)
 
 # Settings tried on the way to qtnb's defaults, each measured on the same random-search targets: the TPE sampler's
-# keywords (None: qtnb's make_sampler as it is) and the pruner's name and keywords (None: make_pruner as it is).
+# keywords (None: qtnb's make_sampler as it is) and the pruner's name and keywords (None: make_pruner as it is), the
+# keywords Optuna's pruner takes plus `smooth`: prune on the running best of the reported validation loss (the value a
+# trial ends with, as the trainer restores its best epoch) instead of each epoch's own. One worker runs the trials, so
+# `constant_liar` (which only affects trials sampled while others run) changes nothing here; Hyperband and successive
+# halving have no warm-up steps: `min_resource` is theirs (the first epoch at which a trial can be pruned).
 MV = dict(multivariate=True, group=True, constant_liar=True)
+SH, HB = "successive_halving", "hyperband"
 VARIANTS = {
     "defaults": (None, None),
-    "independent_tpe10_median": (dict(multivariate=False, n_startup_trials=10), ("median", dict(n_startup_trials=5, n_warmup_steps=1))),
-    "mv_tpe5_hyperband": (dict(MV, n_startup_trials=5), ("hyperband", dict(min_resource=1, reduction_factor=3))),
-    "mv_tpe5_asha": (dict(MV, n_startup_trials=5), ("successive_halving", dict(min_resource=1, reduction_factor=3))),
-    "mv_tpe5_asha_min3": (dict(MV, n_startup_trials=5), ("successive_halving", dict(min_resource=3, reduction_factor=3))),
-    "mv_tpe5_hyperband_min3": (dict(MV, n_startup_trials=5), ("hyperband", dict(min_resource=3, reduction_factor=3))),
-    "mv_tpe3_asha_min3": (dict(MV, n_startup_trials=3), ("successive_halving", dict(min_resource=3, reduction_factor=3))),
-    "mv_tpe3_hyperband_min3": (dict(MV, n_startup_trials=3), ("hyperband", dict(min_resource=3, reduction_factor=3))),
+    "mv_tpe5_asha_min1": (dict(MV, n_startup_trials=5), (SH, dict(min_resource=1, reduction_factor=3))),
+    "mv_tpe5_hyperband_min3": (dict(MV, n_startup_trials=5), (HB, dict(min_resource=3, reduction_factor=3))),
+    "mv_tpe5_hyperband_min1_best": (dict(MV, n_startup_trials=5), (HB, dict(min_resource=1, reduction_factor=3, smooth=True))),
+    "mv_tpe5_asha_min3": (dict(MV, n_startup_trials=5), (SH, dict(min_resource=3, reduction_factor=3))),
+    "mv_tpe5_asha_min1_boot2": (dict(MV, n_startup_trials=5), (SH, dict(min_resource=1, reduction_factor=3, bootstrap_count=2))),
+    "mv_tpe10_asha_min1": (dict(MV, n_startup_trials=10), (SH, dict(min_resource=1, reduction_factor=3))),
+    "mv_tpe5_ei64_asha_min1": (dict(MV, n_startup_trials=5, n_ei_candidates=64), (SH, dict(min_resource=1, reduction_factor=3))),
+    "mv_tpe10_hyperband_min1": (dict(MV, n_startup_trials=10), (HB, dict(min_resource=1, reduction_factor=3))),
+    "independent_tpe10_hyperband_min1": (dict(multivariate=False, n_startup_trials=10), (HB, dict(min_resource=1, reduction_factor=3))),
 }
 
 
-def _apply(variant: str) -> str:
-    "Patch qtnb.tuner's sampler/pruner factories for `variant` (in this worker process only); the pruner name to ask for."
+class _RunningBest:
+    "A pruner asking `inner` about each trial as if every epoch had reported the best value so far (minimised)."
+    def __init__(self, inner): self.inner = inner
+    def prune(self, study, trial):
+        import copy
+        t, best, values = copy.copy(trial), float("inf"), {}
+        for k in sorted(trial.intermediate_values): best = min(best, trial.intermediate_values[k]); values[k] = best
+        t.intermediate_values = values
+        return self.inner.prune(study, t)
+
+
+def _pruner(name: str, max_resource: int, kw: dict):
+    "Optuna's pruner `name` (successive halving or Hyperband) with `kw`, on the running best when kw has smooth=True."
+    import optuna
+    kw = dict(kw); smooth = kw.pop("smooth", False)
+    p = (optuna.pruners.SuccessiveHalvingPruner(**kw) if name == SH
+         else optuna.pruners.HyperbandPruner(max_resource=max_resource, **kw))
+    if not smooth: return p
+    wrapped = _RunningBest(p)
+    return type("RunningBestPruner", (optuna.pruners.BasePruner,), {"prune": lambda self, s, t: wrapped.prune(s, t)})()
+
+
+def _apply(variant: str) -> tuple[str, str]:
+    "Patch qtnb.tuner's sampler/pruner factories for `variant` (in this worker process only); the sampler and pruner names to ask for."
     import optuna, warnings
     import qtnb.tuner as qt
+    from qtnb.config import TuneConfig
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
     qt.make_sampler, qt.make_pruner = qt.__dict__.setdefault("_bench_original", (qt.make_sampler, qt.make_pruner))  # a reused worker
     skw, pr = VARIANTS[variant]
+    default = lambda f: TuneConfig.model_fields[f].default
+    sampler = default("sampler") if skw is None else "tpe"
     if skw is not None:
         qt.make_sampler = lambda name="tpe", *, seed=None, **_: optuna.samplers.TPESampler(seed=seed, **skw)
-    if pr is None: return "hyperband"
-    base = qt.make_pruner
-    qt.make_pruner = lambda name="hyperband", *, max_resource=100, **_: base(pr[0], max_resource=max_resource, **pr[1])
-    return pr[0]
+    if pr is None: return sampler, default("pruner")
+    qt.make_pruner = lambda name="hyperband", *, max_resource=100, **_: _pruner(pr[0], max_resource, pr[1])
+    return sampler, pr[0]
 
 
 def logistic_frame(n: int = 1500):
@@ -110,19 +143,20 @@ def random_search(seed: int) -> dict:
     data, space = _setup()
     with tempfile.TemporaryDirectory() as tmp:
         study = _tuner(tmp, data, space, f"random-{seed}", sampler="random", pruner="none", seed=seed).optimize(N_RANDOM, write_outputs=False)
-        done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-        target, charge, k = random_charge([t.value for t in done], [epochs_of(t) for t in done])
+        # every trial counts in the orderings; one that failed (none did when this was written) can never be the first at the target
+        value = lambda t: t.value if t.state == optuna.trial.TrialState.COMPLETE else float("inf")
+        target, charge, k = random_charge([value(t) for t in study.trials], [epochs_of(t) for t in study.trials])
         return dict(seed=seed, target=target, random_epochs=charge, random_hits=k, random_budget=sum(epochs_of(t) for t in study.trials))
 
 
 def tuned_search(seed: int, target: float, budget: int, variant: str) -> dict:
     import optuna
-    pruner = _apply(variant)
+    sampler, pruner = _apply(variant)
     data, space = _setup()
     with tempfile.TemporaryDirectory() as tmp:
-        t = _tuner(tmp, data, space, f"tuned-{seed}", sampler="tpe", pruner=pruner, seed=seed)
+        t = _tuner(tmp, data, space, f"tuned-{seed}", sampler=sampler, pruner=pruner, seed=seed)
         used, reached = None, False
-        for n in range(1, MAX_TUNER_TRIALS + 1):
+        for n in range(1, budget + 1):                   # each trial trains at least one epoch
             st = t.optimize(n, write_outputs=False)
             spent = sum(epochs_of(x) for x in st.trials)
             if any(x.state == optuna.trial.TrialState.COMPLETE and x.value <= target for x in st.trials):
@@ -130,7 +164,9 @@ def tuned_search(seed: int, target: float, budget: int, variant: str) -> dict:
             if spent >= budget: break
         used = used if used is not None else sum(epochs_of(x) for x in t.study.trials)
         states = [x.state.name for x in t.study.trials]
-        return dict(tuner_epochs=used, reached=reached, tuner_trials=len(states), pruned=states.count("PRUNED"))
+        done = [x.value for x in t.study.trials if x.state == optuna.trial.TrialState.COMPLETE]
+        return dict(tuner_epochs=used, reached=reached, tuner_trials=len(states), pruned=states.count("PRUNED"),
+                    complete=len(done), tuner_best=min(done, default=None))
 
 
 def measure(variants: list[str], pool: ProcessPoolExecutor):
