@@ -194,6 +194,13 @@ def _symbol_col(df: pd.DataFrame, symbol_col: str | None) -> str | None:
 
 def _first_bad(mask: np.ndarray) -> int: return int(np.flatnonzero(mask)[0])
 
+def _bare(df: pd.DataFrame) -> pd.DataFrame:
+    "`df` (its columns, not copies) without its attrs: pandas deep-copies a frame's attrs into every column read from it."
+    if not df.attrs: return df
+    out = df.copy(deep=False)
+    out.attrs = {}
+    return out
+
 def _validate(df: pd.DataFrame, symbol_col: str | None, columns: Sequence[str] | None, fill: str) -> tuple:
     "`validate_frame`'s frame, the first row of each symbol's block and the symbols' names (None: not read here)."
     if not isinstance(df, pd.DataFrame): raise DataError(f"expected a pandas DataFrame, got {type(df).__name__}; load it with load_frame")
@@ -222,6 +229,7 @@ def _validate(df: pd.DataFrame, symbol_col: str | None, columns: Sequence[str] |
     if df.index.hasnans:
         raise DataError(f"the index has a missing timestamp (NaT) at row {_first_bad(df.index.isna())}; drop or fix that row")
     if df.index.tz is not None: df = df.tz_convert("UTC").tz_localize(None)
+    attrs, df = df.attrs, _bare(df)
     if sym is not None:
         s = df[sym]
         if s.isna().any():
@@ -254,7 +262,7 @@ def _validate(df: pd.DataFrame, symbol_col: str | None, columns: Sequence[str] |
     keep = list(dict.fromkeys(([sym] if sym is not None else []) + cols))
     taken = {c: df[c] for c in keep}
     out = pd.DataFrame(taken, index=df.index, copy=False)   # the columns, not a copy of them
-    out.attrs.update(df.attrs)                        # what a generator recorded (e.g. a planted series' optimal_r2)
+    out.attrs.update(attrs)                           # what a generator recorded (e.g. a planted series' optimal_r2)
     if not all(np.isfinite(taken[c].to_numpy(dtype="float64")).all() for c in cols):
         vals = out[cols].to_numpy(dtype="float64")
         bad = ~np.isfinite(vals)
@@ -593,7 +601,8 @@ def _fill_panel(X: np.ndarray, df: pd.DataFrame, todo: list, starts: np.ndarray,
     "Write the vectorised features `todo` [(column, spec)] into X, chunk by chunk with a halo of their longest lookback."
     T, halo = len(df), max(s.lookback for _, s in todo) + 1
     need = list(dict.fromkeys(c for _, s in todo for c in s.needs))
-    cols = {c: df[c].to_numpy(dtype="float64") for c in need}      # views of float64 columns: no copy
+    src = _bare(df)
+    cols = {c: src[c].to_numpy(dtype="float64") for c in need}     # views of float64 columns: no copy
     js = [j for j, _ in todo]
     whole = js == list(range(X.shape[1]))
     buf = np.empty((len(todo), min(chunk, T)), dtype=np.float32)   # a chunk's features, one contiguous row each

@@ -5,14 +5,16 @@
   while `prepare` validates, featurises, targets, splits and scales the panel and builds the training windows, over
   the bytes of the raw panel as float32 (symbols x days x 10 features x 4).
 - `panel_prepare_vs_pandas` (goal >= 3): seconds of a plain pandas groupby-rolling of the same 10 features over
-  seconds of `prepare` (features, targets, split, scalers, windows), timed side by side (A B, A B, ...), medians.
-Prints one JSON line per figure. Run from the repo root: no arguments.
+  seconds of `prepare` (features, targets, split, scalers, windows), timed side by side by tests/bench/_timing.py
+  (each warmed up once, then rotating rounds), medians.
+Prints a settings line and one JSON line per figure. Run from the repo root: no arguments.
 """
-import gc, json, os, statistics, time, tracemalloc
+import gc, os, time, tracemalloc
 
 import numpy as np
 import pandas as pd
 
+from _timing import Bench, emit, interleaved, ratio
 from qtnb.data import DataConfig, prepare
 from qtnb.datasets import random_walk
 
@@ -21,10 +23,6 @@ DAYS = int(os.environ.get("QTNB_BENCH_DAYS", "2500"))
 ROUNDS = int(os.environ.get("QTNB_BENCH_ROUNDS", "3"))
 FEATURES = ["logret_1", "logret_2", "logret_5", "logret_10", "logret_20", "vol_20", "mom_20", "ma_gap_20", "range", "volume_z_20"]
 CONFIG = DataConfig(features=FEATURES, seq_len=64, validation="holdout", cache=False)
-
-
-def emit(figure, value, goal=None, **extra):
-    print(json.dumps({"figure": figure, "value": round(float(value), 4), **({"goal": goal} if goal else {}), **extra}), flush=True)
 
 
 def pandas_features(df: pd.DataFrame) -> pd.DataFrame:
@@ -62,19 +60,22 @@ def main():
     p, w = prepared(panel)
     peak = tracemalloc.get_traced_memory()[1] - base
     tracemalloc.stop()
-    emit("panel_memory_ratio", peak / raw, "<= 1.3", raw_mib=round(raw / 2**20, 1), peak_mib=round(peak / 2**20, 1),
+    emit("panel_memory_ratio", peak / raw, "<= 1.3", None, raw_mib=round(raw / 2**20, 1), peak_mib=round(peak / 2**20, 1),
          windows=len(w), symbols=SYMBOLS, days=DAYS)
     del p, w
-    gc.collect()
-    t_pandas, t_qtnb = [], []
-    for _ in range(ROUNDS):                                    # interleaved: A B, A B, ...
-        t0 = time.perf_counter(); f = pandas_features(panel); t_pandas.append(time.perf_counter() - t0)
-        del f; gc.collect()
-        t0 = time.perf_counter(); p, w = prepared(panel); t_qtnb.append(time.perf_counter() - t0)
-        del p, w; gc.collect()
-    a, b = statistics.median(t_pandas), statistics.median(t_qtnb)
-    emit("panel_prepare_vs_pandas", a / b, ">= 3", pandas_s=round(a, 3), prepare_s=round(b, 3), rounds=ROUNDS)
+
+    def timed(fn):
+        def run():
+            gc.collect()                                       # the previous contestant's garbage is not charged here
+            t0 = time.perf_counter(); out = fn(panel); dt = time.perf_counter() - t0
+            del out
+            return dt
+        return run
+    got = interleaved({"pandas": timed(pandas_features), "qtnb": timed(prepared)}, ROUNDS)
+    r, q = ratio(got["pandas"], got["qtnb"])
+    emit("panel_prepare_vs_pandas", r, ">= 3", "default", quartiles=q, pandas_s=got["pandas"].summary(),
+         prepare_s=got["qtnb"].summary(), rounds=ROUNDS)
 
 
 if __name__ == "__main__":
-    main()
+    with Bench("panel", symbols=SYMBOLS, days=DAYS, rounds=ROUNDS, features=FEATURES): main()
