@@ -939,6 +939,13 @@ class TrialProgress:
         self.study, self.n, self.clock = study, n_trials, clock
         self.before, self.t0 = trial_counts(study)["finished"], clock()   # finished before this session: not timed
 
+    def status(self) -> str:
+        "Where the study stands now: 'k/n finished | elapsed, ETA'."
+        done = min(trial_counts(self.study)["finished"], self.n)
+        took, new = self.clock() - self.t0, done - self.before
+        eta = f", ETA {_duration(took / new * (self.n - done))}" if new > 0 and done < self.n else ""
+        return f"{done}/{self.n} finished | {_duration(took)}{eta}"
+
     def line(self, trial: optuna.trial.FrozenTrial) -> str:
         done = min(trial_counts(self.study)["finished"], self.n)
         value = "" if trial.values is None else " " + ", ".join(f"{v:.6g}" for v in trial.values)
@@ -1171,7 +1178,8 @@ def _optimize(self: Tuner, n_trials: int | None = None, *,
               workers: int | None = None,   # worker processes (default: TuneConfig.parallel_trials)
               callbacks: Sequence[Callable] = (), # Optuna callbacks (study, frozen_trial), in-process runs only
               write_outputs: bool = True,
-              scheduler=None) -> optuna.Study: # a Dask scheduler address (or Client): the workers are tasks of its cluster
+              scheduler=None, # a Dask scheduler address (or Client): the workers are tasks of its cluster
+              stop: Callable[[], bool] | None = None) -> optuna.Study: # asked before each trial (workers=1): True ends the study here
     "Run trials until the study holds `n_trials` finished ones; here or in `workers` processes. The study."
     n_trials = self.config.n_trials if n_trials is None else n_trials
     workers = self.config.parallel_trials if workers is None else workers
@@ -1187,12 +1195,14 @@ def _optimize(self: Tuner, n_trials: int | None = None, *,
         raise ConfigError(f"scheduler={scheduler!r}: cluster workers need a study they all reach (a journal in a shared run store, or "
                           "PostgreSQL), not SQLite, and take no in-process callbacks" if self.storage.is_sqlite else
                           f"scheduler={scheduler!r}: callbacks run in-process; watch the study instead (TunerPanel.watch)")
+    if stop is not None and (workers > 1 or scheduler is not None):
+        raise ConfigError("stop= ends trials run in this process; with workers > 1 or a scheduler stop them with Ctrl-C or SIGTERM")
     deadline = time.time() + timeout if timeout else None
     study = self.study                  # created here once, before workers race to create it
     with sigterm_interrupts():
         if workers == 1 and scheduler is None:
             self._warm_up()
-            run_trials(study, self._objective, n_trials, deadline=deadline, callbacks=callbacks, claim=self._claim_lock())
+            run_trials(study, self._objective, n_trials, deadline=deadline, callbacks=callbacks, claim=self._claim_lock(), stop=stop)
         else:
             threads = None if scheduler is not None else max(1, (os.cpu_count() or 1) // workers)   # a Dask worker: its nthreads
             run_workers(self, n_trials, workers, deadline=deadline, threads=threads, scheduler=scheduler)

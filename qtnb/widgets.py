@@ -25,8 +25,8 @@ from .monitor import (WIDGETS_ENV, Chart, Throttle, TrainingMonitor, figurewidge
                           widget_frontend, plotly_html, show_plotlyjs, STATIC_STYLE, _draw, _finite, _fmt, _no_text, _table, _use_widgets)
 
 # %% auto #0
-__all__ = ['KEY_COLUMNS', 'config_class', 'FormField', 'ConfigForm', 'StaticCopy', 'free_port', 'start_dashboard', 'TunerPanel',
-           'run_equity', 'run_symbols', 'run_label', 'ago', 'run_row', 'RunBrowser']
+__all__ = ['MIN_IMPORTANCE_TRIALS', 'KEY_COLUMNS', 'config_class', 'FormField', 'ConfigForm', 'StaticCopy', 'free_port',
+           'start_dashboard', 'TunerPanel', 'run_equity', 'run_symbols', 'run_label', 'ago', 'run_row', 'RunBrowser']
 
 # %% ../nbs/11_widgets.ipynb #c5045038
 _CONFIG_NAMES = {"data": "DataConfig", "train": "TrainConfig", "tune": "TuneConfig", "export": "ExportConfig",
@@ -479,6 +479,8 @@ def _run_link(runs_root: str | None):
         return f"{runs_root.rstrip('/')}/{run_id}/" if runs_root else None
     return href
 
+MIN_IMPORTANCE_TRIALS = 10   # fANOVA over fewer complete trials ranks noise
+
 class TunerPanel(StaticCopy, W.VBox):
     "Live optimization history, intermediate values, importances, best parameters and trials of an Optuna study."
     def __init__(self, study, # an optuna Study, or a qtnb Tuner (its `.study`)
@@ -499,9 +501,12 @@ class TunerPanel(StaticCopy, W.VBox):
         self.refresh_button = W.Button(description="Refresh", icon="refresh")
         self.dashboard_button = W.Button(description="Open optuna-dashboard", icon="external-link")
         self.dashboard_link = W.HTML(); self.dashboard_link.add_class("qtnb-dashboard-link")
+        self.stop_button = W.Button(description="Stop", icon="stop", disabled=True, tooltip="stop after the running trial")
+        self.progress, self.job, self._stop_optimize = None, None, threading.Event()   # set by `optimize`
+        self.stop_button.on_click(lambda _: self.stop())
         self.refresh_button.on_click(lambda _: self.refresh())
         self.dashboard_button.on_click(lambda _: self.open_dashboard())
-        super().__init__([W.HBox([self.summary, self.refresh_button, self.dashboard_button, self.dashboard_link]),
+        super().__init__([W.HBox([self.summary, self.stop_button, self.refresh_button, self.dashboard_button, self.dashboard_link]),
                           W.HBox([self.history_chart.widget, self.intermediate_chart.widget]),
                           W.HBox([self.importance_chart.widget, self.best]), self.trials_table])
         self.add_class("qtnb-tuner-panel")
@@ -556,21 +561,29 @@ class TunerPanel(StaticCopy, W.VBox):
                 v = t.values[0]
                 cur = v if cur is None else (min(cur, v) if minimize else max(cur, v))
                 xs.append(t.number); ys.append(v); best.append(cur)
-            self.history_chart.update({"objective": (xs, ys), "best": (xs, best)} if xs else {})
+            cut = [(t.number, list(t.intermediate_values.values())[-1]) for t in trials
+                   if t.state == optuna.trial.TrialState.PRUNED and t.intermediate_values]   # where the pruner stopped it
+            series = {"objective": (xs, ys), "best": (xs, best)} if xs else {}
+            if cut: series["pruned (last value)"] = ([n for n, _ in cut], [v for _, v in cut])
+            self.history_chart.update(series)
         lines = {}
         for t in trials[-self.max_lines:]:
             iv = t.intermediate_values
             if iv: lines[f"#{t.number}"] = (list(iv), list(iv.values()))
         self.intermediate_chart.update(lines)
         imp, why = {}, ""
-        if len(done) >= 2 and not multi:
-            try: imp = optuna.importance.get_param_importances(study)
+        if len(done) >= MIN_IMPORTANCE_TRIALS and not multi:
+            try:
+                imp = optuna.importance.get_param_importances(study)
+                why = f"importances from {len(done)} complete trials: a rough ranking, not a measurement"
             except (RuntimeError, ValueError, ZeroDivisionError) as e: why = str(e)
+        elif not multi: why = f"importances from {MIN_IMPORTANCE_TRIALS} complete trials on ({len(done)} so far)"
         self.importance_chart.update(imp)
         states = {}
         for t in trials: states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
+        prog = f" &middot; {html.escape(self.progress.status())}" if self.progress is not None else ""
         self.summary.value = (f"<b>{html.escape(study.study_name)}</b>: {len(trials)} trials ("
-                              + ", ".join(f"{n} {s}" for s, n in states.items()) + ")" + (f" <i>{html.escape(why)}</i>" if why else ""))
+                              + ", ".join(f"{n} {s}" for s, n in states.items()) + ")" + prog + (f" <i>{html.escape(why)}</i>" if why else ""))
         if done and not multi:
             b = study.best_trial
             rows = [{"parameter": k, "value": v} for k, v in b.params.items()]
@@ -618,6 +631,33 @@ class TunerPanel(StaticCopy, W.VBox):
     def __repr__(self) -> str:
         s = self.study
         return f"TunerPanel({getattr(s, 'study_name', s)!r}, {self.n_seen} trials)"
+
+# %% ../nbs/11_widgets.ipynb #c04d02cf
+@patch
+def optimize(self: TunerPanel, n_trials: int, **kw) -> threading.Thread:
+    "Run the panel's Tuner for `n_trials` in a background thread, showing k/n and an ETA; Stop ends it after the running trial."
+    from qtnb.tuner import TrialProgress, Tuner
+    if not isinstance(self.source, Tuner): raise ConfigError("TunerPanel.optimize needs the panel made from a qtnb Tuner: TunerPanel(tuner)")
+    if kw.get("workers", 1) != 1: raise ConfigError("TunerPanel.optimize runs trials in this notebook (workers=1); for worker processes run tuner.optimize and panel.watch()")
+    if self.job is not None and self.job.is_alive(): raise ConfigError("this panel is already optimizing; press Stop or wait for it")
+    tuner, self._stop_optimize = self.source, threading.Event()
+    self.progress = TrialProgress(tuner.study, n_trials)
+    def run():
+        try: self.job.study = tuner.optimize(n_trials, stop=self._stop_optimize.is_set, callbacks=[self], **kw)
+        except BaseException as e: self.job.error = e
+        finally:
+            self.stop_button.disabled = True
+            self.refresh()
+    self.job = threading.Thread(target=run, name="qtnb-tuner-panel", daemon=True)
+    self.job.study = self.job.error = None
+    self.stop_button.disabled = False
+    self.job.start()
+    return self.job
+
+@patch
+def stop(self: TunerPanel) -> None:
+    "End the panel's `optimize` after the running trial."
+    self._stop_optimize.set(); self.stop_button.disabled = True
 
 # %% ../nbs/11_widgets.ipynb #764eb3d2
 def _predictions(run) -> pd.DataFrame | None:
