@@ -29,9 +29,9 @@ __all__ = ['KINDS', 'SAMPLERS', 'PRUNERS', 'PLOTS', 'Param', 'SearchSpace', 'tra
            'journal_lock', 'StudyStorageError', 'StorageSpec', 'storage_spec', 'mark_interrupted', 'RetryAndMarkRun',
            'fail_trial', 'fail_dead_trials', 'repair_journal', 'check_storage', 'study_storage_spec', 'record_study',
            'AdvisoryLock', 'claim_lock', 'objective_names', 'check_objective', 'objective_directions', 'fail_reason',
-           'free_memory', 'trial_counts', 'run_trials', 'TrialProgress', 'watch_trials', 'sigterm_interrupts',
-           'run_workers', 'Tuner', 'record_trading', 'study_deflated_sharpe', 'trial_record', 'DashboardURL',
-           'store_storages', 'dashboard_storage', 'start_dashboard', 'StoreStudies', 'objective_value',
+           'free_memory', 'trial_counts', 'signals_noted', 'run_trials', 'TrialProgress', 'watch_trials',
+           'sigterm_interrupts', 'run_workers', 'Tuner', 'record_trading', 'study_deflated_sharpe', 'trial_record',
+           'DashboardURL', 'store_storages', 'dashboard_storage', 'start_dashboard', 'StoreStudies', 'objective_value',
            'xgboost_pruning', 'tune_symbols']
 
 # %% ../nbs/07_tuner.ipynb #2e26023c
@@ -880,6 +880,16 @@ def trial_counts(study: optuna.Study) -> dict[str, int]:
     out["retried"] = len(retried)
     return out
 
+@contextlib.contextmanager
+def signals_noted(signals=(signal.SIGINT, signal.SIGTERM)):
+    "Inside the block these signals are noted in the yielded list, not raised: for a caller that is already stopping."
+    if threading.current_thread() is not threading.main_thread(): yield []; return
+    got = []
+    old = {s: signal.signal(s, lambda n, f: got.append(n)) for s in signals}
+    try: yield got
+    finally:
+        for s, h in old.items(): signal.signal(s, h if h is not None else signal.SIG_DFL)
+
 def run_trials(study: optuna.Study, objective: Callable, n_trials: int, *,
                deadline: float | None = None, # time.time() after which no trial starts
                callbacks: Sequence[Callable] = (),
@@ -919,7 +929,9 @@ def run_trials(study: optuna.Study, objective: Callable, n_trials: int, *,
             try: study.optimize(claimed, n_trials=1, catch=(Exception,), callbacks=list(callbacks))
             except BaseException:   # a signal (KeyboardInterrupt) or an exit: the trial is failed, queued again, its run interrupted
                 release()
-                if current[0] is not None: fail_trial(study, current[0], "interrupted")
+                if current[0] is not None:
+                    # a second signal (a parent forwarding its own, say) must not leave the trial failed but not queued again
+                    with signals_noted(): fail_trial(study, current[0], "interrupted")
                 raise
             finally: release()
             ran += 1

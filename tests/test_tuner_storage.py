@@ -267,3 +267,33 @@ def test_qtnb_dashboard_command_serves_the_study(tmp_path):
         try: p.wait(timeout=20)
         except subprocess.TimeoutExpired: p.kill(); raise
     eq(p.returncode, 0)
+
+
+SECOND_SIGNAL = textwrap.dedent('''
+    import os, signal, sys
+    import optuna
+    import qtnb.tuner as T
+    from optuna.trial import TrialState
+    storage = T.StorageSpec(sys.argv[1]).open()
+    study = optuna.create_study(storage=storage, study_name="second")
+    def objective(trial):
+        trial.suggest_float("x", 0, 1)
+        raise KeyboardInterrupt          # the first signal, mid-trial
+    marked = T.mark_interrupted
+    def mark_and_signal(*a):             # a second one while the trial is being failed (a parent forwarding its own)
+        os.kill(os.getpid(), signal.SIGINT)
+        return marked(*a)
+    T.mark_interrupted = mark_and_signal
+    try: T.run_trials(study, objective, 1)
+    except KeyboardInterrupt: pass
+    print(sorted(t.state.name for t in study.trials))
+''')
+
+
+def test_a_second_signal_while_a_trial_is_failed_still_queues_its_retry(tmp_path):
+    "A worker told to stop twice (SIGINT, then its parent's SIGINT) leaves its trial failed and queued again, never failed alone."
+    script = tmp_path / "second.py"
+    script.write_text(SECOND_SIGNAL)
+    r = subprocess.run([PY, str(script), f"sqlite:///{tmp_path}/s.db"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    eq(r.stdout.strip().splitlines()[-1], "['FAIL', 'WAITING']")

@@ -66,7 +66,9 @@ def budget_complete(runs: Path, n=N):
     "Exactly n complete trials, none running, every complete trial's run completed with a best checkpoint, every failed one's run ended."
     st = open_study(runs)
     trials = st.get_trials(deepcopy=False)
-    eq(trial_counts(st)["complete"], n)
+    seen = [(t.number, t.state.name, t.user_attrs.get("fail_reason"), t.system_attrs.get("failed_trial"),
+             t.system_attrs.get("retry_history")) for t in trials]
+    assert trial_counts(st)["complete"] == n, (trial_counts(st), seen)
     eq(trial_counts(st)["finished"], n)
     eq([t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)], [])
     for t in trials:
