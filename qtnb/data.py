@@ -1368,8 +1368,9 @@ class Prepared:
         self._positions(frame, c)
         names = np.asarray(self._symbol_names, dtype=object)
         self._dates = frame.index
-        self._symbols = _Rows(lambda r: names[np.searchsorted(self._starts, r, side="right") - 1], len(frame)) if sym else None
-        self._R1 = _Rows(lambda r: self._fwd(r, 1), len(frame))
+        self._names = names
+        self._symbols = _Rows(self._symbol_of, len(frame)) if sym else None   # bound methods, not lambdas: a Prepared
+        self._R1 = _Rows(self._fwd1, len(frame))                              # pickles (tuner worker processes get one)
         if plan is None:
             strata = None
             if c.validation == "stratified_kfold":
@@ -1385,6 +1386,9 @@ class Prepared:
         self.augment = Augment.from_config(c)
         self.folds = [Fold(self, s, i) for i, s in enumerate(plan)]
 
+
+    def _symbol_of(self, r): return self._names[np.searchsorted(self._starts, r, side="right") - 1]
+    def _fwd1(self, r): return self._fwd(r, 1)
     @property
     def fingerprint(self) -> str:
         "`fingerprint` of the validated frame and the config, computed on first use."

@@ -272,3 +272,16 @@ def test_windows_on_cuda():
     eq((xb.device.type, xb.shape), ("cuda", (256, 64, w.n_features)))
     eq(g[:8][0].cpu(), w[:8][0])
     eq(g.targets().cpu(), w.targets())
+
+
+def test_a_prepared_panel_pickles_for_tuner_workers():
+    "Tuner worker processes receive the Prepared data by pickle: a panel's per-row symbols and returns travel with it."
+    import pickle
+    from qtnb.data import DataConfig, prepare
+    from qtnb.datasets import random_walk
+    p = prepare(DataConfig(seq_len=8, cache=False), random_walk(300, n_symbols=3, seed=0))
+    q = pickle.loads(pickle.dumps(p))
+    rows = np.array([0, 299, 300, 899])
+    assert list(q._symbols[rows]) == list(p._symbols[rows]) == ["S00", "S00", "S01", "S02"]
+    np.testing.assert_array_equal(q._R1[rows], p._R1[rows])
+    np.testing.assert_array_equal(q.folds[0].train.numpy()[0], p.folds[0].train.numpy()[0])
