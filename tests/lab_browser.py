@@ -1,7 +1,7 @@
 """JupyterLab and Chromium for browser tests: one server (127.0.0.1, a token, its own folder) and one headless browser per
 test module (the `lab` fixture), notebooks written into that folder and run there, saved, converted to HTML with
 nbconvert in a process with no network, and the HTML opened with every request off the machine refused."""
-import json, os, re, secrets, shutil, socket, subprocess, sys, tempfile, time, urllib.request
+import contextlib, json, os, re, secrets, shutil, socket, subprocess, sys, tempfile, time, urllib.request
 from pathlib import Path
 
 import nbformat
@@ -85,6 +85,20 @@ class Lab:
     def api(self, method: str, path: str):
         req = urllib.request.Request(f"{self.url}/api/{path}?token={self.token}", method=method)
         with urllib.request.urlopen(req, timeout=10) as r: return json.loads(r.read() or b"null")
+
+    @contextlib.contextmanager
+    def notebook(self, ctx, name: str, cells: list, selector: str, run: int | None = None):
+        "A page on notebook `name` (from `cells`) run (all, or cell `run`), with its first `selector` once drawn; closed after."
+        page = ctx.new_page(); page.set_default_timeout(60_000)
+        try:
+            self.write(name, cells)
+            self.open(page, name)
+            if run is None: self.run_all(page)
+            else: self.run_cell(page, run)
+            el = page.locator(selector).first
+            el.wait_for(timeout=120_000)
+            yield page, el
+        finally: page.close(); self.shutdown_kernels()
 
     def shutdown_kernels(self):
         "Stop every kernel (the previous test's notebook), so the next test has the CPUs."

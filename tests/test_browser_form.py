@@ -28,12 +28,7 @@ def _train_enabled(form) -> bool: return form.locator("button.qtnb-train").is_en
 
 def test_form_shows_one_error_and_blocks_train(lab):
     lab, ctx = lab
-    page = ctx.new_page(); page.set_default_timeout(60_000)
-    try:
-        lab.write("form_errors.ipynb", [FORM])
-        lab.open(page, "form_errors.ipynb"); lab.run_all(page)
-        form = page.locator(".qtnb-config-form").first
-        form.wait_for(timeout=120_000)
+    with lab.notebook(ctx, "form_errors.ipynb", [FORM], ".qtnb-config-form") as (page, form):
         eventually(lambda: len(_errors(form)) == 1, 30, "the unknown model's error")
         assert "lstmm" in _errors(form)[0] and not _train_enabled(form), (_errors(form), _train_enabled(form))
         form.scroll_into_view_if_needed(); page.screenshot(path=str(lab.out / "form-unknown-model.png"))
@@ -46,16 +41,10 @@ def test_form_shows_one_error_and_blocks_train(lab):
         page.screenshot(path=str(lab.out / "form-nested-error.png"))
         nested.fill("24, 12")
         eventually(lambda: not _errors(form) and _train_enabled(form), 30, "the error to clear")
-    finally: page.close(); lab.shutdown_kernels()
 
 def test_form_train_button_runs_the_form_values(lab):
     lab, ctx = lab
-    page = ctx.new_page(); page.set_default_timeout(60_000)
-    try:
-        lab.write("form_train.ipynb", [FORM, DUMP])
-        lab.open(page, "form_train.ipynb"); lab.run_cell(page, 0)
-        form = page.locator(".qtnb-config-form").first
-        form.wait_for(timeout=120_000)
+    with lab.notebook(ctx, "form_train.ipynb", [FORM, DUMP], ".qtnb-config-form", run=0) as (page, form):
         form.locator(".qtnb-field-model select").first.select_option("mlp")
         form.locator(".qtnb-config-form .qtnb-field-hidden_sizes input").first.fill("24, 12")
         eventually(lambda: not _errors(form) and _train_enabled(form), 30, "a valid form")
@@ -68,7 +57,6 @@ def test_form_train_button_runs_the_form_values(lab):
         mon.scroll_into_view_if_needed(); page.screenshot(path=str(lab.out / "form-trained.png"))
         lab.run_cell(page, 1)
         values = eventually(lambda: json.loads((lab.root / "form.json").read_text()), 60, "the form's values")
-    finally: page.close(); lab.shutdown_kernels()
     params = yaml.safe_load((run / "params.yaml").read_text())
     shown = {k: v for k, v in values.items() if k not in ("run_id", "runs_dir", "resume")}   # where the run went is not a parameter
     eq(params["parameters"], shown)

@@ -38,12 +38,7 @@ job = train(dict(data="synthetic:random_walk", model="mlp", seq_len=16, epochs=3
 
 def test_monitored_train_pause_resume_stop_saved_offline(lab):
     lab, ctx = lab
-    page = ctx.new_page(); page.set_default_timeout(60_000)
-    try:
-        lab.write("monitor.ipynb", [MONITOR])
-        lab.open(page, "monitor.ipynb"); lab.run_all(page)
-        mon = page.locator(".qtnb-training-monitor").first
-        mon.wait_for(timeout=120_000)
+    with lab.notebook(ctx, "monitor.ipynb", [MONITOR], ".qtnb-training-monitor") as (page, mon):
         state = lambda s: mon.locator(f"[data-state='{s}']").count() > 0
         points = lambda: mon.locator("circle[data-series='train_loss']").count()
         eventually(lambda: points() >= 2, 120, "two epochs on the loss curve")
@@ -65,7 +60,6 @@ def test_monitored_train_pause_resume_stop_saved_offline(lab):
         assert static.count() == 1 and not static.first.is_visible()   # the live monitor shows; its static copy is hidden under it
         done = f"stopped: epoch {len(epochs)}/300"
         nb = lab.save(page, "monitor.ipynb", lambda nb: any(done in d["text/plain"] for d in _static_outputs(nb, "qtnb-static-monitor")))
-    finally: page.close(); lab.shutdown_kernels()
     eq(len(_static_outputs(nb, "qtnb-static-monitor")), 1)    # one copy, replaced at each redraw
     html = lab.to_html("monitor.ipynb")
     assert done in html and "idle: epoch 0" not in html           # the final state, and no stale repr of the widget
@@ -88,16 +82,10 @@ tuner.optimize(6, callbacks=[panel], write_outputs=False);'''
 
 def test_tuner_panel_saved_offline(lab):
     lab, ctx = lab
-    page = ctx.new_page(); page.set_default_timeout(60_000)
-    try:
-        lab.write("tuner.ipynb", [TUNER])
-        lab.open(page, "tuner.ipynb"); lab.run_all(page)
-        panel = page.locator(".qtnb-tuner-panel").first
-        panel.wait_for(timeout=120_000)
+    with lab.notebook(ctx, "tuner.ipynb", [TUNER], ".qtnb-tuner-panel") as (page, panel):
         eventually(lambda: panel.locator(".qtnb-trials-table tbody tr").count() == 6, 120, "six trials in the table")
         lab.idle(page)
         nb = lab.save(page, "tuner.ipynb", lambda nb: any("6 trials" in d["text/html"] for d in _static_outputs(nb, "qtnb-static")))
-    finally: page.close(); lab.shutdown_kernels()
     html = lab.to_html("tuner.ipynb")
     figs = [f for f in plotly_figures(html) if any(t.get("name") == "objective" for t in f["data"])]
     eq(len(figs), 1)
@@ -120,12 +108,7 @@ RunBrowser("store")'''   # its own store: the monitor test's run is not in it
 
 def test_run_browser_saved_offline(lab):
     lab, ctx = lab
-    page = ctx.new_page(); page.set_default_timeout(60_000)
-    try:
-        lab.write("browser.ipynb", [BROWSER])
-        lab.open(page, "browser.ipynb"); lab.run_all(page)
-        rb = page.locator(".qtnb-run-browser").first
-        rb.wait_for(timeout=120_000)
+    with lab.notebook(ctx, "browser.ipynb", [BROWSER], ".qtnb-run-browser") as (page, rb):
         lab.idle(page)
         ids = sorted(p.name for p in (lab.root / "store").iterdir() if p.is_dir())
         picked = [i for i in ids if "-alpha-" in i or "-gamma-" in i]
@@ -139,7 +122,6 @@ def test_run_browser_saved_offline(lab):
         rb.scroll_into_view_if_needed(); page.screenshot(path=str(lab.out / "browser-selected.png"))
         nb = lab.save(page, "browser.ipynb", lambda nb: any(all(_label(i) in d["text/html"] for i in picked) and _sorted(d["text/html"])
                                                              and "qtnb-compare-table" in d["text/html"] for d in _static_outputs(nb, "qtnb-static")))
-    finally: page.close(); lab.shutdown_kernels()
     html = lab.to_html("browser.ipynb")
     assert _sorted(html)                                            # the saved copy keeps the order shown
     figs = plotly_figures(html)
