@@ -20,9 +20,8 @@ from .errors import ConfigError
 # %% auto #0
 __all__ = ['SETTINGS_ENV', 'SETTINGS_SECTIONS', 'PARAM_STYLE_ENV', 'NO_SPACE_ERRNOS', 'find_settings', 'Settings',
            'load_settings', 'param', 'allowed', 'config_error', 'QtnbConfig', 'param_hint', 'atomic_write', 'read_yaml',
-           'write_yaml', 'atomic_save', 'check_slug', 'resolve', 'from_preset', 'from_yaml', 'to_yaml',
-           'schema_problems', 'DataConfig', 'TrainConfig', 'TuneConfig', 'ExportConfig', 'StorageConfig', 'ModelConfig',
-           'runs_dir', 'study_storage']
+           'write_yaml', 'atomic_save', 'check_slug', 'schema_problems', 'DataConfig', 'TrainConfig', 'TuneConfig',
+           'ExportConfig', 'StorageConfig', 'ModelConfig', 'runs_dir', 'study_storage']
 
 # %% ../nbs/00_config.ipynb #5da45b02
 SETTINGS_ENV = "QTNB_SETTINGS"
@@ -274,6 +273,8 @@ def check_slug(name: Any, field: str = "name") -> str:
     return name
 
 # %% ../nbs/00_config.ipynb #eeba1401
+from fastcore.basics import patch
+
 def _resolve(cls, yaml_path=None, params=None, *, section=None, preset=None, settings=None, **kwargs):
     values, origins = {}, {}
     s = settings if settings is not None else load_settings()
@@ -296,31 +297,30 @@ def _resolve(cls, yaml_path=None, params=None, *, section=None, preset=None, set
     try: return cls(**values)
     finally: _ORIGINS.reset(token)
 
-@classmethod
-def resolve(cls, yaml_path: str | Path | None = None, params: dict | None = None, *,
+@patch(cls_method=True)
+def resolve(cls: QtnbConfig, yaml_path: str | Path | None = None, params: dict | None = None, *,
             section: str | None = None, # take this top-level section of the YAML file
             preset: str | None = None,  # apply a named preset above settings.ini
             settings: Settings | None = None, **kwargs):
     "The config from settings.ini < preset < YAML < `params` < `kwargs`; errors name the source of the bad value."
     return _resolve(cls, yaml_path, params, section=section, preset=preset, settings=settings, **kwargs)
 
-@classmethod
-def from_preset(cls, name: str, **overrides):
+@patch(cls_method=True)
+def from_preset(cls: QtnbConfig, name: str, **overrides):
     "The config of preset `name` (no settings.ini), with `overrides`."
     return cls.resolve(preset=name, settings=Settings(), **overrides)
 
-@classmethod
-def from_yaml(cls, path: str | Path, *, section: str | None = None):
+@patch(cls_method=True)
+def from_yaml(cls: QtnbConfig, path: str | Path, *, section: str | None = None):
     "Load a config from YAML (no settings.ini)."
     return cls.resolve(path, section=section, settings=Settings())
 
-def to_yaml(self, path: str | Path | None = None) -> str:
+@patch
+def to_yaml(self: QtnbConfig, path: str | Path | None = None) -> str:
     "The config as YAML; also written (atomically) to `path` when given."
     text = yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
     if path is not None: atomic_write(path, text)
     return text
-
-QtnbConfig.resolve, QtnbConfig.from_preset, QtnbConfig.from_yaml, QtnbConfig.to_yaml = resolve, from_preset, from_yaml, to_yaml
 
 # %% ../nbs/00_config.ipynb #505bf65d
 def schema_problems(cls) -> list[str]:
