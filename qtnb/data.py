@@ -1522,7 +1522,8 @@ def prepare(config: qcfg.DataConfig | dict | None = None,
     return Prepared(c, df, F, plan, _matrix=X, _blocks=(starts, names))
 
 # %% ../nbs/02_data.ipynb #94613d11
-def _stats(self: Prepared, max_folds: int = 50) -> pd.DataFrame:
+@patch
+def stats(self: Prepared, max_folds: int = 50) -> pd.DataFrame:
     "Per fold and split: windows, rows touched, first and last end date, target mean/std or class balance."
     out = []
     c = self.config
@@ -1542,7 +1543,8 @@ def _stats(self: Prepared, max_folds: int = 50) -> pd.DataFrame:
             out.append(row)
     return pd.DataFrame(out)
 
-def _plot_splits(self: Prepared, max_folds: int = 30):
+@patch
+def plot_splits(self: Prepared, max_folds: int = 30):
     "A plotly timeline of every fold's train/val/test ranges (window end dates)."
     import plotly.express as px
     colors = {"train": "#1f77b4", "val": "#ff7f0e", "test": "#2ca02c"}
@@ -1555,8 +1557,6 @@ def _plot_splits(self: Prepared, max_folds: int = 30):
                       color_discrete_map=colors, title=f"{self.config.validation} splits (window end dates)")
     fig.update_yaxes(autorange="reversed")
     return fig
-
-Prepared.stats, Prepared.plot_splits = _stats, _plot_splits
 
 # %% ../nbs/02_data.ipynb #35362873
 def trend_regime(close: pd.Series, window: int = 200) -> pd.Series:
