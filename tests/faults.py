@@ -369,6 +369,6 @@ def run_cases(request, tmp_path_factory) -> dict:
         tmp = tmp_path_factory.mktemp(cid)
         try: fn(tmp, random.Random(f"{SEED}-{cid}"), **kw); return None
         except BaseException as e: return e
-    with ThreadPoolExecutor(max_workers=int(os.environ.get("QTNB_FAULT_WORKERS", "3"))) as ex:
+    with ThreadPoolExecutor(max_workers=int(os.environ.get("QTNB_FAULT_WORKERS", "2"))) as ex:
         return dict(zip(selected, ex.map(one, selected)))
 

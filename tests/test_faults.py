@@ -10,8 +10,10 @@ notebook writes, or left with damaged run files. After each one:
 - no kernel or trainer process is left behind;
 - `qtnb runs list` works, and a rerun (or a resume from the last checkpoint) completes.
 
-The cases are independent: a session fixture runs the selected ones in parallel threads (each case drives its own
-processes in its own run store; QTNB_FAULT_WORKERS, default 3), and each case is reported as its own test.
+The cases are independent and spread over four files (this one, test_faults_kernel.py, test_faults_sweep.py and
+test_faults_disk.py), which pytest-xdist runs on different workers; in each file a fixture runs the selected cases
+in parallel threads (each case drives its own
+processes in its own run store; QTNB_FAULT_WORKERS, default 2), and each case is reported as its own test.
 """
 import nbformat
 

@@ -58,6 +58,10 @@ VARIANTS = {
     "mv_tpe5_ei64_asha_min1": (dict(MV, n_startup_trials=5, n_ei_candidates=64), (SH, dict(min_resource=1, reduction_factor=3))),
     "mv_tpe10_hyperband_min1": (dict(MV, n_startup_trials=10), (HB, dict(min_resource=1, reduction_factor=3))),
     "independent_tpe10_hyperband_min1": (dict(multivariate=False, n_startup_trials=10), (HB, dict(min_resource=1, reduction_factor=3))),
+    # Optuna's Gaussian-process sampler (Bayesian optimisation; a sampler name of its own, not TPE keywords)
+    "gp5_hyperband_min1": (("gp", dict(n_startup_trials=5)), (HB, dict(min_resource=1, reduction_factor=3))),
+    "gp5_asha_min1": (("gp", dict(n_startup_trials=5)), (SH, dict(min_resource=1, reduction_factor=3))),
+    "gp5_hyperband_min3": (("gp", dict(n_startup_trials=5)), (HB, dict(min_resource=3, reduction_factor=3))),
 }
 
 
@@ -93,7 +97,9 @@ def _apply(variant: str) -> tuple[str, str]:
     skw, pr = VARIANTS[variant]
     default = lambda f: TuneConfig.model_fields[f].default
     sampler = default("sampler") if skw is None else "tpe"
-    if skw is not None:
+    if isinstance(skw, tuple):                             # ("gp", keywords): Optuna's GPSampler
+        qt.make_sampler = lambda name="tpe", *, seed=None, **_: optuna.samplers.GPSampler(seed=seed, **skw[1])
+    elif skw is not None:
         qt.make_sampler = lambda name="tpe", *, seed=None, **_: optuna.samplers.TPESampler(seed=seed, **skw)
     if pr is None: return sampler, default("pruner")
     qt.make_pruner = lambda name="hyperband", *, max_resource=100, **_: _pruner(pr[0], max_resource, pr[1])
