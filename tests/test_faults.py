@@ -12,11 +12,9 @@ notebook writes, or left with damaged run files. After each one:
 
 The cases are independent and spread over four files (this one, test_faults_kernel.py, test_faults_sweep.py and
 test_faults_disk.py), which pytest-xdist runs on different workers; in each file a fixture runs the selected cases
-in parallel threads (each case drives its own
-processes in its own run store; QTNB_FAULT_WORKERS, default 2), and each case is reported as its own test.
+in parallel threads (each case drives its own processes in its own run store; QTNB_FAULT_WORKERS, default 2), and each case is reported as its own test.
 """
 import nbformat
-
 import pytest
 
 from faults import CASES, run_cases
