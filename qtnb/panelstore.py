@@ -243,7 +243,7 @@ def _file_rss() -> int:
 
 class Resident:
     "Keeps the store pages this process holds under `budget` bytes: beyond it, they are handed back to the page cache."
-    def __init__(self, budget: int = 192 << 20, every: float = 0.005):
+    def __init__(self, budget: int = 96 << 20, every: float = 0.005):
         self.budget, self.every, self.maps, self.trims = budget, every, weakref.WeakSet(), 0
         self._thread, self._base = None, 0
 
@@ -263,7 +263,7 @@ class Resident:
             try: mm.madvise(mmap.MADV_DONTNEED)
             except (ValueError, OSError): pass    # closed meanwhile
         self.trims += 1
-        self._base = min(self._base, _file_rss()) if self._base else _file_rss()
+        self._base = _file_rss()                      # what is left: other files' pages, and those faulted in since
 
     def _run(self, rss=_file_rss, sleep=time.sleep):   # bound here: module globals are gone at interpreter exit
         try:

@@ -1,5 +1,5 @@
 "Parquet panels larger than memory: the memory-mapped store gives the in-memory numbers, is cached by file identity, refuses bad input."
-import json, os, signal, subprocess, sys, textwrap, time
+import json, os, shutil, signal, subprocess, sys, textwrap, time
 from pathlib import Path
 
 import numpy as np
@@ -206,3 +206,56 @@ def test_cli_train_on_parquet_folder(tmp_path):
     assert len(runs) == 1 and json.loads((runs[0] / "status.json").read_text())["state"] == "completed"
     assert json.loads((runs[0] / "metrics.json").read_text())["test"]["n"] > 0
     assert (tmp_path / "runs" / ".cache" / "panels").is_dir()
+
+
+BIG = textwrap.dedent("""
+    import json, sys, time
+    t0 = time.perf_counter()
+    from qtnb.data import DataConfig, prepare
+    from qtnb.models.core import create_model
+    from qtnb.panelstore import RESIDENT
+    from qtnb.trainer import Trainer, seed_everything
+    c = DataConfig(data=sys.argv[1], features=["logret_1", "vol_20"], seq_len=8, validation="holdout",
+                   train_frac=0.9, val_frac=0.05, test_frac=0.05)
+    P = prepare(c, cache=sys.argv[2])
+    fold = P.folds[0]
+    train, val = fold.train, fold.val
+    t1 = time.perf_counter()
+    seed_everything(0)
+    m = create_model({"name": "mlp", "hidden_sizes": [16]}, n_features=len(P.feature_names), seq_len=8)
+    res = Trainer(m, num_epochs=1, batch_size=16384, early_stopping_patience=0, importance=False, device="cpu").fit(train, val)
+    print(json.dumps(dict(rows=int(P.store.rows), symbols=len(P.store.names), train=len(train), val=len(val), epochs=res.epochs,
+                          val_loss=float(res.history["val_loss"].iloc[-1]), prepare_s=t1 - t0, train_s=time.perf_counter() - t1,
+                          trims=RESIDENT.trims)))
+""")
+
+
+def run_measured(args: list[str], tmp: Path) -> tuple[dict, int]:
+    "Run BIG in a subprocess; (what it printed, its peak resident memory in bytes, from the kernel's rusage of that child)."
+    with open(tmp / "out.txt", "w+b") as out, open(tmp / "err.txt", "w+b") as err:
+        p = subprocess.Popen([sys.executable, "-c", BIG, *args], cwd=ROOT, stdout=out, stderr=err,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+        _, status, usage = os.wait4(p.pid, 0)                     # this child's own rusage (ru_maxrss: KiB on Linux)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0); err.seek(0)
+        assert p.returncode == 0, err.read().decode()[-3000:]
+        return json.loads(out.read().decode().strip().splitlines()[-1]), usage.ru_maxrss * 1024
+
+
+@pytest.mark.slow
+def test_4gb_panel_prepares_and_trains_under_1_5gb(tmp_path):
+    "A 4 GB Parquet panel (random walks, thousands of symbols) prepares and trains an MLP one epoch with peak RSS < 1.5 GB."
+    folder = tmp_path / "hive"
+    try:
+        t = time.perf_counter()
+        k, size = write_panel(folder, 0, 12000, target_bytes=4 * 10**9)
+        made = time.perf_counter() - t
+        res, peak = run_measured([str(folder), str(tmp_path / "cache")], tmp_path)
+        print(f"\n{size / 1e9:.2f} GB, {k} symbols, {res['rows']:,} rows: generated in {made:.0f} s, prepared in "
+              f"{res['prepare_s']:.0f} s, one epoch of {res['train']:,} windows in {res['train_s']:.0f} s, peak RSS {peak / 1e9:.2f} GB")
+        assert size >= 4 * 10**9 and res["rows"] == k * 12000 and res["symbols"] == k > 1000
+        assert res["epochs"] == 1 and res["train"] > 0.85 * res["rows"] and np.isfinite(res["val_loss"])
+        assert peak < 1.5e9, f"peak RSS {peak / 1e9:.2f} GB"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(tmp_path / "cache", ignore_errors=True)
