@@ -516,6 +516,8 @@ def _batches(w: Windows, batch_size: int, g: torch.Generator, drop_last: bool, a
     "The epoch's shuffled batches: `w.batches`, or the same batches indexed straight from its zero-copy view."
     if augment and w.augment is not None:
         return w.batches(batch_size, shuffle=True, generator=g, drop_last=drop_last, augment=True)
+    if len(w._runs) != 1:                                         # a panel's runs: view() would first gather every window
+        return w.batches(batch_size, shuffle=True, generator=g, drop_last=drop_last)
     xs = w.view()
     if xs.untyped_storage().data_ptr() != w.x.untyped_storage().data_ptr():   # several runs: gather per batch
         return w.batches(batch_size, shuffle=True, generator=g, drop_last=drop_last)
