@@ -68,7 +68,7 @@ def test_report_opens_offline_in_chromium_without_errors(more_runs, kind):
     require(chromium is not None, "Chromium is not installed (apt-get install chromium)")
     try: from playwright.sync_api import sync_playwright
     except ImportError: require(False, "Python Playwright is not installed (pip install -e '.[dev]')")
-    d, ids = more_runs
+    d, ids, _ = more_runs
     out = report(d, ids[kind])
     n = len(titles(out.read_text()))
     errors, requests = [], []
@@ -175,12 +175,12 @@ def more_runs(runs, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("QTNB_SETTINGS", str(ini))
         blocks = train(runs_dir=str(d), horizon=5, **SMALL)
-    return d, {**ids, "panel": panel.run.id, "blocks": blocks.run.id}
+    return d, {**ids, "panel": panel.run.id, "blocks": blocks.run.id}, {"panel": panel, "blocks": blocks}
 
 @pytest.mark.slow
 def test_panel_report_trades_the_portfolio_and_shows_each_symbol(more_runs):
     from qtnb.metrics import symbol_table
-    d, ids = more_runs
+    d, ids, _ = more_runs
     run = d / ids["panel"]
     m, page = json.loads((run / "metrics.json").read_text()), report(d, ids["panel"]).read_text()
     pred = pd.read_csv(run / "predictions.csv", parse_dates=["date"])
@@ -206,7 +206,7 @@ def test_panel_report_trades_the_portfolio_and_shows_each_symbol(more_runs):
 def test_walk_forward_report_shows_every_folds_learning_curves(more_runs):
     from qtnb.pipeline import fold_runs
     from qtnb.runs import open_run
-    d, ids = more_runs
+    d, ids, _ = more_runs
     lc = figures(report(d, ids["backtest"]).read_text())["Learning curves"]["data"]
     folds = fold_runs(open_run(ids["backtest"], runs_dir=d))
     eq(sorted(folds), [0, 1])
@@ -217,7 +217,7 @@ def test_walk_forward_report_shows_every_folds_learning_curves(more_runs):
 
 @pytest.mark.slow
 def test_blocks_run_report_trades_and_annualises_in_blocks(more_runs):
-    d, ids = more_runs
+    d, ids, _ = more_runs
     run = d / ids["blocks"]
     m, page = json.loads((run / "metrics.json").read_text()), report(d, ids["blocks"]).read_text()
     eq((m["trading"]["hold"], m["trading"]["horizon"]), ("blocks", 5))
@@ -235,6 +235,20 @@ def test_blocks_run_report_trades_and_annualises_in_blocks(more_runs):
     np.testing.assert_allclose(np.array(rs, dtype=float), direct_rolling_sharpe(strat, 13, 252 / 5), rtol=1e-9, equal_nan=True)
     assert "non-overlapping 5-period blocks" in page and "13 blocks of 5" in page
 
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["blocks", "panel"])
+def test_pipeline_notebooks_draw_the_reports_rolling_sharpe(more_runs, kind):
+    "The pipeline notebooks draw `rolling_sharpe_figure(report.backtest())`: the same convention and numbers as report.html."
+    from qtnb.report import rolling_sharpe_figure
+    d, ids, reps = more_runs
+    page = report(d, ids[kind]).read_text()
+    bt = reps[kind].backtest()
+    if kind == "blocks": eq((bt.attrs["trading"]["hold"], bt.attrs["trading"]["horizon"]), ("blocks", 5))
+    fig = rolling_sharpe_figure(bt)
+    np.testing.assert_allclose(np.asarray(fig.data[0].y, dtype=float), values(figures(page)["Rolling Sharpe"]["data"][0]["y"]),
+                               rtol=1e-12, equal_nan=True)
+    eq(fig.layout.title.text, figures(page)["Rolling Sharpe"]["layout"]["title"]["text"])
+
 def yaml_train(run: Path) -> dict:
     import yaml
     return yaml.safe_load((run / "params.yaml").read_text()).get("train") or {}
@@ -243,7 +257,7 @@ def yaml_train(run: Path) -> dict:
 @pytest.mark.parametrize("kind", ["train", "backtest", "tune", "panel", "blocks"])
 def test_report_names_its_conventions_once_and_fetches_nothing(more_runs, kind):
     from qtnb.report import external_resources
-    d, ids = more_runs
+    d, ids, _ = more_runs
     page = report(d, ids[kind]).read_text()
     eq(page.count("<section class='qtnb-conventions'>"), 1)
     for says in ("Out of sample only", "Returns:", "Offline:", "fetches nothing from the network"): assert says in page, says
