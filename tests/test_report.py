@@ -125,6 +125,13 @@ def fetched(page: str) -> list[str]:
         found += re.findall(r"url\(|@import", css, flags=re.I)
     return found
 
+_PAGES: dict = {}
+
+def page_of(d, run_id) -> str:
+    "The text of `qtnb report RUN` for `run_id`, written once per test module (each call is a process that imports qtnb)."
+    if run_id not in _PAGES: _PAGES[run_id] = report(d, run_id).read_text()
+    return _PAGES[run_id]
+
 def direct_rolling_sharpe(r: np.ndarray, rows: int, ppy: float) -> np.ndarray:
     "The Sharpe ratio of each trailing window of `rows` returns, one window at a time (ddof 1), times sqrt(ppy)."
     out = np.full(len(r), np.nan)
@@ -182,7 +189,7 @@ def test_panel_report_trades_the_portfolio_and_shows_each_symbol(more_runs):
     from qtnb.metrics import symbol_table
     d, ids, _ = more_runs
     run = d / ids["panel"]
-    m, page = json.loads((run / "metrics.json").read_text()), report(d, ids["panel"]).read_text()
+    m, page = json.loads((run / "metrics.json").read_text()), page_of(d, ids["panel"])
     pred = pd.read_csv(run / "predictions.csv", parse_dates=["date"])
     eq(m["test"]["n_symbols"], 3)
     f = figures(page)
@@ -207,7 +214,7 @@ def test_walk_forward_report_shows_every_folds_learning_curves(more_runs):
     from qtnb.pipeline import fold_runs
     from qtnb.runs import open_run
     d, ids, _ = more_runs
-    lc = figures(report(d, ids["backtest"]).read_text())["Learning curves"]["data"]
+    lc = figures(page_of(d, ids["backtest"]))["Learning curves"]["data"]
     folds = fold_runs(open_run(ids["backtest"], runs_dir=d))
     eq(sorted(folds), [0, 1])
     for k, sub in folds.items():
@@ -219,7 +226,7 @@ def test_walk_forward_report_shows_every_folds_learning_curves(more_runs):
 def test_blocks_run_report_trades_and_annualises_in_blocks(more_runs):
     d, ids, _ = more_runs
     run = d / ids["blocks"]
-    m, page = json.loads((run / "metrics.json").read_text()), report(d, ids["blocks"]).read_text()
+    m, page = json.loads((run / "metrics.json").read_text()), page_of(d, ids["blocks"])
     eq((m["trading"]["hold"], m["trading"]["horizon"]), ("blocks", 5))
     pred = pd.read_csv(run / "predictions.csv", parse_dates=["date"]).sort_values("date")
     nb = len(pred) // 5                                     # by hand: the signal at each block's start, held 5 days
@@ -241,7 +248,7 @@ def test_pipeline_notebooks_draw_the_reports_rolling_sharpe(more_runs, kind):
     "The pipeline notebooks draw `rolling_sharpe_figure(report.backtest())`: the same convention and numbers as report.html."
     from qtnb.report import rolling_sharpe_figure
     d, ids, reps = more_runs
-    page = report(d, ids[kind]).read_text()
+    page = page_of(d, ids[kind])
     bt = reps[kind].backtest()
     if kind == "blocks": eq((bt.attrs["trading"]["hold"], bt.attrs["trading"]["horizon"]), ("blocks", 5))
     fig = rolling_sharpe_figure(bt)
@@ -258,7 +265,7 @@ def yaml_train(run: Path) -> dict:
 def test_report_names_its_conventions_once_and_fetches_nothing(more_runs, kind):
     from qtnb.report import external_resources
     d, ids, _ = more_runs
-    page = report(d, ids[kind]).read_text()
+    page = page_of(d, ids[kind])
     eq(page.count("<section class='qtnb-conventions'>"), 1)
     for says in ("Out of sample only", "Returns:", "Offline:", "fetches nothing from the network"): assert says in page, says
     if kind != "tune": assert "basis points of capital per unit of turnover" in page and "Not modelled" in page
