@@ -357,6 +357,7 @@ def backtest(signal, returns, dates=None, *, cost_bps: float = 0.0, benchmark=No
                            drawdown=1.0 - eq / peak, buy_hold=np.cumprod(1.0 + bench)),
                       index=index[rows] if index is not None else None)
     df.attrs["metrics"] = trading_metrics(pos, simple, cost_bps=cost_bps, periods_per_year=periods_per_year / span, log_returns=False)
+    df.attrs["trading"] = trading_convention(horizon, hold, periods_per_year)   # rolling figures (qtnb.report) annualise the same way
     return df
 
 # %% ../nbs/04_metrics.ipynb #b35319da

@@ -764,7 +764,7 @@ def _portfolio_backtest(d: pd.DataFrame, cost: float, tr: dict) -> pd.DataFrame:
     hold = portfolio_returns(np.ones(len(d)), *args[1:])                  # equal-weight buy-and-hold of every symbol
     eq = np.cumprod(1 + pr["portfolio_return"].to_numpy())
     bt = pd.DataFrame(dict(position=pr["exposure"], asset_return=hold["portfolio_return"], cost=pr["cost"],
-                           strategy_return=pr["portfolio_return"], equity=eq,
+                           strategy_return=pr["portfolio_return"], equity=eq, turnover=pr["turnover"],
                            drawdown=1 - eq / np.maximum.accumulate(np.r_[1.0, eq])[1:],
                            buy_hold=np.cumprod(1 + hold["portfolio_return"].to_numpy())), index=pr.index)
     bt.attrs["metrics"] = portfolio_metrics(*args, cost_bps=cost, **kw)

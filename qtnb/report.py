@@ -18,9 +18,11 @@ from .config import atomic_write
 from .errors import ConfigError
 
 # %% auto #0
-__all__ = ['learning_curves', 'predictions_figure', 'trade', 'equity_figure', 'exposure_figure', 'rolling_sharpe_figure',
-           'monthly_returns_figure', 'cost_sensitivity', 'cost_sensitivity_figure', 'classification_figures',
-           'importance_figure', 'fold_sharpe_figure', 'tune_figures', 'run_figures', 'report_html', 'write_report']
+__all__ = ['learning_curves', 'predictions_figure', 'trade', 'equity_figure', 'exposure_figure', 'rolling_sharpe',
+           'rolling_sharpe_figure', 'monthly_returns_figure', 'cost_sensitivity', 'cost_sensitivity_figure',
+           'shown_symbols', 'symbol_equity_figure', 'classification_figures', 'importance_figure', 'fold_sharpe_figure',
+           'tune_figures', 'symbol_results', 'run_figures', 'conventions_html', 'external_resources', 'report_html',
+           'write_report']
 
 # %% ../nbs/15_report.ipynb #8235220c
 _LAYOUT = dict(template="plotly_white", margin=dict(t=50, b=40, l=50, r=20))
@@ -72,19 +74,41 @@ def learning_curves(history: pd.DataFrame, # history.csv: epoch, train_loss, val
     return fig
 
 # %% ../nbs/15_report.ipynb #1ecbf797
-def predictions_figure(pred: pd.DataFrame, max_points: int = 3000) -> go.Figure:
-    "Out-of-sample predictions against the actual target over time."
-    d = pred.iloc[:: max(1, len(pred) // max_points)]
-    fig = go.Figure([go.Scatter(x=d["date"], y=d["y_true"], name="actual", line=dict(width=1, color="#999")),
-                     go.Scatter(x=d["date"], y=d["y_pred"], name="predicted", line=dict(width=1.5))])
-    fig.update_layout(title="Predictions against actual", height=320, **_LAYOUT)
+def _symbols(pred: pd.DataFrame) -> list:
+    return list(pd.unique(pred["symbol"])) if "symbol" in pred else []
+
+def _selector(fig: go.Figure, labels: list, per: int) -> go.Figure:
+    "A dropdown showing one label's `per` traces at a time (traces added label by label), the first label's at the start."
+    n = len(fig.data)
+    for i, t in enumerate(fig.data): t.visible = i < per
+    buttons = [dict(label=str(s), method="update", args=[{"visible": [j // per == k for j in range(n)]}]) for k, s in enumerate(labels)]
+    fig.update_layout(updatemenus=[dict(buttons=buttons, x=0, xanchor="left", y=1.2, yanchor="top")])
     return fig
 
-def trade(pred: pd.DataFrame, cost_bps: float = 0.0) -> pd.DataFrame:
-    "The predictions' signal traded on their forward returns (one symbol): position, returns, equity, buy-and-hold."
+def predictions_figure(pred: pd.DataFrame, max_points: int = 3000,
+                       symbols: list | None = None) -> go.Figure: # a panel's symbols to offer (default: all), one shown at a time
+    "Out-of-sample predictions against the actual target over time; a panel's with a symbol selector."
+    names = (symbols or _symbols(pred)) if len(_symbols(pred)) > 1 else [None]
+    fig = go.Figure()
+    for s in names:
+        g = pred if s is None else pred[pred["symbol"] == s]
+        d = g.iloc[:: max(1, len(g) // max(300, max_points // len(names)))]
+        fig.add_trace(go.Scatter(x=d["date"], y=d["y_true"], name="actual", line=dict(width=1, color="#999")))
+        fig.add_trace(go.Scatter(x=d["date"], y=d["y_pred"], name="predicted", line=dict(width=1.5)))
+    if names != [None]: _selector(fig, names, 2)
+    fig.update_layout(title="Predictions against actual" + (" (one symbol at a time)" if names != [None] else ""), height=320, **_LAYOUT)
+    return fig
+
+def trade(pred: pd.DataFrame, cost_bps: float = 0.0,
+          trading: dict | None = None, # how the run trades (metrics.json's `trading`): hold, horizon, periods_per_year, weighting, long_only
+         ) -> pd.DataFrame:
+    "The predictions' signal traded as the run's trading metrics trade it: one symbol's backtest, or a panel's portfolio of every symbol."
     from qtnb.metrics import backtest
-    d = pred[pred["symbol"] == pred["symbol"].iloc[0]] if "symbol" in pred else pred
-    return backtest(d["signal"].to_numpy(), d["forward_return"].to_numpy(), pd.DatetimeIndex(d["date"]), cost_bps=cost_bps)
+    from qtnb.pipeline import _portfolio_backtest   # the pipeline Report's panel backtest: one definition of the portfolio
+    tr = trading or {}
+    if len(_symbols(pred)) > 1: return _portfolio_backtest(pred, cost_bps, tr)
+    return backtest(pred["signal"].to_numpy(), pred["forward_return"].to_numpy(), pd.DatetimeIndex(pred["date"]), cost_bps=cost_bps,
+                    horizon=int(tr.get("horizon", 1)), hold=tr.get("hold", "next"), periods_per_year=float(tr.get("periods_per_year", 252)))
 
 def equity_figure(bt: pd.DataFrame) -> go.Figure:
     "Strategy equity against buy-and-hold."
@@ -95,19 +119,36 @@ def equity_figure(bt: pd.DataFrame) -> go.Figure:
 
 # %% ../nbs/15_report.ipynb #fb3fa950
 def exposure_figure(bt: pd.DataFrame) -> go.Figure:
-    "The position held each period and the turnover it caused."
+    "The position held each period and the turnover it caused (a panel's portfolio: its gross exposure and turnover)."
     pos = bt["position"]
+    turn = bt["turnover"] if "turnover" in bt else pos.diff().abs().fillna(pos.abs())
     fig = go.Figure([go.Scatter(x=bt.index, y=pos, name="exposure", line=dict(width=1)),
-                     go.Scatter(x=bt.index, y=pos.diff().abs().fillna(pos.abs()), name="turnover", line=dict(width=1))])
+                     go.Scatter(x=bt.index, y=turn, name="turnover", line=dict(width=1))])
     fig.update_layout(title="Exposure and turnover", height=300, **_LAYOUT)
     return fig
 
-def rolling_sharpe_figure(bt: pd.DataFrame, window: int = 63, periods: int = 252) -> go.Figure:
-    "The strategy's annualised Sharpe ratio over a rolling window of `window` periods."
+def _convention(bt: pd.DataFrame, trading: dict | None) -> tuple[int, float]:
+    "The periods each row of `bt` spans and the periods a year, from `trading` or the frame's own `attrs['trading']`."
+    tr = trading or bt.attrs.get("trading") or {}
+    return (int(tr.get("horizon", 1)) if tr.get("hold") == "blocks" else 1), float(tr.get("periods_per_year", 252))
+
+def rolling_sharpe(bt: pd.DataFrame, window: int = 63, # in periods (days for daily data); a row of h-period blocks counts h
+                   trading: dict | None = None, # how `bt` was traded (default: its `attrs['trading']`, set by qtnb.metrics.backtest)
+                  ) -> pd.Series:
+    "The strategy's Sharpe ratio over the trailing `window` periods, annualised as the run's trading metrics are (periods/h for blocks)."
+    span, ppy = _convention(bt, trading)
+    n = max(2, round(window / span))
     r = bt["strategy_return"]
-    rs = r.rolling(window).mean() / r.rolling(window).std() * np.sqrt(periods)
-    fig = go.Figure([go.Scatter(x=bt.index, y=rs, name=f"{window}-period Sharpe")])
-    fig.update_layout(title="Rolling Sharpe", height=300, **_LAYOUT)
+    mean, std = r.rolling(n).mean(), r.rolling(n).std(ddof=1)
+    return (mean / std.where(std > 0) * np.sqrt(ppy / span)).rename("rolling_sharpe")
+
+def rolling_sharpe_figure(bt: pd.DataFrame, window: int = 63, trading: dict | None = None) -> go.Figure:
+    "`rolling_sharpe` over time, its window and annualisation in the title."
+    span, ppy = _convention(bt, trading)
+    unit = f"{window} periods" + (f" = {max(2, round(window / span))} blocks of {span}" if span > 1 else "")
+    fig = go.Figure([go.Scatter(x=bt.index, y=rolling_sharpe(bt, window, trading), name=f"Sharpe over {window} periods")])
+    fig.update_layout(title=f"Rolling Sharpe ({unit}, annualised with {ppy:g}{f' / {span}' if span > 1 else ''} a year)",
+                      yaxis_title="annualised Sharpe", height=300, **_LAYOUT)
     return fig
 
 def monthly_returns_figure(bt: pd.DataFrame) -> go.Figure:
@@ -137,6 +178,34 @@ def cost_sensitivity_figure(table: pd.DataFrame, cost_bps: float | None = None) 
         fig.add_annotation(x=be, y=0, text=f"break-even ≈ {be:.1f} bps", showarrow=True)
     fig.update_layout(title="Cost sensitivity", xaxis_title="cost per unit turnover (bps)", yaxis_title="annualised Sharpe",
                       height=300, **_LAYOUT)
+    return fig
+
+# %% ../nbs/15_report.ipynb #3a57f9ce
+def shown_symbols(table: pd.DataFrame, # `symbol_table`'s rows, best Sharpe first
+                  k: int = 20) -> list:
+    "The symbols a selector offers: all of them up to `k`, else the k/2 best and the k/2 worst by Sharpe ratio."
+    s = list(table.index)
+    return s if len(s) <= k else s[: k // 2] + s[len(s) - (k - k // 2):]
+
+def _thin(n: int, max_points: int) -> np.ndarray:
+    "At most about `max_points` evenly spaced row numbers of `n`, the last one always kept (equity ends where it ends)."
+    return np.unique(np.r_[np.arange(0, n, max(1, -(-n // max_points))), n - 1]) if n else np.arange(0)
+
+def symbol_equity_figure(pred: pd.DataFrame, cost_bps: float = 0.0, symbols: list | None = None, max_points: int = 500) -> go.Figure:
+    "Each symbol's own equity (its signal on its forward returns, after costs) against its buy-and-hold, one symbol at a time."
+    from qtnb.metrics import equity_curve
+    names = symbols or _symbols(pred)
+    fig = go.Figure()
+    for s in names:
+        g = pred[pred["symbol"] == s].sort_values("date")
+        eq = equity_curve(g["signal"].to_numpy(), g["forward_return"].to_numpy(), cost_bps=cost_bps)
+        keep = _thin(len(g), max_points)
+        fig.add_trace(go.Scatter(x=g["date"].iloc[keep], y=eq[keep], name=f"{s} strategy"))
+        fig.add_trace(go.Scatter(x=g["date"].iloc[keep], y=np.exp(np.cumsum(g["forward_return"].to_numpy()))[keep],
+                                 name=f"{s} buy and hold", line=dict(color="#999")))
+    _selector(fig, names, 2)
+    fig.update_layout(title=f"Equity by symbol ({len(names)} of {len(_symbols(pred))}, one at a time)", yaxis_title="growth of 1",
+                      height=360, **_LAYOUT)
     return fig
 
 # %% ../nbs/15_report.ipynb #2255d6a9
@@ -193,28 +262,54 @@ def tune_figures(trials: pd.DataFrame) -> list[go.Figure]:
 
 # %% ../nbs/15_report.ipynb #9a53a81c
 def _read_csv(p: Path) -> pd.DataFrame | None:
-    return pd.read_csv(p) if p.is_file() and p.stat().st_size > 0 else None
+    return pd.read_csv(p, dtype={"symbol": str}) if p.is_file() and p.stat().st_size > 0 else None
+
+def _histories(run) -> tuple:
+    "The run's learning curves, best and early-stop epochs: a walk-forward run's every fold (from its fold runs), else its own."
+    from qtnb.pipeline import fold_runs
+    early = lambda st, h: int(h["epoch"].max()) if str(st.get("stop_reason") or "").startswith("early stopping") else None
+    folds = fold_runs(run)
+    hs = {k: h for k, sub in sorted(folds.items()) if (h := _read_csv(Path(sub.path) / "history.csv")) is not None and "epoch" in h}
+    if len(hs) > 1:
+        best = {f.get("fold"): f.get("best_epoch") for f in run.metrics.get("folds") or []}
+        return (pd.concat([h.assign(fold=k) for k, h in hs.items()], ignore_index=True), best,
+                {k: e for k, h in hs.items() if (e := early(folds[k].status, h)) is not None})
+    h = _read_csv(Path(run.path) / "history.csv")
+    if h is None or "epoch" not in h: return None, None, None
+    return h, (run.metrics.get("fit") or {}).get("best_epoch"), early(run.status, h)
+
+def _cost(run) -> float: return float(((run.params or {}).get("train") or {}).get("cost_bps") or 0.0)
+
+def symbol_results(run, pred: pd.DataFrame | None = None) -> pd.DataFrame | None:
+    "A panel run's per-symbol figures (`qtnb.metrics.symbol_table` at the run's cost), best Sharpe first; None for one series."
+    from qtnb.metrics import symbol_table
+    pred = _read_csv(Path(run.path) / "predictions.csv") if pred is None else pred
+    if pred is None or len(_symbols(pred)) < 2 or "forward_return" not in pred: return None
+    return symbol_table(*(pred[c].to_numpy() for c in ("signal", "forward_return")), pd.DatetimeIndex(pred["date"]),
+                        pred["symbol"].to_numpy(), cost_bps=_cost(run))
 
 def run_figures(run) -> list[tuple[str, go.Figure]]:
-    "Every figure the files of `run` support, as (title, figure)."
-    path, m, params = Path(run.path), run.metrics, run.params
+    "Every figure the files of `run` support, as (title, figure), trading ones traded as its metrics were."
+    path, m = Path(run.path), run.metrics
     out = []
     if (t := _read_csv(path / "trials.csv")) is not None: out += [(f.layout.title.text, f) for f in tune_figures(t)]
-    if (h := _read_csv(path / "history.csv")) is not None and "epoch" in h:
-        early = int(h["epoch"].max()) if str(run.status.get("stop_reason") or "").startswith("early stopping") else None
-        out.append(("Learning curves", learning_curves(h, best_epoch=(m.get("fit") or {}).get("best_epoch"), stopped_epoch=early)))
+    h, best, early = _histories(run)
+    if h is not None: out.append(("Learning curves", learning_curves(h, best_epoch=best, stopped_epoch=early)))
     pred = _read_csv(path / "predictions.csv")
     if pred is not None and len(pred):
         pred["date"] = pd.to_datetime(pred["date"], errors="coerce")
-        out.append(("Predictions against actual", predictions_figure(pred)))
+        table = symbol_results(run, pred) if pred["date"].notna().all() else None
+        shown = shown_symbols(table) if table is not None else None
+        out.append(("Predictions against actual", predictions_figure(pred, symbols=shown)))
         if "logit_0" in pred and "logit_1" not in pred:
             out += [(f.layout.title.text, f) for f in classification_figures(pred)]
         if pred["date"].notna().all() and "forward_return" in pred:
-            cost = float((params.get("train") or {}).get("cost_bps") or 0.0)
-            bt = trade(pred, cost)
+            cost, tr = _cost(run), m.get("trading") or {}
+            bt = trade(pred, cost, tr)
             out += [("Equity against buy-and-hold", equity_figure(bt)), ("Exposure and turnover", exposure_figure(bt)),
-                    ("Rolling Sharpe", rolling_sharpe_figure(bt)), ("Monthly returns", monthly_returns_figure(bt)),
-                    ("Cost sensitivity", cost_sensitivity_figure(cost_sensitivity(lambda c: trade(pred, c)), cost))]
+                    ("Rolling Sharpe", rolling_sharpe_figure(bt, trading=tr)), ("Monthly returns", monthly_returns_figure(bt)),
+                    ("Cost sensitivity", cost_sensitivity_figure(cost_sensitivity(lambda c: trade(pred, c, tr)), cost))]
+            if table is not None: out.append(("Equity by symbol", symbol_equity_figure(pred, cost, shown)))
     if len(m.get("folds") or []) > 1: out.append(("Sharpe per fold", fold_sharpe_figure(m["folds"])))
     if (imp := _read_csv(path / "feature_importance.csv")) is not None and imp.shape[1] >= 2:
         out.append(("Permutation importance", importance_figure(imp.set_index(imp.columns[0]).iloc[:, 0])))
@@ -230,15 +325,53 @@ def _metrics_html(m: dict) -> str:
             if isinstance(v, (int, float)) and not isinstance(v, bool): rows.append(f"<tr><td>{split}</td><td>{html.escape(k)}</td><td>{v:.6g}</td></tr>")
     return f"<table class='metrics'><tr><th>split</th><th>metric</th><th>value</th></tr>{''.join(rows)}</table>" if rows else ""
 
+def conventions_html(run, *, cdn: bool = False) -> str:
+    "The report's limits and conventions in one place: which rows, which returns, what costs, what is left out."
+    m, tr, n_sym = run.metrics, run.metrics.get("trading") or {}, (run.metrics.get("test") or {}).get("n_symbols")
+    wf, tune = len(m.get("folds") or []) > 1, bool((run.params or {}).get("study"))
+    items = [("Out of sample only", "predictions, trading figures and equity are on the test range"
+              + (", the folds' test ranges stitched in time order" if wf else "") + ", never on rows a model was fitted on; "
+              "validation (val) figures chose the epoch" + (" and the tuned parameters" if tune else "") + " and flatter the model"),
+             ("Returns", (tr.get("definition") or "one-period returns, annualised with 252 periods a year")
+              + "; buy-and-hold and the rolling Sharpe (63 periods) follow the same convention")]
+    if tr: items += [("Costs", f"{_cost(run):g} basis points of capital per unit of turnover (the change in position), in every "
+                      "trading figure, equity and rolling Sharpe; buy-and-hold pays none; the cost-sensitivity figure trades the same "
+                      "signal at other costs. Not modelled: spreads beyond that cost, slippage, market impact, borrowing and financing, taxes"),
+                     ("Positions", "the signal is the position, a fraction of capital in [-1, 1]: the sign of the predicted return "
+                      "(return target) or 2 P(up) - 1 (direction target), held as the returns above say")]
+    if n_sym: items.append(("Panel", f"the {n_sym} symbols are traded as one {tr.get('weighting', 'equal')}-weight"
+                            f"{' long-only' if tr.get('long_only') else ''} portfolio across symbols; the per-symbol table and "
+                            "selector show each symbol traded alone"))
+    if tune: items.append(("Tuning", "trial values are validation figures; the best of many trials is optimistic"))
+    items.append(("Offline", "plotly.js is loaded from plotly's CDN: this page needs the network" if cdn
+                  else "plotly.js is inlined once; this page fetches nothing from the network"))
+    li = "".join(f"<li><b>{html.escape(k)}:</b> {html.escape(v)}.</li>" for k, v in items)
+    return f"<section class='qtnb-conventions'><h2>What these numbers are</h2><ul>{li}</ul></section>"
+
+def external_resources(page: str) -> list[str]:
+    "The URLs `page` would fetch: script, image and frame sources, stylesheet links, and CSS `url()` / `@import` in its style blocks."
+    import re
+    tags = re.findall(r"<(?:script|img|iframe|source|embed)\b[^>]*?\bsrc\s*=\s*[\"']?([^\"'\s>]+)", page, flags=re.I)
+    tags += re.findall(r"<link\b[^>]*?\bhref\s*=\s*[\"']?([^\"'\s>]+)", page, flags=re.I)
+    css = " ".join(re.findall(r"<style\b[^>]*>(.*?)</style>", page, flags=re.I | re.S))
+    tags += re.findall(r"(?:url\(\s*|@import\s+)[\"']?([^\"')\s;]+)", css, flags=re.I)
+    return [u for u in tags if not u.lower().startswith(("data:", "#", "blob:"))]
+
+# %% ../nbs/15_report.ipynb #278175af
+def _table_html(title: str, df: pd.DataFrame) -> str:
+    return (f"<div class='qtnb-table' data-title='{html.escape(title, quote=True)}'><h2>{html.escape(title)}</h2>"
+            f"{df.to_html(float_format=lambda v: f'{v:.4g}', classes='metrics', border=0)}</div>")
+
 def report_html(run, *, cdn: bool = False) -> str:
-    "The report page of `run`: its state, headline metrics and every figure it supports."
+    "The report page of `run`: its state, headline metrics, its conventions, a panel's per-symbol table and every figure it supports."
     figs, st = run_figures(run), run.status
     parts = [f"<h1>{html.escape(run.id)}</h1><p>{html.escape(str((run.params or {}).get('pipeline') or ''))} run, "
-             f"{html.escape(str(st.get('state')))}</p>", _metrics_html(run.metrics)]
+             f"{html.escape(str(st.get('state')))}</p>", _metrics_html(run.metrics), conventions_html(run, cdn=cdn)]
+    if (table := symbol_results(run)) is not None: parts.append(_table_html("Per-symbol results", table))
     for i, (title, fig) in enumerate(figs):
         js = ("cdn" if cdn else True) if i == 0 else False
         parts.append(f"<div class='qtnb-figure' data-title='{html.escape(title, quote=True)}'>"
-                     f"{fig.to_html(full_html=False, include_plotlyjs=js, config={'displaylogo': False})}</div>")
+                     f"{fig.to_html(full_html=False, include_plotlyjs=js, include_mathjax=False, config={'displaylogo': False})}</div>")
     style = "body{font-family:sans-serif;max-width:1100px;margin:auto} table.metrics td,th{padding:2px 10px}"
     return f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(run.id)}</title><style>{style}</style></head><body>{''.join(parts)}</body></html>"
 
