@@ -200,6 +200,8 @@ def _draw(fig, series: dict, kind: str) -> None:
         else: fig.add_scatter(x=x, y=y, name=str(n), mode="lines+markers")
 
 # %% ../nbs/11_monitor.ipynb #beb9364b
+import uuid
+
 def _clock(s: float | None) -> str:
     if s is None or not math.isfinite(s): return "?"
     s = int(round(s)); h, r = divmod(s, 3600); m, s = divmod(r, 60)
@@ -207,11 +209,19 @@ def _clock(s: float | None) -> str:
 
 def _table(rows: list[dict], *, cls: str = "qtnb-table", links: dict | None = None,
            show: dict | None = None,     # column -> function giving the text shown for a value (e.g. run_label)
-           header: bool = True, widths: dict | None = None) -> str:   # column -> pixels: a fixed layout
+           header: bool = True, widths: dict | None = None,   # column -> pixels: a fixed layout
+           sortable: bool = False,         # a click on a column's name sorts the rows, with no kernel (a saved copy)
+           sorted_by: tuple | None = None, # (column, descending) the rows are already in, so a click on it reverses them
+           keys: dict | None = None) -> str:   # column -> function (value, row) giving the value it sorts by
     "An HTML table of `rows`, one line each; `links` maps a column to a function (value, row) -> href or None."
     if not rows: return '<i style="color:#999">nothing yet</i>'
     cols = list(dict.fromkeys(k for r in rows for k in r))
-    th = "".join(f'<th style="text-align:left;padding:2px 8px">{html.escape(str(c))}</th>' for c in cols) if header else ""
+    tid = f"qtnb-table-{uuid.uuid4().hex[:12]}" if sortable else None
+    def _th(c):
+        d = ("desc" if sorted_by[1] else "asc") if sortable and sorted_by and sorted_by[0] == c else ""
+        return (f'<th style="text-align:left;padding:2px 8px{";cursor:pointer" if sortable else ""}"'
+                + (f' data-dir="{d}"' if d else "") + f'>{html.escape(str(c))}</th>')
+    th = "".join(_th(c) for c in cols) if header else ""
     body = []
     for r in rows:
         tds = []
@@ -222,12 +232,25 @@ def _table(rows: list[dict], *, cls: str = "qtnb-table", links: dict | None = No
             href = (links or {}).get(c)
             url = href(v, r) if href and v not in ("", None) else None
             if url: cell = f'<a href="{html.escape(url, quote=True)}" target="_blank">{cell}</a>'
-            tds.append(f'<td style="padding:2px 8px;white-space:nowrap;overflow:hidden;text-overflow:ellipsis">{cell}</td>')
+            key = (keys[c](v, r) if c in (keys or {}) else v if isinstance(v, (int, float)) and not isinstance(v, bool) else None)
+            dv = f' data-v="{html.escape(str(key), quote=True)}"' if sortable and key not in (None, "") else ""
+            tds.append(f'<td{dv} style="padding:2px 8px;white-space:nowrap;overflow:hidden;text-overflow:ellipsis">{cell}</td>')
         body.append("<tr>" + "".join(tds) + "</tr>")
     fixed = (f"table-layout:fixed;width:{sum(widths.get(c, 0) for c in cols)}px;" if widths else "")
     colgroup = "<colgroup>" + "".join(f'<col style="width:{widths.get(c, 0)}px">' for c in cols) + "</colgroup>" if widths else ""
-    return (f'<table class="{cls}" style="{fixed}border-collapse:collapse;font-size:0.9em">{colgroup}'
-            + (f"<thead><tr>{th}</tr></thead>" if header else "") + f'<tbody>{"".join(body)}</tbody></table>')
+    idattr = f' id="{tid}"' if tid else ""
+    return (f'<table{idattr} class="{cls}" style="{fixed}border-collapse:collapse;font-size:0.9em">{colgroup}'
+            + (f"<thead><tr>{th}</tr></thead>" if header else "") + f'<tbody>{"".join(body)}</tbody></table>'
+            + (_SORT_JS.replace("TABLE_ID", tid) if sortable and header else ""))
+
+# sorts a static table in the page, with no kernel: numbers as numbers, other text as text, empty cells last
+_SORT_JS = ("<script>(function(){var t=document.getElementById('TABLE_ID');if(!t||t.dataset.sortable)return;t.dataset.sortable='1';"
+            "var hs=Array.from(t.tHead.rows[0].cells);hs.forEach(function(h,i){h.addEventListener('click',function(){"
+            "var d=h.dataset.dir==='asc'?'desc':'asc';hs.forEach(function(o){o.removeAttribute('data-dir')});h.dataset.dir=d;"
+            "var v=function(r){var c=r.cells[i];return c.dataset.v!==undefined?c.dataset.v:c.textContent.trim()};"
+            "var b=t.tBodies[0],rs=Array.from(b.rows);rs.sort(function(a,z){var x=v(a),y=v(z);"
+            "if(x===''||y==='')return (x==='')-(y==='');var p=Number(x),q=Number(y),s=isFinite(p)&&isFinite(q)?p-q:(x<y?-1:x>y?1:0);"
+            "return d==='asc'?s:-s});rs.forEach(function(r){b.appendChild(r)});});});})();</script>")
 
 class Throttle:
     "True at most once every `every` seconds (and always when forced)."

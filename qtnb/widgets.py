@@ -740,7 +740,7 @@ class RunBrowser(StaticCopy, W.VBox):
         self.runs_dir, self.widgets = runs_dir, _use_widgets(mode)
         self.root = Path(runs_dir).expanduser().resolve() if runs_dir is not None else default_runs_dir()
         self.link_root = link_root if link_root is not None else os.path.relpath(self.root, Path.cwd())
-        self.runs, self.rows, self.started, self.sort_by, self.descending = None, [], {}, None, False
+        self.runs, self.rows, self.started, self.sort_by, self.descending, self._quiet = None, [], {}, None, False, False
         self.query = W.Text(placeholder="any text in any column", description="Filter", layout=W.Layout(width="320px"))
         self.status_filter = W.Dropdown(options=["(any)"], description="State", layout=W.Layout(width="220px"))
         self.refresh_button = W.Button(description="Refresh", icon="refresh")
@@ -753,14 +753,17 @@ class RunBrowser(StaticCopy, W.VBox):
         self.chart = Chart(metric, xlabel="epoch", backend=backend)
         self.equity_chart = Chart("out-of-sample equity (a panel: its portfolio)", xlabel="year", backend=backend, xformat=".1f")
         self.prediction_chart = Chart("out-of-sample predictions", xlabel="year", backend=backend, xformat=".1f")
+        self.symbol_picker = W.Dropdown(options=[], description="Symbol", layout=W.Layout(width="220px", display="none"))
+        self.symbol_picker.add_class("qtnb-runs-symbol")   # a panel run's predictions: the symbol shown (the first by default)
         self.symbols = W.HTML(); self.symbols.add_class("qtnb-runs-symbols")
         for w in (self.query, self.status_filter): w.observe(lambda ch: self._filter(), names="value")
         self.selector.observe(lambda ch: self._selected(), names="value")
         self.metric_picker.observe(lambda ch: self._selected(), names="value")
+        self.symbol_picker.observe(lambda ch: None if self._quiet else self._selected(), names="value")
         self.refresh_button.on_click(lambda _: self.refresh())
         super().__init__([W.HBox([self.query, self.status_filter, self.refresh_button]), self.header, self.table,
                           W.HBox([W.VBox([self.selector, self.metric_picker]), self.chart.widget]), self.compare,
-                          W.HBox([self.equity_chart.widget, self.prediction_chart.widget]), self.symbols])
+                          W.HBox([self.equity_chart.widget, W.VBox([self.symbol_picker, self.prediction_chart.widget])]), self.symbols])
         self.add_class("qtnb-run-browser")
         self.refresh()
 
@@ -850,7 +853,9 @@ def sorted_rows(self: RunBrowser) -> list[dict]:
 def _table_html(self: RunBrowser, header: bool = False) -> str:
     links = {"run": lambda v, r: self._href(v), "notebook": lambda v, r: self._href(r["run"], "notebook.ipynb")}
     return _table(self.sorted_rows, cls="qtnb-runs-table-inner", links=links, show={"run": run_label},
-                  header=header, widths=None if header else self._widths())
+                  header=header, widths=None if header else self._widths(),
+                  sortable=header, sorted_by=(self.sort_by, self.descending) if self.sort_by else None,   # the saved copy sorts too
+                  keys={"started": lambda v, r: self.started.get(r["run"], "")})
 
 @patch
 def _href(self: RunBrowser, run_id: str, file: str = "") -> str: return f"{self.link_root.rstrip('/')}/{run_id}/{file}"
@@ -945,22 +950,53 @@ def _by_fold(rid: str, dates, values, folds, series: dict, labels: dict, max_poi
         key = rid if k is None else f"{rid}#fold{k}"
         series[key], labels[key] = (_years(g["date"]), list(g["v"])), run_label(rid) + ("" if k is None else f" fold {k}")
 
+def _read_predictions(run) -> pd.DataFrame | None:
+    "A run's predictions.csv (None without one, or one that cannot be read)."
+    p = Path(run.path) / "predictions.csv"
+    try: return pd.read_csv(p, parse_dates=["date"]) if p.is_file() else None
+    except (ValueError, KeyError): return None
+
+def _with_actual(actual: dict, preds: dict, labels: dict) -> dict:
+    "`preds` after each run's own target (run id -> series by date): one 'actual' line when the runs share it, else one each."
+    series = list(actual.values())
+    same = all(s.index.equals(series[0].index) and np.allclose(s, series[0], equal_nan=True) for s in series[1:])
+    out = {}
+    for rid, s in (list(actual.items())[:1] if same else actual.items()):
+        key = "actual" if same else f"actual#{rid}"
+        _by_fold(key, s.index, s.to_numpy(), None, out, labels)
+        labels[key] = "actual" if same else f"actual {run_label(rid)}"
+    return {**out, **preds}
+
 def _fold_of_date(pred: pd.DataFrame | None):
     "Date -> fold, from a run's predictions (None without a fold column)."
     if pred is None or "fold" not in pred: return None
     return pred.groupby("date")["fold"].first()
 
+def _pick_symbol(picker, preds: dict) -> str | None:
+    "Offer the symbols of the selected runs' predictions in `picker` (hidden for no panel); the one chosen, the first by default."
+    syms = list(dict.fromkeys(s for p in preds.values() if p is not None and "symbol" in p for s in p["symbol"].astype(str)))
+    if len(syms) < 2: syms = []
+    keep = picker.value
+    if list(picker.options) != syms: picker.options = syms
+    picker.value = keep if keep in syms else (syms[0] if syms else None)
+    picker.layout.display = None if syms else "none"
+    return picker.value
+
 @patch
 def _draw_trading(self: RunBrowser, run_ids: list[str]) -> None:
-    "The selected runs' out-of-sample equity and predictions by fold, and each selected panel run's per-symbol table."
+    "The selected runs' out-of-sample equity and predictions by fold (a panel: the chosen symbol), each panel run's symbols."
     from qtnb.runs import open_run
-    equity, preds, el, pl, tables = {}, {}, {}, {}, []
+    equity, preds, el, pl, tables, loaded, actual = {}, {}, {}, {}, [], {}, {}
     for rid in run_ids:
-        try:
-            run = open_run(rid, runs_dir=self.root)
-            eq, sym = run_equity(run), run_symbols(run)
-            p = Path(run.path) / "predictions.csv"
-            pred = pd.read_csv(p, parse_dates=["date"]) if p.is_file() else None
+        try: loaded[rid] = open_run(rid, runs_dir=self.root)
+        except QtnbError as e: tables.append(f'<span style="color:#c62828">{html.escape(run_label(rid))}: {html.escape(str(e))}</span>')
+    preds_of = {rid: _read_predictions(run) for rid, run in loaded.items()}
+    self._quiet = True
+    try: symbol = _pick_symbol(self.symbol_picker, preds_of)
+    finally: self._quiet = False
+    for rid, run in loaded.items():
+        pred = preds_of[rid]
+        try: eq, sym = run_equity(run), run_symbols(run)
         except (QtnbError, ValueError, KeyError) as e:
             tables.append(f'<span style="color:#c62828">{html.escape(run_label(rid))}: {html.escape(str(e))}</span>'); continue
         folds = _fold_of_date(pred)
@@ -968,12 +1004,14 @@ def _draw_trading(self: RunBrowser, run_ids: list[str]) -> None:
             _by_fold(rid, eq.index, eq["equity"], None if folds is None else folds.reindex(pd.DatetimeIndex(eq.index)).ffill().bfill(),
                      equity, el)
         if pred is not None and {"date", "y_pred"} <= set(pred.columns) and len(pred):
-            one = pred[pred["symbol"] == pred["symbol"].iloc[0]] if "symbol" in pred else pred
-            if not preds and "y_true" in one: _by_fold("actual", one["date"], one["y_true"], None, preds, pl)
-            _by_fold(rid, one["date"], one["y_pred"], one.get("fold"), preds, pl)
+            one = pred[pred["symbol"].astype(str) == (symbol or str(pred["symbol"].iloc[0]))] if "symbol" in pred else pred
+            if len(one) and "y_true" in one: actual[rid] = one.set_index("date")["y_true"]
+            if len(one): _by_fold(rid, one["date"], one["y_pred"], one.get("fold"), preds, pl)   # none: it lacks the symbol
         if sym is not None:
             rows = [{"symbol": k, **{c: _fmt(v) for c, v in r.items()}} for k, r in sym.iterrows()]
             tables.append(f"<b>{html.escape(run_label(rid))}</b>: {len(sym)} symbols" + _table(rows, cls="qtnb-symbols-table"))
+    preds = _with_actual(actual, preds, pl)
+    self.prediction_chart.title = "out-of-sample predictions" + (f": {symbol}" if symbol else "")
     self.equity_chart.labels, self.prediction_chart.labels = el, pl
     self.equity_chart.update(equity); self.prediction_chart.update(preds)
     self.symbols.value = "".join(tables)

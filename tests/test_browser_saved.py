@@ -17,8 +17,8 @@ pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
 def _static_outputs(nb, marker: str) -> list[dict]:
     return [o["data"] for c in nb.cells for o in c.get("outputs", []) if marker in o.get("data", {}).get("text/html", "")]
 
-def _check_offline(lab, ctx, html: str, fig_id: str, name: str):
-    "The page draws figure `fig_id` with plotly.js from the file itself; what plotly drew for it."
+def _check_offline(lab, ctx, html: str, fig_id: str, name: str, then=None):
+    "The page draws figure `fig_id` with plotly.js from the file itself; what plotly drew for it (`then(page)` runs before it closes)."
     extra = script_sources(html) - template_sources()
     assert not extra, f"scripts from outside the file beyond nbconvert's template: {extra}"
     assert "cdn.plot.ly" not in "".join(script_sources(html)) and "@jupyter-widgets/html-manager" not in html
@@ -28,6 +28,7 @@ def _check_offline(lab, ctx, html: str, fig_id: str, name: str):
         page.locator(f"#{fig_id}").scroll_into_view_if_needed()
         page.screenshot(path=str(lab.out / f"{name}-offline.png"))
         drawn = page.evaluate(f"() => document.getElementById('{fig_id}').data.map(t => ({{name: t.name, x: Array.from(t.x || [])}}))")
+        if then is not None: then(page)
     finally: page.close()
     mine = [e for e in errors if "net::ERR_FAILED" not in e and "require" not in e.lower() and "mathjax" not in e.lower()]
     assert not mine, mine   # nothing failed but the template's own CDN scripts, refused here
@@ -127,11 +128,22 @@ def test_run_browser_saved_offline(lab):
     figs = plotly_figures(html)
     curves = [f for f in figs if {t.get("name") for t in f["data"]} == {_label(i) for i in picked} and f["data"][0]["x"] == [1, 2, 3, 4, 5]]
     equity = [f for f in figs if "equity" in json.dumps(f["layout"].get("title", "")) and len(f["data"]) == 2]
-    predictions = [f for f in figs if "predictions" in json.dumps(f["layout"].get("title", ""))
-                   and {t.get("name") for t in f["data"]} == {"actual", *(_label(i) for i in picked)}]
+    predictions = [f for f in figs if "predictions" in json.dumps(f["layout"].get("title", ""))   # each run's own target
+                   and {t.get("name") for t in f["data"]} == {*(f"actual {_label(i)}" for i in picked), *(_label(i) for i in picked)}]
     assert curves and equity and predictions, [(f["layout"].get("title"), [t.get("name") for t in f["data"]]) for f in figs]
-    drawn = _check_offline(lab, ctx, html, curves[0]["id"], "browser")
+    drawn = _check_offline(lab, ctx, html, curves[0]["id"], "browser", then=_sorts_offline)
     eq(sorted(t["name"] for t in drawn), sorted(_label(i) for i in picked))
+
+def _sorts_offline(page):
+    "The saved run table sorts with no kernel: a click on val_loss reverses the saved order (highest first), a second restores it."
+    table = page.locator(".qtnb-static-copy table.qtnb-runs-table-inner")
+    eq(table.count(), 1)
+    first = lambda: table.locator("tbody tr").first.inner_text()
+    assert "gamma" in first()
+    table.locator("th", has_text="val_loss").click()
+    eventually(lambda: "beta" in first(), 10, "the saved table sorted by val_loss, lowest first")
+    table.locator("th", has_text="val_loss").click()
+    eventually(lambda: "gamma" in first(), 10, "the saved table sorted by val_loss, highest first")
 
 def _sorted(html: str) -> bool:
     "Whether the run table in `html` lists gamma, alpha, beta: highest val_loss first."
