@@ -558,7 +558,8 @@ def _failing(run):
 
 _TRADED_AS = ("horizon", "hold", "periods_per_year", "weighting", "long_only")   # metrics["trading"]'s keys that say how a signal is traded
 
-from .monitor import LiveTrain, live_frontend   # train(monitor=True): the fit in the background under a live monitor
+from .widgets.charts import live_frontend
+from .widgets.monitor import LiveTrain   # train(monitor=True): the fit in the background under a live monitor
 
 def train(p: TrainParams | dict | None = None, *, verbose: bool = True, cost_bps: float | None = None,
           monitor=None,     # True or a TrainingMonitor: fit in the background under it (a LiveTrain); None: when live_frontend()

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from fastcore.test import test_eq as eq
 
-from lab_browser import eventually, lab, plotly_figures, script_sources, template_sources  # noqa: F401 (lab is a fixture)
+from lab_browser import eventually, lab, plotly_figures, plotted, script_sources, template_sources  # noqa: F401 (lab is a fixture)
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
 
@@ -41,7 +41,7 @@ def test_monitored_train_pause_resume_stop_saved_offline(lab):
     lab, ctx = lab
     with lab.notebook(ctx, "monitor.ipynb", [MONITOR], ".qtnb-training-monitor") as (page, mon):
         state = lambda s: mon.locator(f"[data-state='{s}']").count() > 0
-        points = lambda: mon.locator("circle[data-series='train_loss']").count()
+        points = lambda: plotted(mon, "train_loss")
         eventually(lambda: points() >= 2, 120, "two epochs on the loss curve")
         mon.locator("button.qtnb-pause").click()
         eventually(lambda: state("paused"), 10, "the monitor to say paused")
@@ -114,7 +114,7 @@ def test_run_browser_saved_offline(lab):
         ids = sorted(p.name for p in (lab.root / "store").iterdir() if p.is_dir())
         picked = [i for i in ids if "-alpha-" in i or "-gamma-" in i]
         rb.locator("select[multiple]").first.select_option(value=None, label=[_label(i) for i in picked])   # a person's pick
-        eventually(lambda: rb.locator("circle[data-series]").count() >= 10, 30, "two runs' curves overlaid")
+        eventually(lambda: plotted(rb.locator(".qtnb-chart").first) >= 10, 30, "two runs' curves overlaid")
         first = lambda: rb.locator(".qtnb-runs-table-inner tbody tr").first.inner_text()
         rb.locator("button.qtnb-sort-val_loss").click()                  # a click on a column's name sorts by it
         eventually(lambda: "beta" in first(), 30, "the lowest val_loss first")
