@@ -185,6 +185,11 @@ def template_sources() -> set[str]:
     from nbconvert import HTMLExporter
     return script_sources(HTMLExporter().from_notebook_node(nbformat.v4.new_notebook())[0])
 
+def plotted(locator, name: str | None = None) -> int:
+    "Points plotly has drawn in the live charts under `locator` (JupyterLab's plotly renderer), of traces named `name` (any when None)."
+    return locator.evaluate("(el, name) => Array.from(el.querySelectorAll('.js-plotly-plot')).flatMap(gd => gd.data || [])"
+                            ".filter(t => name === null || t.name === name).reduce((n, t) => n + (t.x ? t.x.length : 0), 0)", name)
+
 def plotly_figures(html: str) -> list[dict]:
     "The figures qtnb's static copies draw in `html`: their data and layout, from the `Plotly.newPlot` calls."
     out, dec = [], json.JSONDecoder()

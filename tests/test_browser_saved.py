@@ -10,15 +10,15 @@ import pandas as pd
 import pytest
 from fastcore.test import test_eq as eq
 
-from lab_browser import eventually, lab, plotly_figures, script_sources, template_sources  # noqa: F401 (lab is a fixture)
+from lab_browser import eventually, lab, plotly_figures, plotted, script_sources, template_sources  # noqa: F401 (lab is a fixture)
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
 
 def _static_outputs(nb, marker: str) -> list[dict]:
     return [o["data"] for c in nb.cells for o in c.get("outputs", []) if marker in o.get("data", {}).get("text/html", "")]
 
-def _check_offline(lab, ctx, html: str, fig_id: str, name: str):
-    "The page draws figure `fig_id` with plotly.js from the file itself; what plotly drew for it."
+def _check_offline(lab, ctx, html: str, fig_id: str, name: str, then=None):
+    "The page draws figure `fig_id` with plotly.js from the file itself; what plotly drew for it (`then(page)` runs before it closes)."
     extra = script_sources(html) - template_sources()
     assert not extra, f"scripts from outside the file beyond nbconvert's template: {extra}"
     assert "cdn.plot.ly" not in "".join(script_sources(html)) and "@jupyter-widgets/html-manager" not in html
@@ -28,6 +28,7 @@ def _check_offline(lab, ctx, html: str, fig_id: str, name: str):
         page.locator(f"#{fig_id}").scroll_into_view_if_needed()
         page.screenshot(path=str(lab.out / f"{name}-offline.png"))
         drawn = page.evaluate(f"() => document.getElementById('{fig_id}').data.map(t => ({{name: t.name, x: Array.from(t.x || [])}}))")
+        if then is not None: then(page)
     finally: page.close()
     mine = [e for e in errors if "net::ERR_FAILED" not in e and "require" not in e.lower() and "mathjax" not in e.lower()]
     assert not mine, mine   # nothing failed but the template's own CDN scripts, refused here
@@ -40,7 +41,7 @@ def test_monitored_train_pause_resume_stop_saved_offline(lab):
     lab, ctx = lab
     with lab.notebook(ctx, "monitor.ipynb", [MONITOR], ".qtnb-training-monitor") as (page, mon):
         state = lambda s: mon.locator(f"[data-state='{s}']").count() > 0
-        points = lambda: mon.locator("circle[data-series='train_loss']").count()
+        points = lambda: plotted(mon, "train_loss")
         eventually(lambda: points() >= 2, 120, "two epochs on the loss curve")
         mon.locator("button.qtnb-pause").click()
         eventually(lambda: state("paused"), 10, "the monitor to say paused")
@@ -113,7 +114,7 @@ def test_run_browser_saved_offline(lab):
         ids = sorted(p.name for p in (lab.root / "store").iterdir() if p.is_dir())
         picked = [i for i in ids if "-alpha-" in i or "-gamma-" in i]
         rb.locator("select[multiple]").first.select_option(value=None, label=[_label(i) for i in picked])   # a person's pick
-        eventually(lambda: rb.locator("circle[data-series]").count() >= 10, 30, "two runs' curves overlaid")
+        eventually(lambda: plotted(rb.locator(".qtnb-chart").first) >= 10, 30, "two runs' curves overlaid")
         first = lambda: rb.locator(".qtnb-runs-table-inner tbody tr").first.inner_text()
         rb.locator("button.qtnb-sort-val_loss").click()                  # a click on a column's name sorts by it
         eventually(lambda: "beta" in first(), 30, "the lowest val_loss first")
@@ -127,11 +128,22 @@ def test_run_browser_saved_offline(lab):
     figs = plotly_figures(html)
     curves = [f for f in figs if {t.get("name") for t in f["data"]} == {_label(i) for i in picked} and f["data"][0]["x"] == [1, 2, 3, 4, 5]]
     equity = [f for f in figs if "equity" in json.dumps(f["layout"].get("title", "")) and len(f["data"]) == 2]
-    predictions = [f for f in figs if "predictions" in json.dumps(f["layout"].get("title", ""))
-                   and {t.get("name") for t in f["data"]} == {"actual", *(_label(i) for i in picked)}]
+    predictions = [f for f in figs if "predictions" in json.dumps(f["layout"].get("title", ""))   # each run's own target
+                   and {t.get("name") for t in f["data"]} == {*(f"actual {_label(i)}" for i in picked), *(_label(i) for i in picked)}]
     assert curves and equity and predictions, [(f["layout"].get("title"), [t.get("name") for t in f["data"]]) for f in figs]
-    drawn = _check_offline(lab, ctx, html, curves[0]["id"], "browser")
+    drawn = _check_offline(lab, ctx, html, curves[0]["id"], "browser", then=_sorts_offline)
     eq(sorted(t["name"] for t in drawn), sorted(_label(i) for i in picked))
+
+def _sorts_offline(page):
+    "The saved run table sorts with no kernel: a click on val_loss reverses the saved order (highest first), a second restores it."
+    table = page.locator(".qtnb-static-copy table.qtnb-runs-table-inner")
+    eq(table.count(), 1)
+    first = lambda: table.locator("tbody tr").first.inner_text()
+    assert "gamma" in first()
+    table.locator("th", has_text="val_loss").click()
+    eventually(lambda: "beta" in first(), 10, "the saved table sorted by val_loss, lowest first")
+    table.locator("th", has_text="val_loss").click()
+    eventually(lambda: "gamma" in first(), 10, "the saved table sorted by val_loss, highest first")
 
 def _sorted(html: str) -> bool:
     "Whether the run table in `html` lists gamma, alpha, beta: highest val_loss first."

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from fastcore.test import test_eq as eq
+from lab_browser import plotly_figures
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "tests" / "output" / "widgets"
@@ -22,7 +23,7 @@ def test_saved_widget_state_renders_in_nbconvert_html(tmp_path):
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell("from qtnb.widgets import ConfigForm, Chart\n"
                                           "form = ConfigForm('train', preset='easy')\nform"),
-                nbformat.v4.new_code_cell("chart = Chart('loss', backend='svg')\n"
+                nbformat.v4.new_code_cell("chart = Chart('loss')\n"
                                           "chart.update({'train_loss': ([1, 2, 3], [0.5, 0.4, 0.3])})\nchart.widget")]
     _execute(nb, tmp_path, store_widget_state=True)
     state = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
@@ -39,7 +40,7 @@ def test_saved_widget_state_renders_in_nbconvert_html(tmp_path):
     assert '<script type="application/vnd.jupyter.widget-state+json">' in html
     assert html.count('<script type="application/vnd.jupyter.widget-view+json">') == 2
     assert form_id in html and "@jupyter-widgets/html-manager" in html   # the embed manager that draws them
-    assert "data-series=" in html                                       # the SVG chart travels inside the state
+    assert "application/vnd.plotly.v1+json" in html.replace("\\/", "/") and '"train_loss"' in html   # the chart's plotly figure travels inside the state
 
 def test_text_mode_in_a_plain_process(tmp_path):
     "A script (no kernel): the monitor and the form print text and never fail."
@@ -77,7 +78,7 @@ def panel_runs(tmp_path_factory):
 def test_run_browser_draws_a_panel_runs_portfolio_equity_and_symbols(panel_runs):
     from qtnb.widgets import RunBrowser, run_equity
     store, bt, tr = panel_runs
-    rb = RunBrowser(store, mode="widgets", backend="svg")
+    rb = RunBrowser(store, mode="widgets")
     rb.select(bt.run.id, tr.run.id)
     pred = pd.read_csv(tr.run_dir / "predictions.csv")
     lines = lambda rid: [k for k in rb.equity_chart.series if k.split("#")[0] == rid]   # a walk-forward run: a line per fold
@@ -118,7 +119,7 @@ def test_training_monitor_follows_a_panel_fit():
     from qtnb.widgets import TrainingMonitor
     df = random_walk(200, n_symbols=3, seed=1).rename(columns={"symbol": "ticker"})
     fold = prepare(dict(symbol_col="ticker", seq_len=8, features=["logret_1", "vol_5"], validation="holdout", cache=False), df).folds[0]
-    mon = TrainingMonitor(mode="widgets", every=0, backend="svg")
+    mon = TrainingMonitor(mode="widgets", every=0)
     Trainer("mlp", dict(num_epochs=3, device="cpu", importance=False), callbacks=[mon]).fit(fold.train, fold.val)
     eq(mon.state, "completed"); eq(len(mon.history), 3)
     eq(mon.loss_chart.n_points, {"train_loss": 3, "val_loss": 3})
@@ -135,7 +136,7 @@ def test_tuner_panel_follows_a_study_on_a_panel(tmp_path):
     t = Tuner(SearchSpace().log_uniform("alpha", 1e-4, 10.0), "val_sharpe", frame=df, model="linear", runs_dir=tmp_path,
               data=dict(symbol_col="ticker", seq_len=8, features=["logret_1", "vol_5"], validation="holdout", cache=False),
               sampler="random", pruner="none", seed=0)
-    panel = TunerPanel(t, mode="widgets", every=0, backend="svg")
+    panel = TunerPanel(t, mode="widgets", every=0)
     t.optimize(3, callbacks=[panel])
     panel.refresh()
     eq(panel.n_seen, 3); assert 3 in panel.history_chart.n_points.values(), panel.history_chart.n_points
@@ -151,7 +152,7 @@ FAST = dict(data="synthetic:planted", model="mlp", seq_len=8, epochs=3, batch_si
 def test_monitored_train_shows_every_epoch_and_returns_the_plain_report(tmp_path):
     from qtnb.pipeline import LiveTrain, Report, train
     from qtnb.widgets import TrainingMonitor
-    mon = TrainingMonitor(mode="widgets", every=0, backend="svg")
+    mon = TrainingMonitor(mode="widgets", every=0)
     live = train(monitor=mon, runs_dir=tmp_path / "live", **FAST)
     assert isinstance(live, LiveTrain)
     rep = live.result()
@@ -177,7 +178,7 @@ def test_the_monitors_stop_button_stops_a_monitored_train(tmp_path):
         def on_train_epoch_end(self, trainer, *args, **kwargs):
             self.n += 1
             if self.n == 2: reached.set(); clicked.wait(60)
-    mon = TrainingMonitor(mode="widgets", every=0, backend="svg")
+    mon = TrainingMonitor(mode="widgets", every=0)
     live = train(monitor=mon, callbacks=[HoldAtEpoch2()], runs_dir=tmp_path, **{**FAST, "epochs": 50})
     assert reached.wait(120)
     assert not mon.stop_button.disabled
@@ -232,7 +233,7 @@ def test_pipeline_form_train_button_runs_the_forms_values(tmp_path):
 def test_run_browser_names_runs_with_short_ids_in_a_compact_table(panel_runs):
     from qtnb.widgets import RunBrowser, run_label
     store, bt, tr = panel_runs
-    rb = RunBrowser(store, mode="widgets", backend="svg")
+    rb = RunBrowser(store, mode="widgets")
     table = rb.table.value
     eq(table.count("<tr>"), 2)                                     # one line per run, under the column names' buttons
     head = [b.description for b in rb.header.children]
@@ -256,11 +257,11 @@ def test_run_browser_overlays_the_selected_runs_learning_curves_under_whole_labe
         r = create_run(name, runs_dir=tmp_path, params={"pipeline": "train", "model": {"name": "lstm"}})
         for e in range(1, n + 1): r.log_epoch({"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e})
         r.set_status("completed"); ids.append(r.id)
-    rb = RunBrowser(tmp_path, mode="widgets", backend="svg")
+    rb = RunBrowser(tmp_path, mode="widgets")
     rb.select(*ids)
     eq(rb.chart.n_points, {ids[0]: 5, ids[1]: 3})                 # both runs' curves, overlaid
-    svg = rb.last_static["text/html"]
-    for i in ids: assert f">{run_label(i)}</text>" in svg, run_label(i)   # legends whole: name and short id
+    names = [t["name"] for f in plotly_figures(rb.last_static["text/html"]) for t in f["data"]]
+    for i in ids: assert run_label(i) in names, run_label(i)            # legends whole: name and short id
     eq({t["name"] for t in rb.last_figure["data"]}, {run_label(i) for i in ids})
 
 def test_pipeline_form_tune_button_tunes_the_forms_values(tmp_path):

@@ -8,7 +8,7 @@ import json, shutil
 from pathlib import Path
 
 import pytest
-from lab_browser import eventually as _eventually, lab  # noqa: F401 (lab is a fixture: JupyterLab and Chromium for this module)
+from lab_browser import eventually as _eventually, lab, plotted  # noqa: F401 (lab is a fixture: JupyterLab and Chromium for this module)
 
 ROOT = Path(__file__).resolve().parents[1]
 NB = ROOT / "tests" / "notebooks" / "widgets_demo.ipynb"
@@ -79,13 +79,13 @@ def _drive(page, lab):
     panel = page.locator(".qtnb-tuner-panel").first
     panel.wait_for(timeout=180_000)
     _eventually(lambda: panel.locator(".qtnb-trials-table tbody tr").count() >= N_TRIALS, 120, f"{N_TRIALS} trials in the table")
-    assert panel.locator("circle[data-series='objective']").count() >= 1
+    _eventually(lambda: plotted(panel, "objective") >= 1, 30, "plotly to draw the objective in the live history chart")
     panel.scroll_into_view_if_needed(); _shot(page, "3-tuner")
 
     # the monitor: the curve grows during the fit, Stop ends it early, the run says `stopped`
     mon = page.locator(".qtnb-training-monitor").first
     mon.wait_for(timeout=120_000)
-    points = lambda: mon.locator("circle[data-series='train_loss']").count()
+    points = lambda: plotted(mon, "train_loss")
     first = _eventually(points, 90, "the first points of the loss curve")
     _eventually(lambda: points() > first + 1, 90, "the loss curve to gain points")
     mon.scroll_into_view_if_needed(); _shot(page, "4-monitor-running")

@@ -27,7 +27,7 @@ def test_monitor_figure_and_static_copy():
     assert "lr" not in [t.name for t in fig.data]                       # a constant learning rate is not drawn
     s = mon.last_static
     assert s["text/plain"].startswith("TrainingMonitor(completed: epoch 3/3"), s["text/plain"]
-    assert s["text/html"].count("<circle") >= 6                         # 3 epochs x train and val loss
+    eq([t["x"] for t in plotly_figures(s["text/html"])[0]["data"][:2]], [[1, 2, 3]] * 2)   # 3 epochs x train and val loss
 
 @pytest.mark.slow
 def test_saved_notebook_and_its_html_show_the_final_state(tmp_path):
@@ -58,7 +58,7 @@ def test_tuner_panel_and_run_browser_keep_a_static_copy(tmp_path):
     study.optimize(lambda t: (t.suggest_float("x", -2, 2) - 1) ** 2, n_trials=5)
     panel = TunerPanel(study, mode="widgets")
     s = panel.last_static
-    assert "static-demo" in s["text/html"] and "5 trials" in s["text/html"] and "<svg" in s["text/html"]
+    assert "static-demo" in s["text/html"] and "5 trials" in s["text/html"]
     eq(len(panel.last_figure["data"][0]["x"]), 5); eq(len(plotly_figures(s["text/html"])[0]["data"][0]["x"]), 5)
     study.optimize(lambda t: (t.suggest_float("x", -2, 2) - 1) ** 2, n_trials=2)
     shown = []
