@@ -366,7 +366,11 @@ def _launch(trainer: Trainer, job: Path) -> tuple[int, str, BaseException | None
     rid = trainer.run.id if trainer.run is not None else job.name
     cmd = torchrun_command(job, nproc=c.nproc, nnodes=c.nnodes, rdzv_endpoint=c.rdzv_endpoint, rdzv_id=re.sub(r"[^A-Za-z0-9_-]", "-", rid))
     if c.nnodes > 1: print(f"every other node runs: {' '.join(cmd)}", flush=True)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path.cwd()), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    paths = [str(Path.cwd())]
+    mod = sys.modules.get(type(trainer.model).__module__)
+    if getattr(mod, "__file__", None) and not mod.__name__.startswith("qtnb."):   # a plugin model's module: importable in the ranks
+        paths.append(str(Path(mod.__file__).resolve().parents[mod.__name__.count(".")]))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([*paths, *filter(None, [os.environ.get("PYTHONPATH")])])}
     log = job / "torchrun.log"
     seen, sent, stop, pruned = 0, {}, None, None
     with open(log, "w") as out:
@@ -395,7 +399,7 @@ def fit_ddp(trainer: Trainer, train: Windows, val: Windows | None = None, *, res
     trainer._busy, trainer._state, trainer.should_stop, trainer.stop_reason = True, "running", False, None
     trainer._stop_flag = trainer._pause_flag = False
     trainer._table = hook_table(trainer.callbacks); trainer._fit_callbacks = list(trainer.callbacks)
-    tmp = None
+    tmp = job = None
     try:
         try:
             seed_everything(trainer.config.seed, deterministic=trainer.config.deterministic)   # the initial weights a single fit draws
@@ -417,7 +421,7 @@ def fit_ddp(trainer: Trainer, train: Windows, val: Windows | None = None, *, res
             if rc != 0:
                 rank, why = rank_failure(job, log)
                 who = f"rank {rank}" if rank is not None else "torchrun"
-                err = TrainingError(f"DDP training failed: {who} {why}; every rank was stopped (torchrun's output: {job / 'torchrun.log'})")
+                err = TrainingError(f"DDP training failed in {who}: {why}; every rank was stopped (torchrun's output: {job / 'torchrun.log'})")
                 if trainer.run is not None: trainer.run.set_status("failed", error=f"TrainingError: {err}", failed_rank=rank)
                 raise err
             result = _take_result(trainer, job)
@@ -438,6 +442,8 @@ def fit_ddp(trainer: Trainer, train: Windows, val: Windows | None = None, *, res
         return result
     finally:
         trainer._busy = False
+        for name in ("data.pt", "result.pt"):                 # copies of the data and weights: the run keeps its own
+            if job is not None: (job / name).unlink(missing_ok=True)
         if tmp is not None:
             import shutil; shutil.rmtree(tmp, ignore_errors=True)
 

@@ -1,0 +1,107 @@
+"""DDP training (qtnb.distributed) in real torchrun processes on CPU (gloo): the same numbers as one process, one run
+folder, an exact resume after kill -9 of a rank, and a failing rank failing the run with nothing left running."""
+import json, os, signal, subprocess, sys, time, zlib
+from pathlib import Path
+
+import pytest
+from fastcore.test import test_close as close, test_eq as eq
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parent.parent
+QTNB = str(Path(sys.executable).parent / "qtnb")
+MODEL = {"hidden_sizes": [16], "dropout": 0.0}
+PARAMS = dict(data="synthetic:random_walk", model="mlp", model_params=MODEL, epochs=4, batch_size=64, seed=7)
+CLI = [a for k, v in PARAMS.items() for a in ("-p", k, json.dumps(v) if isinstance(v, dict) else str(v))]
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+
+
+def runs_in(root: Path) -> list[Path]: return sorted(p.parent for p in root.glob("*/status.json"))
+def status(run: Path) -> dict: return json.loads((run / "status.json").read_text())
+def metrics(run: Path) -> dict: return json.loads((run / "metrics.json").read_text())
+
+
+def alive(pid: int) -> bool:
+    "Whether `pid` is a live process (a zombie waiting for its parent counts as gone)."
+    try: state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError): return False
+    return state != "Z"
+
+
+def rank_pids(run: Path) -> list[int]: return [int(p.read_text()) for p in sorted((run / "ddp").glob("rank*.pid"))]
+
+
+def numbers(d: dict) -> dict: return {k: v for k, v in d.items() if isinstance(v, float)}
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    "A 2-process DDP training run through the CLI."
+    runs = tmp_path_factory.mktemp("ddp")
+    r = subprocess.run([QTNB, "run", "train", *CLI, "-p", "nproc", "2", "--runs-dir", str(runs)], capture_output=True,
+                       text=True, timeout=600, cwd=REPO, env=ENV)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return runs
+
+
+def test_two_processes_give_the_single_process_metrics(ddp_run, tmp_path):
+    from qtnb.pipeline import train
+    single = train(**PARAMS, runs_dir=str(tmp_path), verbose=False, monitor=False)    # one process, the same global batch
+    [run] = runs_in(ddp_run)                                   # one run folder: rank 0 wrote it, rank 1 nothing of its own
+    eq(status(run)["state"], "completed")
+    eq(sorted(p.name for p in (run / "checkpoints").iterdir()), ["best.pt", "last.pt"])
+    got, want = numbers(metrics(run)["test"]), numbers(single.metrics["test"])
+    eq(sorted(got), sorted(want))
+    for k in want: close(got[k], want[k], eps=1e-5)
+    import pandas as pd
+    h1, h2 = pd.read_csv(run / "history.csv"), pd.read_csv(single.run_dir / "history.csv")
+    close(h1[["train_loss", "val_loss"]].values, h2[["train_loss", "val_loss"]].values, eps=1e-5)
+
+
+def test_exact_resume_after_kill_9_of_rank_1(ddp_run, tmp_path):
+    epoch = 1 + zlib.crc32(b"test_ddp kill rank 1") % (PARAMS["epochs"] - 1)     # a random epoch, the same on every run
+    proc = subprocess.Popen([QTNB, "run", "train", *CLI, "-p", "nproc", "2", "--runs-dir", str(tmp_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=REPO, env=ENV)
+    try:
+        events = None
+        for _ in range(6000):
+            found = list(tmp_path.glob("*/ddp/events.jsonl"))
+            if found and len(found[0].read_text().splitlines()) >= epoch: events = found[0]; break
+            assert proc.poll() is None, proc.communicate()[0][-3000:]
+            time.sleep(0.05)
+        assert events is not None, "rank 0 never reported the epoch"
+        run = events.parent.parent
+        os.kill(int((run / "ddp" / "rank1.pid").read_text()), signal.SIGKILL)
+        out = proc.communicate(timeout=300)[0]
+    finally:
+        if proc.poll() is None: proc.kill()
+    assert proc.returncode != 0, out[-2000:]
+    st = status(run)
+    eq(st["state"], "failed"); eq(st["failed_rank"], 1)
+    assert "rank 1" in st["error"] and "SIGKILL" in st["error"], st["error"]
+    assert not any(alive(p) for p in rank_pids(run)), "a rank outlived the failed run"
+    r = subprocess.run([QTNB, "run", "train", "--resume", run.name, "--runs-dir", str(tmp_path)], capture_output=True, text=True,
+                       timeout=600, cwd=REPO, env=ENV)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    eq(status(run)["state"], "completed")
+    [ref] = runs_in(ddp_run)
+    import pandas as pd
+    cols = ["epoch", "train_loss", "val_loss", "lr"]
+    eq(pd.read_csv(run / "history.csv")[cols].values.tolist(), pd.read_csv(ref / "history.csv")[cols].values.tolist())
+    eq(numbers(metrics(run)["test"]), numbers(metrics(ref)["test"]))       # exact: the uninterrupted run's numbers
+
+
+def test_a_rank_that_raises_fails_the_run_naming_it(tmp_path):
+    sys.path.insert(0, str(Path(__file__).parent))
+    import ddp_faulty  # noqa: F401  (registers faulty_mlp)
+    from qtnb.errors import TrainingError
+    from qtnb.runs import create_run
+    from qtnb.trainer import Trainer, toy_windows
+    run = create_run("faulty", runs_dir=tmp_path)
+    t = Trainer({"name": "faulty_mlp", "hidden_sizes": [8], "fail_after": 12}, run=run, strategy="ddp", nproc=2, num_epochs=5,
+                batch_size=64, importance=False, device="cpu")
+    with pytest.raises(TrainingError, match="in rank 1: TrainingError: training failed at epoch 2: ValueError: injected failure in rank 1"):
+        t.fit(toy_windows(600, seed=1), toy_windows(200, seed=2))
+    st = run.status
+    eq(st["state"], "failed"); eq(st["failed_rank"], 1)
+    assert "injected failure in rank 1" in st["error"]
+    assert not any(alive(p) for p in rank_pids(Path(run.path))), "a rank outlived the failed run"
