@@ -251,6 +251,7 @@ def run_rank(job: str | Path) -> FitResult:
         res = trainer.fit(train, val, test=test, resume=spec["resume"], data_fingerprint=spec["fingerprint"],
                           inverse_target=Scaler.from_state_dict(ts).inverse_transform if ts else None)
         if rank == 0: _save_result(job, trainer, res)
+        dist.barrier()               # the result is on disk before any node's torchrun (and so its controller) ends
         dist.destroy_process_group()
         return res
     except BaseException as e:

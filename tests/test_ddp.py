@@ -105,3 +105,28 @@ def test_a_rank_that_raises_fails_the_run_naming_it(tmp_path):
     eq(st["state"], "failed"); eq(st["failed_rank"], 1)
     assert "injected failure in rank 1" in st["error"]
     assert not any(alive(p) for p in rank_pids(Path(run.path))), "a rank outlived the failed run"
+
+
+def test_two_nodes_meet_through_the_c10d_rendezvous_on_loopback(tmp_path):
+    import socket
+    from qtnb.distributed import torchrun_command
+    from qtnb.runs import create_run
+    from qtnb.trainer import Trainer, fit_in_background, toy_windows
+    with socket.socket() as s: s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
+    data = toy_windows(600, seed=1), toy_windows(200, seed=2)
+    kw = dict(num_epochs=3, batch_size=64, learning_rate=1e-2, importance=False, early_stopping_patience=0, device="cpu")
+    model = {"name": "mlp", "hidden_sizes": [16], "dropout": 0.0}
+    one = Trainer(model, **kw).fit(*data, test=data[1])
+    run = create_run("nodes", runs_dir=tmp_path)
+    node = dict(nproc=1, nnodes=2, rdzv_endpoint=f"127.0.0.1:{port}")
+    h = fit_in_background(Trainer(model, run=run, strategy="ddp", **node, **kw), *data, test=data[1])   # the first node
+    job = Path(run.path) / "ddp"
+    for _ in range(1200):
+        if (job / "job.json").is_file() or h.done: break
+        time.sleep(0.05)
+    other = subprocess.run(torchrun_command(job, rdzv_id=run.id, **node), capture_output=True, text=True, timeout=300,
+                           cwd=REPO, env=ENV)                        # the second node runs the command the first prints
+    res = h.join(300)
+    assert other.returncode == 0, other.stdout[-2000:] + other.stderr[-2000:]
+    for k in ("mse", "mae", "corr"): close(res.test_metrics[k], one.test_metrics[k], eps=1e-5)
+    eq(run.status["state"], "completed")
