@@ -327,7 +327,7 @@ def _job_spec(trainer: Trainer, job: Path, train, val, test, resume, inverse_tar
     atomic_write(job / "job.json", json.dumps(spec, indent=1))
     return spec
 
-# %% ../nbs/06b_distributed.ipynb #17267490
+# %% ../nbs/06b_distributed.ipynb #3bd4ec07
 def _relay(trainer: Trainer, job: Path, seen: int) -> int:
     "Dispatch the epoch rows rank 0 reported since line `seen`; the new count."
     try: lines = (job / "events.jsonl").read_text().splitlines()
@@ -360,7 +360,7 @@ def _kill_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
             except (ProcessLookupError, PermissionError): pass
             return
 
-# %% ../nbs/06b_distributed.ipynb #3bd4ec07
+# %% ../nbs/06b_distributed.ipynb #205ade00
 def _launch(trainer: Trainer, job: Path) -> tuple[int, str, BaseException | None]:
     "Run torchrun on `job` until it ends, relaying rows and requests; (exit code, its output, a controller-side exception)."
     c = trainer.config
@@ -391,7 +391,7 @@ def _launch(trainer: Trainer, job: Path) -> tuple[int, str, BaseException | None
     _kill_group(proc, grace=1.0)                       # torchrun has ended: no rank of its group stays behind
     return rc, log.read_text(errors="replace"), pruned
 
-# %% ../nbs/06b_distributed.ipynb #205ade00
+# %% ../nbs/06b_distributed.ipynb #4d4734a6
 def fit_ddp(trainer: Trainer, train: Windows, val: Windows | None = None, *, resume=None, test: Windows | None = None,
             inverse_target=None, data_fingerprint: str | None = None) -> FitResult:
     "Fit `trainer` with DistributedDataParallel in `config.nproc` torchrun processes per node; its FitResult."
@@ -448,7 +448,7 @@ def fit_ddp(trainer: Trainer, train: Windows, val: Windows | None = None, *, res
         if tmp is not None:
             import shutil; shutil.rmtree(tmp, ignore_errors=True)
 
-# %% ../nbs/06b_distributed.ipynb #4d4734a6
+# %% ../nbs/06b_distributed.ipynb #22047d99
 def _take_result(trainer: Trainer, job: Path) -> FitResult:
     "Rank 0's final weights, history and FitResult, taken into this trainer."
     from qtnb.metrics import MetricTracker

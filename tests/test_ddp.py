@@ -34,20 +34,32 @@ def numbers(d: dict) -> dict: return {k: v for k, v in d.items() if isinstance(v
 
 
 @pytest.fixture(scope="module")
-def ddp_run(tmp_path_factory):
-    "A 2-process DDP training run through the CLI."
+def det_env(tmp_path_factory):
+    "The environment of a run in deterministic mode: the project's settings.ini with deterministic = true."
+    ini = tmp_path_factory.mktemp("settings") / "settings.ini"
+    ini.write_text((REPO / "settings.ini").read_text().replace("[hardware]\n", "[hardware]\ndeterministic = true\n", 1))
+    return {**ENV, "QTNB_SETTINGS": str(ini)}
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory, det_env):
+    "A 2-process DDP training run through the CLI, in deterministic mode."
     runs = tmp_path_factory.mktemp("ddp")
     r = subprocess.run([QTNB, "run", "train", *CLI, "-p", "nproc", "2", "--runs-dir", str(runs)], capture_output=True,
-                       text=True, timeout=600, cwd=REPO, env=ENV)
+                       text=True, timeout=600, cwd=REPO, env=det_env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return runs
 
 
-def test_two_processes_give_the_single_process_metrics(ddp_run, tmp_path):
+def test_two_processes_give_the_single_process_metrics(ddp_run, det_env, tmp_path, monkeypatch):
     from qtnb.pipeline import train
+    monkeypatch.setenv("QTNB_SETTINGS", det_env["QTNB_SETTINGS"])
     single = train(**PARAMS, runs_dir=str(tmp_path), verbose=False, monitor=False)    # one process, the same global batch
     [run] = runs_in(ddp_run)                                   # one run folder: rank 0 wrote it, rank 1 nothing of its own
     eq(status(run)["state"], "completed")
+    import yaml
+    train_cfg = yaml.safe_load((run / "params.yaml").read_text())["train"]
+    eq((train_cfg["strategy"], train_cfg["nproc"], train_cfg["deterministic"]), ("ddp", 2, True))
     eq(sorted(p.name for p in (run / "checkpoints").iterdir()), ["best.pt", "last.pt"])
     got, want = numbers(metrics(run)["test"]), numbers(single.metrics["test"])
     eq(sorted(got), sorted(want))
@@ -57,10 +69,10 @@ def test_two_processes_give_the_single_process_metrics(ddp_run, tmp_path):
     close(h1[["train_loss", "val_loss"]].values, h2[["train_loss", "val_loss"]].values, eps=1e-5)
 
 
-def test_exact_resume_after_kill_9_of_rank_1(ddp_run, tmp_path):
+def test_exact_resume_after_kill_9_of_rank_1(ddp_run, det_env, tmp_path):
     epoch = 1 + zlib.crc32(b"test_ddp kill rank 1") % (PARAMS["epochs"] - 1)     # a random epoch, the same on every run
     proc = subprocess.Popen([QTNB, "run", "train", *CLI, "-p", "nproc", "2", "--runs-dir", str(tmp_path)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, cwd=REPO, env=ENV)
+                            stderr=subprocess.STDOUT, text=True, cwd=REPO, env=det_env)
     try:
         events = None
         for _ in range(6000):
@@ -80,7 +92,7 @@ def test_exact_resume_after_kill_9_of_rank_1(ddp_run, tmp_path):
     assert "rank 1" in st["error"] and "SIGKILL" in st["error"], st["error"]
     assert not any(alive(p) for p in rank_pids(run)), "a rank outlived the failed run"
     r = subprocess.run([QTNB, "run", "train", "--resume", run.name, "--runs-dir", str(tmp_path)], capture_output=True, text=True,
-                       timeout=600, cwd=REPO, env=ENV)
+                       timeout=600, cwd=REPO, env=det_env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     eq(status(run)["state"], "completed")
     [ref] = runs_in(ddp_run)
