@@ -139,7 +139,8 @@ def data_file(source: str | Path) -> Path | None:
     sfx = "".join(p.suffixes).lower()
     if not isinstance(source, Path) and not p.is_file() and (s in dataset_names() or s.startswith("synthetic:")): return None
     if not (isinstance(source, Path) or p.exists() or "/" in s or sfx.endswith(_FILE_SUFFIXES)): return None
-    if p.is_dir(): raise DataError(f"data path {p} is a directory; give one .csv, .csv.gz or .parquet file in it")
+    if p.is_dir() and any(q.suffix.lower() in (".parquet", ".pq") or "=" in q.name for q in p.iterdir()): return p   # a Parquet dataset
+    if p.is_dir(): raise DataError(f"data path {p} is a directory; give one .csv, .csv.gz or .parquet file in it, or a folder of .parquet files")
     if not p.exists(): raise DataError(f"data file {p} does not exist; check the path (relative paths start at {Path.cwd()})")
     if not sfx.endswith(_FILE_SUFFIXES): raise DataError(f"data file {p} has suffix {sfx or '(none)'}; qtnb reads .csv, .csv.gz and .parquet")
     try:
@@ -1505,7 +1506,11 @@ def prepare(config: qcfg.DataConfig | dict | None = None,
             **overrides) -> Prepared:
     "Validate, featurise, target, split and window the data of `config`: the one entry point of the data module."
     c = as_data_config(config, **overrides)
-    df = load_frame(c.data if frame is None else frame, **frame_options(c))
+    src = c.data if frame is None else frame
+    if isinstance(src, (str, Path)) and data_file(src) is not None and (Path(src).is_dir() or str(src).lower().endswith((".parquet", ".pq"))):
+        from qtnb.panelstore import prepare_parquet   # Parquet: converted once, symbol by symbol, into memory maps
+        return prepare_parquet(c, src, features=features, plan=plan, cache=cache)
+    df = load_frame(src, **frame_options(c))
     sym = _symbol_col(df, c.symbol_col)
     feats = list(features) if features is not None else c.features
     specs = feature_specs(feats, [x for x in df.columns if x != sym], price_col=c.price_col)

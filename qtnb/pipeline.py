@@ -71,6 +71,9 @@ class TrainParams(PipelineParams):
     batch_size: int | None = param(None, description="Windows per batch (default: settings.ini's batch_size).", group="training", ge=1, le=1 << 20)
     lr: float | None = param(None, description="Learning rate (default: settings.ini's learning_rate).", group="training", gt=0, le=10)
     seed: int = param(42, description="Seed for weights, shuffling and augmentation.", group="training", ge=0, le=2**32 - 1)
+    nproc: int = param(1, description="Training processes per node; above 1: DistributedDataParallel under torchrun (gloo on CPU, NCCL on CUDA, one per GPU).", group="training", ge=1, le=1024)
+    nnodes: int = param(1, description="Nodes of a DDP training (each node runs the torchrun command the run prints).", group="training", advanced=True, ge=1, le=10_000)
+    rdzv_endpoint: str | None = param(None, description="HOST:PORT of torchrun's c10d rendezvous when nnodes > 1.", group="training", advanced=True)
     validation: Literal["holdout", "walk_forward"] = param("holdout", description="Temporal holdout, or walk-forward with one model per fold.", group="validation")
     n_folds: int = param(5, description="Walk-forward folds.", group="validation", ge=2, le=100)
     embargo: int | None = param(None, description="Rows skipped after each evaluation range; default (None): the longest feature lookback, the least allowed.", group="validation", ge=0)
@@ -169,6 +172,8 @@ def _train_config(self: TrainParams):
     "The trainer's config: settings.ini < these parameters (epochs, batch_size, lr, seed)."
     from qtnb.trainer import TrainConfig
     given = {"num_epochs": self.epochs, "batch_size": self.batch_size, "learning_rate": self.lr, "seed": self.seed}
+    if self.nproc > 1 or self.nnodes > 1:    # DDP (qtnb.distributed): the same global batch_size, split over the ranks
+        given.update(strategy="ddp", nproc=self.nproc, nnodes=self.nnodes, rdzv_endpoint=self.rdzv_endpoint)
     return TrainConfig.resolve(params={k: v for k, v in given.items() if v is not None})
 
 def _check_train(self: TrainParams) -> TrainParams:
@@ -558,7 +563,8 @@ def _failing(run):
 
 _TRADED_AS = ("horizon", "hold", "periods_per_year", "weighting", "long_only")   # metrics["trading"]'s keys that say how a signal is traded
 
-from .monitor import LiveTrain, live_frontend   # train(monitor=True): the fit in the background under a live monitor
+from .widgets.charts import live_frontend
+from .widgets.monitor import LiveTrain   # train(monitor=True): the fit in the background under a live monitor
 
 def train(p: TrainParams | dict | None = None, *, verbose: bool = True, cost_bps: float | None = None,
           monitor=None,     # True or a TrainingMonitor: fit in the background under it (a LiveTrain); None: when live_frontend()

@@ -63,6 +63,11 @@ class TrainConfig(qcfg.TrainConfig):
     trade_hold: Literal["next", "blocks"] = param("next", description="Trading metrics: each signal held one period (t to t+1), or non-overlapping horizon-long blocks annualised with periods/horizon.", group="metrics", advanced=True)
     importance: bool = param(True, description="Compute permutation feature importance after fit.", group="metrics", advanced=True)
     importance_windows: int = param(2000, description="Most windows used for feature importance.", group="metrics", advanced=True, ge=10, le=10_000_000)
+    strategy: Literal["single", "ddp"] = param("single", description="single: this process; ddp: DistributedDataParallel in nproc processes per node under torchrun (qtnb.distributed).", group="hardware", advanced=True)
+    nproc: int = param(2, description="DDP: processes per node (one per GPU on CUDA).", group="hardware", advanced=True, ge=1, le=1024)
+    nnodes: int = param(1, description="DDP: nodes taking part, met through torchrun's c10d rendezvous at rdzv_endpoint.", group="hardware", advanced=True, ge=1, le=10_000)
+    rdzv_endpoint: str | None = param(None, description="DDP on several nodes: HOST:PORT of the c10d rendezvous (one node's address).", group="hardware", advanced=True)
+    ddp_timeout: float = param(1800.0, description="DDP: seconds a rank waits for the others in a collective (a pause longer than this fails the run).", group="hardware", advanced=True, gt=0)
 
 # %% ../nbs/06_trainer.ipynb #4c513e2b
 def select_device(spec: str | torch.device | None = "auto") -> torch.device:
@@ -217,7 +222,7 @@ class FitResult:
 # %% ../nbs/06_trainer.ipynb #fb190476
 _STATES = ("idle", "running", "paused", "stopped", "finished", "failed")
 _KEEP_ON_RESUME = {"num_epochs", "device", "compile", "early_stopping_patience", "importance", "importance_windows",
-                   "eval_batch_size", "checkpoint_every"}
+                   "eval_batch_size", "checkpoint_every", "strategy", "nproc", "nnodes", "rdzv_endpoint", "ddp_timeout"}
 
 def _as_train_config(config, overrides: dict) -> TrainConfig:
     if config is None: return TrainConfig.resolve(**overrides)
@@ -784,6 +789,9 @@ def fit(self: Trainer, train: Windows, val: Windows | None = None, *,
         inverse_target: Callable | None = None, # model-space regression outputs -> returns, for the trading metrics
         data_fingerprint: str | None = None) -> FitResult:
     "Train on `train`, validate on `val` each epoch, evaluate `test` at the end; a `FitResult`."
+    if self.config.strategy == "ddp" and not torch.distributed.is_initialized():   # launch the ranks under torchrun
+        from qtnb.distributed import fit_ddp
+        return fit_ddp(self, train, val, resume=resume, test=test, inverse_target=inverse_target, data_fingerprint=data_fingerprint)
     if self._busy: raise TrainingError("this trainer is already fitting; wait for it or use another Trainer")
     self._busy = True
     try:
