@@ -82,7 +82,7 @@ def _selector(fig: go.Figure, labels: list, per: int) -> go.Figure:
     n = len(fig.data)
     for i, t in enumerate(fig.data): t.visible = i < per
     buttons = [dict(label=str(s), method="update", args=[{"visible": [j // per == k for j in range(n)]}]) for k, s in enumerate(labels)]
-    fig.update_layout(updatemenus=[dict(buttons=buttons, x=0, xanchor="left", y=1.2, yanchor="top")])
+    fig.update_layout(updatemenus=[dict(buttons=buttons, x=1, xanchor="right", y=1.25, yanchor="top")])   # top right: clear of the title
     return fig
 
 def predictions_figure(pred: pd.DataFrame, max_points: int = 3000,
@@ -366,7 +366,7 @@ def report_html(run, *, cdn: bool = False) -> str:
     "The report page of `run`: its state, headline metrics, its conventions, a panel's per-symbol table and every figure it supports."
     figs, st = run_figures(run), run.status
     parts = [f"<h1>{html.escape(run.id)}</h1><p>{html.escape(str((run.params or {}).get('pipeline') or ''))} run, "
-             f"{html.escape(str(st.get('state')))}</p>", _metrics_html(run.metrics), conventions_html(run, cdn=cdn)]
+             f"{html.escape(str(st.get('state')))}</p>", conventions_html(run, cdn=cdn), _metrics_html(run.metrics)]
     if (table := symbol_results(run)) is not None: parts.append(_table_html("Per-symbol results", table))
     for i, (title, fig) in enumerate(figs):
         js = ("cdn" if cdn else True) if i == 0 else False
