@@ -92,7 +92,7 @@ def predictions_figure(pred: pd.DataFrame, max_points: int = 3000,
     fig = go.Figure()
     for s in names:
         g = pred if s is None else pred[pred["symbol"] == s]
-        d = g.iloc[:: max(1, len(g) // max(300, max_points // len(names)))]
+        d = g.iloc[:: max(1, len(g) // max(150, max_points // len(names)))]   # a panel's symbols share the points
         fig.add_trace(go.Scatter(x=d["date"], y=d["y_true"], name="actual", line=dict(width=1, color="#999")))
         fig.add_trace(go.Scatter(x=d["date"], y=d["y_pred"], name="predicted", line=dict(width=1.5)))
     if names != [None]: _selector(fig, names, 2)
@@ -191,7 +191,7 @@ def _thin(n: int, max_points: int) -> np.ndarray:
     "At most about `max_points` evenly spaced row numbers of `n`, the last one always kept (equity ends where it ends)."
     return np.unique(np.r_[np.arange(0, n, max(1, -(-n // max_points))), n - 1]) if n else np.arange(0)
 
-def symbol_equity_figure(pred: pd.DataFrame, cost_bps: float = 0.0, symbols: list | None = None, max_points: int = 500) -> go.Figure:
+def symbol_equity_figure(pred: pd.DataFrame, cost_bps: float = 0.0, symbols: list | None = None, max_points: int = 250) -> go.Figure:
     "Each symbol's own equity (its signal on its forward returns, after costs) against its buy-and-hold, one symbol at a time."
     from qtnb.metrics import equity_curve
     names = symbols or _symbols(pred)
