@@ -103,10 +103,12 @@ def trade(pred: pd.DataFrame, cost_bps: float = 0.0,
           trading: dict | None = None, # how the run trades (metrics.json's `trading`): hold, horizon, periods_per_year, weighting, long_only
          ) -> pd.DataFrame:
     "The predictions' signal traded as the run's trading metrics trade it: one symbol's backtest, or a panel's portfolio of every symbol."
-    from qtnb.metrics import backtest
-    from qtnb.pipeline import _portfolio_backtest   # the pipeline Report's panel backtest: one definition of the portfolio
+    from qtnb.metrics import backtest, portfolio_backtest
     tr = trading or {}
-    if len(_symbols(pred)) > 1: return _portfolio_backtest(pred, cost_bps, tr)
+    if len(_symbols(pred)) > 1:   # the pipeline Report's `backtest` of a panel is this portfolio too
+        return portfolio_backtest(pred["signal"].to_numpy(), pred["forward_return"].to_numpy(), pd.DatetimeIndex(pred["date"]),
+                                  pred["symbol"].to_numpy(), cost_bps=cost_bps, weighting=tr.get("weighting", "equal"),
+                                  long_only=tr.get("long_only", False), periods_per_year=float(tr.get("periods_per_year", 252)))
     return backtest(pred["signal"].to_numpy(), pred["forward_return"].to_numpy(), pd.DatetimeIndex(pred["date"]), cost_bps=cost_bps,
                     horizon=int(tr.get("horizon", 1)), hold=tr.get("hold", "next"), periods_per_year=float(tr.get("periods_per_year", 252)))
 
@@ -266,9 +268,10 @@ def _read_csv(p: Path) -> pd.DataFrame | None:
 
 def _histories(run) -> tuple:
     "The run's learning curves, best and early-stop epochs: a walk-forward run's every fold (from its fold runs), else its own."
-    from qtnb.pipeline import fold_runs
+    from qtnb.runs import open_run
     early = lambda st, h: int(h["epoch"].max()) if str(st.get("stop_reason") or "").startswith("early stopping") else None
-    folds = fold_runs(run)
+    ran = [f for f in run.metrics.get("folds") or [] if f.get("run_id") and (Path(run.path) / "folds" / f["run_id"]).is_dir()]
+    folds = {f["fold"]: open_run(f["run_id"], runs_dir=Path(run.path) / "folds") for f in ran}   # the fold runs metrics.json scored
     hs = {k: h for k, sub in sorted(folds.items()) if (h := _read_csv(Path(sub.path) / "history.csv")) is not None and "epoch" in h}
     if len(hs) > 1:
         best = {f.get("fold"): f.get("best_epoch") for f in run.metrics.get("folds") or []}
