@@ -1,5 +1,9 @@
 """`qtnb report RUN` for a train, a backtest and a tune run: one HTML file each, under 6 MB, with the figures the run's
-data supports (counted by title), plotly.js once; one opened offline in headless Chromium without console errors."""
+data supports (counted by title), plotly.js once; opened offline in headless Chromium without console errors or requests.
+Trading figures follow the run's trading convention: the rolling Sharpe against a direct computation and
+empyrical-reloaded (one period, and horizon-long blocks annualised with periods/h), a blocks run's equity by hand, a panel
+traded as the portfolio its metrics score with a per-symbol table and selector; a walk-forward run shows every fold's
+learning curves; each report states its conventions once and names no URL to fetch."""
 import json, shutil, subprocess, sys
 from pathlib import Path
 
