@@ -20,8 +20,9 @@ __all__ = ['REGRESSION_METRICS', 'CLASSIFICATION_METRICS', 'TRADING_METRICS', 'S
            'SPLIT_PREFIXES', 'RATIO_CAP', 'REGIME_KINDS', 'regression_metrics', 'class_probabilities', 'binary_auc',
            'confusion', 'classification_metrics', 'binomial_significance', 'probabilistic_sharpe', 'deflated_sharpe',
            'diebold_mariano', 'forecast_significance', 'hold_periods', 'trading_convention', 'equity_curve',
-           'trading_metrics', 'backtest', 'portfolio_returns', 'portfolio_metrics', 'symbol_table', 'metrics_by_regime',
-           'regime_labels', 'by_regime', 'prediction_signal', 'compute_metrics', 'metric_direction', 'MetricTracker']
+           'trading_metrics', 'backtest', 'portfolio_returns', 'portfolio_metrics', 'symbol_table',
+           'portfolio_backtest', 'metrics_by_regime', 'regime_labels', 'by_regime', 'prediction_signal',
+           'compute_metrics', 'metric_direction', 'MetricTracker']
 
 # %% ../nbs/04_metrics.ipynb #08f72cf0
 REGRESSION_METRICS = ("mse", "rmse", "mae", "r2", "corr", "snr_db")
@@ -419,6 +420,23 @@ def symbol_table(signal, returns, dates, symbols, *, cost_bps: float = 0.0, peri
                                log_returns=False) for s, g in df.sort_values("date").groupby("symbol")}
     cols = ["n", "sharpe", "psr", "directional_accuracy", "directional_accuracy_pvalue", "total_return", "max_drawdown", "turnover"]
     return pd.DataFrame(rows).T[cols].sort_values("sharpe", ascending=False).rename_axis("symbol")
+
+# %% ../nbs/04_metrics.ipynb #19e10872
+def portfolio_backtest(signal, returns, dates, symbols, *, weighting: Literal["equal", "signal"] = "equal",
+                       long_only: bool = False, cost_bps: float = 0.0, periods_per_year: float = 252,
+                       log_returns: bool = True) -> pd.DataFrame:
+    "Per date: the portfolio's exposure, turnover, returns, costs, equity, drawdown and buy-and-hold equity (see `portfolio_returns`)."
+    args, kw = (signal, returns, dates, symbols), dict(weighting=weighting, long_only=long_only, log_returns=log_returns)
+    pr = portfolio_returns(*args, cost_bps=cost_bps, **kw)
+    hold = portfolio_returns(np.ones(len(_array(signal, "signal"))), *args[1:], log_returns=log_returns)   # equal-weight, every symbol
+    eq = np.cumprod(1 + pr["portfolio_return"].to_numpy())
+    bt = pd.DataFrame(dict(position=pr["exposure"], asset_return=hold["portfolio_return"], cost=pr["cost"],
+                           strategy_return=pr["portfolio_return"], equity=eq, turnover=pr["turnover"],
+                           drawdown=1 - eq / np.maximum.accumulate(np.r_[1.0, eq])[1:],
+                           buy_hold=np.cumprod(1 + hold["portfolio_return"].to_numpy())), index=pr.index)
+    bt.attrs["metrics"] = portfolio_metrics(*args, cost_bps=cost_bps, periods_per_year=periods_per_year, **kw)
+    bt.attrs["trading"] = trading_convention(1, "next", periods_per_year)
+    return bt
 
 # %% ../nbs/04_metrics.ipynb #558548a7
 def _regime_rows(s, pos, simple, g, ppy: float, *, n_rows: int, turnover, exposure, rows=None) -> pd.DataFrame:

@@ -82,7 +82,7 @@ def _selector(fig: go.Figure, labels: list, per: int) -> go.Figure:
     n = len(fig.data)
     for i, t in enumerate(fig.data): t.visible = i < per
     buttons = [dict(label=str(s), method="update", args=[{"visible": [j // per == k for j in range(n)]}]) for k, s in enumerate(labels)]
-    fig.update_layout(updatemenus=[dict(buttons=buttons, x=0, xanchor="left", y=1.2, yanchor="top")])
+    fig.update_layout(updatemenus=[dict(buttons=buttons, x=1, xanchor="right", y=1.25, yanchor="top")])   # top right: clear of the title
     return fig
 
 def predictions_figure(pred: pd.DataFrame, max_points: int = 3000,
@@ -92,7 +92,7 @@ def predictions_figure(pred: pd.DataFrame, max_points: int = 3000,
     fig = go.Figure()
     for s in names:
         g = pred if s is None else pred[pred["symbol"] == s]
-        d = g.iloc[:: max(1, len(g) // max(300, max_points // len(names)))]
+        d = g.iloc[:: max(1, len(g) // max(150, max_points // len(names)))]   # a panel's symbols share the points
         fig.add_trace(go.Scatter(x=d["date"], y=d["y_true"], name="actual", line=dict(width=1, color="#999")))
         fig.add_trace(go.Scatter(x=d["date"], y=d["y_pred"], name="predicted", line=dict(width=1.5)))
     if names != [None]: _selector(fig, names, 2)
@@ -103,10 +103,12 @@ def trade(pred: pd.DataFrame, cost_bps: float = 0.0,
           trading: dict | None = None, # how the run trades (metrics.json's `trading`): hold, horizon, periods_per_year, weighting, long_only
          ) -> pd.DataFrame:
     "The predictions' signal traded as the run's trading metrics trade it: one symbol's backtest, or a panel's portfolio of every symbol."
-    from qtnb.metrics import backtest
-    from qtnb.pipeline import _portfolio_backtest   # the pipeline Report's panel backtest: one definition of the portfolio
+    from qtnb.metrics import backtest, portfolio_backtest
     tr = trading or {}
-    if len(_symbols(pred)) > 1: return _portfolio_backtest(pred, cost_bps, tr)
+    if len(_symbols(pred)) > 1:   # the pipeline Report's `backtest` of a panel is this portfolio too
+        return portfolio_backtest(pred["signal"].to_numpy(), pred["forward_return"].to_numpy(), pd.DatetimeIndex(pred["date"]),
+                                  pred["symbol"].to_numpy(), cost_bps=cost_bps, weighting=tr.get("weighting", "equal"),
+                                  long_only=tr.get("long_only", False), periods_per_year=float(tr.get("periods_per_year", 252)))
     return backtest(pred["signal"].to_numpy(), pred["forward_return"].to_numpy(), pd.DatetimeIndex(pred["date"]), cost_bps=cost_bps,
                     horizon=int(tr.get("horizon", 1)), hold=tr.get("hold", "next"), periods_per_year=float(tr.get("periods_per_year", 252)))
 
@@ -191,7 +193,7 @@ def _thin(n: int, max_points: int) -> np.ndarray:
     "At most about `max_points` evenly spaced row numbers of `n`, the last one always kept (equity ends where it ends)."
     return np.unique(np.r_[np.arange(0, n, max(1, -(-n // max_points))), n - 1]) if n else np.arange(0)
 
-def symbol_equity_figure(pred: pd.DataFrame, cost_bps: float = 0.0, symbols: list | None = None, max_points: int = 500) -> go.Figure:
+def symbol_equity_figure(pred: pd.DataFrame, cost_bps: float = 0.0, symbols: list | None = None, max_points: int = 250) -> go.Figure:
     "Each symbol's own equity (its signal on its forward returns, after costs) against its buy-and-hold, one symbol at a time."
     from qtnb.metrics import equity_curve
     names = symbols or _symbols(pred)
@@ -266,9 +268,10 @@ def _read_csv(p: Path) -> pd.DataFrame | None:
 
 def _histories(run) -> tuple:
     "The run's learning curves, best and early-stop epochs: a walk-forward run's every fold (from its fold runs), else its own."
-    from qtnb.pipeline import fold_runs
+    from qtnb.runs import open_run
     early = lambda st, h: int(h["epoch"].max()) if str(st.get("stop_reason") or "").startswith("early stopping") else None
-    folds = fold_runs(run)
+    ran = [f for f in run.metrics.get("folds") or [] if f.get("run_id") and (Path(run.path) / "folds" / f["run_id"]).is_dir()]
+    folds = {f["fold"]: open_run(f["run_id"], runs_dir=Path(run.path) / "folds") for f in ran}   # the fold runs metrics.json scored
     hs = {k: h for k, sub in sorted(folds.items()) if (h := _read_csv(Path(sub.path) / "history.csv")) is not None and "epoch" in h}
     if len(hs) > 1:
         best = {f.get("fold"): f.get("best_epoch") for f in run.metrics.get("folds") or []}
@@ -366,7 +369,7 @@ def report_html(run, *, cdn: bool = False) -> str:
     "The report page of `run`: its state, headline metrics, its conventions, a panel's per-symbol table and every figure it supports."
     figs, st = run_figures(run), run.status
     parts = [f"<h1>{html.escape(run.id)}</h1><p>{html.escape(str((run.params or {}).get('pipeline') or ''))} run, "
-             f"{html.escape(str(st.get('state')))}</p>", _metrics_html(run.metrics), conventions_html(run, cdn=cdn)]
+             f"{html.escape(str(st.get('state')))}</p>", conventions_html(run, cdn=cdn), _metrics_html(run.metrics)]
     if (table := symbol_results(run)) is not None: parts.append(_table_html("Per-symbol results", table))
     for i, (title, fig) in enumerate(figs):
         js = ("cdn" if cdn else True) if i == 0 else False

@@ -1,5 +1,9 @@
 """`qtnb report RUN` for a train, a backtest and a tune run: one HTML file each, under 6 MB, with the figures the run's
-data supports (counted by title), plotly.js once; one opened offline in headless Chromium without console errors."""
+data supports (counted by title), plotly.js once; opened offline in headless Chromium without console errors or requests.
+Trading figures follow the run's trading convention: the rolling Sharpe against a direct computation and
+empyrical-reloaded (one period, and horizon-long blocks annualised with periods/h), a blocks run's equity by hand, a panel
+traded as the portfolio its metrics score with a per-symbol table and selector; a walk-forward run shows every fold's
+learning curves; each report states its conventions once and names no URL to fetch."""
 import json, shutil, subprocess, sys
 from pathlib import Path
 
@@ -271,3 +275,23 @@ def test_report_names_its_conventions_once_and_fetches_nothing(more_runs, kind):
     if kind != "tune": assert "basis points of capital per unit of turnover" in page and "Not modelled" in page
     eq(fetched(page), []); eq(external_resources(page), [])
     eq(page.count("MathJax.js"), 0); assert "require.js" not in page and "cdnjs" not in page
+
+def test_a_wide_panels_report_stays_one_small_offline_file(tmp_path):
+    "40 symbols x 1,000 days: every symbol in the table, the 10 best and 10 worst in the selector, under 6 MB, nothing fetched."
+    from qtnb.report import external_resources, write_report
+    from qtnb.runs import create_run
+    rng, dates = np.random.default_rng(8), pd.bdate_range("2015-01-01", periods=1000)
+    pred = pd.concat([pd.DataFrame({"date": dates, "symbol": f"T{i:02d}", "fold": 0, "y_true": rng.normal(0, .01, 1000),
+                                    "y_pred": rng.normal(0, .01, 1000), "signal": np.sign(rng.normal(size=1000)),
+                                    "forward_return": rng.normal(0, .01, 1000)}) for i in range(40)])
+    r = create_run("wide", runs_dir=tmp_path, params={"pipeline": "train", "train": {"cost_bps": 1.0}})
+    (Path(r.path) / "predictions.csv").write_text(pred.to_csv(index=False))
+    r.write_metrics({"test": {"n_symbols": 40}, "trading": {"hold": "next", "horizon": 1, "periods_per_year": 252.0, "weighting": "equal",
+                                                          "long_only": False, "definition": "one-period returns"}})
+    r.set_status("completed")
+    out = write_report(r.id, runs_dir=tmp_path)
+    page = out.read_text()
+    assert out.stat().st_size < 6 * 2**20, out.stat().st_size
+    eq(sum(f"<th>T{i:02d}</th>" in page for i in range(40)), 40)
+    eq(len(figures(page)["Equity by symbol"]["layout"]["updatemenus"][0]["buttons"]), 20)
+    eq(fetched(page), []); eq(external_resources(page), [])
