@@ -244,13 +244,14 @@ def _file_rss() -> int:
 class Resident:
     "Keeps the store pages this process holds under `budget` bytes: beyond it, they are handed back to the page cache."
     def __init__(self, budget: int = 96 << 20, every: float = 0.005):
-        self.budget, self.every, self.maps, self.trims = budget, every, weakref.WeakSet(), 0
-        self._thread, self._base = None, 0
+        self.budget, self.every, self.trims = budget, every, 0
+        self._maps, self._lock, self._thread, self._base = {}, threading.Lock(), None, 0
 
     def watch(self, m: np.ndarray) -> np.ndarray:
         "Count the pages of memory map `m` (an `np.memmap`) under the budget; returns `m`."
         mm = getattr(m, "_mmap", None)
-        if mm is not None: self.maps.add(mm)
+        if mm is not None:
+            with self._lock: self._maps[id(mm)] = weakref.ref(mm)
         if self._thread is None and hasattr(mmap, "MADV_DONTNEED") and os.path.exists("/proc/self/statm"):
             self._base = _file_rss()
             self._thread = threading.Thread(target=self._run, name="qtnb-resident", daemon=True)
@@ -259,18 +260,23 @@ class Resident:
 
     def trim(self) -> None:
         "Let go of every watched page now (the page cache keeps them)."
-        for mm in list(self.maps):
+        with self._lock: refs = list(self._maps.items())
+        gone = []
+        for k, r in refs:
+            mm = r()
             try: mm.madvise(mmap.MADV_DONTNEED)
-            except (ValueError, OSError): pass    # closed meanwhile
+            except (AttributeError, ValueError, OSError): gone.append(k)    # collected or closed meanwhile
+        with self._lock:
+            for k in gone: self._maps.pop(k, None)
         self.trims += 1
         self._base = _file_rss()                      # what is left: other files' pages, and those faulted in since
 
     def _run(self, rss=_file_rss, sleep=time.sleep):   # bound here: module globals are gone at interpreter exit
-        try:
-            while True:
+        while True:
+            try:
                 sleep(self.every)
                 if rss() > self._base + self.budget: self.trim()
-        except Exception: pass
+            except Exception: pass                    # the watcher never dies of one bad round
 
 RESIDENT = Resident()
 
