@@ -999,10 +999,11 @@ class Windows:
         if augment is True or isinstance(augment, Augment):
             if self.role != "train": raise ConfigError(f"augmentation applies to training windows only, not to {self.role!r} windows")
             aug = augment if isinstance(augment, Augment) else self.augment
-        order = torch.randperm(self._n, generator=generator).to(self.device) if shuffle else torch.arange(self._n, device=self.device)
+        small = torch.int32 if self._n < 2**31 else torch.int64   # the same permutation in half the memory (a panel's epoch)
+        order = torch.randperm(self._n, generator=generator, dtype=small).to(self.device) if shuffle else torch.arange(self._n, device=self.device)
         stop = self._n - (self._n % batch_size if drop_last else 0)
         for s in range(0, stop, batch_size):
-            xb, yb = self._gather(order[s:s + batch_size])
+            xb, yb = self._gather(order[s:s + batch_size].long())
             yield aug(xb, yb, generator) if aug is not None else (xb, yb)
 
     def targets(self) -> torch.Tensor:

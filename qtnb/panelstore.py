@@ -243,7 +243,7 @@ def _file_rss() -> int:
 
 class Resident:
     "Keeps the store pages this process holds under `budget` bytes: beyond it, they are handed back to the page cache."
-    def __init__(self, budget: int = 96 << 20, every: float = 0.005):
+    def __init__(self, budget: int = 32 << 20, every: float = 0.005):
         self.budget, self.every, self.trims = budget, every, 0
         self._maps, self._lock, self._thread, self._base = {}, threading.Lock(), None, 0
 

@@ -223,7 +223,7 @@ BIG = textwrap.dedent("""
     t1 = time.perf_counter()
     seed_everything(0)
     m = create_model({"name": "mlp", "hidden_sizes": [16]}, n_features=len(P.feature_names), seq_len=8)
-    res = Trainer(m, num_epochs=1, batch_size=16384, early_stopping_patience=0, importance=False, device="cpu").fit(train, val)
+    res = Trainer(m, num_epochs=1, batch_size=8192, early_stopping_patience=0, importance=False, device="cpu").fit(train, val)
     print(json.dumps(dict(rows=int(P.store.rows), symbols=len(P.store.names), train=len(train), val=len(val), epochs=res.epochs,
                           val_loss=float(res.history["val_loss"].iloc[-1]), prepare_s=t1 - t0, train_s=time.perf_counter() - t1,
                           trims=RESIDENT.trims, watcher_alive=RESIDENT._thread.is_alive())))
