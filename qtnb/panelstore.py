@@ -21,7 +21,8 @@ from .errors import DataError
 
 # %% auto #0
 __all__ = ['STORE_VERSION', 'RESIDENT', 'is_parquet_source', 'parquet_parts', 'symbol_frames', 'store_key', 'build_store',
-           'Resident', 'PanelStore', 'panel_cache_dir', 'open_store', 'StoredPrepared', 'StoredFold', 'prepare_parquet']
+           'Resident', 'PanelStore', 'panel_cache_dir', 'open_store', 'StoredPrepared', 'StoredWindows', 'StoredFold',
+           'prepare_parquet']
 
 # %% ../nbs/02b_panelstore.ipynb #9e1387f7
 _PARQUET = (".parquet", ".pq")
@@ -404,9 +405,23 @@ class StoredPrepared(qd.Prepared):
                 np.subtract(F[i:j], s.center, out=t); np.divide(t, s.scale, out=X[i:j], casting="same_kind")
         return X
 
-# %% ../nbs/02b_panelstore.ipynb #cb9b14de
+# %% ../nbs/02b_panelstore.ipynb #4550e8aa
+class StoredWindows(qd.Windows):
+    "`Windows` over memory maps: the pages a gather mapped are handed back to the page cache right after it."
+    def _gather(self, i):
+        out = super()._gather(i)
+        RESIDENT.trim()
+        return out
+
+# %% ../nbs/02b_panelstore.ipynb #6fa3fa51
 class StoredFold(qd.Fold):
-    "A `Fold` of a `StoredPrepared`: its targets are computed chunk by chunk into a scratch map."
+    "A `Fold` of a `StoredPrepared`: targets computed chunk by chunk into a scratch map; `StoredWindows`."
+    def _build(self) -> dict:
+        built = super()._build()
+        for w in built.values():
+            if type(w) is qd.Windows: w.__class__ = StoredWindows     # the same object, gathering as a map
+        return built
+
     def _targets(self, train_ends: list, chunk: int = 1 << 16) -> tuple:
         P, c = self.prepared, self.prepared.config
         T, hs = len(P._pos), c.all_horizons
@@ -429,7 +444,7 @@ class StoredFold(qd.Fold):
         if tscaler is not None: qd._scale_rows(y, 0, len(y), tscaler)
         return torch.from_numpy(y), tscaler, y.shape[1]
 
-# %% ../nbs/02b_panelstore.ipynb #6fa3fa51
+# %% ../nbs/02b_panelstore.ipynb #95446c7c
 def prepare_parquet(config, source, *, features=None, plan=None, cache: bool | str | Path | None = None) -> StoredPrepared:
     "`prepare` for a Parquet file or folder: converted once into a memory-mapped store, then prepared on it."
     c = qd.as_data_config(config)
