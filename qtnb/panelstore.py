@@ -310,13 +310,14 @@ class PanelStore:
         return pd.DataFrame(cols, index=idx, copy=False)
 
     def scratch(self, shape, dtype) -> np.memmap:
-        "A writable map of `shape` in a file unlinked as soon as it is mapped."
+        "A writable map of `shape` in a file unlinked as soon as it is mapped; read at random (batches), so advised so."
         fd, path = tempfile.mkstemp(dir=self.folder, prefix=".scratch-")
         try:
             os.ftruncate(fd, max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize))
             m = np.memmap(path, dtype=dtype, mode="r+", shape=tuple(shape))
         finally: os.close(fd); os.unlink(path)
-        return RESIDENT.watch(m)
+        if hasattr(mmap, "MADV_RANDOM"): m._mmap.madvise(mmap.MADV_RANDOM)   # before the first write: single pages in
+        return RESIDENT.watch(m)                                             # the page cache, so a random read maps 64 KiB, not MiBs
 
     def __repr__(self): return f"PanelStore({self.rows:,} rows, {len(self.names)} symbol(s), {len(self.feature_names)} features, {self.folder})"
 
