@@ -21,7 +21,8 @@ from .errors import DataError
 
 # %% auto #0
 __all__ = ['STORE_VERSION', 'RESIDENT', 'is_parquet_source', 'parquet_parts', 'symbol_frames', 'store_key', 'build_store',
-           'Resident', 'PanelStore', 'panel_cache_dir', 'open_store', 'StoredPrepared', 'StoredFold', 'prepare_parquet']
+           'Resident', 'PanelStore', 'panel_cache_dir', 'open_store', 'StoredPrepared', 'StoredWindows', 'StoredFold',
+           'prepare_parquet']
 
 # %% ../nbs/02b_panelstore.ipynb #9e1387f7
 _PARQUET = (".parquet", ".pq")
@@ -243,14 +244,15 @@ def _file_rss() -> int:
 
 class Resident:
     "Keeps the store pages this process holds under `budget` bytes: beyond it, they are handed back to the page cache."
-    def __init__(self, budget: int = 96 << 20, every: float = 0.005):
-        self.budget, self.every, self.maps, self.trims = budget, every, weakref.WeakSet(), 0
-        self._thread, self._base = None, 0
+    def __init__(self, budget: int = 32 << 20, every: float = 0.005):
+        self.budget, self.every, self.trims = budget, every, 0
+        self._maps, self._lock, self._thread, self._base = {}, threading.Lock(), None, 0
 
     def watch(self, m: np.ndarray) -> np.ndarray:
         "Count the pages of memory map `m` (an `np.memmap`) under the budget; returns `m`."
         mm = getattr(m, "_mmap", None)
-        if mm is not None: self.maps.add(mm)
+        if mm is not None:
+            with self._lock: self._maps[id(mm)] = weakref.ref(mm)
         if self._thread is None and hasattr(mmap, "MADV_DONTNEED") and os.path.exists("/proc/self/statm"):
             self._base = _file_rss()
             self._thread = threading.Thread(target=self._run, name="qtnb-resident", daemon=True)
@@ -259,18 +261,23 @@ class Resident:
 
     def trim(self) -> None:
         "Let go of every watched page now (the page cache keeps them)."
-        for mm in list(self.maps):
+        with self._lock: refs = list(self._maps.items())
+        gone = []
+        for k, r in refs:
+            mm = r()
             try: mm.madvise(mmap.MADV_DONTNEED)
-            except (ValueError, OSError): pass    # closed meanwhile
+            except (AttributeError, ValueError, OSError): gone.append(k)    # collected or closed meanwhile
+        with self._lock:
+            for k in gone: self._maps.pop(k, None)
         self.trims += 1
         self._base = _file_rss()                      # what is left: other files' pages, and those faulted in since
 
     def _run(self, rss=_file_rss, sleep=time.sleep):   # bound here: module globals are gone at interpreter exit
-        try:
-            while True:
+        while True:
+            try:
                 sleep(self.every)
                 if rss() > self._base + self.budget: self.trim()
-        except Exception: pass
+            except Exception: pass                    # the watcher never dies of one bad round
 
 RESIDENT = Resident()
 
@@ -303,13 +310,14 @@ class PanelStore:
         return pd.DataFrame(cols, index=idx, copy=False)
 
     def scratch(self, shape, dtype) -> np.memmap:
-        "A writable map of `shape` in a file unlinked as soon as it is mapped."
+        "A writable map of `shape` in a file unlinked as soon as it is mapped; read at random (batches), so advised so."
         fd, path = tempfile.mkstemp(dir=self.folder, prefix=".scratch-")
         try:
             os.ftruncate(fd, max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize))
             m = np.memmap(path, dtype=dtype, mode="r+", shape=tuple(shape))
         finally: os.close(fd); os.unlink(path)
-        return RESIDENT.watch(m)
+        if hasattr(mmap, "MADV_RANDOM"): m._mmap.madvise(mmap.MADV_RANDOM)   # before the first write: single pages in
+        return RESIDENT.watch(m)                                             # the page cache, so a random read maps 64 KiB, not MiBs
 
     def __repr__(self): return f"PanelStore({self.rows:,} rows, {len(self.names)} symbol(s), {len(self.feature_names)} features, {self.folder})"
 
@@ -398,9 +406,23 @@ class StoredPrepared(qd.Prepared):
                 np.subtract(F[i:j], s.center, out=t); np.divide(t, s.scale, out=X[i:j], casting="same_kind")
         return X
 
-# %% ../nbs/02b_panelstore.ipynb #cb9b14de
+# %% ../nbs/02b_panelstore.ipynb #4550e8aa
+class StoredWindows(qd.Windows):
+    "`Windows` over memory maps: the pages a gather mapped are handed back to the page cache right after it."
+    def _gather(self, i):
+        out = super()._gather(i)
+        RESIDENT.trim()
+        return out
+
+# %% ../nbs/02b_panelstore.ipynb #6fa3fa51
 class StoredFold(qd.Fold):
-    "A `Fold` of a `StoredPrepared`: its targets are computed chunk by chunk into a scratch map."
+    "A `Fold` of a `StoredPrepared`: targets computed chunk by chunk into a scratch map; `StoredWindows`."
+    def _build(self) -> dict:
+        built = super()._build()
+        for w in built.values():
+            if type(w) is qd.Windows: w.__class__ = StoredWindows     # the same object, gathering as a map
+        return built
+
     def _targets(self, train_ends: list, chunk: int = 1 << 16) -> tuple:
         P, c = self.prepared, self.prepared.config
         T, hs = len(P._pos), c.all_horizons
@@ -423,7 +445,7 @@ class StoredFold(qd.Fold):
         if tscaler is not None: qd._scale_rows(y, 0, len(y), tscaler)
         return torch.from_numpy(y), tscaler, y.shape[1]
 
-# %% ../nbs/02b_panelstore.ipynb #6fa3fa51
+# %% ../nbs/02b_panelstore.ipynb #95446c7c
 def prepare_parquet(config, source, *, features=None, plan=None, cache: bool | str | Path | None = None) -> StoredPrepared:
     "`prepare` for a Parquet file or folder: converted once into a memory-mapped store, then prepared on it."
     c = qd.as_data_config(config)

@@ -4,7 +4,7 @@ A panel of N_SYMBOLS random-walk symbols x N_ROWS rows is written as a Parquet f
 (symbol=S00000/...), then prepared twice with the same config: in memory (`prepare` on the frame) and out of core
 (`prepare` on the folder: converted once into a memory-mapped store, with every fold array a map). The store's
 resident-page budget (qtnb.panelstore.RESIDENT.budget) is lowered to BUDGET, well below the mapped arrays the epoch
-reads, so pages are handed back to the page cache and faulted in again during the epoch, as they are on a panel
+reads (the scaled features and targets, about 7 MiB), so pages are handed back to the page cache and faulted in again during the epoch, as on a panel
 larger than memory. Each contestant trains a freshly seeded MLP for one epoch on the first fold's training windows
 (same seed, batches, thread count); a measurement is that epoch's wall time. Contestants run side by side in rotating
 rounds (tests/bench/_timing.py), a warm-up each first. Figures, defined before anything is measured:
@@ -30,8 +30,8 @@ from qtnb.models.core import create_model
 from qtnb.panelstore import RESIDENT
 from qtnb.trainer import Trainer, seed_everything
 
-N_SYMBOLS, N_ROWS, SEQ_LEN, BATCH, ROUNDS = 60, 2500, 16, 512, 5
-BUDGET = 8 << 20
+N_SYMBOLS, N_ROWS, SEQ_LEN, BATCH, ROUNDS = 60, 2500, 16, 512, 7
+BUDGET = 1 << 20
 CONFIG = dict(features=["default"], seq_len=SEQ_LEN, validation="holdout", train_frac=0.8, val_frac=0.1, test_frac=0.1)
 
 
