@@ -23,11 +23,11 @@ from .datasets import load_dataset
 from .errors import ConfigError, DataError, InsufficientData
 
 # %% auto #0
-__all__ = ['AUGMENTATIONS', 'DataConfig', 'FEATURES', 'FEATURE_PRESETS', 'LOOKBACKS', 'Range', 'as_data_config', 'parse_times',
-           'frame_options', 'data_file', 'load_frame', 'validate_frame', 'ewm_cutoff', 'register_feature',
-           'FeatureSpec', 'feature_specs', 'feature_columns', 'default_cache_dir', 'compute_features',
-           'forward_returns', 'direction', 'make_target', 'Scaler', 'Augment', 'Windows', 'Split', 'split_plan',
-           'check_plan', 'resolve_embargo', 'fingerprint', 'Fold', 'Prepared', 'prepare', 'trend_regime',
+__all__ = ['AUGMENTATIONS', 'DataConfig', 'FEATURES', 'FEATURE_PRESETS', 'LOOKBACKS', 'Range', 'SOURCE_HANDLERS',
+           'as_data_config', 'parse_times', 'frame_options', 'data_file', 'load_frame', 'validate_frame', 'ewm_cutoff',
+           'register_feature', 'FeatureSpec', 'feature_specs', 'feature_columns', 'default_cache_dir',
+           'compute_features', 'forward_returns', 'direction', 'make_target', 'Scaler', 'Augment', 'Windows', 'Split',
+           'split_plan', 'check_plan', 'resolve_embargo', 'fingerprint', 'Fold', 'Prepared', 'prepare', 'trend_regime',
            'volatility_regime', 'hmm_regime']
 
 # %% ../nbs/02_data.ipynb #f4437c15
@@ -995,10 +995,11 @@ class Windows:
         if augment is True or isinstance(augment, Augment):
             if self.role != "train": raise ConfigError(f"augmentation applies to training windows only, not to {self.role!r} windows")
             aug = augment if isinstance(augment, Augment) else self.augment
-        order = torch.randperm(self._n, generator=generator).to(self.device) if shuffle else torch.arange(self._n, device=self.device)
+        small = torch.int32 if self._n < 2**31 else torch.int64   # the same permutation in half the memory (a panel's epoch)
+        order = torch.randperm(self._n, generator=generator, dtype=small).to(self.device) if shuffle else torch.arange(self._n, device=self.device)
         stop = self._n - (self._n % batch_size if drop_last else 0)
         for s in range(0, stop, batch_size):
-            xb, yb = self._gather(order[s:s + batch_size])
+            xb, yb = self._gather(order[s:s + batch_size].long())
             yield aug(xb, yb, generator) if aug is not None else (xb, yb)
 
     def targets(self) -> torch.Tensor:
@@ -1498,6 +1499,15 @@ def features(self: Prepared) -> pd.DataFrame:
     return out
 
 # %% ../nbs/02_data.ipynb #aa8101e5
+# Sources prepare hands to a module above this one, found by name when first needed (as the models registry loads its
+# built-in families): Parquet is converted once, symbol by symbol, into memory maps (qtnb.panelstore).
+SOURCE_HANDLERS = {"parquet": "qtnb.panelstore.prepare_parquet"}
+
+def _source_handler(kind: str) -> Callable:
+    import importlib
+    mod, _, fn = SOURCE_HANDLERS[kind].rpartition(".")
+    return getattr(importlib.import_module(mod), fn)
+
 def prepare(config: qcfg.DataConfig | dict | None = None,
             frame: pd.DataFrame | str | Path | None = None, # None: load config.data
             *, features: Sequence[str | Callable] | None = None, # overrides config.features; may hold callables
@@ -1508,8 +1518,7 @@ def prepare(config: qcfg.DataConfig | dict | None = None,
     c = as_data_config(config, **overrides)
     src = c.data if frame is None else frame
     if isinstance(src, (str, Path)) and data_file(src) is not None and (Path(src).is_dir() or str(src).lower().endswith((".parquet", ".pq"))):
-        from qtnb.panelstore import prepare_parquet   # Parquet: converted once, symbol by symbol, into memory maps
-        return prepare_parquet(c, src, features=features, plan=plan, cache=cache)
+        return _source_handler("parquet")(c, src, features=features, plan=plan, cache=cache)
     df = load_frame(src, **frame_options(c))
     sym = _symbol_col(df, c.symbol_col)
     feats = list(features) if features is not None else c.features

@@ -762,19 +762,10 @@ def _backtest(self: Report, cost_bps: float | None = None) -> pd.DataFrame:
                     horizon=tr.get("horizon", 1), hold=tr.get("hold", "next"))
 
 def _portfolio_backtest(d: pd.DataFrame, cost: float, tr: dict) -> pd.DataFrame:
-    "A panel's backtest: the per-date portfolio of every symbol (qtnb.metrics.portfolio_returns), with the same columns."
-    from qtnb.metrics import portfolio_metrics, portfolio_returns
-    kw = dict(weighting=tr.get("weighting", "equal"), long_only=tr.get("long_only", False))
-    args = (d["signal"].to_numpy(), d["forward_return"].to_numpy(), pd.DatetimeIndex(d["date"]), d["symbol"].to_numpy())
-    pr = portfolio_returns(*args, cost_bps=cost, **kw)
-    hold = portfolio_returns(np.ones(len(d)), *args[1:])                  # equal-weight buy-and-hold of every symbol
-    eq = np.cumprod(1 + pr["portfolio_return"].to_numpy())
-    bt = pd.DataFrame(dict(position=pr["exposure"], asset_return=hold["portfolio_return"], cost=pr["cost"],
-                           strategy_return=pr["portfolio_return"], equity=eq, turnover=pr["turnover"],
-                           drawdown=1 - eq / np.maximum.accumulate(np.r_[1.0, eq])[1:],
-                           buy_hold=np.cumprod(1 + hold["portfolio_return"].to_numpy())), index=pr.index)
-    bt.attrs["metrics"] = portfolio_metrics(*args, cost_bps=cost, **kw)
-    return bt
+    "A panel's backtest: the per-date portfolio of every symbol (qtnb.metrics.portfolio_backtest), with the same columns."
+    from qtnb.metrics import portfolio_backtest
+    return portfolio_backtest(d["signal"].to_numpy(), d["forward_return"].to_numpy(), pd.DatetimeIndex(d["date"]), d["symbol"].to_numpy(),
+                              cost_bps=cost, weighting=tr.get("weighting", "equal"), long_only=tr.get("long_only", False))
 
 def _plot_equity(self: Report, cost_bps: float | None = None):
     "Equity of the strategy against buy-and-hold, and its drawdown, out of sample."
