@@ -99,6 +99,7 @@ class DDPTrainer(Trainer):
         if _is_stateful(self.model): raise ConfigError("strategy='ddp' does not train stateful models (their state runs across a stream's windows); use strategy='single'")
         ids = [self.device.index] if self.device.type == "cuda" else None
         self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=ids, gradient_as_bucket_view=True)
+        if self.rank > 0: torch.manual_seed(epoch_seed(self.config.seed, -self.rank))   # dropout masks of its own (a resume restores them)
         return super()._fit_torch(train, val, resume)
 
     def _callbacks_for_fit(self) -> list:
