@@ -25,8 +25,8 @@ from .callbacks import (Callback, Checkpoint, EarlyStopping, HOOKS, clone_state,
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['FUSED_DEVICES', 'STEP_SCHEDULES', 'LOSSES', 'TrainConfig', 'select_device', 'seed_everything', 'epoch_seed',
-           'make_optimizer', 'make_scheduler', 'make_loss', 'toy_windows', 'FitResult', 'Trainer',
+__all__ = ['FUSED_DEVICES', 'STEP_SCHEDULES', 'LOSSES', 'STRATEGIES', 'TrainConfig', 'select_device', 'seed_everything',
+           'epoch_seed', 'make_optimizer', 'make_scheduler', 'make_loss', 'toy_windows', 'FitResult', 'Trainer',
            'windows_from_arrays', 'FitHandle', 'fit_in_background', 'RunControl', 'stateful_streams', 'fit_fold']
 
 # %% ../nbs/06_trainer.ipynb #bd76fd70
@@ -782,6 +782,10 @@ def _wrap(self: Trainer, e: Exception) -> QtnbError:
         return TrainingError(f"out of memory {where}: {msg}; lower batch_size or eval_batch_size, or use a smaller model")
     return TrainingError(f"training failed {where}: {type(e).__name__}: {msg}")
 
+# strategy -> the module whose fit_<strategy>(trainer, ...) runs a fit that way; imported by name when used, since it
+# builds on this module (as qtnb.models.core loads the model modules)
+STRATEGIES = {"ddp": "qtnb.distributed"}
+
 @patch
 def fit(self: Trainer, train: Windows, val: Windows | None = None, *,
         resume: str | Path | None = None,  # 'last' (the run's or Checkpoint's last.pt) or a checkpoint path
@@ -789,9 +793,10 @@ def fit(self: Trainer, train: Windows, val: Windows | None = None, *,
         inverse_target: Callable | None = None, # model-space regression outputs -> returns, for the trading metrics
         data_fingerprint: str | None = None) -> FitResult:
     "Train on `train`, validate on `val` each epoch, evaluate `test` at the end; a `FitResult`."
-    if self.config.strategy == "ddp" and not torch.distributed.is_initialized():   # launch the ranks under torchrun
-        from qtnb.distributed import fit_ddp
-        return fit_ddp(self, train, val, resume=resume, test=test, inverse_target=inverse_target, data_fingerprint=data_fingerprint)
+    if self.config.strategy != "single" and not torch.distributed.is_initialized():   # e.g. ddp: launch the ranks under torchrun
+        import importlib
+        run_fit = getattr(importlib.import_module(STRATEGIES[self.config.strategy]), f"fit_{self.config.strategy}")
+        return run_fit(self, train, val, resume=resume, test=test, inverse_target=inverse_target, data_fingerprint=data_fingerprint)
     if self._busy: raise TrainingError("this trainer is already fitting; wait for it or use another Trainer")
     self._busy = True
     try:
