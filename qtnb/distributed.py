@@ -6,7 +6,7 @@ Docs: https://qtnb.github.io/qtnb/distributed.html.md"""
 
 # %% ../nbs/06b_distributed.ipynb #02caa96b
 from __future__ import annotations
-import contextlib, dataclasses, importlib, json, os, re, signal, subprocess, sys, tempfile, time
+import contextlib, dataclasses, importlib, json, os, re, signal, subprocess, sys, tempfile, threading, time
 from datetime import timedelta
 from pathlib import Path
 
@@ -228,10 +228,21 @@ def _rank_error(job: Path, rank: int, e: BaseException) -> None:
     peer = isinstance(e, getattr(dist, "DistError", ())) or any(s in msg.lower() for s in _PEER)
     atomic_write(job / f"rank{rank}.error", json.dumps(dict(rank=rank, type=type(e).__name__, error=msg, peer=peer, time=time.time())))
 
+def _watch_controller(pid: int) -> None:
+    "End this node's torchrun group (ranks and torchrun) when the process that launched it is gone (killed with -9, say)."
+    while True:
+        try: os.kill(pid, 0)
+        except ProcessLookupError: break
+        except PermissionError: pass
+        time.sleep(0.5)
+    os.killpg(os.getpgid(0), signal.SIGKILL)
+
 def run_rank(job: str | Path) -> FitResult:
     "Fit one rank of the DDP job in folder `job` (run by torchrun in every rank process)."
     job = Path(job)
     rank, ws = world()
+    if os.environ.get("QTNB_DDP_CONTROLLER"):          # launched by a controller on this node: no rank outlives it
+        threading.Thread(target=_watch_controller, args=(int(os.environ["QTNB_DDP_CONTROLLER"]),), daemon=True).start()
     atomic_write(job / f"rank{rank}.pid", str(os.getpid()))
     spec = json.loads((job / "job.json").read_text())
     try:
@@ -372,7 +383,8 @@ def _launch(trainer: Trainer, job: Path) -> tuple[int, str, BaseException | None
     mod = sys.modules.get(type(trainer.model).__module__)
     if getattr(mod, "__file__", None) and not mod.__name__.startswith("qtnb."):   # a plugin model's module: importable in the ranks
         paths.append(str(Path(mod.__file__).resolve().parents[mod.__name__.count(".")]))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([*paths, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([*paths, *filter(None, [os.environ.get("PYTHONPATH")])]),
+           "QTNB_DDP_CONTROLLER": str(os.getpid())}
     log = job / "torchrun.log"
     seen, sent, stop, pruned = 0, {}, None, None
     with open(log, "w") as out:

@@ -176,3 +176,30 @@ def test_a_stop_and_a_pruned_trial_stop_every_rank_after_the_same_epoch_and_a_re
     eq(run.status["state"], "pruned")
     assert 2 <= len(run.history) < 30
     assert not any(alive(p) for p in rank_pids(Path(run.path)))
+
+
+def test_no_rank_outlives_a_controller_killed_with_9(tmp_path):
+    "kill -9 of the process that launched torchrun (here the pipeline's kernel): the ranks and torchrun end within seconds."
+    proc = subprocess.Popen([QTNB, "run", "train", *CLI, "-p", "epochs", "200", "-p", "nproc", "2", "--runs-dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO, env=ENV, start_new_session=True)
+    try:
+        pids = []
+        for _ in range(6000):
+            found = list(tmp_path.glob("*/ddp/events.jsonl"))
+            if found and found[0].read_text().strip():
+                pids = rank_pids(found[0].parent.parent)
+                if len(pids) == 2: break
+            assert proc.poll() is None, "the run ended before its first epoch"
+            time.sleep(0.05)
+        assert len(pids) == 2, "the ranks never started"
+        env = dict(e.split("=", 1) for e in Path(f"/proc/{pids[0]}/environ").read_text().split("\0") if "=" in e)
+        controller = int(env["QTNB_DDP_CONTROLLER"])
+        assert controller not in pids and alive(controller)
+        os.kill(controller, signal.SIGKILL)
+        for _ in range(600):
+            if not any(alive(p) for p in pids): break
+            time.sleep(0.05)
+        assert not any(alive(p) for p in pids), "a rank outlived its controller"
+    finally:
+        try: os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError: pass
