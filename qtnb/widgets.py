@@ -26,7 +26,7 @@ from .monitor import (WIDGETS_ENV, Chart, Throttle, TrainingMonitor, figurewidge
 
 # %% auto #0
 __all__ = ['MIN_IMPORTANCE_TRIALS', 'KEY_COLUMNS', 'config_class', 'FormField', 'ConfigForm', 'StaticCopy', 'free_port',
-           'start_dashboard', 'TunerPanel', 'run_equity', 'run_symbols', 'run_label', 'ago', 'run_row', 'RunBrowser']
+           'TunerPanel', 'run_equity', 'run_symbols', 'run_label', 'ago', 'run_row', 'RunBrowser']
 
 # %% ../nbs/11_widgets.ipynb #c5045038
 _CONFIG_NAMES = {"data": "DataConfig", "train": "TrainConfig", "tune": "TuneConfig", "export": "ExportConfig",
@@ -453,27 +453,6 @@ def free_port(host: str = "127.0.0.1") -> int:
         s.bind((host, 0))
         return s.getsockname()[1]
 
-def _study_storage(study):
-    "The storage a dashboard can open: the URL for an RDB study, else the storage object itself."
-    st = getattr(study, "_storage", None)
-    st = getattr(st, "_backend", st)   # optuna wraps RDB storage in a cache
-    return getattr(st, "url", None) or st
-
-def start_dashboard(storage, *, host: str = "127.0.0.1", port: int | None = None) -> str:
-    "Start optuna-dashboard for `storage` in the background; its URL."
-    port = port or free_port(host)
-    try:
-        from qtnb.tuner import start_dashboard as tuner_dashboard
-    except ImportError: tuner_dashboard = None
-    if tuner_dashboard is not None:
-        out = tuner_dashboard(storage, host=host, port=port, background=True)
-        if isinstance(out, str) and out.startswith("http"): return out
-    else:
-        import optuna_dashboard
-        threading.Thread(target=optuna_dashboard.run_server, args=(storage,), kwargs=dict(host=host, port=port),
-                         name="qtnb-dashboard", daemon=True).start()
-    return f"http://{host}:{port}/dashboard/"
-
 def _run_link(runs_root: str | None):
     def href(run_id, row=None):
         return f"{runs_root.rstrip('/')}/{run_id}/" if runs_root else None
@@ -623,7 +602,8 @@ class TunerPanel(StaticCopy, W.VBox):
     def open_dashboard(self, port: int | None = None) -> str:
         "Start optuna-dashboard for this study on 127.0.0.1; its URL (also shown as a link)."
         if self.dashboard_url is None:
-            self.dashboard_url = start_dashboard(_study_storage(self.study), host="127.0.0.1", port=port)
+            from qtnb.tuner import start_dashboard   # the one dashboard starter (an open study is served by its storage)
+            self.dashboard_url = start_dashboard(self.study, host="127.0.0.1", port=port or 0, background=True)
         self.dashboard_link.value = f'<a href="{self.dashboard_url}" target="_blank">{self.dashboard_url}</a>'
         if not self.widgets: print(f"optuna-dashboard: {self.dashboard_url}", flush=True)
         return self.dashboard_url
