@@ -88,14 +88,18 @@ def test_two_objectives_val_loss_and_sharpe(tmp_path):
     assert t.plot("pareto").data
 
 
-def test_xgboost_prunes_through_optuna_integration(tmp_path):
+def test_xgboost_prunes_through_optuna_integration(tmp_path, monkeypatch):
     space = SearchSpace(model="xgboost").int("max_depth", 1, 4).log_uniform("learning_rate", 0.01, 0.3)
     t = tuner(tmp_path, space, pruner="median", model={"name": "xgboost", "n_estimators": 30, "early_stopping_rounds": 0})
     eq(t._max_resource(), "auto")
     import xgboost
-    train = xgboost.train
+    seen, real = [], xgboost.train
+    def spy(*a, **kw):                                    # is xgboost.train itself while a trial fits?
+        seen.append((xgboost.train is spy, len(kw.get("callbacks") or ())))
+        return real(*a, **kw)
+    monkeypatch.setattr(xgboost, "train", spy)
     study = t.optimize(8)
-    assert xgboost.train is train                         # pruning goes through the model's own callbacks, not a patch
+    eq(set(seen), {(True, 1)})       # no process-wide patch: the pruning callback comes in the model's own callbacks
     rounds = [len(tr.intermediate_values) for tr in study.trials]
     assert max(rounds) == 30, rounds                      # one report per boosting round, not per epoch
     assert all(tr.user_attrs.get("run_id") for tr in study.trials)

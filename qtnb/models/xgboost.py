@@ -81,8 +81,7 @@ class XGBoost(EstimatorModel):
             rounds = self.config.early_stopping_rounds or None
         try:
             booster = xgb.train(self.params(), dtrain, num_boost_round=self.config.n_estimators, evals=evals,
-                                early_stopping_rounds=rounds, verbose_eval=False,
-                                callbacks=list(self.callbacks) or None)
+                                early_stopping_rounds=rounds, verbose_eval=False, callbacks=list(self.callbacks) or None)
         except xgb.core.XGBoostError as e:
             raise ModelError(f"xgboost could not fit: {str(e).strip().splitlines()[-1]}") from None
         best = getattr(booster, "best_iteration", None) if rounds else None

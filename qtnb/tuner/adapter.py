@@ -31,8 +31,9 @@ def storage_of(study: optuna.Study) -> BaseStorage:
     return study._storage   # missing: a public Study.storage
 
 def base_storage(storage: BaseStorage) -> BaseStorage:
-    "The storage itself: an RDBStorage out of the cache `create_study` wraps it in."
-    return getattr(storage, "_backend", storage)   # missing: _CachedStorage does not expose the storage it wraps
+    "The storage itself: an RDBStorage out of the cache `create_study` wraps it in; any other storage as it is."
+    inner = getattr(storage, "_backend", None)   # missing: _CachedStorage does not expose the storage it wraps
+    return inner if isinstance(inner, BaseStorage) else storage   # (a journal storage's _backend is its file, not a storage)
 
 def trial_id(trial: optuna.Trial | optuna.trial.FrozenTrial) -> int:
     "The storage's id of `trial`: unique in its storage, where `number` is unique in its study."

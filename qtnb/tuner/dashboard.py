@@ -99,7 +99,7 @@ def dashboard_storage(storage: str | Path | BaseStorage | optuna.Study | None = 
     "What optuna-dashboard opens: `storage` (or a study's), or every readable storage of the run store as one (`StoreStudies`)."
     if isinstance(storage, optuna.Study):   # an RDB study by its URL (a fresh reader), any other by its storage object
         s = base_storage(storage_of(storage))
-        storage = getattr(s, "url", None) or s
+        storage = s.url if isinstance(s, RDBStorage) else s
     if isinstance(storage, BaseStorage): return storage
     if storage is not None: return _read_storage(storage_spec(storage))
     specs, parts = store_storages(runs_dir), []
