@@ -62,12 +62,12 @@ def objective_directions(names: Sequence[str], direction: str | Sequence[str] | 
     if bad: raise ConfigError(f"direction={bad[0]!r} is invalid; use 'minimize' or 'maximize'")
     return dirs
 
-# %% ../../nbs/07f_tuner.core.ipynb #7b06fafd
+# %% ../../nbs/07f_tuner.core.ipynb #910b59ff
 def _space_hash(space: SearchSpace) -> str:
     "Six hex digits of the space: a default study name stays the same across reruns, and changes with the space."
     return hashlib.sha1(json.dumps(space.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:6]
 
-# %% ../../nbs/07f_tuner.core.ipynb #b5e3fec4
+# %% ../../nbs/07f_tuner.core.ipynb #7bf09009
 class Tuner:
     "An Optuna study over a search space: objective(s) by metric name or function, sampler, pruner, crash-proof storage."
     def __init__(self, space: SearchSpace | dict | str | Path, # a SearchSpace, its mapping, or a YAML file
@@ -119,7 +119,7 @@ class Tuner:
         if "model" in self.space.params: return "models"
         return self.space.model or self._base_model_name() or "model"
 
-# %% ../../nbs/07f_tuner.core.ipynb #dda19fc9
+# %% ../../nbs/07f_tuner.core.ipynb #b82a6aa8
 @patch(as_prop=True)
 def storage(self: Tuner) -> StorageSpec:
     "Where the study lives: chosen at its first run, recorded in the run store, the same whatever `workers` says."
@@ -129,7 +129,7 @@ def storage(self: Tuner) -> StorageSpec:
         self._spec_for, self._study = name, None
     return self._spec
 
-# %% ../../nbs/07f_tuner.core.ipynb #bb5461fe
+# %% ../../nbs/07f_tuner.core.ipynb #677e42d2
 @patch(as_prop=True)
 def study_dir(self: Tuner) -> Path:
     "The study's folder in the run store: its record, outputs and claim lock fallback."
@@ -143,7 +143,7 @@ def __getstate__(self: Tuner):   # worker processes open their own study and dat
 def __repr__(self: Tuner) -> str:
     return f"Tuner({self.study_name!r}, {self.objectives}, sampler={self.sampler_name!r}, pruner={self.pruner_name!r}, storage={self.storage.display()!r})"
 
-# %% ../../nbs/07f_tuner.core.ipynb #2c08f3ed
+# %% ../../nbs/07f_tuner.core.ipynb #d72730d3
 @patch
 def _open_study(self: Tuner) -> optuna.Study:
     storage = self.storage.open()
@@ -186,7 +186,7 @@ def study(self: Tuner) -> optuna.Study:
     if self._study is None: self._study = self._open_study()
     return self._study
 
-# %% ../../nbs/07f_tuner.core.ipynb #96de46b3
+# %% ../../nbs/07f_tuner.core.ipynb #26c8a248
 @patch
 def _objective(self: Tuner, trial: optuna.Trial):
     try:
@@ -218,7 +218,7 @@ def _claim_lock(self: Tuner) -> BaseJournalFileLock:
     "The lock every worker of the study holds from counting the budget to creating a trial (see `run_trials`)."
     return claim_lock(self.storage, self.study_name, self.study_dir)
 
-# %% ../../nbs/07f_tuner.core.ipynb #8c9f578e
+# %% ../../nbs/07f_tuner.core.ipynb #bbb58463
 @patch
 def optimize(self: Tuner, n_trials: int | None = None, *,
              timeout: float | None = None, # seconds after which no new trial starts (default: TuneConfig.timeout_hours)
