@@ -20,7 +20,7 @@ from .metrics import MetricTracker
 # %% auto #0
 __all__ = ['HOOKS', 'Callback', 'implements', 'hook_table', 'state_keys', 'clone_state', 'EarlyStopping', 'save_state',
            'load_state', 'Checkpoint', 'LearningRateMonitor', 'HistoryLogger', 'TensorBoardLogger', 'watched',
-           'ProgressBar', 'NonFiniteGuard', 'TimeBudget', 'report_values', 'PruningCallback']
+           'ProgressBar', 'NonFiniteGuard', 'TimeBudget']
 
 # %% ../nbs/05_callbacks.ipynb #07029c8e
 HOOKS = ("on_fit_start", "on_train_epoch_start", "on_train_batch_end", "on_validation_end", "on_train_epoch_end",
@@ -325,74 +325,3 @@ class TimeBudget(Callback):
             trainer.stop_reason = f"time budget of {self.seconds:g} s used up"
     def on_train_batch_end(self, trainer, batch, loss): self._check(trainer)
     def on_train_epoch_end(self, trainer, metrics): self._check(trainer)
-
-# %% ../nbs/05_callbacks.ipynb #03978676
-def _insert_values(trial, todo: list) -> bool:
-    "One multi-row INSERT of a trial's intermediate values on an Optuna RDBStorage; False where that path does not apply."
-    import optuna
-    try:
-        import sqlalchemy as sa
-        from optuna.storages import RDBStorage
-        from optuna.storages._rdb import models
-        backend = getattr(trial.storage, "_backend", trial.storage)
-        if not isinstance(backend, RDBStorage) or len(trial.study.directions) != 1: return False
-        tv, tr = models.TrialIntermediateValueModel, models.TrialModel.__table__
-        rows = []
-        for step, v in todo:
-            stored, kind = tv.intermediate_value_to_stored_repr(v)
-            rows.append({"trial_id": trial._trial_id, "step": step, "intermediate_value": stored, "intermediate_value_type": kind})
-        with backend.engine.begin() as conn:
-            state = conn.execute(sa.select(tr.c.state).where(tr.c.trial_id == trial._trial_id)).scalar_one()
-            backend.check_trial_is_updatable(trial._trial_id, state)
-            conn.execute(sa.insert(tv.__table__), rows)
-        return True
-    except optuna.exceptions.UpdateFinishedTrialError: raise
-    except Exception: return False    # another Optuna, a step written meanwhile: Trial.report, one by one
-
-def report_values(trial, values) -> None:
-    "Report (step, value) pairs to an Optuna `trial`, leaving the steps it has: one INSERT on an RDB storage, else one call each."
-    import warnings
-    known = getattr(getattr(trial, "_cached_frozen_trial", None), "intermediate_values", None)
-    todo = [(int(s), float(v)) for s, v in values if known is None or int(s) not in known]
-    if not todo: return
-    if known is not None and len(todo) > 1 and _insert_values(trial, todo):
-        known.update(todo); return
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is already reported")
-        for s, v in todo: trial.report(v, s)
-
-class PruningCallback(Callback):
-    "Report `monitor` to an Optuna `trial` each epoch; prune (raise optuna.TrialPruned) when its pruner says so."
-    def __init__(self, trial, monitor: str = "val_loss",
-                 flush_s: float = 1.0): # with a NopPruner: write the waiting values at most this often (0: every epoch)
-        self.trial, self.monitor, self.flush_s = trial, monitor, flush_s
-        self._pending, self._flushed = [], time.monotonic()
-
-    @property
-    def prunes(self) -> bool:
-        "Whether the study's pruner decides anything (then every report is written at once)."
-        import optuna
-        return not isinstance(getattr(getattr(self.trial, "study", None), "pruner", None), optuna.pruners.NopPruner)
-
-    def flush(self) -> None:
-        "Write the values waiting to be reported (a step the trial has already is left as it is)."
-        pending, self._pending, self._flushed = self._pending, [], time.monotonic()
-        report_values(self.trial, pending)
-
-    def on_fit_start(self, trainer):
-        # a resumed fit (a retried trial): the checkpoint's epochs too, which the killed trial may not have written
-        self._pending = [(r["epoch"], float(r[self.monitor])) for r in getattr(trainer, "history", ()) if self.monitor in r]
-        self.flush()
-    def on_train_epoch_end(self, trainer, metrics):
-        import optuna
-        ep, v = metrics["epoch"], float(_metric(metrics, self.monitor, "PruningCallback"))
-        if not self.prunes:
-            self._pending.append((ep, v))
-            if time.monotonic() - self._flushed >= self.flush_s: self.flush()
-            return
-        self.trial.report(v, ep)
-        if self.trial.should_prune():
-            trainer.dispatch("on_trial_pruned", ep)
-            raise optuna.TrialPruned(f"trial pruned at epoch {ep}: {self.monitor}={v:.6g}")
-    def on_fit_end(self, trainer): self.flush()
-    def on_exception(self, trainer, exc): self.flush()

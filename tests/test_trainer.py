@@ -10,7 +10,8 @@ from fastcore.test import test_eq as eq, test_close as close, test_fail as fails
 from torch import nn
 
 from qtnb.callbacks import Callback, Checkpoint, EarlyStopping, HistoryLogger, LearningRateMonitor, NonFiniteGuard, \
-    PruningCallback, TensorBoardLogger, TimeBudget, ProgressBar
+    TensorBoardLogger, TimeBudget, ProgressBar
+from qtnb.tuner.pruning import PruningCallback
 from qtnb.data import Windows, prepare
 from qtnb.datasets import planted
 from qtnb.errors import ConfigError, DataError, ModelError, NonFiniteLoss, QtnbError, TrainingError

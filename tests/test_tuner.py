@@ -88,11 +88,18 @@ def test_two_objectives_val_loss_and_sharpe(tmp_path):
     assert t.plot("pareto").data
 
 
-def test_xgboost_prunes_through_optuna_integration(tmp_path):
+def test_xgboost_prunes_through_optuna_integration(tmp_path, monkeypatch):
     space = SearchSpace(model="xgboost").int("max_depth", 1, 4).log_uniform("learning_rate", 0.01, 0.3)
     t = tuner(tmp_path, space, pruner="median", model={"name": "xgboost", "n_estimators": 30, "early_stopping_rounds": 0})
     eq(t._max_resource(), "auto")
+    import xgboost
+    seen, real = [], xgboost.train
+    def spy(*a, **kw):                                    # is xgboost.train itself while a trial fits?
+        seen.append((xgboost.train is spy, len(kw.get("callbacks") or ())))
+        return real(*a, **kw)
+    monkeypatch.setattr(xgboost, "train", spy)
     study = t.optimize(8)
+    eq(set(seen), {(True, 1)})       # no process-wide patch: the pruning callback comes in the model's own callbacks
     rounds = [len(tr.intermediate_values) for tr in study.trials]
     assert max(rounds) == 30, rounds                      # one report per boosting round, not per epoch
     assert all(tr.user_attrs.get("run_id") for tr in study.trials)
@@ -102,6 +109,28 @@ def test_xgboost_prunes_through_optuna_integration(tmp_path):
         assert len(tr.intermediate_values) < 30, tr.intermediate_values   # stopped between boosting rounds
         eq(open_run(tr.user_attrs["run_id"], runs_dir=tmp_path).status["state"], "pruned")
     eq(trial_counts(study)["finished"], 8)
+
+
+# every name `from qtnb.tuner import ...` gave before the tuner became a package of modules
+PUBLIC = """KINDS SAMPLERS PRUNERS PLOTS Param SearchSpace train_config_class as_search_space make_sampler make_pruner trial_seed
+TrialSeededSampler JournalHeartbeatStorage JournalFlock journal_lock StudyStorageError StorageSpec storage_spec mark_interrupted
+RetryAndMarkRun fail_trial fail_dead_trials repair_journal check_storage study_storage_spec record_study AdvisoryLock claim_lock
+objective_names check_objective objective_directions fail_reason free_memory trial_counts signals_noted run_trials TrialProgress
+watch_trials sigterm_interrupts run_workers Tuner record_trading study_deflated_sharpe trial_record DashboardURL store_storages
+dashboard_storage start_dashboard StoreStudies objective_value tune_symbols PruningCallback report_values""".split()
+
+def test_the_tuner_package_keeps_its_names_and_loads_torch_only_for_pruning():
+    code = ("import sys, qtnb.tuner as T\n"
+            f"missing = [n for n in {PUBLIC[:-2]!r} if not hasattr(T, n)]\n"
+            "print(missing, 'torch' in sys.modules)\n"
+            "from qtnb.tuner import PruningCallback, report_values\n"
+            "from qtnb.callbacks import Callback\n"
+            "print(issubclass(PruningCallback, Callback), 'torch' in sys.modules)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    eq(r.stdout.split("\n")[:2], ["[] False", "True True"])
+    import qtnb.callbacks
+    assert not hasattr(qtnb.callbacks, "PruningCallback")   # the trainer's callbacks know nothing of Optuna
 
 
 def test_per_symbol_studies_and_summary(tmp_path):
@@ -121,9 +150,9 @@ def test_per_symbol_studies_and_summary(tmp_path):
 
 
 def test_memory_is_freed_between_trials(tmp_path, monkeypatch):
-    import qtnb.tuner as qt
+    import gc
     calls = []
-    monkeypatch.setattr(qt.gc, "collect", lambda *a: calls.append(1) or 0)
+    monkeypatch.setattr(gc, "collect", lambda *a: calls.append(1) or 0)   # free_memory collects after each trial
     tuner(tmp_path, SearchSpace(model="mlp").log_uniform("learning_rate", 1e-3, 3e-2)).optimize(3)
     assert len(calls) >= 3
 
@@ -177,7 +206,7 @@ def kill_9_in_trial_2(tmp_path):
     storage = f"sqlite:///{tmp_path}/optuna.db"
     cmd = [sys.executable, str(script), str(tmp_path), storage]
     p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.time() + 90
+    deadline = time.time() + 300   # a guard against a hang, generous for a loaded machine (the study takes seconds)
     while not (tmp_path / "killed-in-trial-2").exists():
         assert p.poll() is None, p.stdout.read().decode()[-3000:]
         assert time.time() < deadline, "trial 2 never reached epoch 3"

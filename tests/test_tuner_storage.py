@@ -244,6 +244,22 @@ def test_dashboard_lists_the_study_and_trial_run_ids(tmp_path):
     finally: url.stop()
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_the_tuner_panel_serves_its_study_on_the_one_dashboard(tmp_path, kind):
+    "TunerPanel's button starts qtnb.tuner's start_dashboard for the open study (an RDB one by URL, a journal by its storage)."
+    import urllib.request
+    from qtnb.widgets import TunerPanel
+    where = f"sqlite:///{tmp_path}/optuna.db" if kind == "sqlite" else tmp_path / "optuna.journal"
+    tuner = Tuner(space(), run_id_objective, study_name="panel", sampler="random", pruner="none", storage=where, runs_dir=tmp_path)
+    tuner.optimize(2)
+    url = TunerPanel(tuner, mode="text").open_dashboard()
+    try:
+        assert url.startswith("http://127.0.0.1:")
+        got = json.loads(urllib.request.urlopen(url.replace("/dashboard/", "/api/studies"), timeout=10).read())
+        eq([s["study_name"] for s in got["study_summaries"]], ["panel"])
+    finally: url.stop()
+
+
 def test_qtnb_dashboard_command_serves_the_study(tmp_path):
     "`qtnb dashboard` on a free loopback port lists the study and its trials' run ids, and stops on SIGINT."
     import signal, urllib.request
@@ -279,11 +295,12 @@ SECOND_SIGNAL = textwrap.dedent('''
     def objective(trial):
         trial.suggest_float("x", 0, 1)
         raise KeyboardInterrupt          # the first signal, mid-trial
-    marked = T.mark_interrupted
+    import qtnb.tuner.storage as S       # where fail_trial looks it up
+    marked = S.mark_interrupted
     def mark_and_signal(*a):             # a second one while the trial is being failed (a parent forwarding its own)
         os.kill(os.getpid(), signal.SIGINT)
         return marked(*a)
-    T.mark_interrupted = mark_and_signal
+    S.mark_interrupted = mark_and_signal
     try: T.run_trials(study, objective, 1)
     except KeyboardInterrupt: pass
     print(sorted(t.state.name for t in study.trials))

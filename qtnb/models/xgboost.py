@@ -53,6 +53,7 @@ class XGBoost(EstimatorModel):
     def __init__(self, config: XGBoostConfig, *, n_features: int, seq_len: int):
         super().__init__(config, n_features=n_features, seq_len=seq_len)
         self.booster, self.best_iteration = None, None
+        self.callbacks: list = []   # xgboost TrainingCallbacks for each fit (the tuner's pruning): this model's own
 
     @property
     def is_fitted(self) -> bool: return self.booster is not None
@@ -80,7 +81,7 @@ class XGBoost(EstimatorModel):
             rounds = self.config.early_stopping_rounds or None
         try:
             booster = xgb.train(self.params(), dtrain, num_boost_round=self.config.n_estimators, evals=evals,
-                                early_stopping_rounds=rounds, verbose_eval=False)
+                                early_stopping_rounds=rounds, verbose_eval=False, callbacks=list(self.callbacks) or None)
         except xgb.core.XGBoostError as e:
             raise ModelError(f"xgboost could not fit: {str(e).strip().splitlines()[-1]}") from None
         best = getattr(booster, "best_iteration", None) if rounds else None

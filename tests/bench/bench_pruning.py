@@ -87,9 +87,9 @@ def _pruner(name: str, max_resource: int, kw: dict):
 
 
 def _apply(variant: str) -> tuple[str, str]:
-    "Patch qtnb.tuner's sampler/pruner factories for `variant` (in this worker process only); the sampler and pruner names to ask for."
+    "Patch the Tuner's sampler/pruner factories for `variant` (in this worker process only); the sampler and pruner names to ask for."
     import optuna, warnings
-    import qtnb.tuner as qt
+    import qtnb.tuner.core as qt   # where the Tuner looks them up
     from qtnb.config import TuneConfig
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
     qt.make_sampler, qt.make_pruner = qt.__dict__.setdefault("_bench_original", (qt.make_sampler, qt.make_pruner))  # a reused worker

@@ -67,7 +67,7 @@ def tuner(tmp, name, **kw):
 def tuner_overhead(tmp: Path, pairs: int = PAIRS) -> float:
     "The tuner's own time per trial (outside the fit, plus its pruning callback inside) over a direct fit_fold's time."
     import qtnb.trainer
-    from qtnb.callbacks import PruningCallback
+    from qtnb.tuner.pruning import PruningCallback
     prepared = prepare(DATA, frame=logistic_frame(4000))        # ~2800 training windows: an epoch is ~90 batches of 32
     fixed = SearchSpace(model="mlp").categorical("learning_rate", [3e-3]).categorical("hidden_sizes", [[64, 32]])
     t = Tuner(fixed, "val_loss", data=prepared, train={**TRAIN, "num_epochs": 15, "batch_size": 32}, sampler="random",
