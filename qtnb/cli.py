@@ -211,6 +211,7 @@ def _table(df, cols=None) -> str:
 
 def cmd_runs(args) -> int:
     from qtnb import runs as R
+    from qtnb.config import runs_dir as resolve_runs_dir
     c = args.runs_command
     if c is None: raise ConfigError("qtnb runs needs an action: list, show, compare, rm, pause, resume, stop or checkpoint (qtnb runs --help)")
     if c in R.CONTROL_ACTIONS: return _control(args)
@@ -228,7 +229,7 @@ def cmd_runs(args) -> int:
     elif c == "compare": _echo(_table(R.compare_runs(args.runs, runs_dir=args.runs_dir)))
     elif c == "rm":
         for rid in args.runs: R.check_run_id(rid)               # ids, never paths: all checked before anything goes
-        root = R._root(args.runs_dir)
+        root = resolve_runs_dir(args.runs_dir)
         for rid in args.runs:
             link = (root / rid).is_symlink()
             try: R.delete_run(rid, runs_dir=root, force=args.force)
@@ -372,12 +373,13 @@ def _add_predict(sub) -> None:
 def predictor_for(ref: str, *, backend: str = "torch", runs_dir=None):
     "The `Predictor` of a run id or a registered model reference."
     from qtnb.predict import Predictor
-    from qtnb.runs import _is_run, _root
-    if "@" not in ref and _is_run(_root(runs_dir) / ref): return Predictor.from_run(ref, backend=backend, runs_dir=runs_dir)
+    from qtnb.runs import _is_run
+    from qtnb.config import runs_dir as resolve_runs_dir
+    if "@" not in ref and _is_run(resolve_runs_dir(runs_dir) / ref): return Predictor.from_run(ref, backend=backend, runs_dir=runs_dir)
     return Predictor.from_registry(ref, backend=backend, runs_dir=runs_dir)
 
 def cmd_predict(args) -> int:
-    from qtnb.config import atomic_write
+    from qtnb.io import atomic_write
     from qtnb.errors import DataError
     if args.last is not None and args.last < 1: raise ConfigError(f"--last {args.last} must be at least 1")
     if args.out and not args.out.endswith((".csv", ".parquet")): raise ConfigError(f"--out {args.out}: give a .csv or .parquet file")

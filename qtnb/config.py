@@ -6,7 +6,7 @@ Docs: https://qtnb.github.io/qtnb/config.html.md"""
 
 # %% ../nbs/00_config.ipynb #aacac822
 from __future__ import annotations
-import configparser, contextvars, difflib, os, re, tempfile
+import configparser, contextvars, difflib, os, re
 from dataclasses import dataclass, field as dc_field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, get_args, get_origin
@@ -16,12 +16,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError
+from .io import atomic_write, atomic_save, dump_yaml, read_yaml, write_yaml   # the last three also for modules still importing them from here
 
 # %% auto #0
-__all__ = ['SETTINGS_ENV', 'SETTINGS_SECTIONS', 'PARAM_STYLE_ENV', 'NO_SPACE_ERRNOS', 'find_settings', 'Settings',
-           'load_settings', 'param', 'allowed', 'config_error', 'QtnbConfig', 'param_hint', 'atomic_write', 'read_yaml',
-           'write_yaml', 'atomic_save', 'check_slug', 'schema_problems', 'DataConfig', 'TrainConfig', 'TuneConfig',
-           'ExportConfig', 'StorageConfig', 'ModelConfig', 'runs_dir', 'study_storage']
+__all__ = ['SETTINGS_ENV', 'SETTINGS_SECTIONS', 'PARAM_STYLE_ENV', 'find_settings', 'Settings', 'load_settings', 'param',
+           'allowed', 'config_error', 'QtnbConfig', 'param_hint', 'check_slug', 'schema_problems', 'DataConfig',
+           'TrainConfig', 'TuneConfig', 'ExportConfig', 'StorageConfig', 'ModelConfig', 'runs_dir', 'study_storage']
 
 # %% ../nbs/00_config.ipynb #5da45b02
 SETTINGS_ENV = "QTNB_SETTINGS"
@@ -157,111 +157,6 @@ def param_hint(name: str, value: Any) -> str:
     if os.environ.get(PARAM_STYLE_ENV) == "cli": return f"-p {name} {value}"
     return f"{name}={value!r}"
 
-# %% ../nbs/00_config.ipynb #21fa8cb3
-import contextlib, errno, threading
-from typing import IO, Callable
-from .errors import DiskFull
-
-NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)   # full disk, quota, file-size limit: one fix, free space
-
-class _Tracked:
-    "A binary file that remembers the OSError a write raised (torch.save reports it only as 'unexpected pos')."
-    def __init__(self, f): self.f, self.error = f, None
-    def write(self, b):
-        try: return self.f.write(b)
-        except OSError as e: self.error = e; raise
-    def flush(self): self.f.flush()
-    def __getattr__(self, name): return getattr(self.f, name)
-
-def _disk_full(path: Path, *errors) -> DiskFull | None:
-    "A `DiskFull` naming `path` when one of `errors` (or their causes) is a lack of space; None otherwise."
-    for e in errors:
-        for x in (e, getattr(e, "__cause__", None), getattr(e, "__context__", None)):
-            if isinstance(x, DiskFull): return x
-            if isinstance(x, OSError) and x.errno in NO_SPACE_ERRNOS:
-                err = DiskFull(f"no space left on device writing {path} ({os.strerror(x.errno)}); free space there "
-                               f"(or raise the quota) and rerun: the previous {path.name}, if any, is unchanged")
-                err.errno, err.filename = x.errno, str(path)
-                return err
-    return None
-
-_WRITE_LOCKS = tuple(threading.Lock() for _ in range(64))
-def _write_lock(path: Path) -> threading.Lock:
-    "The lock this process holds while it renames a file onto `path` (so `only_if` sees no write land after its check)."
-    return _WRITE_LOCKS[hash(str(path)) % len(_WRITE_LOCKS)]
-
-# %% ../nbs/00_config.ipynb #8e0f0bc9
-def atomic_write(path: str | Path, data: str | bytes | Callable[[IO[bytes]], Any], *,
-                 only_if: Callable[[Path], bool] | None = None, # checked just before the rename, under the path's lock: False skips the write
-                ) -> Path | None:
-    "Write `data` (text, bytes, or a function writing to a binary file) via a temporary file and a rename; `DiskFull` when space runs out."
-    path, tmp, f = Path(path), None, None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as raw:
-            f = _Tracked(raw)
-            if callable(data): data(f)
-            else: f.write(data.encode("utf-8") if isinstance(data, str) else data)
-            f.flush(); os.fsync(raw.fileno())
-        with _write_lock(path):
-            if only_if is not None and not only_if(path):
-                os.unlink(tmp); return None
-            os.replace(tmp, path)
-    except BaseException as e:
-        if tmp is not None:
-            with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
-        full = _disk_full(path, e, getattr(f, "error", None))
-        if full is not None: raise full from None
-        raise
-    return path
-
-class _DuplicateKey(yaml.constructor.ConstructorError):
-    def __init__(self, key, first: int, node):
-        super().__init__(None, None, f"repeats key {key!r}", node.start_mark)
-        self.key, self.first, self.line = key, first, node.start_mark.line + 1
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    "PyYAML's SafeLoader, except that a key given twice in one mapping is an error (SafeLoader keeps the last value)."
-    def construct_mapping(self, node, deep=False):
-        seen = {}
-        for k, _ in node.value:
-            if k.tag == "tag:yaml.org,2002:merge": continue   # `<<: *base` may be overridden by design
-            key = self.construct_object(k, deep=True)
-            try: first = seen.setdefault(key, k.start_mark.line + 1)
-            except TypeError: continue                       # an unhashable key: SafeLoader reports it
-            if first != k.start_mark.line + 1: raise _DuplicateKey(key, first, k)
-        return super().construct_mapping(node, deep)
-
-def read_yaml(path: str | Path) -> dict:
-    "The mapping in a YAML file; `ConfigError` naming the file (and line) when it is missing, unreadable, not a mapping or repeats a key."
-    p = Path(path)
-    try: text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read config file {p}: {getattr(e, 'strerror', None) or e}; check the path") from None
-    try: data = yaml.load(text, Loader=_UniqueKeyLoader)
-    except _DuplicateKey as e:
-        raise ConfigError(f"config file {p} repeats key {e.key!r} at line {e.line} (first at line {e.first}); "
-                          f"keep one of them") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at_line = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"config file {p} is not valid YAML{at_line}: {getattr(e, 'problem', e)}") from None
-    if data is None: return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {p} must hold a mapping of field: value, not a {type(data).__name__}")
-    return data
-
-def write_yaml(data: dict, path: str | Path) -> Path:
-    "Write a mapping as YAML, atomically, keeping the key order."
-    return atomic_write(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
-
-# %% ../nbs/00_config.ipynb #eb3ef1a3
-def atomic_save(obj: Any, path: str | Path) -> Path:
-    "`torch.save(obj)` to `path` with `atomic_write`'s guarantees: old or new file, never half; `DiskFull` when space runs out."
-    import torch
-    return atomic_write(path, lambda f: torch.save(obj, f))
-
 # %% ../nbs/00_config.ipynb #3462e5b7
 _SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
@@ -318,7 +213,7 @@ def from_yaml(cls: QtnbConfig, path: str | Path, *, section: str | None = None):
 @patch
 def to_yaml(self: QtnbConfig, path: str | Path | None = None) -> str:
     "The config as YAML; also written (atomically) to `path` when given."
-    text = yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    text = dump_yaml(self.model_dump(mode="json"))
     if path is not None: atomic_write(path, text)
     return text
 
@@ -481,8 +376,9 @@ class ModelConfig(QtnbConfig):
     n_outputs: int = param(1, description="Horizons for regression, classes for classification (2 means one binary logit).", group="head", ge=1, le=1024)
 
 # %% ../nbs/00_config.ipynb #c2655faa
-def runs_dir(settings: Settings | None = None) -> Path:
-    "The run store folder from settings.ini's [storage], as an absolute path."
+def runs_dir(path: str | Path | None = None, *, settings: Settings | None = None) -> Path:
+    "The run store as an absolute path: `path` when given (a caller's `runs_dir=`), else settings.ini's [storage] runs_dir."
+    if path is not None: return Path(path).expanduser().resolve()
     s = settings if settings is not None else load_settings()
     return s.resolve_path(StorageConfig.resolve(settings=s).runs_dir)
 

@@ -18,7 +18,7 @@ from torch import nn
 from fastcore.basics import patch
 
 import qtnb
-from .config import atomic_write
+from .io import atomic_write, dump_json
 from .errors import ExportError, QtnbError
 from .modelfile import (META_KEY, ENGINE_SUFFIXES, ExportMeta, backend_for, read_meta, quantize_dynamic_int8,
                             quantize_static_qdq, to_fp16, _as_windows, _copy_meta, _load_onnx, _load_torchscript, _quiet)
@@ -533,7 +533,7 @@ def _record_export(run, entry: dict) -> None:
     try: lineage = json.loads(p.read_text()) if p.is_file() else {}
     except ValueError: raise ExportError(f"{p} is not valid JSON; fix or delete it before exporting") from None
     lineage.setdefault("exports", []).append(entry)
-    atomic_write(p, json.dumps(lineage, indent=2, default=str))
+    atomic_write(p, dump_json(lineage))
 
 def export_run(run_id: str, *, format: str = "onnx",
                precision: str | None = None,   # fp32, fp16 or int8; None: settings.ini's [export] precision

@@ -16,24 +16,20 @@ import pandas as pd
 import yaml
 
 from pydantic import field_validator
-from .config import QtnbConfig, param, atomic_write, read_yaml, load_settings, runs_dir as default_runs_dir
+from .config import QtnbConfig, param, load_settings, runs_dir as resolve_runs_dir
+from .io import atomic_write, dump_json, read_yaml
 from .errors import ConfigError, DataError, QtnbError
 
 # %% auto #0
-__all__ = ['PIPELINES', 'FORWARD_GRACE_S', 'resolve_runs_dir', 'PipelineParams', 'TrainParams', 'check_data_source',
-           'check_features', 'check_model_shapes', 'largest_allocation', 'free_memory', 'check_memory',
-           'BacktestParams', 'TuneParams', 'ExportParams', 'default_search_space', 'parse_value', 'pipeline_class',
-           'check_params', 'check_runs_dir', 'pipeline_run', 'say', 'EpochLog', 'FoldResult', 'fold_predictions',
-           'stitch', 'oos_metrics', 'train_folds', 'fold_runs', 'kept_fold', 'mean_metrics', 'train',
-           'use_static_plotly', 'Report', 'backtest', 'tune', 'latest_model_run', 'export', 'PipelineFailed',
-           'pipeline_notebook', 'run_pipeline', 'resume_target', 'parse_grid', 'grid_combinations', 'sweep',
-           'sweep_figure']
+__all__ = ['PIPELINES', 'FORWARD_GRACE_S', 'PipelineParams', 'TrainParams', 'check_data_source', 'check_features',
+           'check_model_shapes', 'largest_allocation', 'free_memory', 'check_memory', 'BacktestParams', 'TuneParams',
+           'ExportParams', 'default_search_space', 'parse_value', 'pipeline_class', 'check_params', 'check_runs_dir',
+           'pipeline_run', 'say', 'EpochLog', 'FoldResult', 'fold_predictions', 'stitch', 'oos_metrics', 'train_folds',
+           'fold_runs', 'kept_fold', 'mean_metrics', 'train', 'use_static_plotly', 'Report', 'backtest', 'tune',
+           'latest_model_run', 'export', 'PipelineFailed', 'pipeline_notebook', 'run_pipeline', 'resume_target',
+           'parse_grid', 'grid_combinations', 'sweep', 'sweep_figure']
 
 # %% ../nbs/12_pipeline.ipynb #8df3eba0
-def resolve_runs_dir(runs_dir: str | Path | None = None) -> Path:
-    "The run store: `runs_dir` if given, else settings.ini's [storage] runs_dir, as an absolute path."
-    return Path(runs_dir).expanduser().resolve() if runs_dir is not None else default_runs_dir()
-
 class PipelineParams(QtnbConfig):
     "Base of the pipelines' parameters: where the run goes."
     pipeline: ClassVar[str] = ""
@@ -1326,8 +1322,7 @@ def sweep(pipeline: str, grid: dict[str, list], params: dict | None = None, *, y
         table = grid_cols.set_index("run_id").join(table.drop(columns=[c for c in grid_cols if c in table], errors="ignore"), how="left")
     else: table = grid_cols.set_index("run_id")
     atomic_write(folder / "summary.csv", table.to_csv())
-    atomic_write(folder / "sweep.json", json.dumps({"pipeline": pipeline, "grid": grid, "params": params or {},
-                                                    "runs": results}, indent=2, default=str))
+    atomic_write(folder / "sweep.json", dump_json({"pipeline": pipeline, "grid": grid, "params": params or {}, "runs": results}))
     atomic_write(folder / "summary.html", sweep_figure(table, list(grid)).to_html(include_plotlyjs=True))
     if got:
         from qtnb.runs import RunInterrupted, open_run

@@ -16,7 +16,7 @@ import pandas as pd
 
 from fastcore.basics import patch
 
-from .config import atomic_write
+from .io import atomic_write
 from .errors import DataError, InsufficientData, ModelError, QtnbError
 
 # %% auto #0

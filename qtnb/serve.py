@@ -20,7 +20,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 
-from .config import atomic_write, check_slug, load_settings, write_yaml
+from .config import check_slug, load_settings
+from .io import atomic_write, write_yaml
 from .errors import ConfigError, DataError, QtnbError
 
 # %% auto #0
@@ -250,7 +251,7 @@ def close(self: JobQueue, *, kill: bool = True) -> None:
 FINAL_STATES = ("completed", "failed", "stopped", "interrupted", "pruned")
 
 def _json(obj) -> Any:
-    from qtnb.runs import plain
+    from qtnb.io import plain
     return plain(obj, finite=True)
 
 def _records(df: pd.DataFrame) -> list[dict]:

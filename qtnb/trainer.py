@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 import qtnb.config as qcfg
-from .config import param, atomic_write
+from .config import param
+from .io import atomic_write
 from .errors import ConfigError, DataError, InsufficientData, ModelError, NonFiniteLoss, QtnbError, TrainingError
 from .data import Windows
 from .metrics import compute_metrics, trading_metrics, prediction_signal, MetricTracker, metric_direction
