@@ -25,8 +25,8 @@ def _pipeline_help() -> str:
         out.append(f"  {name}: {(cls.__doc__ or '').strip()}")
         fields = [k for k in cls.model_fields if k not in ("run_id", "runs_dir")]
         out.append(textwrap.fill(", ".join(fields), width=100, initial_indent="    ", subsequent_indent="    "))
-    out.append("\nexamples:\n  qtnb run train -p model lstm -p epochs 20\n  qtnb run tune -p model gru -p n_trials 30"
-               "\n  qtnb sweep train -g model mlp,lstm -g lr 1e-3,1e-2 --workers 2")
+    out.append("\nexamples:\n  qtnb run train -p model lstm -p num_epochs 20\n  qtnb run tune -p model gru -p n_trials 30"
+               "\n  qtnb sweep train -g model mlp,lstm -g learning_rate 1e-3,1e-2 --workers 2")
     return "\n".join(out)
 
 SUBCOMMANDS: list = []   # functions add(subparsers) of commands defined further down (predict, serve)

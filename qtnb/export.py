@@ -537,7 +537,8 @@ def _record_export(run, entry: dict) -> None:
 
 def export_run(run_id: str, *, format: str = "onnx",
                precision: str | None = None,   # fp32, fp16 or int8; None: settings.ini's [export] precision
-               runs_dir: str | Path | None = None) -> Path:
+               runs_dir: str | Path | None = None,
+               prepared=None, model=None) -> Path:    # the run's prepared data and loaded model, when the caller has them already
     "Export run `run_id`'s model (best checkpoint, or saved estimator) into its run folder (model.onnx, model.ts or a TensorRT engine); record it in lineage."
     from qtnb.config import ExportConfig
     from qtnb.data import prepare
@@ -550,9 +551,9 @@ def export_run(run_id: str, *, format: str = "onnx",
     if precision not in ("fp32", "fp16", "int8"): raise ExportError(f"precision={precision!r} is unknown; use fp32, fp16 or int8")
     run = open_run(run_id, runs_dir=runs_dir) if runs_dir is not None else open_run(run_id)
     data_cfg, model_cfg = _run_configs(run.params)
-    prep = prepare(dict(data_cfg, cache=False) if "cache" not in data_cfg else data_cfg)
+    prep = prepared if prepared is not None else prepare(dict(data_cfg, cache=False) if "cache" not in data_cfg else data_cfg)
     fold = prep.folds[-1]
-    model = load_run_model(run, inputs=dict(n_features=len(prep.feature_names), seq_len=prep.config.seq_len))
+    if model is None: model = load_run_model(run, inputs=dict(n_features=len(prep.feature_names), seq_len=prep.config.seq_len))
     if not is_torch_model(model):     # settings.ini's default precision is for models that have a choice
         return _export_estimator_run(run, prep, format=format, precision=precision if explicit else "fp32", model=model)
     stateful = is_stateful(model)

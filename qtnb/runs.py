@@ -14,6 +14,7 @@ from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
+from fastcore.basics import patch
 import yaml
 
 import qtnb
@@ -159,7 +160,8 @@ def recorded_status(self: Run) -> dict:
     try: return _read_json(self.path / "status.json", "status file")
     except RunError: return {}
 
-def _status(self) -> dict:
+@patch(as_prop=True)
+def status(self: Run) -> dict:
     "The run's status.json, `interrupted` when its process is gone (state 'unknown' and a `problem` when it cannot be read)."
     try: st = _read_json(self.path / "status.json", "status file")
     except RunError as e: return {"id": self.id, "state": "unknown", "problem": str(e)}
@@ -174,7 +176,8 @@ def _status(self) -> dict:
         st["duration_s"] = _seconds(st["started"], _now())
     return st
 
-def _set_status(self, state: str, *, error: str | None = None, **extra) -> dict:
+@patch
+def set_status(self: Run, state: str, *, error: str | None = None, **extra) -> dict:
     "Record `state` (running, completed, failed, stopped, pruned) with its times, an optional `error` and `extra` fields."
     if state not in RUN_STATES:
         raise ConfigError(f"run state {state!r} is invalid; use one of {', '.join(RUN_STATES)}")
@@ -197,20 +200,19 @@ def _set_status(self, state: str, *, error: str | None = None, **extra) -> dict:
     atomic_write(self.path / "status.json", dump_json(st))
     return st
 
-Run.status = property(_status)
-Run.set_status = _set_status
 
 # %% ../nbs/10_runs.ipynb #7f22266a
-def _enter(self): return self
+@patch
+def __enter__(self: Run): return self
 
-def _exit(self, typ, exc, tb):
+@patch
+def __exit__(self: Run, typ, exc, tb):
     if typ is None:
         if self.status.get("state") == "running": self.set_status("completed")
     elif issubclass(typ, KeyboardInterrupt): self.set_status("stopped", error="interrupted (KeyboardInterrupt)")
     else: self.set_status("failed", error=f"{typ.__name__}: {exc}")
     return False
 
-Run.__enter__, Run.__exit__ = _enter, _exit
 
 # %% ../nbs/10_runs.ipynb #90aec4f7
 def create_run(name: str, *, runs_dir: str | Path | None = None, # default: settings.ini's [storage] runs_dir
@@ -264,7 +266,8 @@ def _read_history_rows(path: Path) -> tuple[list[str], list[dict]]:
         rows = list(r)
         return list(r.fieldnames or []), rows
 
-def _log_epoch(self, row: dict) -> None:
+@patch
+def log_epoch(self: Run, row: dict) -> None:
     "Append one epoch's `row` (metrics, lr, time, ...) to history.csv; new keys add columns."
     if not isinstance(row, dict) or not row: raise ConfigError("log_epoch needs a non-empty dict of column: value")
     p = self.path / "history.csv"
@@ -278,7 +281,8 @@ def _log_epoch(self, row: dict) -> None:
     w.writeheader(); w.writerows(rows)
     atomic_write(p, buf.getvalue())
 
-def _history(self) -> pd.DataFrame:
+@patch(as_prop=True)
+def history(self: Run) -> pd.DataFrame:
     "history.csv as a DataFrame (empty when nothing was logged)."
     p = self.path / "history.csv"
     if not p.is_file() or p.stat().st_size == 0: return pd.DataFrame()
@@ -286,15 +290,17 @@ def _history(self) -> pd.DataFrame:
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
         raise RunError(f"history file {p} cannot be read ({str(e).splitlines()[0][:80]}); fix or delete it") from None
 
-def _write_metrics(self, metrics: dict, *, merge: bool = False) -> Path:
+@patch
+def write_metrics(self: Run, metrics: dict, *, merge: bool = False) -> Path:
     "Write final metrics by split, {'val': {...}, 'test': {...}}, to metrics.json (`merge`: update the splits already there)."
     if not isinstance(metrics, dict): raise ConfigError(f"metrics must be a dict like {{'val': {{...}}}}, not a {type(metrics).__name__}")
     data = {**(self.metrics if merge else {}), **metrics}
     return atomic_write(self.path / "metrics.json", dump_json(data))
 
-Run.history = property(_history)
-Run.metrics = property(lambda self: _read_json(self.path / "metrics.json", "metrics file"), doc="metrics.json as a dict.")
-Run.log_epoch, Run.write_metrics = _log_epoch, _write_metrics
+@patch(as_prop=True)
+def metrics(self: Run) -> dict:
+    "metrics.json as a dict."
+    return _read_json(self.path / "metrics.json", "metrics file")
 
 # %% ../nbs/10_runs.ipynb #52ea8d4f
 LINEAGE_PACKAGES = ("torch", "numpy", "pandas", "optuna", "xgboost", "xgboost-cpu", "onnx", "onnxruntime", "scikit-learn", "pydantic")
@@ -325,7 +331,8 @@ def lineage_info(*, seed: int | None = None, data_fingerprint: str | None = None
     if extra: info.update(plain(extra))
     return info
 
-def _write_lineage(self, *, seed: int | None = None, data_fingerprint: str | None = None, config_hash: str | None = None,
+@patch
+def write_lineage(self: Run, *, seed: int | None = None, data_fingerprint: str | None = None, config_hash: str | None = None,
                   extra: dict | None = None) -> dict:
     "Merge `lineage_info(...)` into the run's lineage.json and return it."
     p = self.path / "lineage.json"
@@ -335,8 +342,10 @@ def _write_lineage(self, *, seed: int | None = None, data_fingerprint: str | Non
     atomic_write(p, dump_json(info))
     return info
 
-Run.write_lineage = _write_lineage
-Run.lineage = property(lambda self: _read_json(self.path / "lineage.json", "lineage file"), doc="lineage.json as a dict.")
+@patch(as_prop=True)
+def lineage(self: Run) -> dict:
+    "lineage.json as a dict."
+    return _read_json(self.path / "lineage.json", "lineage file")
 
 # %% ../nbs/10_runs.ipynb #aa3a04aa
 import signal, threading
@@ -443,25 +452,28 @@ def _ckpt_path(self, name: str) -> Path:
         raise ConfigError(f"checkpoint name {name!r} is invalid; use letters, digits, '_', '.', '-' (e.g. 'best', 'epoch_3')")
     return self.checkpoint_dir / f"{stem}.pt"
 
-def _save_checkpoint(self, state: dict, name: str) -> Path:
+@patch
+def save_checkpoint(self: Run, state: dict, name: str) -> Path:
     "Save `state` as checkpoints/<name>.pt atomically (`atomic_save`); the old file survives any failure, a full disk is `DiskFull`."
     path = _ckpt_path(self, name)
     state = _checkpoint_safe(state, "state", path.stem)
     return atomic_save(state, path)
 
-def _checkpoints(self) -> list[str]:
+@patch
+def checkpoints(self: Run) -> list[str]:
     "Names of the run's checkpoints ('best', 'last', 'epoch_3', ...), epochs in numeric order."
     d = self.checkpoint_dir
     if not d.is_dir(): return []
     names = [p.stem for p in d.glob("*.pt") if not p.name.startswith(".")]
     return sorted(names, key=lambda n: (n.startswith("epoch_"), int(n[6:]) if n[6:].isdigit() else 0, n))
 
-def _load_checkpoint(self, name: str, *, map_location: Any = "cpu") -> dict:
+@patch
+def load_checkpoint(self: Run, name: str, *, map_location: Any = "cpu") -> dict:
     "Load checkpoints/<name>.pt with `torch.load(weights_only=True)`; `RunError` naming the file when missing or corrupt."
     import torch
     path = _ckpt_path(self, name)
     if not path.is_file():
-        have = _checkpoints(self)
+        have = self.checkpoints()
         raise RunError(f"run {self.id} has no checkpoint {path.stem!r} ({path}); available: {', '.join(have) or 'none'}")
     try: return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
@@ -475,8 +487,10 @@ def _load_checkpoint(self, name: str, *, map_location: Any = "cpu") -> dict:
         raise RunError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__}{': ' + why if why else ''}); "
                        f"use another checkpoint or retrain") from None
 
-Run.checkpoint_dir = property(lambda self: self.path / "checkpoints", doc="The run's checkpoints/ folder.")
-Run.save_checkpoint, Run.load_checkpoint, Run.checkpoints = _save_checkpoint, _load_checkpoint, _checkpoints
+@patch(as_prop=True)
+def checkpoint_dir(self: Run) -> Path:
+    "The run's checkpoints/ folder."
+    return self.path / "checkpoints"
 
 # %% ../nbs/10_runs.ipynb #3b1b03a2
 def rng_state() -> dict:
@@ -505,7 +519,8 @@ CONTROL_FILE = "control.json"
 
 def _control_lock(run): return file_lock(run.path / ".control.lock", timeout=10)
 
-def _request(self, action: str) -> dict:
+@patch
+def request(self: Run, action: str) -> dict:
     "Ask the process training this run to pause, resume, stop or checkpoint; the request written to control.json."
     if action not in CONTROL_ACTIONS:
         raise ConfigError(f"control action {action!r} is invalid; use one of {', '.join(CONTROL_ACTIONS)}")
@@ -520,12 +535,14 @@ def _request(self, action: str) -> dict:
     with _control_lock(self): atomic_write(self.path / CONTROL_FILE, dump_json(req))
     return req
 
-def _read_control(self) -> dict:
+@patch(as_prop=True)
+def control(self: Run) -> dict:
     "The last control request ({} when there is none); `acknowledged` is set once the training process handled it."
     try: return _read_json(self.path / CONTROL_FILE, "control file")
     except RunError: return {}
 
-def _acknowledge(self, request: dict, **extra) -> dict:
+@patch
+def acknowledge(self: Run, request: dict, **extra) -> dict:
     "Mark `request` handled (with `extra`, e.g. state='paused'), unless a newer request has replaced it."
     with _control_lock(self):
         cur = self.control
@@ -534,8 +551,6 @@ def _acknowledge(self, request: dict, **extra) -> dict:
         atomic_write(self.path / CONTROL_FILE, dump_json(cur))
     return cur
 
-Run.request, Run.acknowledge = _request, _acknowledge
-Run.control = property(_read_control)
 
 # %% ../nbs/10_runs.ipynb #0adca794
 KEY_METRICS = ("loss", "mse", "rmse", "r2", "corr", "accuracy", "f1", "roc_auc", "sharpe", "max_drawdown", "total_return")

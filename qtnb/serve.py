@@ -305,7 +305,7 @@ def _add_run_routes(app: FastAPI, root: Path, jobs: JobQueue) -> None:
         return queued + _json(_records(list_runs(root)))
 
     @app.post("/runs/{pipeline}", status_code=202, summary="Start a pipeline run (train, tune, backtest, export)")
-    def runs_start(pipeline: str, params: dict[str, Any] = Body(default_factory=dict, examples=[{"model": "mlp", "epochs": 3}])):
+    def runs_start(pipeline: str, params: dict[str, Any] = Body(default_factory=dict, examples=[{"model": "mlp", "num_epochs": 3}])):
         if pipeline not in PIPELINES: raise HTTPException(404, f"unknown pipeline {pipeline!r}; pipelines: {', '.join(PIPELINES)}")
         try: return jobs.submit(pipeline, params).info()
         except ConfigError as e: raise HTTPException(422, str(e).splitlines()[0]) from None
