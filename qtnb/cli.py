@@ -333,6 +333,14 @@ def _interrupted_line(e: KeyboardInterrupt) -> str:
     if getattr(e, "folder", None) is not None: line += f"; sweep summary: {e.folder / 'summary.csv'}"
     return line
 
+def _renamed_notes() -> None:
+    "One line per old parameter name the command was given (`-p epochs`), saying what it is called now."
+    if "qtnb.pipeline" not in sys.modules: return
+    from qtnb.pipeline import RENAMED, RENAMED_SEEN
+    for old in sorted(RENAMED_SEEN):
+        print(f"qtnb: note: -p {old} is now -p {RENAMED[old]} (TrainConfig's name); {old} will stop working in a later version", file=sys.stderr)
+    RENAMED_SEEN.clear()
+
 def main(argv: list[str] | None = None) -> int:
     "The `qtnb` command; returns the exit code (128 + the signal's number when SIGTERM, SIGINT or SIGHUP stopped it)."
     import signal, threading
@@ -344,7 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     sigs = [s for s in (getattr(signal, n, None) for n in ("SIGTERM", "SIGINT", "SIGHUP")) if s is not None]
     old = {s: signal.signal(s, _raise_interrupted) for s in sigs} if threading.current_thread() is threading.main_thread() else {}
     try:
-        with _cli_param_style(args.command): return COMMANDS[args.command](args) or 0
+        with _cli_param_style(args.command): rc = COMMANDS[args.command](args) or 0
+        if rc == 0: _renamed_notes()
+        return rc
     except KeyboardInterrupt as e:
         print(_interrupted_line(e), file=sys.stderr, flush=True); return 128 + int(getattr(e, "signum", signal.SIGINT))
     except ConfigError as e:

@@ -18,19 +18,19 @@ import yaml
 from fastcore.basics import patch
 from pydantic import field_validator, model_validator
 from pydantic.fields import FieldInfo
-from .config import DataConfig, QtnbConfig, TrainConfig, param, load_settings, runs_dir as resolve_runs_dir
+from .config import PARAM_STYLE_ENV, DataConfig, QtnbConfig, TrainConfig, param, load_settings, runs_dir as resolve_runs_dir
 from .io import atomic_write, dump_json, read_yaml
 from .errors import ConfigError, DataError, QtnbError
 
 # %% auto #0
-__all__ = ['RENAMED', 'PIPELINES', 'FORWARD_GRACE_S', 'config_param', 'renamed_params', 'PipelineParams', 'TrainParams',
-           'check_data_source', 'check_features', 'check_model_shapes', 'largest_allocation', 'free_memory',
-           'check_memory', 'BacktestParams', 'TuneParams', 'ExportParams', 'default_search_space', 'parse_value',
-           'pipeline_class', 'check_params', 'check_runs_dir', 'pipeline_run', 'say', 'EpochLog', 'FoldResult',
-           'fold_predictions', 'stitch', 'oos_metrics', 'train_folds', 'fold_runs', 'kept_fold', 'mean_metrics',
-           'train', 'use_static_plotly', 'Report', 'backtest', 'tune', 'latest_model_run', 'export', 'PipelineFailed',
-           'pipeline_notebook', 'run_pipeline', 'resume_target', 'parse_grid', 'grid_combinations', 'sweep',
-           'sweep_figure']
+__all__ = ['RENAMED', 'RENAMED_SEEN', 'PIPELINES', 'FORWARD_GRACE_S', 'config_param', 'renamed_params', 'PipelineParams',
+           'TrainParams', 'check_data_source', 'check_features', 'check_model_shapes', 'largest_allocation',
+           'free_memory', 'check_memory', 'BacktestParams', 'TuneParams', 'ExportParams', 'default_search_space',
+           'parse_value', 'pipeline_class', 'check_params', 'check_runs_dir', 'pipeline_run', 'say', 'EpochLog',
+           'FoldResult', 'fold_predictions', 'stitch', 'oos_metrics', 'train_folds', 'fold_runs', 'kept_fold',
+           'mean_metrics', 'train', 'use_static_plotly', 'Report', 'backtest', 'tune', 'latest_model_run', 'export',
+           'PipelineFailed', 'pipeline_notebook', 'run_pipeline', 'resume_target', 'parse_grid', 'grid_combinations',
+           'sweep', 'sweep_figure']
 
 # %% ../nbs/12_pipeline.ipynb #8df3eba0
 def config_param(cls: type[QtnbConfig], name: str, *, group: str | None = None, advanced: bool | None = None, **changes) -> Any:
@@ -42,6 +42,7 @@ def config_param(cls: type[QtnbConfig], name: str, *, group: str | None = None, 
     return FieldInfo.merge_field_infos(f, json_schema_extra=extra, **changes)
 
 RENAMED = {"epochs": "num_epochs", "lr": "learning_rate"}   # the pipelines' old names for TrainConfig's fields
+RENAMED_SEEN: set = set()    # old names given under `qtnb run`/`sweep`, which says so in one line once the command is done
 
 def renamed_params(params: dict) -> dict:
     "`params` with the old names `epochs` and `lr` given as `num_epochs` and `learning_rate` (a FutureWarning says so)."
@@ -49,8 +50,9 @@ def renamed_params(params: dict) -> dict:
     for old, new in RENAMED.items():
         if old not in out: continue
         if out.get(new) is not None: raise ConfigError(f"{old} and {new} are both given; {old} is the old name of {new}: keep only {new}")
-        warnings.warn(f"parameter {old!r} is now called {new!r} (TrainConfig's name); {old!r} will stop working in a later version",
-                      FutureWarning, stacklevel=2)
+        if os.environ.get(PARAM_STYLE_ENV) == "cli": RENAMED_SEEN.add(old)     # a warning would break the CLI's one-line errors
+        else: warnings.warn(f"parameter {old!r} is now called {new!r} (TrainConfig's name); {old!r} will stop working in a later version",
+                            FutureWarning, stacklevel=2)
         out[new] = out.pop(old)
     return out
 
