@@ -25,8 +25,8 @@ def _pipeline_help() -> str:
         out.append(f"  {name}: {(cls.__doc__ or '').strip()}")
         fields = [k for k in cls.model_fields if k not in ("run_id", "runs_dir")]
         out.append(textwrap.fill(", ".join(fields), width=100, initial_indent="    ", subsequent_indent="    "))
-    out.append("\nexamples:\n  qtnb run train -p model lstm -p epochs 20\n  qtnb run tune -p model gru -p n_trials 30"
-               "\n  qtnb sweep train -g model mlp,lstm -g lr 1e-3,1e-2 --workers 2")
+    out.append("\nexamples:\n  qtnb run train -p model lstm -p num_epochs 20\n  qtnb run tune -p model gru -p n_trials 30"
+               "\n  qtnb sweep train -g model mlp,lstm -g learning_rate 1e-3,1e-2 --workers 2")
     return "\n".join(out)
 
 SUBCOMMANDS: list = []   # functions add(subparsers) of commands defined further down (predict, serve)
@@ -211,6 +211,7 @@ def _table(df, cols=None) -> str:
 
 def cmd_runs(args) -> int:
     from qtnb import runs as R
+    from qtnb.config import runs_dir as resolve_runs_dir
     c = args.runs_command
     if c is None: raise ConfigError("qtnb runs needs an action: list, show, compare, rm, pause, resume, stop or checkpoint (qtnb runs --help)")
     if c in R.CONTROL_ACTIONS: return _control(args)
@@ -228,7 +229,7 @@ def cmd_runs(args) -> int:
     elif c == "compare": _echo(_table(R.compare_runs(args.runs, runs_dir=args.runs_dir)))
     elif c == "rm":
         for rid in args.runs: R.check_run_id(rid)               # ids, never paths: all checked before anything goes
-        root = R._root(args.runs_dir)
+        root = resolve_runs_dir(args.runs_dir)
         for rid in args.runs:
             link = (root / rid).is_symlink()
             try: R.delete_run(rid, runs_dir=root, force=args.force)
@@ -332,6 +333,14 @@ def _interrupted_line(e: KeyboardInterrupt) -> str:
     if getattr(e, "folder", None) is not None: line += f"; sweep summary: {e.folder / 'summary.csv'}"
     return line
 
+def _renamed_notes() -> None:
+    "One line per old parameter name the command was given (`-p epochs`), saying what it is called now."
+    if "qtnb.pipeline" not in sys.modules: return
+    from qtnb.pipeline import RENAMED, RENAMED_SEEN
+    for old in sorted(RENAMED_SEEN):
+        print(f"qtnb: note: -p {old} is now -p {RENAMED[old]} (TrainConfig's name); {old} will stop working in a later version", file=sys.stderr)
+    RENAMED_SEEN.clear()
+
 def main(argv: list[str] | None = None) -> int:
     "The `qtnb` command; returns the exit code (128 + the signal's number when SIGTERM, SIGINT or SIGHUP stopped it)."
     import signal, threading
@@ -343,7 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     sigs = [s for s in (getattr(signal, n, None) for n in ("SIGTERM", "SIGINT", "SIGHUP")) if s is not None]
     old = {s: signal.signal(s, _raise_interrupted) for s in sigs} if threading.current_thread() is threading.main_thread() else {}
     try:
-        with _cli_param_style(args.command): return COMMANDS[args.command](args) or 0
+        with _cli_param_style(args.command): rc = COMMANDS[args.command](args) or 0
+        if rc == 0: _renamed_notes()
+        return rc
     except KeyboardInterrupt as e:
         print(_interrupted_line(e), file=sys.stderr, flush=True); return 128 + int(getattr(e, "signum", signal.SIGINT))
     except ConfigError as e:
@@ -372,12 +383,13 @@ def _add_predict(sub) -> None:
 def predictor_for(ref: str, *, backend: str = "torch", runs_dir=None):
     "The `Predictor` of a run id or a registered model reference."
     from qtnb.predict import Predictor
-    from qtnb.runs import _is_run, _root
-    if "@" not in ref and _is_run(_root(runs_dir) / ref): return Predictor.from_run(ref, backend=backend, runs_dir=runs_dir)
+    from qtnb.runs import _is_run
+    from qtnb.config import runs_dir as resolve_runs_dir
+    if "@" not in ref and _is_run(resolve_runs_dir(runs_dir) / ref): return Predictor.from_run(ref, backend=backend, runs_dir=runs_dir)
     return Predictor.from_registry(ref, backend=backend, runs_dir=runs_dir)
 
 def cmd_predict(args) -> int:
-    from qtnb.config import atomic_write
+    from qtnb.io import atomic_write
     from qtnb.errors import DataError
     if args.last is not None and args.last < 1: raise ConfigError(f"--last {args.last} must be at least 1")
     if args.out and not args.out.endswith((".csv", ".parquet")): raise ConfigError(f"--out {args.out}: give a .csv or .parquet file")

@@ -6,7 +6,7 @@ Docs: https://qtnb.github.io/qtnb/config.html.md"""
 
 # %% ../nbs/00_config.ipynb #aacac822
 from __future__ import annotations
-import configparser, contextvars, difflib, os, re, tempfile
+import configparser, contextvars, difflib, os, re
 from dataclasses import dataclass, field as dc_field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, get_args, get_origin
@@ -16,12 +16,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError
+from .io import atomic_write, atomic_save, dump_yaml, read_yaml, write_yaml   # the last three also for modules still importing them from here
 
 # %% auto #0
-__all__ = ['SETTINGS_ENV', 'SETTINGS_SECTIONS', 'PARAM_STYLE_ENV', 'NO_SPACE_ERRNOS', 'find_settings', 'Settings',
-           'load_settings', 'param', 'allowed', 'config_error', 'QtnbConfig', 'param_hint', 'atomic_write', 'read_yaml',
-           'write_yaml', 'atomic_save', 'check_slug', 'schema_problems', 'DataConfig', 'TrainConfig', 'TuneConfig',
-           'ExportConfig', 'StorageConfig', 'ModelConfig', 'runs_dir', 'study_storage']
+__all__ = ['SETTINGS_ENV', 'SETTINGS_SECTIONS', 'PARAM_STYLE_ENV', 'find_settings', 'Settings', 'load_settings', 'param',
+           'allowed', 'config_error', 'QtnbConfig', 'param_hint', 'check_slug', 'schema_problems', 'DataConfig',
+           'TrainConfig', 'TuneConfig', 'ExportConfig', 'StorageConfig', 'ModelConfig', 'runs_dir', 'study_storage']
 
 # %% ../nbs/00_config.ipynb #5da45b02
 SETTINGS_ENV = "QTNB_SETTINGS"
@@ -157,111 +157,6 @@ def param_hint(name: str, value: Any) -> str:
     if os.environ.get(PARAM_STYLE_ENV) == "cli": return f"-p {name} {value}"
     return f"{name}={value!r}"
 
-# %% ../nbs/00_config.ipynb #21fa8cb3
-import contextlib, errno, threading
-from typing import IO, Callable
-from .errors import DiskFull
-
-NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)   # full disk, quota, file-size limit: one fix, free space
-
-class _Tracked:
-    "A binary file that remembers the OSError a write raised (torch.save reports it only as 'unexpected pos')."
-    def __init__(self, f): self.f, self.error = f, None
-    def write(self, b):
-        try: return self.f.write(b)
-        except OSError as e: self.error = e; raise
-    def flush(self): self.f.flush()
-    def __getattr__(self, name): return getattr(self.f, name)
-
-def _disk_full(path: Path, *errors) -> DiskFull | None:
-    "A `DiskFull` naming `path` when one of `errors` (or their causes) is a lack of space; None otherwise."
-    for e in errors:
-        for x in (e, getattr(e, "__cause__", None), getattr(e, "__context__", None)):
-            if isinstance(x, DiskFull): return x
-            if isinstance(x, OSError) and x.errno in NO_SPACE_ERRNOS:
-                err = DiskFull(f"no space left on device writing {path} ({os.strerror(x.errno)}); free space there "
-                               f"(or raise the quota) and rerun: the previous {path.name}, if any, is unchanged")
-                err.errno, err.filename = x.errno, str(path)
-                return err
-    return None
-
-_WRITE_LOCKS = tuple(threading.Lock() for _ in range(64))
-def _write_lock(path: Path) -> threading.Lock:
-    "The lock this process holds while it renames a file onto `path` (so `only_if` sees no write land after its check)."
-    return _WRITE_LOCKS[hash(str(path)) % len(_WRITE_LOCKS)]
-
-# %% ../nbs/00_config.ipynb #8e0f0bc9
-def atomic_write(path: str | Path, data: str | bytes | Callable[[IO[bytes]], Any], *,
-                 only_if: Callable[[Path], bool] | None = None, # checked just before the rename, under the path's lock: False skips the write
-                ) -> Path | None:
-    "Write `data` (text, bytes, or a function writing to a binary file) via a temporary file and a rename; `DiskFull` when space runs out."
-    path, tmp, f = Path(path), None, None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as raw:
-            f = _Tracked(raw)
-            if callable(data): data(f)
-            else: f.write(data.encode("utf-8") if isinstance(data, str) else data)
-            f.flush(); os.fsync(raw.fileno())
-        with _write_lock(path):
-            if only_if is not None and not only_if(path):
-                os.unlink(tmp); return None
-            os.replace(tmp, path)
-    except BaseException as e:
-        if tmp is not None:
-            with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
-        full = _disk_full(path, e, getattr(f, "error", None))
-        if full is not None: raise full from None
-        raise
-    return path
-
-class _DuplicateKey(yaml.constructor.ConstructorError):
-    def __init__(self, key, first: int, node):
-        super().__init__(None, None, f"repeats key {key!r}", node.start_mark)
-        self.key, self.first, self.line = key, first, node.start_mark.line + 1
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    "PyYAML's SafeLoader, except that a key given twice in one mapping is an error (SafeLoader keeps the last value)."
-    def construct_mapping(self, node, deep=False):
-        seen = {}
-        for k, _ in node.value:
-            if k.tag == "tag:yaml.org,2002:merge": continue   # `<<: *base` may be overridden by design
-            key = self.construct_object(k, deep=True)
-            try: first = seen.setdefault(key, k.start_mark.line + 1)
-            except TypeError: continue                       # an unhashable key: SafeLoader reports it
-            if first != k.start_mark.line + 1: raise _DuplicateKey(key, first, k)
-        return super().construct_mapping(node, deep)
-
-def read_yaml(path: str | Path) -> dict:
-    "The mapping in a YAML file; `ConfigError` naming the file (and line) when it is missing, unreadable, not a mapping or repeats a key."
-    p = Path(path)
-    try: text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read config file {p}: {getattr(e, 'strerror', None) or e}; check the path") from None
-    try: data = yaml.load(text, Loader=_UniqueKeyLoader)
-    except _DuplicateKey as e:
-        raise ConfigError(f"config file {p} repeats key {e.key!r} at line {e.line} (first at line {e.first}); "
-                          f"keep one of them") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at_line = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"config file {p} is not valid YAML{at_line}: {getattr(e, 'problem', e)}") from None
-    if data is None: return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {p} must hold a mapping of field: value, not a {type(data).__name__}")
-    return data
-
-def write_yaml(data: dict, path: str | Path) -> Path:
-    "Write a mapping as YAML, atomically, keeping the key order."
-    return atomic_write(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
-
-# %% ../nbs/00_config.ipynb #eb3ef1a3
-def atomic_save(obj: Any, path: str | Path) -> Path:
-    "`torch.save(obj)` to `path` with `atomic_write`'s guarantees: old or new file, never half; `DiskFull` when space runs out."
-    import torch
-    return atomic_write(path, lambda f: torch.save(obj, f))
-
 # %% ../nbs/00_config.ipynb #3462e5b7
 _SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
@@ -318,7 +213,7 @@ def from_yaml(cls: QtnbConfig, path: str | Path, *, section: str | None = None):
 @patch
 def to_yaml(self: QtnbConfig, path: str | Path | None = None) -> str:
     "The config as YAML; also written (atomically) to `path` when given."
-    text = yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    text = dump_yaml(self.model_dump(mode="json"))
     if path is not None: atomic_write(path, text)
     return text
 
@@ -438,6 +333,44 @@ class TrainConfig(QtnbConfig):
     scheduler: Literal["constant", "warmup", "cosine", "step", "exponential", "plateau", "onecycle"] = param(
         "constant", description="Learning-rate schedule.", group="optimizer")
     seed: int = param(42, description="Seed for weights, shuffling and augmentation.", group="training", ge=0, le=2**32 - 1)
+    # what a researcher reaches for less often: optimiser details, schedule shapes, value clipping, torch.compile,
+    # determinism, what to monitor, and trading costs for the validation metrics
+    momentum: float = param(0.9, description="SGD momentum (and RMSprop's).", group="optimizer", advanced=True, ge=0, lt=1)
+    nesterov: bool = param(False, description="Nesterov momentum for SGD.", group="optimizer", advanced=True)
+    beta1: float = param(0.9, description="Adam/AdamW first-moment decay.", group="optimizer", advanced=True, ge=0, lt=1)
+    beta2: float = param(0.999, description="Adam/AdamW second-moment decay.", group="optimizer", advanced=True, ge=0, lt=1)
+    eps: float = param(1e-8, description="Optimiser epsilon.", group="optimizer", advanced=True, gt=0, le=1)
+    amsgrad: bool = param(False, description="AMSGrad variant of Adam/AdamW.", group="optimizer", advanced=True)
+    fused: bool = param(True, description="Fused Adam/AdamW/SGD kernels (one per step, not a loop over parameters) where torch has them.", group="optimizer", advanced=True)
+    warmup_epochs: int = param(0, description="Linear warm-up length in epochs (warmup and cosine schedules).", group="schedule", advanced=True, ge=0, le=100_000)
+    warmup_steps: int = param(0, description="Linear warm-up length in optimiser steps; overrides warmup_epochs when > 0.", group="schedule", advanced=True, ge=0, le=100_000_000)
+    min_lr: float = param(0.0, description="Cosine schedule: the rate it anneals to.", group="schedule", advanced=True, ge=0)
+    step_size: int = param(10, description="Step schedule: epochs between decays.", group="schedule", advanced=True, ge=1, le=100_000)
+    gamma: float | None = param(None, description="Decay factor: step (default 0.1), exponential per epoch (default 0.95), plateau (default 0.1).", group="schedule", advanced=True, gt=0, lt=1)
+    plateau_patience: int = param(5, description="Reduce-on-plateau: epochs without improvement before reducing.", group="schedule", advanced=True, ge=0, le=100_000)
+    pct_start: float = param(0.3, description="One-cycle: fraction of steps spent increasing the rate.", group="schedule", advanced=True, gt=0, lt=1)
+    gradient_clip_value: float = param(0.0, description="Clip each gradient value to [-v, v]; 0 disables.", group="optimizer", advanced=True, ge=0)
+    compile: bool = param(False, description="Run the model through torch.compile.", group="hardware", advanced=True)
+    deterministic: bool = param(False, description="Deterministic algorithms (torch.use_deterministic_algorithms); slower on GPU.", group="hardware", advanced=True)
+    monitor: str = param("val_loss", description="Metric that picks the best epoch (val_<metric>; train_loss without validation).", group="training", advanced=True)
+    mode: Literal["min", "max"] | None = param(None, description="Whether the monitor is minimised or maximised; default from its name.", group="training", advanced=True)
+    min_delta: float = param(0.0, description="Smallest change of the monitor that counts as an improvement.", group="training", advanced=True, ge=0)
+    restore_best: bool = param(True, description="End with the best epoch's weights (test metrics use them).", group="training", advanced=True)
+    checkpoint_every: int = param(0, description="With a run: also keep epoch_N.pt every N epochs; 0 keeps best and last only.", group="training", advanced=True, ge=0, le=100_000)
+    eval_batch_size: int = param(4096, description="Windows per batch when validating and predicting.", group="training", advanced=True, ge=1, le=1 << 22)
+    drop_last: bool = param(False, description="Drop the last, smaller training batch of each epoch.", group="training", advanced=True)
+    augment: bool = param(True, description="Apply the training windows' configured augmentation (DataConfig.augment).", group="training", advanced=True)
+    cost_bps: float = param(0.0, description="Trading cost per unit turnover, in basis points, for the trading metrics.", group="metrics", advanced=True, ge=0, le=10_000)
+    portfolio_weighting: Literal["equal", "signal"] = param("equal", description="Panels: each symbol's weight is its signal / N (equal) or its share of the summed |signals| (signal).", group="metrics", advanced=True)
+    long_only: bool = param(False, description="Trading metrics: short signals are held flat.", group="metrics", advanced=True)
+    trade_hold: Literal["next", "blocks"] = param("next", description="Trading metrics: each signal held one period (t to t+1), or non-overlapping horizon-long blocks annualised with periods/horizon.", group="metrics", advanced=True)
+    importance: bool = param(True, description="Compute permutation feature importance after fit.", group="metrics", advanced=True)
+    importance_windows: int = param(2000, description="Most windows used for feature importance.", group="metrics", advanced=True, ge=10, le=10_000_000)
+    strategy: Literal["single", "ddp"] = param("single", description="single: this process; ddp: DistributedDataParallel in nproc processes per node under torchrun (qtnb.distributed).", group="hardware", advanced=True)
+    nproc: int = param(2, description="DDP: processes per node (one per GPU on CUDA).", group="hardware", advanced=True, ge=1, le=1024)
+    nnodes: int = param(1, description="DDP: nodes taking part, met through torchrun's c10d rendezvous at rdzv_endpoint.", group="hardware", advanced=True, ge=1, le=10_000)
+    rdzv_endpoint: str | None = param(None, description="DDP on several nodes: HOST:PORT of the c10d rendezvous (one node's address).", group="hardware", advanced=True)
+    ddp_timeout: float = param(1800.0, description="DDP: seconds a rank waits for the others in a collective (a pause longer than this fails the run).", group="hardware", advanced=True, gt=0)
 
     presets: ClassVar = {"easy": dict(num_epochs=20, learning_rate=1e-3, scheduler="constant"),
                          "medium": dict(num_epochs=100, learning_rate=1e-3, scheduler="cosine"),
@@ -481,8 +414,9 @@ class ModelConfig(QtnbConfig):
     n_outputs: int = param(1, description="Horizons for regression, classes for classification (2 means one binary logit).", group="head", ge=1, le=1024)
 
 # %% ../nbs/00_config.ipynb #c2655faa
-def runs_dir(settings: Settings | None = None) -> Path:
-    "The run store folder from settings.ini's [storage], as an absolute path."
+def runs_dir(path: str | Path | None = None, *, settings: Settings | None = None) -> Path:
+    "The run store as an absolute path: `path` when given (a caller's `runs_dir=`), else settings.ini's [storage] runs_dir."
+    if path is not None: return Path(path).expanduser().resolve()
     s = settings if settings is not None else load_settings()
     return s.resolve_path(StorageConfig.resolve(settings=s).runs_dir)
 

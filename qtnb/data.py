@@ -18,7 +18,8 @@ from fastcore.basics import patch
 from pydantic import model_validator
 
 import qtnb.config as qcfg
-from .config import param, atomic_write, runs_dir
+from .config import param, runs_dir
+from .io import atomic_write
 from .datasets import load_dataset
 from .errors import ConfigError, DataError, InsufficientData
 

@@ -18,7 +18,7 @@ from torch import nn
 from fastcore.basics import patch
 
 import qtnb
-from .config import atomic_write
+from .io import atomic_write, dump_json
 from .errors import ExportError, QtnbError
 from .modelfile import (META_KEY, ENGINE_SUFFIXES, ExportMeta, backend_for, read_meta, quantize_dynamic_int8,
                             quantize_static_qdq, to_fp16, _as_windows, _copy_meta, _load_onnx, _load_torchscript, _quiet)
@@ -533,11 +533,12 @@ def _record_export(run, entry: dict) -> None:
     try: lineage = json.loads(p.read_text()) if p.is_file() else {}
     except ValueError: raise ExportError(f"{p} is not valid JSON; fix or delete it before exporting") from None
     lineage.setdefault("exports", []).append(entry)
-    atomic_write(p, json.dumps(lineage, indent=2, default=str))
+    atomic_write(p, dump_json(lineage))
 
 def export_run(run_id: str, *, format: str = "onnx",
                precision: str | None = None,   # fp32, fp16 or int8; None: settings.ini's [export] precision
-               runs_dir: str | Path | None = None) -> Path:
+               runs_dir: str | Path | None = None,
+               prepared=None, model=None) -> Path:    # the run's prepared data and loaded model, when the caller has them already
     "Export run `run_id`'s model (best checkpoint, or saved estimator) into its run folder (model.onnx, model.ts or a TensorRT engine); record it in lineage."
     from qtnb.config import ExportConfig
     from qtnb.data import prepare
@@ -550,9 +551,9 @@ def export_run(run_id: str, *, format: str = "onnx",
     if precision not in ("fp32", "fp16", "int8"): raise ExportError(f"precision={precision!r} is unknown; use fp32, fp16 or int8")
     run = open_run(run_id, runs_dir=runs_dir) if runs_dir is not None else open_run(run_id)
     data_cfg, model_cfg = _run_configs(run.params)
-    prep = prepare(dict(data_cfg, cache=False) if "cache" not in data_cfg else data_cfg)
+    prep = prepared if prepared is not None else prepare(dict(data_cfg, cache=False) if "cache" not in data_cfg else data_cfg)
     fold = prep.folds[-1]
-    model = load_run_model(run, inputs=dict(n_features=len(prep.feature_names), seq_len=prep.config.seq_len))
+    if model is None: model = load_run_model(run, inputs=dict(n_features=len(prep.feature_names), seq_len=prep.config.seq_len))
     if not is_torch_model(model):     # settings.ini's default precision is for models that have a choice
         return _export_estimator_run(run, prep, format=format, precision=precision if explicit else "fp32", model=model)
     stateful = is_stateful(model)

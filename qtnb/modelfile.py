@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 import qtnb
-from .config import atomic_write
+from .io import atomic_write, plain
 from .errors import ExportError
 
 # %% auto #0
@@ -45,7 +45,7 @@ class ExportMeta:
     torch_version: str = torch.__version__
     extra: dict = field(default_factory=dict)    # exporter, opset, precision and anything else worth keeping
 
-    def to_json(self) -> str: return json.dumps(asdict(self), default=_jsonable)
+    def to_json(self) -> str: return json.dumps(plain(asdict(self)))
 
     @classmethod
     def from_json(cls, text: str | bytes, source: str = "metadata") -> ExportMeta:
@@ -56,12 +56,6 @@ class ExportMeta:
         if missing: raise ExportError(f"qtnb metadata in {source} lacks {sorted(missing)}; re-export the model with qtnb")
         return cls(**known)
 
-def _jsonable(o):
-    if isinstance(o, (np.generic,)): return o.item()
-    if isinstance(o, (np.ndarray, torch.Tensor)): return np.asarray(o.detach().cpu() if isinstance(o, torch.Tensor) else o).tolist()
-    if isinstance(o, Path): return str(o)
-    if hasattr(o, "model_dump"): return o.model_dump(mode="json")
-    raise TypeError(f"cannot store {type(o).__name__} in export metadata")
 
 # %% ../nbs/08a_modelfile.ipynb #398c1adc
 @contextlib.contextmanager

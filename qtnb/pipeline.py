@@ -6,7 +6,7 @@ Docs: https://qtnb.github.io/qtnb/pipeline.html.md"""
 
 # %% ../nbs/12_pipeline.ipynb #27dcb727
 from __future__ import annotations
-import contextlib, hashlib, json, os, shutil, sys, time
+import contextlib, hashlib, json, os, shutil, sys, time, warnings
 from dataclasses import dataclass, field as dc_field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -15,24 +15,46 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from pydantic import field_validator
-from .config import QtnbConfig, param, atomic_write, read_yaml, load_settings, runs_dir as default_runs_dir
+from fastcore.basics import patch
+from pydantic import field_validator, model_validator
+from pydantic.fields import FieldInfo
+from .config import PARAM_STYLE_ENV, DataConfig, QtnbConfig, TrainConfig, param, load_settings, runs_dir as resolve_runs_dir
+from .io import atomic_write, dump_json, read_yaml
 from .errors import ConfigError, DataError, QtnbError
 
 # %% auto #0
-__all__ = ['PIPELINES', 'FORWARD_GRACE_S', 'resolve_runs_dir', 'PipelineParams', 'TrainParams', 'check_data_source',
-           'check_features', 'check_model_shapes', 'largest_allocation', 'free_memory', 'check_memory',
-           'BacktestParams', 'TuneParams', 'ExportParams', 'default_search_space', 'parse_value', 'pipeline_class',
-           'check_params', 'check_runs_dir', 'pipeline_run', 'say', 'EpochLog', 'FoldResult', 'fold_predictions',
-           'stitch', 'oos_metrics', 'train_folds', 'fold_runs', 'kept_fold', 'mean_metrics', 'train',
-           'use_static_plotly', 'Report', 'backtest', 'tune', 'latest_model_run', 'export', 'PipelineFailed',
-           'pipeline_notebook', 'run_pipeline', 'resume_target', 'parse_grid', 'grid_combinations', 'sweep',
-           'sweep_figure']
+__all__ = ['RENAMED', 'RENAMED_SEEN', 'PIPELINES', 'FORWARD_GRACE_S', 'config_param', 'renamed_params', 'PipelineParams',
+           'TrainParams', 'check_data_source', 'check_features', 'check_model_shapes', 'largest_allocation',
+           'free_memory', 'check_memory', 'BacktestParams', 'TuneParams', 'ExportParams', 'default_search_space',
+           'parse_value', 'pipeline_class', 'check_params', 'check_runs_dir', 'pipeline_run', 'say', 'EpochLog',
+           'FoldResult', 'fold_predictions', 'stitch', 'oos_metrics', 'train_folds', 'fold_runs', 'kept_fold',
+           'mean_metrics', 'train', 'use_static_plotly', 'Report', 'backtest', 'tune', 'latest_model_run', 'export',
+           'PipelineFailed', 'pipeline_notebook', 'run_pipeline', 'resume_target', 'parse_grid', 'grid_combinations',
+           'sweep', 'sweep_figure']
 
 # %% ../nbs/12_pipeline.ipynb #8df3eba0
-def resolve_runs_dir(runs_dir: str | Path | None = None) -> Path:
-    "The run store: `runs_dir` if given, else settings.ini's [storage] runs_dir, as an absolute path."
-    return Path(runs_dir).expanduser().resolve() if runs_dir is not None else default_runs_dir()
+def config_param(cls: type[QtnbConfig], name: str, *, group: str | None = None, advanced: bool | None = None, **changes) -> Any:
+    "Field `name` of config `cls` (default, bounds, description) as a pipeline parameter; `group`, `advanced`, `changes` adjust it."
+    f = cls.model_fields[name]
+    extra = {**(f.json_schema_extra or {}), **({"group": group} if group else {}), **({"advanced": advanced} if advanced is not None else {})}
+    if "default" in changes and changes["default"] is None and "description" not in changes:   # None defers to settings.ini
+        changes["description"] = f"{f.description.rstrip('.')} (default: settings.ini's {name})."
+    return FieldInfo.merge_field_infos(f, json_schema_extra=extra, **changes)
+
+RENAMED = {"epochs": "num_epochs", "lr": "learning_rate"}   # the pipelines' old names for TrainConfig's fields
+RENAMED_SEEN: set = set()    # old names given under `qtnb run`/`sweep`, which says so in one line once the command is done
+
+def renamed_params(params: dict) -> dict:
+    "`params` with the old names `epochs` and `lr` given as `num_epochs` and `learning_rate` (a FutureWarning says so)."
+    out = dict(params)
+    for old, new in RENAMED.items():
+        if old not in out: continue
+        if out.get(new) is not None: raise ConfigError(f"{old} and {new} are both given; {old} is the old name of {new}: keep only {new}")
+        if os.environ.get(PARAM_STYLE_ENV) == "cli": RENAMED_SEEN.add(old)     # a warning would break the CLI's one-line errors
+        else: warnings.warn(f"parameter {old!r} is now called {new!r} (TrainConfig's name); {old!r} will stop working in a later version",
+                            FutureWarning, stacklevel=2)
+        out[new] = out.pop(old)
+    return out
 
 class PipelineParams(QtnbConfig):
     "Base of the pipelines' parameters: where the run goes."
@@ -46,6 +68,10 @@ class PipelineParams(QtnbConfig):
     @classmethod
     def _path_str(cls, v): return str(v) if isinstance(v, Path) else v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data): return renamed_params(data) if isinstance(data, dict) else data
+
     def check(self) -> "PipelineParams":
         "Checks that need more than one field or the model registry; returns self."
         return self
@@ -53,31 +79,32 @@ class PipelineParams(QtnbConfig):
 class TrainParams(PipelineParams):
     "The train pipeline: one model trained on one dataset with holdout or walk-forward validation."
     pipeline: ClassVar[str] = "train"
-    data: str = param("sp500", description="sp500, nasdaq, synthetic:random_walk|planted|regimes, or a CSV/Parquet path.", group="data")
-    symbol_col: str | None = param(None, description="Column naming the symbol in a multi-symbol frame.", group="data", advanced=True)
-    fill: Literal["none", "ffill", "drop"] = param("none", description="NaN/inf in the data: refuse, forward-fill within a symbol, or drop the rows.", group="data", advanced=True)
-    time_col: str | None = param(None, description="Column holding the timestamps (default: date, time, timestamp or datetime).", group="data", advanced=True)
-    date_unit: Literal["auto", "s", "ms", "us", "ns"] = param("auto", description="Unit of numeric (unix epoch) timestamps; auto: by magnitude.", group="data", advanced=True)
-    date_format: str | None = param(None, description="strftime format of text timestamps, e.g. %d/%m/%Y (default: inferred).", group="data", advanced=True)
-    dayfirst: bool = param(False, description="Read text dates day first (31/01/2020) when no date_format is given.", group="data", advanced=True)
-    tz: str | None = param(None, description="Time zone of the index: timestamps with offsets are converted to it (default UTC); naive ones are taken as in it.", group="data", advanced=True)
-    features: list[str] = param(["default"], description="Feature names or presets, computed causally.", group="data")
-    target: Literal["return", "direction"] = param("return", description="Forward return (regression) or its direction (classification).", group="data")
-    horizon: int = param(1, description="Rows ahead the target looks.", group="data", ge=1, le=252)
-    seq_len: int = param(32, description="Rows in each input window.", group="data", ge=1, le=4096)
-    model: str = param("mlp", description="A registered model name (qtnb.models.core.list_models()).", group="model")
+    data: str = config_param(DataConfig, "data")
+    symbol_col: str | None = config_param(DataConfig, "symbol_col")
+    fill: Literal["none", "ffill", "drop"] = config_param(DataConfig, "fill")
+    time_col: str | None = config_param(DataConfig, "time_col")
+    date_unit: Literal["auto", "s", "ms", "us", "ns"] = config_param(DataConfig, "date_unit")
+    date_format: str | None = config_param(DataConfig, "date_format")
+    dayfirst: bool = config_param(DataConfig, "dayfirst")
+    tz: str | None = config_param(DataConfig, "tz")
+    features: list[str] = config_param(DataConfig, "features", group="data")
+    target: Literal["return", "direction"] = config_param(DataConfig, "target", group="data")
+    horizon: int = config_param(DataConfig, "horizon", group="data")
+    seq_len: int = config_param(DataConfig, "seq_len", group="data")
+    model: str = param("mlp", description="A registered model name (qtnb.models.list_models()).", group="model")
     model_params: dict = param({}, description="The model's config fields (its schema: model_schema(name)).", group="model")
-    epochs: int | None = param(None, description="Maximum epochs (default: settings.ini's num_epochs).", group="training", ge=1, le=100_000)
-    batch_size: int | None = param(None, description="Windows per batch (default: settings.ini's batch_size).", group="training", ge=1, le=1 << 20)
-    lr: float | None = param(None, description="Learning rate (default: settings.ini's learning_rate).", group="training", gt=0, le=10)
-    seed: int = param(42, description="Seed for weights, shuffling and augmentation.", group="training", ge=0, le=2**32 - 1)
+    # None: TrainConfig's value from settings.ini (the pipeline sets only what it is given)
+    num_epochs: int | None = config_param(TrainConfig, "num_epochs", default=None)
+    batch_size: int | None = config_param(TrainConfig, "batch_size", default=None)
+    learning_rate: float | None = config_param(TrainConfig, "learning_rate", default=None)
+    seed: int = config_param(TrainConfig, "seed")
     nproc: int = param(1, description="Training processes per node; above 1: DistributedDataParallel under torchrun (gloo on CPU, NCCL on CUDA, one per GPU).", group="training", ge=1, le=1024)
     nnodes: int = param(1, description="Nodes of a DDP training (each node runs the torchrun command the run prints).", group="training", advanced=True, ge=1, le=10_000)
     rdzv_endpoint: str | None = param(None, description="HOST:PORT of torchrun's c10d rendezvous when nnodes > 1.", group="training", advanced=True)
-    validation: Literal["holdout", "walk_forward"] = param("holdout", description="Temporal holdout, or walk-forward with one model per fold.", group="validation")
-    n_folds: int = param(5, description="Walk-forward folds.", group="validation", ge=2, le=100)
-    embargo: int | None = param(None, description="Rows skipped after each evaluation range; default (None): the longest feature lookback, the least allowed.", group="validation", ge=0)
-    allow_feature_overlap: bool = param(False, description="Allow an embargo shorter than the longest feature lookback.", group="validation")
+    validation: Literal["holdout", "walk_forward"] = config_param(DataConfig, "validation", description="Temporal holdout, or walk-forward with one model per fold.")
+    n_folds: int = config_param(DataConfig, "n_folds")
+    embargo: int | None = config_param(DataConfig, "embargo", advanced=False)
+    allow_feature_overlap: bool = config_param(DataConfig, "allow_feature_overlap", advanced=False)
     export: bool = param(False, description="Export the trained model to ONNX (model.onnx in the run folder).", group="export")
     tracking: Literal["none", "mlflow"] = param("none", description="Also log the run to an MLflow tracking server (needs qtnb[mlflow]; train and backtest).", group="tracking", advanced=True)
     tracking_uri: str | None = param(None, description="The MLflow tracking server, e.g. http://127.0.0.1:5000 (default: MLFLOW_TRACKING_URI).", group="tracking", advanced=True)
@@ -142,12 +169,14 @@ def _data_fields(p: TrainParams) -> dict:
                 allow_feature_overlap=p.allow_feature_overlap, fill=p.fill,
                 time_col=p.time_col, date_unit=p.date_unit, date_format=p.date_format, dayfirst=p.dayfirst, tz=p.tz)
 
-def _data_config(self: TrainParams):
+@patch
+def data_config(self: TrainParams):
     "The DataConfig these parameters describe."
     from qtnb.data import DataConfig
     return DataConfig(**_data_fields(self))
 
-def _model_spec(self: TrainParams, dc=None) -> dict:
+@patch
+def model_spec(self: TrainParams, dc=None) -> dict:
     "The model config mapping: `model_params` with the task and output width the data needs."
     from qtnb.models.core import model_config_class, model_entry
     dc = dc or self.data_config()
@@ -168,15 +197,16 @@ def _model_spec(self: TrainParams, dc=None) -> dict:
     except ConfigError as e: raise ConfigError(f"model_params: {e}") from None
     return cfg
 
-def _train_config(self: TrainParams):
-    "The trainer's config: settings.ini < these parameters (epochs, batch_size, lr, seed)."
-    from qtnb.trainer import TrainConfig
-    given = {"num_epochs": self.epochs, "batch_size": self.batch_size, "learning_rate": self.lr, "seed": self.seed}
+@patch
+def train_config(self: TrainParams):
+    "The trainer's config: settings.ini < these parameters (num_epochs, batch_size, learning_rate, seed)."
+    given = {"num_epochs": self.num_epochs, "batch_size": self.batch_size, "learning_rate": self.learning_rate, "seed": self.seed}
     if self.nproc > 1 or self.nnodes > 1:    # DDP (qtnb.distributed): the same global batch_size, split over the ranks
         given.update(strategy="ddp", nproc=self.nproc, nnodes=self.nnodes, rdzv_endpoint=self.rdzv_endpoint)
     return TrainConfig.resolve(params={k: v for k, v in given.items() if v is not None})
 
-def _check_train(self: TrainParams) -> TrainParams:
+@patch
+def check(self: TrainParams) -> TrainParams:
     dc = self.data_config()
     check_data_source(dc.data)
     n_features = check_features(dc)
@@ -186,8 +216,6 @@ def _check_train(self: TrainParams) -> TrainParams:
     check_memory(mcfg, batch_size=tcfg.batch_size, seq_len=dc.seq_len, n_features=n_features, device=tcfg.device)
     return self
 
-TrainParams.data_config, TrainParams.model_spec, TrainParams.train_config = _data_config, _model_spec, _train_config
-TrainParams.check = _check_train
 
 # %% ../nbs/12_pipeline.ipynb #503867b8
 class BacktestParams(TrainParams):
@@ -232,7 +260,8 @@ def default_search_space(model: str) -> dict:
     params.update({k: v for k, v in _DEFAULT_SPACE.items() if k in fields})
     return {"model": model, "params": params}
 
-def _search_space(self: TuneParams):
+@patch
+def search_space_obj(self: TuneParams):
     from qtnb.tuner import SearchSpace, as_search_space
     s = self.search_space
     if s is None: return SearchSpace.from_dict(default_search_space(self.model))
@@ -241,7 +270,8 @@ def _search_space(self: TuneParams):
     if space.model is None and "model" not in space.params: space.model = self.model
     return space
 
-def _tuner(self: TuneParams, runs_dir=None):
+@patch
+def tuner(self: TuneParams, runs_dir=None):
     "The Tuner these parameters describe (it checks space, objective, sampler and pruner against the model, and the study's storage)."
     from qtnb.tuner import Tuner
     dc = self.data_config()
@@ -253,16 +283,16 @@ def _tuner(self: TuneParams, runs_dir=None):
     return Tuner(self.search_space_obj(), self.objective, data=dc, model=base, train=train, sampler=self.sampler,
                  pruner=self.pruner, study_name=self.study_name, runs_dir=root, seed=self.seed)
 
-def _check_tune(self: TuneParams) -> TuneParams:
+@patch
+def check(self: TuneParams) -> TuneParams:
     from qtnb.tuner import check_storage
-    _check_train(self)
+    TrainParams.check(self)
     spec = check_storage(self.tuner().storage)   # a damaged study file fails here, before a kernel starts (exit code 2)
     if self.workers > 1 and spec.is_sqlite:
         raise ConfigError(f"workers={self.workers}: the study lives in SQLite ({spec.display()}), which worker processes cannot share "
                           "without 'database is locked'; continue it with -p workers 1, or tune a new study_name (a journal)")
     return self
 
-TuneParams.search_space_obj, TuneParams.tuner, TuneParams.check = _search_space, _tuner, _check_tune
 
 # %% ../nbs/12_pipeline.ipynb #69188f27
 def _accepts(ann, kind) -> bool:
@@ -284,6 +314,7 @@ def _number(v):
 
 def parse_value(cls: type[PipelineParams], name: str, raw: str) -> Any:
     "The typed value of parameter `name` of pipeline `cls` given as the command-line string `raw`."
+    name = RENAMED.get(name, name) if RENAMED.get(name) in cls.model_fields else name
     if name not in cls.model_fields: return raw
     ann = cls.model_fields[name].annotation
     try: v = _number(yaml.safe_load(raw)) if raw.strip() else raw
@@ -678,7 +709,8 @@ class Report:
     def __repr__(self): return f"Report({self.params.pipeline}, run {self.run.id})"
 
 # %% ../nbs/12_pipeline.ipynb #c2fc8ff7
-def _data_summary(self: Report) -> pd.DataFrame:
+@patch
+def data_summary(self: Report) -> pd.DataFrame:
     "Rows, dates, symbols, features and each fold's date ranges."
     P = self.prepared
     f = P.frame
@@ -698,7 +730,8 @@ def _buy_hold(bt: pd.DataFrame, tr: dict) -> dict:
     return trading_metrics(np.ones(len(bt)), bt["asset_return"].to_numpy(), log_returns=False,
                            periods_per_year=tr.get("periods_per_year", 252) / span)
 
-def _metrics_table(self: Report) -> pd.DataFrame:
+@patch
+def metrics_table(self: Report) -> pd.DataFrame:
     "Metrics by split and a buy-and-hold row; walk-forward: the stitched test and each fold's test, all in return space."
     keep = lambda d: {k: v for k, v in (d or {}).items() if isinstance(v, _SCALARS)}
     tr, d = self.metrics.get("trading", {}), self.predictions
@@ -712,10 +745,10 @@ def _metrics_table(self: Report) -> pd.DataFrame:
     if not bt.empty: rows["buy and hold"] = keep(_buy_hold(bt, tr))
     return pd.DataFrame(rows).T
 
-Report.data_summary, Report.metrics_table = _data_summary, _metrics_table
 
 # %% ../nbs/12_pipeline.ipynb #7b3d4469
-def _plot_history(self: Report):
+@patch
+def plot_history(self: Report):
     "Learning curves of every fold (`qtnb.report.learning_curves`): best and early-stop epochs marked, val Sharpe, LR if it changed."
     from qtnb.report import learning_curves
     hs = [(fr, fr.result.history) for fr in self.folds if fr.result.history is not None and not fr.result.history.empty]
@@ -726,7 +759,8 @@ def _plot_history(self: Report):
     return learning_curves(pd.concat([h.assign(fold=fr.index) for fr, h in hs], ignore_index=True),
                            best_epoch={fr.index: fr.result.best_epoch for fr, _ in hs}, stopped_epoch=early)
 
-def _plot_predictions(self: Report, max_points: int = 3000):
+@patch
+def plot_predictions(self: Report, max_points: int = 3000):
     "Out-of-sample predictions against the actual target over time, and as a scatter."
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -750,7 +784,8 @@ def _plot_predictions(self: Report, max_points: int = 3000):
     fig.update_layout(height=330, template="plotly_white", margin=dict(t=40, b=40))
     return fig
 
-def _backtest(self: Report, cost_bps: float | None = None) -> pd.DataFrame:
+@patch
+def backtest(self: Report, cost_bps: float | None = None) -> pd.DataFrame:
     "The stitched predictions' signal traded on the forward returns: position, costs, equity, drawdown, buy-and-hold."
     from qtnb.metrics import backtest
     d = self.predictions
@@ -767,7 +802,8 @@ def _portfolio_backtest(d: pd.DataFrame, cost: float, tr: dict) -> pd.DataFrame:
     return portfolio_backtest(d["signal"].to_numpy(), d["forward_return"].to_numpy(), pd.DatetimeIndex(d["date"]), d["symbol"].to_numpy(),
                               cost_bps=cost, weighting=tr.get("weighting", "equal"), long_only=tr.get("long_only", False))
 
-def _plot_equity(self: Report, cost_bps: float | None = None):
+@patch
+def plot_equity(self: Report, cost_bps: float | None = None):
     "Equity of the strategy against buy-and-hold, and its drawdown, out of sample."
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -784,7 +820,6 @@ def _plot_equity(self: Report, cost_bps: float | None = None):
     fig.update_layout(height=450, template="plotly_white", margin=dict(t=40, b=40))
     return fig
 
-Report.plot_history, Report.plot_predictions, Report.backtest, Report.plot_equity = _plot_history, _plot_predictions, _backtest, _plot_equity
 
 # %% ../nbs/12_pipeline.ipynb #1b3419cc
 def backtest(p: BacktestParams | dict | None = None, *, verbose: bool = True, **params) -> Report:
@@ -881,7 +916,8 @@ def latest_model_run(runs_dir: str | Path | None = None) -> str:
         if state == "completed" and any((root / rid / f).is_file() for f in ("checkpoints/best.pt", "estimator/manifest.json")): return rid
     raise ConfigError(f"no completed run with a model in {root}; train one (qtnb run train) or pass source_run")
 
-def _check_export(self: ExportParams) -> ExportParams:
+@patch
+def check(self: ExportParams) -> ExportParams:
     "The source run must be a run in the store (the newest completed one with a model when none is named)."
     from qtnb.config import check_slug
     from qtnb.runs import open_run
@@ -890,7 +926,6 @@ def _check_export(self: ExportParams) -> ExportParams:
     else: open_run(check_slug(self.source_run, "source_run"), runs_dir=root)
     return self
 
-ExportParams.check = _check_export
 
 def export(p: ExportParams | dict | None = None, *, verbose: bool = True, **params) -> Report:
     "Run the export pipeline in-process: export a run's model, check parity, time the backends."
@@ -913,15 +948,15 @@ def export(p: ExportParams | dict | None = None, *, verbose: bool = True, **para
     run = pipeline_run(p.model_copy(update={"runs_dir": str(root)}), f"export-{src.name}"[:64].rstrip("-._"))
     with _failing(run):
         run.write_params({**run.params, "source_run": src.id})
-        if verbose: say(f"run {run.id}: exporting {src.id} to {p.format} {p.precision}")
-        t0 = time.perf_counter()
-        path = export_run(src.id, format=p.format, precision=p.precision, runs_dir=root)
-        if verbose: say(f"  wrote {path.name} ({path.stat().st_size / 2**20:.2f} MB) in {time.perf_counter() - t0:.1f}s; "
-                        "preparing the data for the parity check")
+        if verbose: say(f"run {run.id}: preparing {src.id}'s data and loading its model")
         data_cfg, model_cfg = _run_configs(src.params)
-        prep = prepare(data_cfg)
+        prep = prepare(data_cfg)                    # once: for the export, its parity check and the timings
         fold = prep.folds[-1]
         model = load_run_model(src, inputs=dict(n_features=len(prep.feature_names), seq_len=prep.config.seq_len))
+        if verbose: say(f"  exporting to {p.format} {p.precision}")
+        t0 = time.perf_counter()
+        path = export_run(src.id, format=p.format, precision=p.precision, runs_dir=root, prepared=prep, model=model)
+        if verbose: say(f"  wrote {path.name} ({path.stat().st_size / 2**20:.2f} MB) in {time.perf_counter() - t0:.1f}s")
         w = fold.test if fold.test is not None else fold.val
         x = w.numpy()[0]
         if not is_torch_model(model):              # linear, XGBoost, ensembles of them: their own files, ONNX fp32
@@ -996,7 +1031,7 @@ def run_pipeline(pipeline: str, params: dict | None = None, *, yaml_path: str | 
         else:
             run = signals["run"] = create_run(_default_name(p), runs_dir=root,
                              params={"pipeline": pipeline, "parameters": p.model_dump(mode="json", exclude={"run_id", "runs_dir", "resume"})})
-            inject = {k: v for k, v in p.model_dump(mode="json").items() if k in given or k == "run_name" and v is not None}
+            inject = {k: v for k, v in p.model_dump(mode="json").items() if k in {RENAMED.get(g, g) for g in given} or k == "run_name" and v is not None}
         # this process until the kernel stamps its own pid and heartbeat (a kernel takes seconds to start)
         run.set_status("running", launcher_pid=os.getpid(), **process_record())
         inject.update(run_id=run.id, runs_dir=str(root))
@@ -1323,8 +1358,7 @@ def sweep(pipeline: str, grid: dict[str, list], params: dict | None = None, *, y
         table = grid_cols.set_index("run_id").join(table.drop(columns=[c for c in grid_cols if c in table], errors="ignore"), how="left")
     else: table = grid_cols.set_index("run_id")
     atomic_write(folder / "summary.csv", table.to_csv())
-    atomic_write(folder / "sweep.json", json.dumps({"pipeline": pipeline, "grid": grid, "params": params or {},
-                                                    "runs": results}, indent=2, default=str))
+    atomic_write(folder / "sweep.json", dump_json({"pipeline": pipeline, "grid": grid, "params": params or {}, "runs": results}))
     atomic_write(folder / "summary.html", sweep_figure(table, list(grid)).to_html(include_plotlyjs=True))
     if got:
         from qtnb.runs import RunInterrupted, open_run

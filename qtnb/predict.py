@@ -16,7 +16,7 @@ import pandas as pd
 
 from fastcore.basics import patch
 
-from .config import atomic_write
+from .io import atomic_write
 from .errors import DataError, InsufficientData, ModelError, QtnbError
 
 # %% auto #0
@@ -219,29 +219,6 @@ def windows(self: Preprocess, frame, *,
 # %% ../nbs/13_predict.ipynb #4bf90d96
 BACKENDS = ("torch", "onnx", "torchscript")
 
-def _torch_model(run, params: dict):
-    "The run's torch model, rebuilt from its params and best checkpoint (`torch.load(weights_only=True)`)."
-    from qtnb import registry as R
-    from qtnb.models.core import create_model
-    inp = R._inputs(run, params)
-    model = create_model(R._model_params(params), n_features=inp["n_features"], seq_len=inp["seq_len"])
-    sd = R._weights(run.load_checkpoint("best"))
-    if sd is None: raise ModelError(f"run {run.id}'s best checkpoint holds no model weights; train the run again")
-    try: model.load_state_dict(sd)
-    except RuntimeError as e: raise ModelError(f"run {run.id}'s best checkpoint does not fit its model config ({str(e).splitlines()[0][:120]})") from None
-    return model.eval()
-
-def _run_model(run):
-    "The model of `run`: torch from its checkpoint, an estimator through the run store's loader (never unpickled)."
-    from qtnb import registry as R
-    params = run.params
-    if (run.path / "checkpoints" / "best.pt").is_file(): return _torch_model(run, params)
-    load = getattr(R, "load_estimator", None)   # the run store's own-format estimator loader
-    if load is None or not (run.path / "estimator").is_dir():
-        raise ModelError(f"run {run.id} holds no model qtnb can load without unpickling (no checkpoints/best.pt"
-                         f"{' and no estimator/ folder' if load else ''}); train it again with this qtnb")
-    return load(run)
-
 # %% ../nbs/13_predict.ipynb #f491357b
 class Predictor:
     "A run's (or registered version's) model and stored preprocessing: `predict(frame)` -> one row per window end."
@@ -255,10 +232,11 @@ class Predictor:
     @classmethod
     def from_run(cls, run_id, *, backend: str = "torch", runs_dir=None) -> "Predictor":
         "The predictor of run `run_id` (an id in the run store, or a `Run`)."
+        from qtnb.registry import load_run_model
         from qtnb.runs import open_run
         run = open_run(run_id, runs_dir=runs_dir)
         bs = ((run.params.get("train") or {}).get("eval_batch_size")) or 4096
-        return cls(_run_model(run), load_preprocess(run), run_id=run.id, backend=backend, run=run, eval_batch_size=bs)
+        return cls(load_run_model(run), load_preprocess(run), run_id=run.id, backend=backend, run=run, eval_batch_size=bs)
 
     @classmethod
     def from_registry(cls, ref: str, *, backend: str = "torch", runs_dir=None) -> "Predictor":

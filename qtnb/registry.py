@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import qtnb
-from .config import atomic_write
+from .config import runs_dir as resolve_runs_dir
+from .io import atomic_write, dump_json
 from .errors import ConfigError, ModelError, QtnbError
 from .runs import (ESTIMATOR_DIR, ESTIMATOR_FORMAT, ESTIMATOR_MANIFEST, LINEAGE_KEYS, REGISTRABLE_STATES, RegistryError, Run,
                        RunError, RunNotFound, check_model_name, check_stage, open_run, plain, resolve_version, _archive_others,
-                       _dump_json, _file_info, _next_version, _now, _pickle_refused, _read_json, _registry_update, _root, _sha256)
+                       _file_info, _next_version, _now, _pickle_refused, _read_json, _registry_update, _sha256)
 
 # %% auto #0
 __all__ = ['load_run_model', 'register_version', 'load_version', 'save_estimator', 'load_estimator']
@@ -93,7 +94,7 @@ def register_version(run_id_or_run: str | Run, name: str, *,
     check_model_name(name)
     stage = check_stage(stage) if stage is not None else "none"
     run = open_run(run_id_or_run, runs_dir=runs_dir)
-    root = run.path.parent if runs_dir is None else _root(runs_dir)     # the registry lives in the run's own store
+    root = run.path.parent if runs_dir is None else resolve_runs_dir(runs_dir)     # the registry lives in the run's own store
     if run.path.parent != root:
         raise RegistryError(f"run {run.id} is in {run.path.parent}, not in run store {root}; pass runs_dir={str(run.path.parent)!r}")
     state = run.status.get("state")
@@ -147,7 +148,7 @@ def _read_artifact(run: Run, entry: dict, ref: str) -> bytes:
 def load_version(ref: str, *, runs_dir: str | Path | None = None,
                  map_location: Any = "cpu") -> Any: # torch models: where the weights go
     "The model `ref` names, ready to predict (torch: `load_run_model` from the registered bytes; estimators: `load_estimator`)."
-    root = _root(runs_dir)
+    root = resolve_runs_dir(runs_dir)
     entry = resolve_version(ref, runs_dir=root)
     ref = f"{entry['name']}@{entry['version']}"
     try: run = open_run(entry["run_id"], runs_dir=root)
@@ -167,7 +168,7 @@ def _merge_lineage(run: Run, **fields) -> None:
     p = run.path / "lineage.json"
     try: old = _read_json(p, "lineage file")
     except RunError: old = {}
-    atomic_write(p, _dump_json({**old, **fields}))
+    atomic_write(p, dump_json({**old, **fields}))
 
 def save_estimator(run: str | Run, model, *, runs_dir: str | Path | None = None) -> Path:
     "Save a fitted estimator in its library's own format under the run's estimator/ folder; the manifest's path."
@@ -192,7 +193,7 @@ def save_estimator(run: str | Run, model, *, runs_dir: str | Path | None = None)
         atomic_write(folder / files[name]["path"], data)
     manifest = dict(format=ESTIMATOR_FORMAT, model=plain(model.config), n_features=model.n_features, seq_len=model.seq_len,
                     files=files, qtnb=qtnb.__version__, saved=_now())
-    raw = _dump_json(manifest).encode()
+    raw = dump_json(manifest).encode()
     path = atomic_write(run.path / ESTIMATOR_MANIFEST, raw)         # last: a reader sees the old set or the new one
     keep = {f["path"] for f in files.values()} | {"manifest.json"}
     for p in folder.iterdir():

@@ -14,17 +14,19 @@ from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
+from fastcore.basics import patch
 import yaml
 
 import qtnb
-from .config import atomic_write, read_yaml, runs_dir as default_runs_dir
+from .config import runs_dir as resolve_runs_dir
+from .io import atomic_save, atomic_write, dump_json, dump_yaml, file_lock, plain, read_yaml, write_yaml
 from .errors import ConfigError, QtnbError
 
 # %% auto #0
 __all__ = ['RUN_STATES', 'FINISHED_STATES', 'HEARTBEAT_MIN_S', 'LINEAGE_PACKAGES', 'HEARTBEAT_S', 'INTERRUPT_SIGNALS',
            'CONTROL_ACTIONS', 'CONTROL_FILE', 'KEY_METRICS', 'LIST_COLUMNS', 'REGISTRY_FILE', 'REGISTRY_FORMAT',
            'STAGES', 'REGISTRABLE_STATES', 'ESTIMATOR_DIR', 'ESTIMATOR_FORMAT', 'ESTIMATOR_MANIFEST', 'LINEAGE_KEYS',
-           'VERSION_COLUMNS', 'VERSION_METRICS', 'RunError', 'RunNotFound', 'plain', 'sanitize_name', 'new_run_id',
+           'VERSION_COLUMNS', 'VERSION_METRICS', 'RunError', 'RunNotFound', 'sanitize_name', 'new_run_id',
            'process_record', 'process_alive', 'Run', 'process_gone', 'create_run', 'open_run', 'lineage_info',
            'RunInterrupted', 'rng_state', 'set_rng_state', 'list_runs', 'compare_runs', 'RegistryError',
            'VersionNotFound', 'check_model_name', 'check_stage', 'parse_ref', 'set_stage', 'resolve_version',
@@ -41,26 +43,6 @@ class RunNotFound(RunError, LookupError):
     "No run with that id (or at that path) in the run store."
 
 # %% ../nbs/10_runs.ipynb #4b2751b0
-def plain(obj: Any, *, finite: bool = False) -> Any:
-    "`obj` as builtins (dicts, lists, str, int, float, bool, None); `finite=True` turns NaN/inf into None."
-    if hasattr(obj, "model_dump"): obj = obj.model_dump(mode="json")
-    if isinstance(obj, dict): return {str(k): plain(v, finite=finite) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set, frozenset)): return [plain(v, finite=finite) for v in obj]
-    if hasattr(obj, "detach"):
-        obj = obj.detach().cpu()
-        obj = (obj.double() if obj.is_floating_point() else obj).numpy()     # numpy has no bfloat16
-    if isinstance(obj, np.ndarray): return plain(obj.tolist(), finite=finite)
-    if isinstance(obj, (bool, np.bool_)): return bool(obj)
-    if isinstance(obj, (int, np.integer)): return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        v = float(obj)
-        return None if finite and not math.isfinite(v) else v
-    if obj is None or isinstance(obj, str): return obj
-    if isinstance(obj, datetime): return obj.isoformat()
-    return str(obj)          # paths, enums, dtypes: their text
-
-def _dump_json(obj: Any) -> str: return json.dumps(plain(obj, finite=True), indent=2, allow_nan=False) + "\n"
-
 def _now() -> str: return datetime.now().astimezone().isoformat(timespec="milliseconds")
 
 def _seconds(a: str | None, b: str | None) -> float | None:
@@ -129,7 +111,7 @@ class Run:
         "Write the resolved config (a dict or a pydantic config) to params.yaml."
         data = plain(params)
         if not isinstance(data, dict): raise ConfigError(f"params must be a mapping of name: value, not a {type(params).__name__}")
-        return atomic_write(self.path / "params.yaml", yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+        return write_yaml(data, self.path / "params.yaml")
 
     def artifact(self, name: str) -> Path:
         "Path of file `name` inside the run folder (parent folders created); names may not leave the folder."
@@ -178,7 +160,8 @@ def recorded_status(self: Run) -> dict:
     try: return _read_json(self.path / "status.json", "status file")
     except RunError: return {}
 
-def _status(self) -> dict:
+@patch(as_prop=True)
+def status(self: Run) -> dict:
     "The run's status.json, `interrupted` when its process is gone (state 'unknown' and a `problem` when it cannot be read)."
     try: st = _read_json(self.path / "status.json", "status file")
     except RunError as e: return {"id": self.id, "state": "unknown", "problem": str(e)}
@@ -193,7 +176,8 @@ def _status(self) -> dict:
         st["duration_s"] = _seconds(st["started"], _now())
     return st
 
-def _set_status(self, state: str, *, error: str | None = None, **extra) -> dict:
+@patch
+def set_status(self: Run, state: str, *, error: str | None = None, **extra) -> dict:
     "Record `state` (running, completed, failed, stopped, pruned) with its times, an optional `error` and `extra` fields."
     if state not in RUN_STATES:
         raise ConfigError(f"run state {state!r} is invalid; use one of {', '.join(RUN_STATES)}")
@@ -213,31 +197,28 @@ def _set_status(self, state: str, *, error: str | None = None, **extra) -> dict:
     if error is not None: st["error"] = " ".join(str(error).split())[:2000]
     st.update(plain(extra))
     st["duration_s"] = _seconds(st["started"], st.get("ended") or now)
-    atomic_write(self.path / "status.json", _dump_json(st))
+    atomic_write(self.path / "status.json", dump_json(st))
     return st
 
-Run.status = property(_status)
-Run.set_status = _set_status
 
 # %% ../nbs/10_runs.ipynb #7f22266a
-def _enter(self): return self
+@patch
+def __enter__(self: Run): return self
 
-def _exit(self, typ, exc, tb):
+@patch
+def __exit__(self: Run, typ, exc, tb):
     if typ is None:
         if self.status.get("state") == "running": self.set_status("completed")
     elif issubclass(typ, KeyboardInterrupt): self.set_status("stopped", error="interrupted (KeyboardInterrupt)")
     else: self.set_status("failed", error=f"{typ.__name__}: {exc}")
     return False
 
-Run.__enter__, Run.__exit__ = _enter, _exit
 
 # %% ../nbs/10_runs.ipynb #90aec4f7
-def _root(runs_dir) -> Path: return Path(runs_dir).expanduser().resolve() if runs_dir is not None else default_runs_dir()
-
 def create_run(name: str, *, runs_dir: str | Path | None = None, # default: settings.ini's [storage] runs_dir
                params: dict | None = None) -> Run:
     "A new run folder `<runs_dir>/<run_id>` with status 'running' and `params` in params.yaml."
-    root = _root(runs_dir)
+    root = resolve_runs_dir(runs_dir)
     try: root.mkdir(parents=True, exist_ok=True)
     except OSError as e: raise RunError(f"cannot create run store {root}: {e.strerror}; check runs_dir in settings.ini [storage]") from None
     for _ in range(1000):
@@ -258,7 +239,7 @@ def open_run(run_id_or_path: str | Path | Run, *, runs_dir: str | Path | None = 
     "The run with this id in `runs_dir` (or at this path); `RunNotFound` naming close matches otherwise."
     if isinstance(run_id_or_path, Run): return run_id_or_path
     key = str(run_id_or_path)
-    root = _root(runs_dir)
+    root = resolve_runs_dir(runs_dir)
     candidates = [Path(key).expanduser()] if (isinstance(run_id_or_path, Path) or os.sep in key) else []
     candidates.append(root / key)
     for p in candidates:
@@ -285,7 +266,8 @@ def _read_history_rows(path: Path) -> tuple[list[str], list[dict]]:
         rows = list(r)
         return list(r.fieldnames or []), rows
 
-def _log_epoch(self, row: dict) -> None:
+@patch
+def log_epoch(self: Run, row: dict) -> None:
     "Append one epoch's `row` (metrics, lr, time, ...) to history.csv; new keys add columns."
     if not isinstance(row, dict) or not row: raise ConfigError("log_epoch needs a non-empty dict of column: value")
     p = self.path / "history.csv"
@@ -299,7 +281,8 @@ def _log_epoch(self, row: dict) -> None:
     w.writeheader(); w.writerows(rows)
     atomic_write(p, buf.getvalue())
 
-def _history(self) -> pd.DataFrame:
+@patch(as_prop=True)
+def history(self: Run) -> pd.DataFrame:
     "history.csv as a DataFrame (empty when nothing was logged)."
     p = self.path / "history.csv"
     if not p.is_file() or p.stat().st_size == 0: return pd.DataFrame()
@@ -307,15 +290,17 @@ def _history(self) -> pd.DataFrame:
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
         raise RunError(f"history file {p} cannot be read ({str(e).splitlines()[0][:80]}); fix or delete it") from None
 
-def _write_metrics(self, metrics: dict, *, merge: bool = False) -> Path:
+@patch
+def write_metrics(self: Run, metrics: dict, *, merge: bool = False) -> Path:
     "Write final metrics by split, {'val': {...}, 'test': {...}}, to metrics.json (`merge`: update the splits already there)."
     if not isinstance(metrics, dict): raise ConfigError(f"metrics must be a dict like {{'val': {{...}}}}, not a {type(metrics).__name__}")
     data = {**(self.metrics if merge else {}), **metrics}
-    return atomic_write(self.path / "metrics.json", _dump_json(data))
+    return atomic_write(self.path / "metrics.json", dump_json(data))
 
-Run.history = property(_history)
-Run.metrics = property(lambda self: _read_json(self.path / "metrics.json", "metrics file"), doc="metrics.json as a dict.")
-Run.log_epoch, Run.write_metrics = _log_epoch, _write_metrics
+@patch(as_prop=True)
+def metrics(self: Run) -> dict:
+    "metrics.json as a dict."
+    return _read_json(self.path / "metrics.json", "metrics file")
 
 # %% ../nbs/10_runs.ipynb #52ea8d4f
 LINEAGE_PACKAGES = ("torch", "numpy", "pandas", "optuna", "xgboost", "xgboost-cpu", "onnx", "onnxruntime", "scikit-learn", "pydantic")
@@ -346,18 +331,21 @@ def lineage_info(*, seed: int | None = None, data_fingerprint: str | None = None
     if extra: info.update(plain(extra))
     return info
 
-def _write_lineage(self, *, seed: int | None = None, data_fingerprint: str | None = None, config_hash: str | None = None,
+@patch
+def write_lineage(self: Run, *, seed: int | None = None, data_fingerprint: str | None = None, config_hash: str | None = None,
                   extra: dict | None = None) -> dict:
     "Merge `lineage_info(...)` into the run's lineage.json and return it."
     p = self.path / "lineage.json"
     try: old = _read_json(p, "lineage file")
     except RunError: old = {}
     info = {**old, **lineage_info(seed=seed, data_fingerprint=data_fingerprint, config_hash=config_hash, extra=extra)}
-    atomic_write(p, _dump_json(info))
+    atomic_write(p, dump_json(info))
     return info
 
-Run.write_lineage = _write_lineage
-Run.lineage = property(lambda self: _read_json(self.path / "lineage.json", "lineage file"), doc="lineage.json as a dict.")
+@patch(as_prop=True)
+def lineage(self: Run) -> dict:
+    "lineage.json as a dict."
+    return _read_json(self.path / "lineage.json", "lineage file")
 
 # %% ../nbs/10_runs.ipynb #aa3a04aa
 import signal, threading
@@ -375,7 +363,7 @@ def beat(self: Run, *, every: float = HEARTBEAT_S) -> bool:
     except (OSError, ValueError): return False
     if not isinstance(st, dict) or st.get("state") != "running": return False
     st.update(process_record(), heartbeat=round(time.time(), 3), heartbeat_s=float(every))
-    try: return atomic_write(p, _dump_json(st), only_if=lambda q: q.read_bytes() == raw) is not None
+    try: return atomic_write(p, dump_json(st), only_if=lambda q: q.read_bytes() == raw) is not None
     except OSError: return False    # a full disk: the next beat tries again, and the reader sees the beat age meanwhile
 
 # %% ../nbs/10_runs.ipynb #4a5d8569
@@ -444,8 +432,6 @@ def heartbeat(self: Run, every: float = HEARTBEAT_S, *,
         if entry[2] == 0 and entry[1] is not threading.current_thread(): entry[1].join(timeout=5)
 
 # %% ../nbs/10_runs.ipynb #7667bdc7
-from .config import atomic_save
-
 _CKPT_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _LEAVES = (type(None), bool, int, float, complex, str, bytes)
 
@@ -466,25 +452,28 @@ def _ckpt_path(self, name: str) -> Path:
         raise ConfigError(f"checkpoint name {name!r} is invalid; use letters, digits, '_', '.', '-' (e.g. 'best', 'epoch_3')")
     return self.checkpoint_dir / f"{stem}.pt"
 
-def _save_checkpoint(self, state: dict, name: str) -> Path:
+@patch
+def save_checkpoint(self: Run, state: dict, name: str) -> Path:
     "Save `state` as checkpoints/<name>.pt atomically (`atomic_save`); the old file survives any failure, a full disk is `DiskFull`."
     path = _ckpt_path(self, name)
     state = _checkpoint_safe(state, "state", path.stem)
     return atomic_save(state, path)
 
-def _checkpoints(self) -> list[str]:
+@patch
+def checkpoints(self: Run) -> list[str]:
     "Names of the run's checkpoints ('best', 'last', 'epoch_3', ...), epochs in numeric order."
     d = self.checkpoint_dir
     if not d.is_dir(): return []
     names = [p.stem for p in d.glob("*.pt") if not p.name.startswith(".")]
     return sorted(names, key=lambda n: (n.startswith("epoch_"), int(n[6:]) if n[6:].isdigit() else 0, n))
 
-def _load_checkpoint(self, name: str, *, map_location: Any = "cpu") -> dict:
+@patch
+def load_checkpoint(self: Run, name: str, *, map_location: Any = "cpu") -> dict:
     "Load checkpoints/<name>.pt with `torch.load(weights_only=True)`; `RunError` naming the file when missing or corrupt."
     import torch
     path = _ckpt_path(self, name)
     if not path.is_file():
-        have = _checkpoints(self)
+        have = self.checkpoints()
         raise RunError(f"run {self.id} has no checkpoint {path.stem!r} ({path}); available: {', '.join(have) or 'none'}")
     try: return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
@@ -498,8 +487,10 @@ def _load_checkpoint(self, name: str, *, map_location: Any = "cpu") -> dict:
         raise RunError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__}{': ' + why if why else ''}); "
                        f"use another checkpoint or retrain") from None
 
-Run.checkpoint_dir = property(lambda self: self.path / "checkpoints", doc="The run's checkpoints/ folder.")
-Run.save_checkpoint, Run.load_checkpoint, Run.checkpoints = _save_checkpoint, _load_checkpoint, _checkpoints
+@patch(as_prop=True)
+def checkpoint_dir(self: Run) -> Path:
+    "The run's checkpoints/ folder."
+    return self.path / "checkpoints"
 
 # %% ../nbs/10_runs.ipynb #3b1b03a2
 def rng_state() -> dict:
@@ -526,12 +517,10 @@ def set_rng_state(state: dict) -> None:
 CONTROL_ACTIONS = ("pause", "resume", "stop", "checkpoint")
 CONTROL_FILE = "control.json"
 
-@contextlib.contextmanager
-def _control_lock(run):
-    from filelock import FileLock
-    with FileLock(str(run.path / ".control.lock"), timeout=10): yield
+def _control_lock(run): return file_lock(run.path / ".control.lock", timeout=10)
 
-def _request(self, action: str) -> dict:
+@patch
+def request(self: Run, action: str) -> dict:
     "Ask the process training this run to pause, resume, stop or checkpoint; the request written to control.json."
     if action not in CONTROL_ACTIONS:
         raise ConfigError(f"control action {action!r} is invalid; use one of {', '.join(CONTROL_ACTIONS)}")
@@ -543,25 +532,25 @@ def _request(self, action: str) -> dict:
         raise RunError(f"run {self.id} is marked running but its process {st.get('pid')} is gone; "
                        f"continue it with qtnb run train --resume {self.id}")
     req = {"action": action, "requested": _now(), "id": secrets.token_hex(4), "by_pid": os.getpid()}
-    with _control_lock(self): atomic_write(self.path / CONTROL_FILE, _dump_json(req))
+    with _control_lock(self): atomic_write(self.path / CONTROL_FILE, dump_json(req))
     return req
 
-def _read_control(self) -> dict:
+@patch(as_prop=True)
+def control(self: Run) -> dict:
     "The last control request ({} when there is none); `acknowledged` is set once the training process handled it."
     try: return _read_json(self.path / CONTROL_FILE, "control file")
     except RunError: return {}
 
-def _acknowledge(self, request: dict, **extra) -> dict:
+@patch
+def acknowledge(self: Run, request: dict, **extra) -> dict:
     "Mark `request` handled (with `extra`, e.g. state='paused'), unless a newer request has replaced it."
     with _control_lock(self):
         cur = self.control
         if cur.get("id") != request.get("id"): return cur     # a newer request: left for the trainer to see
         cur.update(acknowledged=_now(), **plain(extra))
-        atomic_write(self.path / CONTROL_FILE, _dump_json(cur))
+        atomic_write(self.path / CONTROL_FILE, dump_json(cur))
     return cur
 
-Run.request, Run.acknowledge = _request, _acknowledge
-Run.control = property(_read_control)
 
 # %% ../nbs/10_runs.ipynb #0adca794
 KEY_METRICS = ("loss", "mse", "rmse", "r2", "corr", "accuracy", "f1", "roc_auc", "sharpe", "max_drawdown", "total_return")
@@ -595,7 +584,7 @@ def list_runs(runs_dir: str | Path | None = None, *,
               metrics: Iterable[str] | None = KEY_METRICS, # metric names (or 'val_sharpe'-style) to show; None: all
              ) -> pd.DataFrame:
     "One row per run in the store, newest first: id, name, state, times, duration, error and key metrics."
-    root = _root(runs_dir)
+    root = resolve_runs_dir(runs_dir)
     names = None if metrics is None else set(metrics)
     rows = [_row(Run(p), names) for p in root.iterdir() if _is_run(p)] if root.is_dir() else []
     if not rows: return pd.DataFrame(columns=list(LIST_COLUMNS))
@@ -675,23 +664,15 @@ def _read_registry(root: Path) -> dict:
     return data
 
 @contextlib.contextmanager
-def _registry_lock(root: Path):
-    import fcntl
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".registry.lock", "a+b") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)      # released when the file closes, even if this process dies
-        yield
-
-@contextlib.contextmanager
 def _registry_update(root: Path):
     "Read registry.json under the store's exclusive lock, let the block change it, write it back atomically if it did (never on error)."
-    with _registry_lock(root):
+    with file_lock(root / ".registry.lock"):
         data = _read_registry(root)
         before = json.dumps(data, sort_keys=True, default=str)
         yield data
         if json.dumps(data, sort_keys=True, default=str) != before:       # unchanged: no write
             data["updated"] = _now()
-            atomic_write(root / REGISTRY_FILE, _dump_json(data))
+            atomic_write(root / REGISTRY_FILE, dump_json(data))
 
 def _sha256(data: bytes) -> str: return hashlib.sha256(data).hexdigest()
 
@@ -753,7 +734,7 @@ def set_stage(ref: str, stage: str, *,
     "Move the version `ref` names (e.g. 'sp500-mlp@3') to `stage` (none, staging, production, archived); its entry."
     check_stage(stage)
     parse_ref(ref)
-    root = _root(runs_dir)
+    root = resolve_runs_dir(runs_dir)
     with _registry_update(root) as reg:
         entry = _find(reg, ref, root)
         entry.update(stage=stage, stage_changed=_now())
@@ -765,7 +746,7 @@ def set_stage(ref: str, stage: str, *,
 def resolve_version(ref: str, *, runs_dir: str | Path | None = None) -> dict:
     "The registry entry of `ref`: `name@3`, `name@production` (or staging, archived), `name@latest`, or `name` (latest)."
     parse_ref(ref)
-    root = _root(runs_dir)
+    root = resolve_runs_dir(runs_dir)
     return plain(_find(_read_registry(root), ref, root), finite=True)
 
 VERSION_COLUMNS = ("name", "version", "stage", "run_id", "created", "model", "description")
@@ -773,7 +754,7 @@ VERSION_METRICS = ("loss", "mse", "r2", "accuracy", "sharpe")
 
 def model_versions(name: str | None = None, *, runs_dir: str | Path | None = None) -> pd.DataFrame:
     "One row per registered version (all models, or `name`'s): name, version, stage, run, time, model and key metrics."
-    root = _root(runs_dir)
+    root = resolve_runs_dir(runs_dir)
     reg = _read_registry(root)
     if name is not None: _find(reg, check_model_name(name), root)          # unknown name: the error lists the known ones
     rows = []
@@ -828,8 +809,8 @@ def delete_run(run_id: str | Run, *, runs_dir: str | Path | None = None,
     if isinstance(run_id, Run):
         if runs_dir is None and not _RUN_ID.match(run_id.id):
             raise ConfigError(f"{run_id.path} is not a folder qtnb made (its name is no run id); pass its id and runs_dir")
-        root, run_id = (_root(runs_dir) if runs_dir is not None else run_id.path.parent), run_id.id
-    else: root = _root(runs_dir)
+        root, run_id = (resolve_runs_dir(runs_dir) if runs_dir is not None else run_id.path.parent), run_id.id
+    else: root = resolve_runs_dir(runs_dir)
     path, trash = root / check_run_id(run_id), None          # root resolved, one plain name: always inside the store
     if not root.is_dir(): raise RunNotFound(f"run {run_id!r} not found: run store {root} does not exist; check runs_dir")
     with _registry_update(root) as reg:                      # under the lock: nobody registers the run while it goes

@@ -20,7 +20,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 
-from .config import atomic_write, check_slug, load_settings, write_yaml
+from .config import check_slug, load_settings
+from .io import atomic_write, write_yaml
 from .errors import ConfigError, DataError, QtnbError
 
 # %% auto #0
@@ -250,7 +251,7 @@ def close(self: JobQueue, *, kill: bool = True) -> None:
 FINAL_STATES = ("completed", "failed", "stopped", "interrupted", "pruned")
 
 def _json(obj) -> Any:
-    from qtnb.runs import plain
+    from qtnb.io import plain
     return plain(obj, finite=True)
 
 def _records(df: pd.DataFrame) -> list[dict]:
@@ -304,7 +305,7 @@ def _add_run_routes(app: FastAPI, root: Path, jobs: JobQueue) -> None:
         return queued + _json(_records(list_runs(root)))
 
     @app.post("/runs/{pipeline}", status_code=202, summary="Start a pipeline run (train, tune, backtest, export)")
-    def runs_start(pipeline: str, params: dict[str, Any] = Body(default_factory=dict, examples=[{"model": "mlp", "epochs": 3}])):
+    def runs_start(pipeline: str, params: dict[str, Any] = Body(default_factory=dict, examples=[{"model": "mlp", "num_epochs": 3}])):
         if pipeline not in PIPELINES: raise HTTPException(404, f"unknown pipeline {pipeline!r}; pipelines: {', '.join(PIPELINES)}")
         try: return jobs.submit(pipeline, params).info()
         except ConfigError as e: raise HTTPException(422, str(e).splitlines()[0]) from None

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .config import atomic_write
+from .io import atomic_write
 from .errors import ExportError, TensorRTUnavailable
 from .modelfile import ExportMeta, _as_windows, quantize_static_qdq, read_meta, to_fp16
 

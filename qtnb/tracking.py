@@ -13,7 +13,7 @@ from typing import Any
 from fastcore.basics import patch
 
 from .callbacks import Callback, _scalars
-from .config import atomic_write
+from .io import atomic_write
 from .errors import QtnbError
 
 # %% auto #0

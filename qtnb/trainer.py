@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 import qtnb.config as qcfg
-from .config import param, atomic_write
+from .config import TrainConfig, param
+from .io import atomic_write
 from .errors import ConfigError, DataError, InsufficientData, ModelError, NonFiniteLoss, QtnbError, TrainingError
 from .data import Windows
 from .metrics import compute_metrics, trading_metrics, prediction_signal, MetricTracker, metric_direction
@@ -25,49 +26,9 @@ from .callbacks import (Callback, Checkpoint, EarlyStopping, HOOKS, clone_state,
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['FUSED_DEVICES', 'STEP_SCHEDULES', 'LOSSES', 'STRATEGIES', 'TrainConfig', 'select_device', 'seed_everything',
-           'epoch_seed', 'make_optimizer', 'make_scheduler', 'make_loss', 'toy_windows', 'FitResult', 'Trainer',
+__all__ = ['FUSED_DEVICES', 'STEP_SCHEDULES', 'LOSSES', 'STRATEGIES', 'select_device', 'seed_everything', 'epoch_seed',
+           'make_optimizer', 'make_scheduler', 'make_loss', 'toy_windows', 'FitResult', 'Trainer',
            'windows_from_arrays', 'FitHandle', 'fit_in_background', 'RunControl', 'stateful_streams', 'fit_fold']
-
-# %% ../nbs/06_trainer.ipynb #bd76fd70
-class TrainConfig(qcfg.TrainConfig):
-    "Trainer settings: the base TrainConfig plus optimiser, schedule, clipping, monitoring and loop details."
-    momentum: float = param(0.9, description="SGD momentum (and RMSprop's).", group="optimizer", advanced=True, ge=0, lt=1)
-    nesterov: bool = param(False, description="Nesterov momentum for SGD.", group="optimizer", advanced=True)
-    beta1: float = param(0.9, description="Adam/AdamW first-moment decay.", group="optimizer", advanced=True, ge=0, lt=1)
-    beta2: float = param(0.999, description="Adam/AdamW second-moment decay.", group="optimizer", advanced=True, ge=0, lt=1)
-    eps: float = param(1e-8, description="Optimiser epsilon.", group="optimizer", advanced=True, gt=0, le=1)
-    amsgrad: bool = param(False, description="AMSGrad variant of Adam/AdamW.", group="optimizer", advanced=True)
-    fused: bool = param(True, description="Fused Adam/AdamW/SGD kernels (one per step, not a loop over parameters) where torch has them.", group="optimizer", advanced=True)
-    warmup_epochs: int = param(0, description="Linear warm-up length in epochs (warmup and cosine schedules).", group="schedule", advanced=True, ge=0, le=100_000)
-    warmup_steps: int = param(0, description="Linear warm-up length in optimiser steps; overrides warmup_epochs when > 0.", group="schedule", advanced=True, ge=0, le=100_000_000)
-    min_lr: float = param(0.0, description="Cosine schedule: the rate it anneals to.", group="schedule", advanced=True, ge=0)
-    step_size: int = param(10, description="Step schedule: epochs between decays.", group="schedule", advanced=True, ge=1, le=100_000)
-    gamma: float | None = param(None, description="Decay factor: step (default 0.1), exponential per epoch (default 0.95), plateau (default 0.1).", group="schedule", advanced=True, gt=0, lt=1)
-    plateau_patience: int = param(5, description="Reduce-on-plateau: epochs without improvement before reducing.", group="schedule", advanced=True, ge=0, le=100_000)
-    pct_start: float = param(0.3, description="One-cycle: fraction of steps spent increasing the rate.", group="schedule", advanced=True, gt=0, lt=1)
-    gradient_clip_value: float = param(0.0, description="Clip each gradient value to [-v, v]; 0 disables.", group="optimizer", advanced=True, ge=0)
-    compile: bool = param(False, description="Run the model through torch.compile.", group="hardware", advanced=True)
-    deterministic: bool = param(False, description="Deterministic algorithms (torch.use_deterministic_algorithms); slower on GPU.", group="hardware", advanced=True)
-    monitor: str = param("val_loss", description="Metric that picks the best epoch (val_<metric>; train_loss without validation).", group="training", advanced=True)
-    mode: Literal["min", "max"] | None = param(None, description="Whether the monitor is minimised or maximised; default from its name.", group="training", advanced=True)
-    min_delta: float = param(0.0, description="Smallest change of the monitor that counts as an improvement.", group="training", advanced=True, ge=0)
-    restore_best: bool = param(True, description="End with the best epoch's weights (test metrics use them).", group="training", advanced=True)
-    checkpoint_every: int = param(0, description="With a run: also keep epoch_N.pt every N epochs; 0 keeps best and last only.", group="training", advanced=True, ge=0, le=100_000)
-    eval_batch_size: int = param(4096, description="Windows per batch when validating and predicting.", group="training", advanced=True, ge=1, le=1 << 22)
-    drop_last: bool = param(False, description="Drop the last, smaller training batch of each epoch.", group="training", advanced=True)
-    augment: bool = param(True, description="Apply the training windows' configured augmentation (DataConfig.augment).", group="training", advanced=True)
-    cost_bps: float = param(0.0, description="Trading cost per unit turnover, in basis points, for the trading metrics.", group="metrics", advanced=True, ge=0, le=10_000)
-    portfolio_weighting: Literal["equal", "signal"] = param("equal", description="Panels: each symbol's weight is its signal / N (equal) or its share of the summed |signals| (signal).", group="metrics", advanced=True)
-    long_only: bool = param(False, description="Trading metrics: short signals are held flat.", group="metrics", advanced=True)
-    trade_hold: Literal["next", "blocks"] = param("next", description="Trading metrics: each signal held one period (t to t+1), or non-overlapping horizon-long blocks annualised with periods/horizon.", group="metrics", advanced=True)
-    importance: bool = param(True, description="Compute permutation feature importance after fit.", group="metrics", advanced=True)
-    importance_windows: int = param(2000, description="Most windows used for feature importance.", group="metrics", advanced=True, ge=10, le=10_000_000)
-    strategy: Literal["single", "ddp"] = param("single", description="single: this process; ddp: DistributedDataParallel in nproc processes per node under torchrun (qtnb.distributed).", group="hardware", advanced=True)
-    nproc: int = param(2, description="DDP: processes per node (one per GPU on CUDA).", group="hardware", advanced=True, ge=1, le=1024)
-    nnodes: int = param(1, description="DDP: nodes taking part, met through torchrun's c10d rendezvous at rdzv_endpoint.", group="hardware", advanced=True, ge=1, le=10_000)
-    rdzv_endpoint: str | None = param(None, description="DDP on several nodes: HOST:PORT of the c10d rendezvous (one node's address).", group="hardware", advanced=True)
-    ddp_timeout: float = param(1800.0, description="DDP: seconds a rank waits for the others in a collective (a pause longer than this fails the run).", group="hardware", advanced=True, gt=0)
 
 # %% ../nbs/06_trainer.ipynb #4c513e2b
 def select_device(spec: str | torch.device | None = "auto") -> torch.device:
@@ -227,13 +188,13 @@ _KEEP_ON_RESUME = {"num_epochs", "device", "compile", "early_stopping_patience",
 def _as_train_config(config, overrides: dict) -> TrainConfig:
     if config is None: return TrainConfig.resolve(**overrides)
     if isinstance(config, dict): return TrainConfig.resolve(params=config, **overrides)
-    if isinstance(config, qcfg.TrainConfig): return TrainConfig(**{**config.model_dump(), **overrides})
+    if isinstance(config, TrainConfig): return TrainConfig(**{**config.model_dump(), **overrides})
     raise ConfigError(f"config must be a TrainConfig, a dict of its fields or None, not {type(config).__name__}")
 
 class Trainer:
     "Fit, validate, test and predict one model (torch or estimator) on qtnb `Windows`, with callbacks and a run."
     def __init__(self, model, # a torch module, an EstimatorModel, or a model config / name / dict built at fit time
-                 config: TrainConfig | qcfg.TrainConfig | dict | None = None, # None: settings.ini defaults
+                 config: TrainConfig | dict | None = None, # None: settings.ini defaults
                  *, callbacks: Sequence = (),
                  run=None,                          # a qtnb.runs.Run to write status, params, history, metrics, checkpoints
                  loss: str | Callable | None = None, # overrides config.loss; any callable(output, target) -> scalar
@@ -1051,7 +1012,7 @@ def _predict_stateful(self: Trainer, w: Windows) -> torch.Tensor:
     return torch.cat(out)
 
 # %% ../nbs/06_trainer.ipynb #b9f96727
-def fit_fold(fold, model_config, train_config: TrainConfig | qcfg.TrainConfig | dict | None = None, *,
+def fit_fold(fold, model_config, train_config: TrainConfig | dict | None = None, *,
              run=None, callbacks: Sequence = (), resume=None, **overrides) -> tuple[Trainer, FitResult]:
     "Train `model_config` on a qtnb.data Fold (train, val, test); the trainer (with the model) and its FitResult."
     trainer = Trainer(model_config, train_config, run=run, callbacks=callbacks, **overrides)

@@ -32,9 +32,9 @@ def parameters_cell(cls) -> str:
         lines.append(f"{f'{k}: {type_name(f.annotation)} = {f.default!r}':<{width}}  # {desc}")
     return "\n".join(lines)
 
-SETUP = """from qtnb.pipeline import {cls}, {fn}, use_static_plotly
+SETUP = """from qtnb.pipeline import RENAMED, {cls}, {fn}, use_static_plotly
 use_static_plotly()  # figures stay visible when this notebook is opened as static HTML
-params = {cls}(**{{k: globals()[k] for k in {cls}.model_fields}})"""
+params = {cls}(**{{k: globals()[k] for k in [*{cls}.model_fields, *RENAMED] if k in globals()}})  # papermill -p epochs: the old name still works"""
 
 # the train and backtest reports' significance section (one text for both)
 SIGNIFICANCE = (

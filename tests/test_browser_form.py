@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.timeout(400)]
 FORM = '''import json
 from qtnb.pipeline import TrainParams
 from qtnb.widgets import ConfigForm
-form = ConfigForm(TrainParams, values=dict(model="lstmm", data="synthetic:random_walk", seq_len=16, epochs=3, batch_size=128,
+form = ConfigForm(TrainParams, values=dict(model="lstmm", data="synthetic:random_walk", seq_len=16, num_epochs=3, batch_size=128,
                                           runs_dir="runs"))
 form'''
 DUMP = '''json.dump(form.value.model_dump(mode="json"), open("form.json", "w"))'''
@@ -60,5 +60,5 @@ def test_form_train_button_runs_the_form_values(lab):
     params = yaml.safe_load((run / "params.yaml").read_text())
     shown = {k: v for k, v in values.items() if k not in ("run_id", "runs_dir", "resume")}   # where the run went is not a parameter
     eq(params["parameters"], shown)
-    eq((values["model"], values["model_params"], values["epochs"]), ("mlp", {"hidden_sizes": [24, 12]}, 3))
+    eq((values["model"], values["model_params"], values["num_epochs"]), ("mlp", {"hidden_sizes": [24, 12]}, 3))
     eq(params["model"]["hidden_sizes"], [24, 12])                   # the nested form's value reached the model

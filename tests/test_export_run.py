@@ -143,3 +143,19 @@ def test_cli_exports_estimator_runs(tmp_path):
     eq(r.returncode, 1); assert "fp32" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     r = qtnb("export", src)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_export_pipeline_prepares_the_data_and_loads_the_model_once(run, tmp_path, monkeypatch):
+    import qtnb.data, qtnb.registry
+    from qtnb.pipeline import export
+    d, _, _ = run
+    calls = {"prepare": 0, "load_run_model": 0}
+    def counted(name, fn):
+        def f(*a, **k): calls[name] += 1; return fn(*a, **k)
+        return f
+    monkeypatch.setattr(qtnb.data, "prepare", counted("prepare", qtnb.data.prepare))
+    monkeypatch.setattr(qtnb.registry, "load_run_model", counted("load_run_model", qtnb.registry.load_run_model))
+    rep = export(source_run=d.name, runs_dir=str(tmp_path / "runs"), format="onnx", precision="fp32", latency_runs=10, verbose=False)
+    eq(calls, {"prepare": 1, "load_run_model": 1})                 # one preparation and one best.pt load serve export, parity and timing
+    eq(rep.exported, d / "model.onnx")
+    assert rep.metrics["export"]["parity"]["max_abs_diff"] < 1e-4, rep.metrics["export"]

@@ -47,7 +47,7 @@ def test_train_holdout_writes_the_run_store(planted_run):
     m = metrics(run)
     assert {"mse", "rmse", "mae", "r2", "corr", "snr_db"} | TRADING <= set(m["test"]), sorted(m["test"])
     p = yaml.safe_load((run / "params.yaml").read_text())
-    eq(p["pipeline"], "train"); eq(p["parameters"]["epochs"], 15); eq(p["model"]["name"], "mlp")
+    eq(p["pipeline"], "train"); eq(p["parameters"]["num_epochs"], 15); eq(p["model"]["name"], "mlp")
     lin = json.loads((run / "lineage.json").read_text())
     assert lin["data_fingerprint"] and lin["config_hash"] and "torch" in lin["packages"]
     assert "epoch 1/15" in r.stdout and str(run / "notebook.ipynb") in r.stdout   # progress streamed, paths printed
@@ -165,7 +165,7 @@ def test_papermill_directly(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     run = only_run(tmp_path / "runs")
     eq(status(run)["state"], "completed")
-    eq(yaml.safe_load((run / "params.yaml").read_text())["parameters"]["epochs"], 1)
+    eq(yaml.safe_load((run / "params.yaml").read_text())["parameters"]["num_epochs"], 1)   # -p epochs, the old name, lands as num_epochs
     assert out.is_file()
 
 def test_parameters_cells_match_the_schemas():

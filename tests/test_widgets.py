@@ -199,7 +199,7 @@ def _shown_html(w) -> str:
 
 @pytest.mark.parametrize("values, says", [(dict(model="lstmm"), "unknown model 'lstmm'"),
                                           (dict(model="lstm", model_params={"hidden_size": 0}), "hidden_size=0"),
-                                          (dict(epochs=0), "epochs=0")])
+                                          (dict(num_epochs=0), "num_epochs=0")])
 def test_pipeline_form_shows_one_message_per_problem_and_disables_train(values, says):
     import html
     from qtnb.pipeline import TrainParams
@@ -217,7 +217,7 @@ def test_pipeline_form_train_button_runs_the_forms_values(tmp_path):
     from qtnb.pipeline import LiveTrain, TrainParams
     from qtnb.widgets import ConfigForm
     form = ConfigForm(TrainParams)
-    form.set(data="synthetic:planted", seq_len=8, epochs=2, batch_size=512, runs_dir=str(tmp_path), model="lstm")
+    form.set(data="synthetic:planted", seq_len=8, num_epochs=2, batch_size=512, runs_dir=str(tmp_path), model="lstm")
     form.model_form.set(hidden_size=8, num_layers=1)               # the nested form, as a user edits it
     eq(form.value.model_params, {"hidden_size": 8, "num_layers": 1} | form.model_form.params)
     form.train_button.click()
