@@ -272,6 +272,10 @@ class Resident:
         self.trims += 1
         self._base = _file_rss()                      # what is left: other files' pages, and those faulted in since
 
+    def check(self) -> None:
+        "Hand the pages back now if they are over the budget (a gather calls this: it maps faster than the thread looks)."
+        if self._thread is not None and _file_rss() > self._base + self.budget: self.trim()
+
     def _run(self, rss=_file_rss, sleep=time.sleep):   # bound here: module globals are gone at interpreter exit
         while True:
             try:
@@ -411,7 +415,7 @@ class StoredWindows(qd.Windows):
     "`Windows` over memory maps: the pages a gather mapped are handed back to the page cache right after it."
     def _gather(self, i):
         out = super()._gather(i)
-        RESIDENT.trim()
+        RESIDENT.check()
         return out
 
 # %% ../nbs/02b_panelstore.ipynb #6fa3fa51
