@@ -372,3 +372,17 @@ def run_cases(request, tmp_path_factory) -> dict:
     with ThreadPoolExecutor(max_workers=int(os.environ.get("QTNB_FAULT_WORKERS", "2"))) as ex:
         return dict(zip(selected, ex.map(one, selected)))
 
+
+def fault_tests(selected: list[str]):
+    """The module fixture and the parametrized `test_fault` of one test file running the cases `selected`: each case is
+    reported as its own test, all of them driven at once by `run_cases`."""
+    @pytest.fixture(scope="module")
+    def outcomes(request, tmp_path_factory) -> dict:
+        return run_cases(request, tmp_path_factory)
+
+    @pytest.mark.timeout(3600)
+    @pytest.mark.parametrize("case", selected)
+    def test_fault(case, outcomes):
+        e = outcomes[case]
+        if e is not None: raise e
+    return outcomes, test_fault

@@ -15,21 +15,12 @@ test_faults_disk.py), which pytest-xdist runs on different workers; in each file
 in parallel threads (each case drives its own processes in its own run store; QTNB_FAULT_WORKERS, default 2), and each case is reported as its own test.
 """
 import nbformat
-import pytest
 
-from faults import CASES, run_cases
+from faults import CASES, fault_tests
 
 SELECTED = [c for c in CASES if c.startswith("cli-") and "-cli-" in c]
 
-@pytest.fixture(scope="module")
-def outcomes(request, tmp_path_factory) -> dict:
-    return run_cases(request, tmp_path_factory)
-
-@pytest.mark.timeout(3600)
-@pytest.mark.parametrize("case", SELECTED)
-def test_fault(case, outcomes):
-    e = outcomes[case]
-    if e is not None: raise e
+outcomes, test_fault = fault_tests(SELECTED)
 
 def test_there_are_enough_cases():
     "Every case is in exactly one of the test_faults*.py files."

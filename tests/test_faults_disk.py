@@ -1,16 +1,6 @@
 """Fault injection (see test_faults.py): a full disk during each kind of write, and damaged run files."""
-import pytest
-
-from faults import CASES, run_cases
+from faults import CASES, fault_tests
 
 SELECTED = [c for c in CASES if c.startswith(("full-disk-", "damaged-"))]
 
-@pytest.fixture(scope="module")
-def outcomes(request, tmp_path_factory) -> dict:
-    return run_cases(request, tmp_path_factory)
-
-@pytest.mark.timeout(3600)
-@pytest.mark.parametrize("case", SELECTED)
-def test_fault(case, outcomes):
-    e = outcomes[case]
-    if e is not None: raise e
+outcomes, test_fault = fault_tests(SELECTED)
