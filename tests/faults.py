@@ -113,7 +113,7 @@ def check_store(runs: Path, *, damaged=(), case="") -> dict:
     return states
 
 def rerun_cli(runs: Path):
-    r = run_cmd(qtnb_cmd("run", "train", *TRAIN, "-p", "epochs", "1", "-q", runs=runs))
+    r = run_cmd(qtnb_cmd("run", "train", *TRAIN, "-p", "num_epochs", "1", "-q", runs=runs))
     assert r.returncode == 0, r.stdout[-1500:] + r.stderr[-1500:]
     assert "completed: run" in r.stdout
 
@@ -135,7 +135,7 @@ SIGS = {"SIGTERM": signal.SIGTERM, "SIGINT": signal.SIGINT, "SIGHUP": signal.SIG
 def case_cli_signal(tmp: Path, rng: random.Random, sig: str, target: str, when: str, validation="holdout"):
     runs = tmp / "runs"; runs.mkdir()
     extra = ["-p", "validation", "walk_forward", "-p", "n_folds", "2"] if validation == "walk_forward" else []
-    p = spawn(qtnb_cmd("run", "train", *TRAIN, *extra, "-p", "epochs", "300", runs=runs), tmp / "log.txt")
+    p = spawn(qtnb_cmd("run", "train", *TRAIN, *extra, "-p", "num_epochs", "300", runs=runs), tmp / "log.txt")
     try:
         if when == "start":                                  # as soon as the run exists: the kernel may not be up yet
             run = wait_until(lambda: newest_run(runs), what="the run folder")
@@ -179,7 +179,7 @@ def case_cli_signal(tmp: Path, rng: random.Random, sig: str, target: str, when: 
 
 def case_sweep_signal(tmp: Path, rng: random.Random, sig: str, workers: int):
     runs = tmp / "runs"; runs.mkdir()
-    p = spawn(qtnb_cmd("sweep", "train", *TRAIN, "-p", "epochs", "300", "-g", "seed", "1,2,3", "--workers", workers,
+    p = spawn(qtnb_cmd("sweep", "train", *TRAIN, "-p", "num_epochs", "300", "-g", "seed", "1,2,3", "--workers", workers,
                        runs=runs), tmp / "log.txt")
     try:
         wait_until(lambda: any(status(d).get("heartbeat") for d in run_dirs(runs)), what="a sweep run's kernel")
@@ -281,7 +281,7 @@ def case_api_write_full(tmp: Path, rng: random.Random, what: str, template: Path
 def case_cli_full_disk(tmp: Path, rng: random.Random, what: str):
     runs = tmp / "runs"; runs.mkdir()
     nbytes = {"notebook": 1 << 20, "checkpoint": 30_000}[what]   # the first save of the record is ~8 kB
-    p = spawn(qtnb_cmd("run", "train", *TRAIN, "-p", "epochs", "2", runs=runs), tmp / "log.txt", fsize=nbytes)
+    p = spawn(qtnb_cmd("run", "train", *TRAIN, "-p", "num_epochs", "2", runs=runs), tmp / "log.txt", fsize=nbytes)
     rc = finish(p)
     out = (tmp / "log.txt").read_text()
     assert rc == 1, out[-2000:]

@@ -18,7 +18,7 @@ STUDY = "faults"
 
 def tune_cmd(runs, *extra, n=N, workers=1):
     return [QTNB, "run", "tune", "-q", "-p", "data", "synthetic:planted", "-p", "model", "mlp", "-p", "seq_len", "8",
-            "-p", "epochs", "2", "-p", "sampler", "random", "-p", "pruner", "none", "-p", "seed", "0",
+            "-p", "num_epochs", "2", "-p", "sampler", "random", "-p", "pruner", "none", "-p", "seed", "0",
             "-p", "study_name", STUDY, "-p", "n_trials", str(n), "-p", "workers", str(workers), *map(str, extra), "--runs-dir", str(runs)]
 
 

@@ -191,13 +191,10 @@ def unwatch(self: TunerPanel) -> None:
 
 @patch
 def open_dashboard(self: TunerPanel, port: int | None = None) -> str:
-    "Start optuna-dashboard for this study on 127.0.0.1; its URL (also shown as a link)."
+    "Start optuna-dashboard for this study on 127.0.0.1; its URL (a str; `.stop()` ends the server), also shown as a link."
     from qtnb.tuner import start_dashboard
-    if self.dashboard_url is None:
-        spec = getattr(self.source, "storage", None)      # a qtnb Tuner's storage; a plain study: its run store's studies
-        where = None if spec is not None else (self.study.user_attrs.get("qtnb") or {}).get("runs_dir")
-        self.dashboard_url = str(start_dashboard(getattr(spec, "url", None), runs_dir=where, host="127.0.0.1",
-                                                 port=port or 0, background=True))
+    if self.dashboard_url is None:                     # the open study, served through its own storage (RDB or journal)
+        self.dashboard_url = start_dashboard(self.study, host="127.0.0.1", port=port or 0, background=True)
     self.dashboard_link.value = f'<a href="{self.dashboard_url}" target="_blank">{self.dashboard_url}</a>'
     if not self.widgets: print(f"optuna-dashboard: {self.dashboard_url}", flush=True)
     return self.dashboard_url
