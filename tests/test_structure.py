@@ -218,7 +218,7 @@ THIN = {"00_config": 0.18, "01_datasets": 0.32, "02_data": 0.14, "02b_panelstore
         "05a_tracking": 0.2, "06_trainer": 0.15, "06b_distributed": 0.1, "07a_tuner.space": 0.38,
         "07d_tuner.storage": 0.38, "07e_tuner.trials": 0.38, "07f_tuner.core": 0.38, "07i_tuner.training": 0.38,
         "07k_tuner.dashboard": 0.38, "08_export": 0.17, "08a_modelfile": 0.21, "09_tensorrt": 0.07, "10_runs": 0.33,
-        "10a_registry": 0.22, "11_widgets.charts": 0.39, "11a_widgets.forms": 0.38, "11c_widgets.tuner_panel": 0.38,
+        "10a_registry": 0.22, "11_widgets.charts": 0.39, "11a_widgets.forms": 0.38,
         "11d_widgets.run_browser": 0.38, "12_pipeline": 0.1, "12a_cli": 0.13, "13_predict": 0.15, "14_serve": 0.15,
         "15_report": 0.25}
 # Notebooks with exported cells over MAX_EXPORT_CELL lines: at most this many (measured 2026-12-05); none may join.
