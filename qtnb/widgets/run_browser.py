@@ -36,18 +36,16 @@ def _traded_as(run) -> tuple[dict, float]:
 
 def run_equity(run) -> pd.DataFrame | None:
     "A run's out-of-sample `equity` and `buy_hold` by date (a panel: its portfolio), or None when it has no predictions."
-    from qtnb.metrics import backtest, portfolio_returns
+    from qtnb.metrics import backtest, portfolio_backtest
     bt = Path(run.path) / "backtest.csv"
     if bt.is_file(): return pd.read_csv(bt, index_col=0, parse_dates=True)[["equity", "buy_hold"]]
     d = _predictions(run)
     if d is None: return None
     tr, cost = _traded_as(run)
     if "symbol" in d and d["symbol"].nunique() > 1:
-        args = (d["forward_return"].to_numpy(), d["date"], d["symbol"].to_numpy())
-        pr = portfolio_returns(d["signal"].to_numpy(), *args, cost_bps=cost, weighting=tr.get("weighting", "equal"),
-                               long_only=tr.get("long_only", False))
-        hold = portfolio_returns(np.ones(len(d)), *args)          # equal-weight buy-and-hold of every symbol
-        return pd.DataFrame({"equity": (1 + pr["portfolio_return"]).cumprod(), "buy_hold": (1 + hold["portfolio_return"]).cumprod()})
+        return portfolio_backtest(d["signal"].to_numpy(), d["forward_return"].to_numpy(), d["date"], d["symbol"].to_numpy(),
+                                  cost_bps=cost, weighting=tr.get("weighting", "equal"),
+                                  long_only=tr.get("long_only", False))[["equity", "buy_hold"]]   # the report's portfolio
     return backtest(d["signal"].to_numpy(), d["forward_return"].to_numpy(), d["date"], cost_bps=cost,
                     horizon=tr.get("horizon", 1), hold=tr.get("hold", "next"))[["equity", "buy_hold"]]
 
