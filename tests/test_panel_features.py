@@ -4,7 +4,8 @@ import pandas as pd
 import pytest
 from fastcore.test import test_close as close, test_eq as eq
 
-from qtnb.data import FEATURES, DataConfig, _one_symbol, compute_features, feature_specs, prepare, validate_frame
+from qtnb.data import FEATURES, DataConfig, compute_features, feature_specs, prepare, validate_frame
+from qtnb.data.features import _one_symbol
 from qtnb.datasets import random_walk
 
 

@@ -67,6 +67,7 @@ def _volume_z(df, n, pc):
     m, s = _rmean(v, n), _rstd(v, n)
     return ((v - m) / s.where(s > 0)).where(s.isna() | (s > 0), 0.0)
 
+# %% ../../nbs/02_data.features.ipynb #47a1d81d
 # name -> (function of (frame, window, price_col), default window or None, input columns it needs besides the price)
 FEATURES: dict[str, tuple[Callable, int | None, tuple[str, ...]]] = {
     "ret":      (lambda df, n, pc: _close(df, pc) / _close(df, pc).shift(n) - 1, 1, ()),

@@ -123,6 +123,7 @@ def _index_by_time(df: pd.DataFrame, time_col: str | None, where: str, **dates) 
     out.index = pd.DatetimeIndex(t, name=str(time_col))
     return out
 
+# %% ../../nbs/02_data.frames.ipynb #c442559a
 def data_file(source: str | Path) -> Path | None:
     "The data file `source` names, checked (exists, a file, readable, not empty, a known suffix); None for a dataset name."
     from qtnb.datasets import dataset_names
@@ -193,8 +194,8 @@ def _bare(df: pd.DataFrame) -> pd.DataFrame:
     out.attrs = {}
     return out
 
-def _validate(df: pd.DataFrame, symbol_col: str | None, columns: Sequence[str] | None, fill: str) -> tuple:
-    "`validate_frame`'s frame, the first row of each symbol's block and the symbols' names (None: not read here)."
+def _check_columns(df: pd.DataFrame, symbol_col: str | None, columns: Sequence[str] | None, fill: str) -> tuple:
+    "(frame with a naive index, symbol column, value columns) after the checks that need no sorting."
     if not isinstance(df, pd.DataFrame): raise DataError(f"expected a pandas DataFrame, got {type(df).__name__}; load it with load_frame")
     if len(df) == 0 or len(df.columns) == 0:
         raise DataError(f"the frame is empty ({len(df)} rows, {len(df.columns)} columns); pass a frame with data")
@@ -221,58 +222,71 @@ def _validate(df: pd.DataFrame, symbol_col: str | None, columns: Sequence[str] |
     if df.index.hasnans:
         raise DataError(f"the index has a missing timestamp (NaT) at row {_first_bad(df.index.isna())}; drop or fix that row")
     if df.index.tz is not None: df = df.tz_convert("UTC").tz_localize(None)
-    attrs, df = df.attrs, _bare(df)
-    if sym is not None:
-        s = df[sym]
-        if s.isna().any():
-            raise DataError(f"symbol column {sym!r} is empty at row {_first_bad(s.isna().to_numpy())}; fill or drop those rows")
-        starts = _run_starts(s)
-        names = np.array([str(v) for v in _values_at(s, starts)], dtype=object)
-        found = list(names)                           # what Prepared would read again at these rows
-        if len(set(names)) < len(starts):             # a symbol's rows in several blocks: sort by symbol (a copy)
-            codes, names = pd.factorize(s.astype(str), sort=True)
-            order = np.argsort(codes, kind="stable")
-            df = df.iloc[order]
-            starts = np.concatenate([[0], np.flatnonzero(np.diff(codes[order])) + 1])
-            names, found = np.asarray(names), None
-    else:
-        starts, names, found = np.zeros(1, dtype=np.int64), np.array([None]), []
+    return df, sym, cols
+
+# %% ../../nbs/02_data.frames.ipynb #211945b4
+def _by_symbol(df: pd.DataFrame, sym: str | None) -> tuple:
+    "(frame, first row of each symbol's block, names, names as found or None): a symbol in several blocks is sorted (a copy)."
+    if sym is None: return df, np.zeros(1, dtype=np.int64), np.array([None]), []
+    s = df[sym]
+    if s.isna().any():
+        raise DataError(f"symbol column {sym!r} is empty at row {_first_bad(s.isna().to_numpy())}; fill or drop those rows")
+    starts = _run_starts(s)
+    names = np.array([str(v) for v in _values_at(s, starts)], dtype=object)
+    if len(set(names)) == len(starts): return df, starts, names, list(names)   # what Prepared would read again there
+    codes, names = pd.factorize(s.astype(str), sort=True)
+    order = np.argsort(codes, kind="stable")
+    return df.iloc[order], np.concatenate([[0], np.flatnonzero(np.diff(codes[order])) + 1]), np.asarray(names), None
+
+def _where(sym: str | None, names, starts: np.ndarray, i: int) -> str:
+    return f"symbol {names[np.searchsorted(starts, i, side='right') - 1]!r}" if sym is not None else "the series"
+
+def _check_times(df: pd.DataFrame, sym: str | None, starts: np.ndarray, names) -> None:
+    "Raise unless every symbol's timestamps increase strictly."
     t = df.index.asi8
     same = np.ones(max(len(df) - 1, 0), dtype=bool)   # row i + 1 is the same symbol as row i
     same[starts[1:] - 1] = False
-    def where(i): return f"symbol {names[np.searchsorted(starts, i, side='right') - 1]!r}" if sym is not None else "the series"
-    if ((t[1:] <= t[:-1]) & same).any():
-        back = same & (t[1:] < t[:-1])
-        if back.any():
-            i = _first_bad(back)
-            raise DataError(f"timestamps of {where(i)} are not sorted: {df.index[i + 1]} comes after {df.index[i]}; "
-                            f"sort with df.sort_index() (or sort_values([symbol, time]))")
-        i = _first_bad(same & (t[1:] == t[:-1]))
-        raise DataError(f"{where(i)} has duplicate timestamp {df.index[i]}; drop duplicates "
-                        f"(df[~df.index.duplicated()]) or aggregate them")
-    del same
-    keep = list(dict.fromkeys(([sym] if sym is not None else []) + cols))
-    taken = {c: df[c] for c in keep}
+    if not ((t[1:] <= t[:-1]) & same).any(): return
+    back = same & (t[1:] < t[:-1])
+    if back.any():
+        i = _first_bad(back)
+        raise DataError(f"timestamps of {_where(sym, names, starts, i)} are not sorted: {df.index[i + 1]} comes after "
+                        f"{df.index[i]}; sort with df.sort_index() (or sort_values([symbol, time]))")
+    i = _first_bad(same & (t[1:] == t[:-1]))
+    raise DataError(f"{_where(sym, names, starts, i)} has duplicate timestamp {df.index[i]}; drop duplicates "
+                    f"(df[~df.index.duplicated()]) or aggregate them")
+
+# %% ../../nbs/02_data.frames.ipynb #d8a3fefc
+def _fill(out: pd.DataFrame, cols: list, sym: str | None, starts: np.ndarray, names, found, fill: str) -> tuple:
+    "(frame, starts, found) with non-finite values refused (fill='none'), forward-filled within a symbol, or dropped."
+    vals = out[cols].to_numpy(dtype="float64")
+    if fill == "none":
+        r, c = np.argwhere(~np.isfinite(vals))[0]
+        n_nan, n_inf = int(np.isnan(vals).sum()), int(np.isinf(vals).sum())
+        what = f"{n_nan} NaN" if np.isnan(vals[r, c]) else f"{n_inf} infinite"
+        raise DataError(f"column {cols[c]!r} has {what} value(s), first at {out.index[r]} ({_where(sym, names, starts, r)}); "
+                        f"clean the data or set {qcfg.param_hint('fill', 'ffill')} (or {qcfg.param_hint('fill', 'drop')})")
+    out = out.copy()
+    out[cols] = out[cols].astype("float64").replace([np.inf, -np.inf], np.nan)
+    if fill == "ffill":
+        codes = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(out)]))
+        out[cols] = out.groupby(codes)[cols].ffill() if sym is not None else out[cols].ffill()
+    out = out[out[cols].notna().all(axis=1).to_numpy()]
+    if len(out) == 0: raise DataError(f"no row is left after fill={fill!r} removed non-finite values; clean the data")
+    if sym is not None: starts, found = _run_starts(out[sym]), None      # rows dropped: the blocks moved
+    return out, starts, found
+
+def _validate(df: pd.DataFrame, symbol_col: str | None, columns: Sequence[str] | None, fill: str) -> tuple:
+    "`validate_frame`'s frame, the first row of each symbol's block and the symbols' names (None: not read here)."
+    df, sym, cols = _check_columns(df, symbol_col, columns, fill)
+    attrs, df = df.attrs, _bare(df)
+    df, starts, names, found = _by_symbol(df, sym)
+    _check_times(df, sym, starts, names)
+    taken = {c: df[c] for c in dict.fromkeys(([sym] if sym is not None else []) + cols)}
     out = pd.DataFrame(taken, index=df.index, copy=False)   # the columns, not a copy of them
     out.attrs.update(attrs)                           # what a generator recorded (e.g. a planted series' optimal_r2)
-    if not all(np.isfinite(taken[c].to_numpy(dtype="float64")).all() for c in cols):
-        vals = out[cols].to_numpy(dtype="float64")
-        bad = ~np.isfinite(vals)
-        if fill == "none":
-            r, c = np.argwhere(bad)[0]
-            n_nan, n_inf = int(np.isnan(vals).sum()), int(np.isinf(vals).sum())
-            what = f"{n_nan} NaN" if np.isnan(vals[r, c]) else f"{n_inf} infinite"
-            raise DataError(f"column {cols[c]!r} has {what} value(s), first at {out.index[r]} ({where(r)}); "
-                            f"clean the data or set {qcfg.param_hint('fill', 'ffill')} (or {qcfg.param_hint('fill', 'drop')})")
-        out = out.copy()
-        out[cols] = out[cols].astype("float64").replace([np.inf, -np.inf], np.nan)
-        if fill == "ffill":
-            codes = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(out)]))
-            out[cols] = out.groupby(codes)[cols].ffill() if sym is not None else out[cols].ffill()
-        out = out[out[cols].notna().all(axis=1).to_numpy()]
-        if len(out) == 0: raise DataError(f"no row is left after fill={fill!r} removed non-finite values; clean the data")
-        if sym is not None: starts, found = _run_starts(out[sym]), None      # rows dropped: the blocks moved
-    return out, starts, found
+    if all(np.isfinite(taken[c].to_numpy(dtype="float64")).all() for c in cols): return out, starts, found
+    return _fill(out, cols, sym, starts, names, found, fill)
 
 def validate_frame(df: pd.DataFrame, *,
                    symbol_col: str | None = None,   # column naming each row's symbol; default 'symbol' when present

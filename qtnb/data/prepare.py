@@ -129,6 +129,7 @@ def _targets(self: Fold, train_ends: list, chunk: int = 1 << 16) -> tuple:
     if tscaler is not None: _scale_rows(y, 0, len(y), tscaler)
     return torch.from_numpy(y), tscaler, y.shape[1]
 
+# %% ../../nbs/02_data.prepare.ipynb #2ed2b6cc
 @patch
 def _build(self: Fold) -> dict:
     if self._built is not None: return self._built
@@ -242,6 +243,7 @@ def _rows_kept(self: Prepared, c: DataConfig, chunk: int = 1 << 14) -> None:
     self._is_end = np.zeros(len(X), dtype=bool)
     for f, z in zip((first + L - 1).tolist(), last.tolist()): self._is_end[f:z] = True
 
+# %% ../../nbs/02_data.prepare.ipynb #3a0e1fa7
 @patch
 def _positions(self: Prepared, frame: pd.DataFrame, c: DataConfig, chunk: int = 1 << 16) -> None:
     "Each row's position on the panel's date axis, in the smallest integer type that holds them."

@@ -52,85 +52,86 @@ def _complement(evals: list[Range], lo: int, hi: int, before: int, after: int) -
 def _need(ok: bool, what: str, scheme: str, fix: str) -> None:
     if not ok: raise InsufficientData(f"{scheme}: {what}; {fix}")
 
+# %% ../../nbs/02_data.splits.ipynb #dfd9013c
+def _holdout(c: DataConfig, lo: int, hi: int, p: int) -> list[Split]:
+    "Train, validation and test in time order by fraction, `p` rows purged between them."
+    m, scheme = hi - lo, c.validation
+    n_tr, n_va = int(m * c.train_frac), int(m * c.val_frac)
+    n_te = int(m * c.test_frac) if c.train_frac + c.val_frac + c.test_frac < 1 - 1e-9 else m - n_tr - n_va
+    if c.test_frac == 0: n_te = 0
+    b1, b2, b3 = lo + n_tr, lo + n_tr + n_va, lo + n_tr + n_va + n_te
+    tr = (lo, b1 - (p if n_va + n_te else 0))
+    va = (b1, b2 - (p if n_te else 0)) if c.val_frac > 0 else None
+    te = (b2, b3) if c.test_frac > 0 else None
+    for name, r in (("training", tr), ("validation", va), ("test", te)):
+        if r is not None:
+            _need(r[1] > r[0], f"the {name} range is empty after a purge of {p} rows ({m} positions, "
+                  f"fractions {c.train_frac}/{c.val_frac}/{c.test_frac})", scheme, "give it a larger fraction or more data")
+    return [Split([tr], [va] if va else None, [te] if te else None, name="holdout")]
+
+def _walk_forward(c: DataConfig, lo: int, hi: int, p: int) -> list[Split]:
+    "n_folds test blocks at the end; each trains on what precedes it (expanding or sliding), its tail as validation."
+    k, m, scheme = c.n_folds, hi - lo, c.validation
+    block = m // (k + 1)
+    _need(block > p + 1, f"{m} positions make folds of {block} rows, no more than the purge of {p}", scheme,
+          "use fewer folds, a shorter horizon, or more data")
+    size, out = c.max_train_size or block, []
+    for i in range(k):
+        ts, te = lo + (i + 1) * block, (lo + (i + 2) * block if i < k - 1 else hi)
+        s = lo if c.train_window == "expanding" else max(lo, ts - size)
+        v = int(round((ts - s) * c.val_frac / (c.train_frac + c.val_frac))) if c.val_frac > 0 else 0
+        tr = (s, ts - v - p) if v else (s, ts - p)
+        va = (ts - v, ts - p) if v else None
+        _need(tr[1] > tr[0], f"fold {i} has no training rows left after validation ({v}) and purge ({p})", scheme,
+              "lower val_frac, raise max_train_size, or use fewer folds")
+        _need(va is None or va[1] > va[0], f"fold {i}'s validation range ({v} rows) is used up by the purge of {p}",
+              scheme, "raise val_frac or set val_frac=0")
+        out.append(Split([tr], [va] if va else None, [(ts, te)], name=f"fold {i}"))
+    return out
+
+# %% ../../nbs/02_data.splits.ipynb #5ca4e964
+def _kfold_evals(c: DataConfig, lo: int, hi: int, strata: np.ndarray | None) -> list[list[Range]]:
+    "Each fold's evaluation blocks: n_folds contiguous blocks, or 4 x n_folds dealt so each fold's label mix is the whole's."
+    k, m, scheme = c.n_folds, hi - lo, c.validation
+    if scheme == "purged_kfold":
+        _need(m >= 2 * k, f"{m} positions cannot make {k} folds", scheme, "use fewer folds or more data")
+        edges = np.linspace(lo, hi, k + 1).round().astype(int)
+        return [[(int(edges[i]), int(edges[i + 1]))] for i in range(k)]
+    nb = 4 * k
+    _need(m >= 2 * nb, f"{m} positions cannot make {nb} blocks for {k} stratified folds", scheme, "use fewer folds or more data")
+    edges = np.linspace(lo, hi, nb + 1).round().astype(int)
+    st = np.zeros(m) if strata is None else np.asarray(strata, dtype="float64")
+    if len(st) != m: raise DataError(f"stratified_kfold needs one label per position: got {len(st)} for {m}")
+    score = np.array([np.nanmean(st[a - lo:b - lo]) if b > a else 0 for a, b in zip(edges[:-1], edges[1:])])
+    fold_of = np.empty(nb, dtype=int)
+    for j, blk in enumerate(np.argsort(score, kind="stable")):   # snake dealing: 0..k-1, k-1..0, ... keeps each mix near the whole
+        r, q = divmod(j, k)
+        fold_of[blk] = q if r % 2 == 0 else k - 1 - q
+    return [_merge([(int(edges[b]), int(edges[b + 1])) for b in range(nb) if fold_of[b] == i]) for i in range(k)]
+
 def split_plan(stop: int, config: DataConfig, *, start: int = 0,
                strata: np.ndarray | None = None  # a label per position in [start, stop), for stratified_kfold
                ) -> list[Split]:
     "The splits of positions [start, stop) under `config.validation`, purged and embargoed."
     c = as_data_config(config)
-    lo, hi, m = int(start), int(stop), int(stop) - int(start)
+    lo, hi, scheme = int(start), int(stop), c.validation
     p, emb, L = c.effective_purge, c.embargo or 0, c.seq_len   # prepare resolves embargo=None to the feature lookback
     after = p + emb + L - 1
     both = p + emb + L - 1 if emb else p   # schemes training on both sides keep the feature gap before each block too
-    scheme = c.validation
-    _need(m > 0, f"no window positions to split (start={lo}, stop={hi})", scheme, "supply more rows")
-    if scheme == "holdout":
-        n_tr, n_va = int(m * c.train_frac), int(m * c.val_frac)
-        n_te = int(m * c.test_frac) if c.train_frac + c.val_frac + c.test_frac < 1 - 1e-9 else m - n_tr - n_va
-        if c.test_frac == 0: n_te = 0
-        b1, b2, b3 = lo + n_tr, lo + n_tr + n_va, lo + n_tr + n_va + n_te
-        tr = (lo, b1 - (p if n_va + n_te else 0))
-        va = (b1, b2 - (p if n_te else 0)) if c.val_frac > 0 else None
-        te = (b2, b3) if c.test_frac > 0 else None
-        for name, r in (("training", tr), ("validation", va), ("test", te)):
-            if r is not None:
-                _need(r[1] > r[0], f"the {name} range is empty after a purge of {p} rows ({m} positions, "
-                      f"fractions {c.train_frac}/{c.val_frac}/{c.test_frac})", scheme, "give it a larger fraction or more data")
-        return [Split([tr], [va] if va else None, [te] if te else None, name="holdout")]
-    if scheme == "walk_forward":
-        k = c.n_folds
-        block = m // (k + 1)
-        _need(block > p + 1, f"{m} positions make folds of {block} rows, no more than the purge of {p}", scheme,
-              "use fewer folds, a shorter horizon, or more data")
-        size = c.max_train_size or block
-        out = []
-        for i in range(k):
-            ts, te = lo + (i + 1) * block, (lo + (i + 2) * block if i < k - 1 else hi)
-            s = lo if c.train_window == "expanding" else max(lo, ts - size)
-            span = ts - s
-            v = int(round(span * c.val_frac / (c.train_frac + c.val_frac))) if c.val_frac > 0 else 0
-            tr = (s, ts - v - p) if v else (s, ts - p)
-            va = (ts - v, ts - p) if v else None
-            _need(tr[1] > tr[0], f"fold {i} has no training rows left after validation ({v}) and purge ({p})", scheme,
-                  "lower val_frac, raise max_train_size, or use fewer folds")
-            _need(va is None or va[1] > va[0], f"fold {i}'s validation range ({v} rows) is used up by the purge of {p}",
-                  scheme, "raise val_frac or set val_frac=0")
-            out.append(Split([tr], [va] if va else None, [(ts, te)], name=f"fold {i}"))
-        return out
-    if scheme in ("purged_kfold", "stratified_kfold"):
-        k = c.n_folds
-        if scheme == "purged_kfold":
-            _need(m >= 2 * k, f"{m} positions cannot make {k} folds", scheme, "use fewer folds or more data")
-            edges = np.linspace(lo, hi, k + 1).round().astype(int)
-            evals = [[(int(edges[i]), int(edges[i + 1]))] for i in range(k)]
-        else:
-            nb = 4 * k
-            _need(m >= 2 * nb, f"{m} positions cannot make {nb} blocks for {k} stratified folds", scheme,
-                  "use fewer folds or more data")
-            edges = np.linspace(lo, hi, nb + 1).round().astype(int)
-            st = np.zeros(m) if strata is None else np.asarray(strata, dtype="float64")
-            if len(st) != m: raise DataError(f"stratified_kfold needs one label per position: got {len(st)} for {m}")
-            score = np.array([np.nanmean(st[a - lo:b - lo]) if b > a else 0 for a, b in zip(edges[:-1], edges[1:])])
-            order = np.argsort(score, kind="stable")
-            fold_of = np.empty(nb, dtype=int)
-            for j, blk in enumerate(order):  # snake dealing: 0..k-1, k-1..0, ... keeps each fold's mix near the whole
-                r, q = divmod(j, k)
-                fold_of[blk] = q if r % 2 == 0 else k - 1 - q
-            evals = [_merge([(int(edges[b]), int(edges[b + 1])) for b in range(nb) if fold_of[b] == i]) for i in range(k)]
-        out = []
-        for i, ev in enumerate(evals):
-            tr = _complement(ev, lo, hi, both, after)
-            _need(sum(b - a for a, b in tr) > 0, f"fold {i} has no training rows after purge {p} and embargo {emb}",
-                  scheme, "use fewer folds, a smaller embargo, or more data")
-            out.append(Split(tr, ev, None, name=f"fold {i}"))
-        return out
-    if scheme == "leave_one_out":
-        out = []
-        for q in range(lo, hi):
-            tr = _complement([(q, q + 1)], lo, hi, both, after)
-            _need(sum(b - a for a, b in tr) > 0, f"position {q} leaves no training rows", scheme, "supply more data")
-            out.append(Split(tr, [(q, q + 1)], None, name=f"loo {q - lo}"))
-        return out
-    raise ConfigError(f"validation={scheme!r} is invalid; allowed: holdout, walk_forward, purged_kfold, stratified_kfold, leave_one_out")
+    _need(hi > lo, f"no window positions to split (start={lo}, stop={hi})", scheme, "supply more rows")
+    if scheme == "holdout": return _holdout(c, lo, hi, p)
+    if scheme == "walk_forward": return _walk_forward(c, lo, hi, p)
+    if scheme in ("purged_kfold", "stratified_kfold"): evals = _kfold_evals(c, lo, hi, strata)
+    elif scheme == "leave_one_out": evals = [[(q, q + 1)] for q in range(lo, hi)]
+    else: raise ConfigError(f"validation={scheme!r} is invalid; allowed: holdout, walk_forward, purged_kfold, stratified_kfold, leave_one_out")
+    out = []
+    for i, ev in enumerate(evals):
+        tr = _complement(ev, lo, hi, both, after)
+        if scheme == "leave_one_out": _need(sum(b - a for a, b in tr) > 0, f"position {ev[0][0]} leaves no training rows", scheme, "supply more data")
+        _need(sum(b - a for a, b in tr) > 0, f"fold {i} has no training rows after purge {p} and embargo {emb}",
+              scheme, "use fewer folds, a smaller embargo, or more data")
+        out.append(Split(tr, ev, None, name=f"fold {i}" if scheme != "leave_one_out" else f"loo {i}"))
+    return out
 
 # %% ../../nbs/02_data.splits.ipynb #27b76c86
 def check_plan(plan: Sequence[Split], config: DataConfig) -> None:

@@ -12,6 +12,7 @@ from typing import Callable, Iterator, Literal, Sequence
 import numpy as np
 import pandas as pd
 import torch
+from fastcore.basics import patch
 
 from ..errors import ConfigError, DataError, InsufficientData
 from .frames import DataConfig
@@ -75,6 +76,7 @@ class _Rows:
         return self.fn(np.flatnonzero(rows) if rows.dtype == bool else rows)   # a row mask, as an array would take it
     def __len__(self) -> int: return self.n
 
+# %% ../../nbs/02_data.windows.ipynb #484b98cc
 class Windows:
     "Windows of `seq_len` rows over one contiguous (T, F) float32 array; targets aligned at each window's last row."
     def __init__(self, x, y, ends, seq_len: int, *,
@@ -123,105 +125,119 @@ class Windows:
         "Bytes this object holds: the series, its targets and the run table (the view and batches are not held)."
         return sum(t.numel() * t.element_size() for t in (self.x, self.y, self._runs, self._cum))
 
-    def _rows(self, idx: torch.Tensor) -> torch.Tensor:
-        if len(self._runs) == 1: return idx + self._runs[0, 0]
-        j = torch.searchsorted(self._cum[1:], idx, right=True)
-        return self._runs[j, 0] + (idx - self._cum[j])
-
-    def _index(self, idx) -> tuple[torch.Tensor, bool]:
-        n = self._n
-        if isinstance(idx, (int, np.integer)):
-            i = int(idx) + (n if idx < 0 else 0)
-            if not 0 <= i < n: raise IndexError(f"window {idx} out of range for {n} windows")
-            return torch.tensor([i], device=self.device), True
-        if isinstance(idx, slice): return torch.arange(*idx.indices(n), device=self.device), False
-        t = torch.as_tensor(idx, device=self.device)
-        if t.dtype == torch.bool: t = t.nonzero().view(-1)
-        t = t.long().view(-1)
-        t = torch.where(t < 0, t + n, t)
-        if len(t) and (int(t.min()) < 0 or int(t.max()) >= n): raise IndexError(f"window index out of range for {n} windows")
-        return t, False
-
-    @property
-    def ends(self) -> torch.Tensor:
-        "Row of each window's last row, (n,) int64 (computed from the runs)."
-        return self._rows(torch.arange(self._n, device=self.device))
-
-    def _gather(self, i: torch.Tensor):
-        r = self._rows(i)
-        return self._strided[r - (self.seq_len - 1)], self.y[r]  # one gather from the overlapping strided view
-
-    def __getitem__(self, idx):
-        "Windows `idx` (int, slice, index tensor/array) gathered in one indexing operation: (xb (b, L, F), yb)."
-        i, single = self._index(idx)
-        xb, yb = self._gather(i)
-        return (xb[0], yb[0]) if single else (xb, yb)
-
-    def view(self) -> torch.Tensor:
-        "The (n, seq_len, F) strided view over x: zero-copy when the windows are one run of rows, else gathered."
-        if len(self._runs) == 1:
-            a, b = (int(v) for v in self._runs[0])
-            return self._strided[a - self.seq_len + 1: b - self.seq_len + 1]
-        return self[:][0]
-
-    def to(self, device) -> "Windows":
-        "The same windows with x, y and the run table on `device`."
-        new = object.__new__(Windows)
-        new.__dict__.update(self.__dict__)
-        new.x, new.y = self.x.to(device), self.y.to(device)
-        new._runs, new._cum = self._runs.to(device), self._cum.to(device)
-        T, F = new.x.shape
-        new._strided = new.x.as_strided((T - self.seq_len + 1, self.seq_len, F), (F, F, 1))
-        return new
-
-    def batches(self, batch_size: int = 64, *, shuffle: bool = False, generator: torch.Generator | None = None,
-                drop_last: bool = False,
-                augment: bool | Augment = False # True: this (training) Windows' configured augmentation; or an Augment
-                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        "Batches of (xb, yb), each gathered in one operation on this Windows' device."
-        if batch_size < 1: raise ConfigError(f"batch_size={batch_size} must be >= 1")
-        aug = None
-        if augment is True or isinstance(augment, Augment):
-            if self.role != "train": raise ConfigError(f"augmentation applies to training windows only, not to {self.role!r} windows")
-            aug = augment if isinstance(augment, Augment) else self.augment
-        small = torch.int32 if self._n < 2**31 else torch.int64   # the same permutation in half the memory (a panel's epoch)
-        order = torch.randperm(self._n, generator=generator, dtype=small).to(self.device) if shuffle else torch.arange(self._n, device=self.device)
-        stop = self._n - (self._n % batch_size if drop_last else 0)
-        for s in range(0, stop, batch_size):
-            xb, yb = self._gather(order[s:s + batch_size].long())
-            yield aug(xb, yb, generator) if aug is not None else (xb, yb)
-
-    def targets(self) -> torch.Tensor:
-        "y at the window ends: (n, H) or (n,)."
-        return self.y[self.ends]
-
-    @property
-    def forward_returns(self) -> np.ndarray | None:
-        "One-period log return from each window's last row to the next (t -> t+1), float64 (n,), at any horizon."
-        return None if self._fr is None else self._fr[self.ends.cpu().numpy()]
-
-    @property
-    def end_dates(self) -> pd.DatetimeIndex | None:
-        return None if self._dates is None else self._dates[self.ends.cpu().numpy()]
-
-    @property
-    def symbols(self) -> np.ndarray | None:
-        if self._symbols is None: return None
-        return (self._symbols if isinstance(self._symbols, _Rows) else np.asarray(self._symbols))[self.ends.cpu().numpy()]
-
-    def flat(self, lags: int | None = None) -> np.ndarray:
-        "The last `lags` rows of each window, oldest first, flattened to (n, lags * F) for tree and linear models."
-        lags = self.seq_len if lags is None else int(lags)
-        if not 1 <= lags <= self.seq_len: raise ConfigError(f"lags={lags} must be 1 to seq_len={self.seq_len}")
-        e = self.ends.cpu().numpy()
-        rows = e[:, None] - lags + 1 + np.arange(lags)[None]
-        return self.x.cpu().numpy()[rows].reshape(len(e), lags * self.n_features)
-
-    def numpy(self) -> tuple[np.ndarray, np.ndarray]:
-        "(x (n, seq_len, F) float32 copy, y) as NumPy arrays, for small data and tree models."
-        xb, yb = self[:]
-        return xb.cpu().numpy(), yb.cpu().numpy()
 
     def __repr__(self):
         return (f"Windows({self._n} x ({self.seq_len}, {self.n_features}), {self.task}, n_outputs={self.n_outputs}, "
                 f"role={self.role!r}, device={self.device})")
+
+# %% ../../nbs/02_data.windows.ipynb #fd74143e
+@patch
+def _rows(self: Windows, idx: torch.Tensor) -> torch.Tensor:
+    if len(self._runs) == 1: return idx + self._runs[0, 0]
+    j = torch.searchsorted(self._cum[1:], idx, right=True)
+    return self._runs[j, 0] + (idx - self._cum[j])
+
+@patch
+def _index(self: Windows, idx) -> tuple[torch.Tensor, bool]:
+    n = self._n
+    if isinstance(idx, (int, np.integer)):
+        i = int(idx) + (n if idx < 0 else 0)
+        if not 0 <= i < n: raise IndexError(f"window {idx} out of range for {n} windows")
+        return torch.tensor([i], device=self.device), True
+    if isinstance(idx, slice): return torch.arange(*idx.indices(n), device=self.device), False
+    t = torch.as_tensor(idx, device=self.device)
+    if t.dtype == torch.bool: t = t.nonzero().view(-1)
+    t = t.long().view(-1)
+    t = torch.where(t < 0, t + n, t)
+    if len(t) and (int(t.min()) < 0 or int(t.max()) >= n): raise IndexError(f"window index out of range for {n} windows")
+    return t, False
+
+@patch(as_prop=True)
+def ends(self: Windows) -> torch.Tensor:
+    "Row of each window's last row, (n,) int64 (computed from the runs)."
+    return self._rows(torch.arange(self._n, device=self.device))
+
+@patch
+def _gather(self: Windows, i: torch.Tensor):
+    r = self._rows(i)
+    return self._strided[r - (self.seq_len - 1)], self.y[r]  # one gather from the overlapping strided view
+
+@patch
+def __getitem__(self: Windows, idx):
+    "Windows `idx` (int, slice, index tensor/array) gathered in one indexing operation: (xb (b, L, F), yb)."
+    i, single = self._index(idx)
+    xb, yb = self._gather(i)
+    return (xb[0], yb[0]) if single else (xb, yb)
+
+@patch
+def view(self: Windows) -> torch.Tensor:
+    "The (n, seq_len, F) strided view over x: zero-copy when the windows are one run of rows, else gathered."
+    if len(self._runs) == 1:
+        a, b = (int(v) for v in self._runs[0])
+        return self._strided[a - self.seq_len + 1: b - self.seq_len + 1]
+    return self[:][0]
+
+# %% ../../nbs/02_data.windows.ipynb #be5f4276
+@patch
+def to(self: Windows, device) -> "Windows":
+    "The same windows with x, y and the run table on `device`."
+    new = object.__new__(Windows)
+    new.__dict__.update(self.__dict__)
+    new.x, new.y = self.x.to(device), self.y.to(device)
+    new._runs, new._cum = self._runs.to(device), self._cum.to(device)
+    T, F = new.x.shape
+    new._strided = new.x.as_strided((T - self.seq_len + 1, self.seq_len, F), (F, F, 1))
+    return new
+
+@patch
+def batches(self: Windows, batch_size: int = 64, *, shuffle: bool = False, generator: torch.Generator | None = None,
+            drop_last: bool = False,
+            augment: bool | Augment = False # True: this (training) Windows' configured augmentation; or an Augment
+            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    "Batches of (xb, yb), each gathered in one operation on this Windows' device."
+    if batch_size < 1: raise ConfigError(f"batch_size={batch_size} must be >= 1")
+    aug = None
+    if augment is True or isinstance(augment, Augment):
+        if self.role != "train": raise ConfigError(f"augmentation applies to training windows only, not to {self.role!r} windows")
+        aug = augment if isinstance(augment, Augment) else self.augment
+    small = torch.int32 if self._n < 2**31 else torch.int64   # the same permutation in half the memory (a panel's epoch)
+    order = torch.randperm(self._n, generator=generator, dtype=small).to(self.device) if shuffle else torch.arange(self._n, device=self.device)
+    stop = self._n - (self._n % batch_size if drop_last else 0)
+    for s in range(0, stop, batch_size):
+        xb, yb = self._gather(order[s:s + batch_size].long())
+        yield aug(xb, yb, generator) if aug is not None else (xb, yb)
+
+# %% ../../nbs/02_data.windows.ipynb #c644a5d5
+@patch
+def targets(self: Windows) -> torch.Tensor:
+    "y at the window ends: (n, H) or (n,)."
+    return self.y[self.ends]
+
+@patch(as_prop=True)
+def forward_returns(self: Windows) -> np.ndarray | None:
+    "One-period log return from each window's last row to the next (t -> t+1), float64 (n,), at any horizon."
+    return None if self._fr is None else self._fr[self.ends.cpu().numpy()]
+
+@patch(as_prop=True)
+def end_dates(self: Windows) -> pd.DatetimeIndex | None:
+    return None if self._dates is None else self._dates[self.ends.cpu().numpy()]
+
+@patch(as_prop=True)
+def symbols(self: Windows) -> np.ndarray | None:
+    if self._symbols is None: return None
+    return (self._symbols if isinstance(self._symbols, _Rows) else np.asarray(self._symbols))[self.ends.cpu().numpy()]
+
+@patch
+def flat(self: Windows, lags: int | None = None) -> np.ndarray:
+    "The last `lags` rows of each window, oldest first, flattened to (n, lags * F) for tree and linear models."
+    lags = self.seq_len if lags is None else int(lags)
+    if not 1 <= lags <= self.seq_len: raise ConfigError(f"lags={lags} must be 1 to seq_len={self.seq_len}")
+    e = self.ends.cpu().numpy()
+    rows = e[:, None] - lags + 1 + np.arange(lags)[None]
+    return self.x.cpu().numpy()[rows].reshape(len(e), lags * self.n_features)
+
+@patch
+def numpy(self: Windows) -> tuple[np.ndarray, np.ndarray]:
+    "(x (n, seq_len, F) float32 copy, y) as NumPy arrays, for small data and tree models."
+    xb, yb = self[:]
+    return xb.cpu().numpy(), yb.cpu().numpy()
