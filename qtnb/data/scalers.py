@@ -26,8 +26,8 @@ class Scaler:
 
     def fit(self, a) -> "Scaler":
         a = np.asarray(a, dtype="float64")
-        a = a.reshape(len(a), -1)
         if len(a) == 0: raise InsufficientData("cannot fit a scaler on 0 training rows; give the training range more rows")
+        a = a.reshape(len(a), -1)
         if self.kind == "standard": c, s = a.mean(0), a.std(0)
         elif self.kind == "robust":
             q1, med, q3 = np.percentile(a, [25, 50, 75], axis=0); c, s = med, q3 - q1
