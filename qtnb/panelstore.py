@@ -80,7 +80,7 @@ def _columns(f: Path, config, need: list[str], specs, sym: str | None) -> list[s
         why = f"feature {who!r} needs it" if who else "it is the price column (price_col)"
         raise DataError(f"data file {f} has no column {missing[0]!r} ({why}; columns: {', '.join(names)[:120]}); "
                         f"add it, or choose features/price_col that do not need it")
-    time = [config.time_col] if config.time_col else [n for n in names if n.lower() in qd._TIME_NAMES]
+    time = [config.time_col] if config.time_col else [n for n in names if n.lower() in qd.frames._TIME_NAMES]
     return [n for n in names if n in {*need, *time, *index, sym}]
 
 # %% ../nbs/02b_panelstore.ipynb #0384376b
@@ -159,7 +159,7 @@ def store_key(source, config, specs) -> str | None:
     c = qd.as_data_config(config)
     p = Path(source).expanduser().resolve()
     part_key, parts = parquet_parts(p)
-    feats = qd._feature_key("", specs, c.price_col, c.symbol_col or part_key)
+    feats = qd.features._feature_key("", specs, c.price_col, c.symbol_col or part_key)
     if feats is None: return None
     blob = [STORE_VERSION, str(p), _identity(parts, p), feats, qd.frame_options(c), c.fill, c.symbol_col, c.price_col]
     return hashlib.sha256(json.dumps(blob).encode()).hexdigest()[:24]
@@ -168,10 +168,10 @@ def store_key(source, config, specs) -> str | None:
 def _block(df: pd.DataFrame, where: str, c, specs, need: list[str], check: bool) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
     "One symbol's validated frame (nanosecond index) and float32 features, as `prepare` computes them in memory."
     try:
-        df = qd._index_by_time(df, c.time_col, where, **{k: v for k, v in qd.frame_options(c).items() if k != "time_col"})
-        df, _, _ = qd._validate(df, None, need, c.fill)
+        df = qd.frames._index_by_time(df, c.time_col, where, **{k: v for k, v in qd.frame_options(c).items() if k != "time_col"})
+        df, _, _ = qd.frames._validate(df, None, need, c.fill)
         if df.index.dtype != "datetime64[ns]": df.index = df.index.as_unit("ns")
-        X, names = qd._feature_matrix(df, specs, None, c.price_col, check, np.zeros(1, dtype=np.int64))
+        X, names = qd.featurize._feature_matrix(df, specs, None, c.price_col, check, np.zeros(1, dtype=np.int64))
     except DataError as e:
         msg = str(e)
         raise type(e)(msg if where in msg else f"{where}: {msg}") from None
@@ -223,7 +223,7 @@ def _write_blocks(frames, tmp: Path, c, specs, need, feats) -> dict:
     finally:
         for f in files.values(): f.close()
     _narrow_codes(tmp, T, len(names))
-    lookbacks = qd._lookbacks(specs, cols)
+    lookbacks = qd.features._lookbacks(specs, cols)
     return dict(rows=T, features=cols, lookbacks=lookbacks, columns=need, symbols=names, starts=starts, index_name=index_name)
 
 def _narrow_codes(tmp: Path, T: int, n: int, chunk: int = 1 << 22) -> None:
@@ -445,8 +445,8 @@ class StoredFold(qd.Fold):
         for col, h in enumerate(hs):                      # each symbol's last h rows have no target
             tail = (P._stops[:, None] - np.arange(1, h + 1)).ravel()
             y[tail[tail >= np.repeat(P._starts, h)], col] = np.nan
-        tscaler = qd._fit_rows(c.target_scaler, y, train_ends) if c.target_scaler != "none" else None
-        if tscaler is not None: qd._scale_rows(y, 0, len(y), tscaler)
+        tscaler = qd.scalers._fit_rows(c.target_scaler, y, train_ends) if c.target_scaler != "none" else None
+        if tscaler is not None: qd.scalers._scale_rows(y, 0, len(y), tscaler)
         return torch.from_numpy(y), tscaler, y.shape[1]
 
 # %% ../nbs/02b_panelstore.ipynb #95446c7c

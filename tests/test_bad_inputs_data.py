@@ -49,7 +49,6 @@ def swap_rows():
 def peek(d): return d["Close"].shift(-2)
 def short_feature(d): return d["Close"].iloc[:10]
 
-CSV_NO_DATE = "a,b\n1,2\n3,4\n"
 
 CASES = [
     # (id, thunk, error type, distinctive part of the message)
@@ -109,27 +108,6 @@ def test_bad_input(make, etype, fragment):
     assert e.__cause__ is None or isinstance(e.__cause__, QtnbError)  # no pandas/torch traceback chained behind it
 
 
-def test_bad_files(tmp_path):
-    (tmp_path / "prices.txt").write_text("x")
-    with pytest.raises(DataError, match="has suffix .txt; qtnb reads .csv"):
-        prepare(cfg(data=str(tmp_path / "prices.txt")))
-    (tmp_path / "nodate.csv").write_text(CSV_NO_DATE)
-    with pytest.raises(DataError, match="data file nodate.csv has no DatetimeIndex"):
-        prepare(cfg(data=str(tmp_path / "nodate.csv")))
-    (tmp_path / "garbage.parquet").write_bytes(b"\x00\x01 not parquet")
-    with pytest.raises(DataError, match="cannot read data file"):
-        prepare(cfg(data=str(tmp_path / "garbage.parquet")))
-
-
-def test_good_files_load(tmp_path):
-    df = rw()
-    df.to_csv(tmp_path / "ok.csv")
-    a = prepare(cfg(data=str(tmp_path / "ok.csv")))
-    df.to_parquet(tmp_path / "ok.parquet")
-    b = prepare(cfg(data=str(tmp_path / "ok.parquet")))
-    assert len(a.folds[0].train) == len(b.folds[0].train) > 0
-
-
 def test_each_bad_input_gets_its_own_message():
     "The messages qtnb gives are all different: no two bad inputs fall through to one generic refusal."
     said = {}
@@ -141,55 +119,7 @@ def test_each_bad_input_gets_its_own_message():
     eq(sum(len(v) for v in said.values()), len(CASES))          # every case was refused
 
 
-# --- timestamps and files (issue 13): each a specific one-line error, or a correct parse -------------------------
-
-def epoch(index: pd.DatetimeIndex, unit: str) -> np.ndarray:
-    return ((index - pd.Timestamp("1970-01-01")) // pd.Timedelta(1, unit)).to_numpy()
-
-def as_csv(tmp_path, df, name="prices.csv"):
-    p = tmp_path / name; df.to_csv(p, index=False); return p
-
-def with_dates(dates, df=None):
-    df = rw() if df is None else df
-    return df.reset_index(drop=True).assign(date=list(dates))
-
-def text_file(tmp_path, name, text):
-    p = tmp_path / name; p.write_text(text); return p
-
-def day_first(df):
-    return [d.strftime("%d/%m/%Y") for d in df.index]
-
-FILE_CASES = [
-    # (id, write(tmp_path) -> path, DataConfig overrides, error type, distinctive part of the message)
-    ("directory", lambda t: t, {}, DataError, "is a directory; give one .csv"),
-    ("empty-file", lambda t: text_file(t, "e.csv", ""), {}, DataError, "e.csv is empty (0 bytes)"),
-    ("blank-file", lambda t: text_file(t, "b.csv", "\n\n"), {}, DataError, "b.csv holds no data (no columns)"),
-    ("header-only", lambda t: text_file(t, "h.csv", "date,Open,High,Low,Close,Volume\n"), {}, DataError,
-     "data file h.csv is empty (0 rows, 6 columns)"),
-    ("no-date-column", lambda t: as_csv(t, rw().reset_index(drop=True)), {}, DataError, "prices.csv has no DatetimeIndex and no time column"),
-    ("no-such-dir", lambda t: t / "nope" / "prices.csv", {}, DataError, "nope/prices.csv does not exist"),
-    ("epoch-ms-read-as-seconds", lambda t: as_csv(t, with_dates(epoch(rw().index, "ms"))), dict(date_unit="s"), DataError,
-     "gives year 3"),
-    ("row-numbers-as-dates", lambda t: as_csv(t, with_dates(range(300))), {}, DataError, "too small for unix epoch timestamps"),
-    ("naive-and-aware-mixed", lambda t: as_csv(t, with_dates(["2020-01-02 10:00"] + [f"{d:%Y-%m-%d} 10:00+01:00" for d in rw().index[1:]])),
-     {}, DataError, "mixes timestamps with a UTC offset"),
-    ("day-first-without-dayfirst", lambda t: as_csv(t, with_dates(day_first(rw()))), {}, DataError,
-     "set date_format (e.g. %d/%m/%Y) or dayfirst"),
-    ("date-format-mismatch", lambda t: as_csv(t, with_dates(day_first(rw()))), dict(date_format="%Y-%m-%d"), DataError,
-     "set date_format='%Y-%m-%d'"),
-    ("nan-advises-fill", lambda t: as_csv(t, with_dates(rw().index, with_value(20, "Close", np.nan))), {}, DataError,
-     "set fill='ffill' (or fill='drop')"),
-]
-
-@pytest.mark.parametrize("write,over,etype,fragment", [c[1:] for c in FILE_CASES], ids=[c[0] for c in FILE_CASES])
-def test_bad_file(tmp_path, write, over, etype, fragment):
-    path = write(tmp_path)
-    with pytest.raises(QtnbError) as info:
-        prepare(cfg(data=str(path), **over))
-    e = info.value
-    assert type(e) is etype, f"expected {etype.__name__}, got {type(e).__name__}: {e}"
-    assert fragment in str(e), str(e)
-    assert "\n" not in str(e) and e.__cause__ is None
+# --- date options and files (issue 13); the timestamp parses themselves are examples in nbs/02_data.frames ----
 
 
 @pytest.mark.parametrize("over,fragment", [(dict(tz="Mars/Olympus"), "tz='Mars/Olympus' is not a time zone"),
@@ -198,49 +128,6 @@ def test_bad_file(tmp_path, write, over, etype, fragment):
 def test_bad_date_options(over, fragment):
     with pytest.raises(ConfigError, match=fragment.replace("(", r"\(").replace("%", "%")):
         cfg(**over)
-
-
-GOOD = [
-    # (id, the file's date column from the true index, DataConfig overrides)
-    ("epoch-seconds", lambda ix: epoch(ix, "s"), {}),
-    ("epoch-milliseconds", lambda ix: epoch(ix, "ms"), {}),
-    ("epoch-microseconds", lambda ix: epoch(ix, "us"), {}),
-    ("epoch-nanoseconds", lambda ix: epoch(ix, "ns"), {}),
-    ("epoch-seconds-date-unit", lambda ix: epoch(ix, "s"), dict(date_unit="s")),
-    ("epoch-ms-date-unit", lambda ix: epoch(ix, "ms"), dict(date_unit="ms")),
-    ("yyyymmdd-integers", lambda ix: ix.strftime("%Y%m%d").astype(int), {}),
-    ("day-first-dayfirst", lambda ix: [d.strftime("%d/%m/%Y") for d in ix], dict(dayfirst=True)),
-    ("day-first-date-format", lambda ix: [d.strftime("%d/%m/%Y") for d in ix], dict(date_format="%d/%m/%Y")),
-    ("iso-with-dayfirst", lambda ix: [d.strftime("%Y-%m-%d") for d in ix], dict(dayfirst=True)),
-    ("mixed-offsets-to-utc", lambda ix: [f"{d:%Y-%m-%d} {'01:00:00+01:00' if i % 2 else '02:00:00+02:00'}" for i, d in enumerate(ix)], {}),
-    ("offsets-to-tz", lambda ix: [f"{d:%Y-%m-%d} 05:00:00Z" for d in ix], dict(tz="Asia/Tokyo")),
-]
-SHIFT = {"offsets-to-tz": pd.Timedelta(hours=14)}   # 05:00 UTC is 14:00 in Tokyo; the others land on midnight UTC
-
-@pytest.mark.parametrize("dates,over", [g[1:] for g in GOOD], ids=[g[0] for g in GOOD])
-def test_dates_parse_correctly(tmp_path, request, dates, over):
-    truth = rw()
-    path = as_csv(tmp_path, with_dates(dates(truth.index)))
-    prep = prepare(cfg(data=str(path), **over))
-    got = prep.frame.index
-    expect = truth.index + SHIFT.get(request.node.callspec.id, pd.Timedelta(0))
-    assert got.tz is None
-    assert list(got) == list(expect), (got[:3], expect[:3])
-
-
-def test_epoch_panel_and_aware_parquet(tmp_path):
-    ms = multi_symbol("random_walk", ("AAA", "BBB"), n=200)
-    panel = ms.assign(date=epoch(ms.index, "ms")).reset_index(drop=True)
-    prep = prepare(cfg(data=str(as_csv(tmp_path, panel, "panel.csv"))))
-    for s in ("AAA", "BBB"):
-        assert list(prep.frame[prep.frame.symbol == s].index) == list(ms[ms.symbol == s].index)
-    aware = rw(); aware.index = aware.index.tz_localize("America/New_York")
-    aware.to_parquet(tmp_path / "aware.parquet")
-    got = prepare(cfg(data=str(tmp_path / "aware.parquet"))).frame.index
-    assert got.tz is None and list(got) == list(aware.index.tz_convert("UTC").tz_localize(None))   # 05:00 or 04:00 UTC (DST)
-    assert got[0] == pd.Timestamp("2000-01-03 05:00")
-    local = prepare(cfg(data=str(tmp_path / "aware.parquet"), tz="America/New_York")).frame.index
-    assert list(local) == list(rw().index)                                   # back on New York's midnights
 
 
 def test_unreadable_file(tmp_path):

@@ -1,11 +1,14 @@
-"""Leak tests for every validation scheme, scaler isolation, and the Windows contract other modules rely on."""
+"""Nothing evaluated reaches training, through the whole data layer (prepare: frames, features, splits, scalers, windows):
+purge and embargo for every validation scheme, single symbols and panels with gaps; scalers blind to evaluation rows
+and prices; and the embargo covering the features (every price on an evaluation block's dates multiplied by 1e6 leaves
+that fold's training inputs, targets and scaler statistics bit-identical). The units are tested in nbs/02_data.*."""
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from fastcore.test import test_eq as eq, test_close as close
+from fastcore.test import test_eq as eq, test_close as close, test_fail as fails
 
-from qtnb.data import DataConfig, Prepared, Windows, compute_features, prepare, validate_frame
+from qtnb.data import DataConfig, FEATURES, Prepared, feature_specs, prepare, validate_frame
 from qtnb.datasets import load_sp500, multi_symbol, random_walk
 
 
@@ -149,120 +152,6 @@ def test_scaler_ignores_evaluation_prices(validation):
         close(other.target_scaler.scale, f.target_scaler.scale, eps=1e-12)
 
 
-def test_targets_align_with_prices():
-    df = load_sp500()
-    pr = prepare(DataConfig(horizons=[1, 5], seq_len=32, cache=False), df)
-    w = pr.folds[0].test
-    y = pr.folds[0].inverse_target(w.targets()).numpy()
-    r = df.index.get_indexer(w.end_dates)
-    p = df["Close"].to_numpy()
-    close(y[:, 0], np.log(p[r + 1] / p[r]), eps=1e-5)
-    close(y[:, 1], np.log(p[r + 5] / p[r]), eps=1e-5)
-    close(w.forward_returns, np.log(p[r + 1] / p[r]), eps=1e-6)
-
-
-def test_classification_labels():
-    df = load_sp500()
-    f = prepare(DataConfig(target="direction", seq_len=32, cache=False), df).folds[0]
-    w = f.train
-    eq((w.task, w.n_outputs, w.y.dtype, w.targets().shape), ("classification", 1, torch.int64, (len(w),)))
-    eq(w.targets().numpy(), (w.forward_returns > 0).astype(np.int64))
-    eq(f.inverse_target(w.targets()) is not None, True)
-
-
-def test_windows_contract():
-    df = random_walk(700, seed=2)
-    f = prepare(DataConfig(seq_len=30, cache=False), df).folds[0]
-    w = f.train
-    n, L, F = len(w), w.seq_len, w.n_features
-    v = w.view()
-    eq(v.shape, (n, L, F))
-    assert v.untyped_storage().data_ptr() == w.x.untyped_storage().data_ptr()  # a view, not a copy
-    idx = torch.tensor([0, 5, n - 1])
-    xb, yb = w[idx]
-    e = w.ends[idx]
-    for k in range(3):
-        eq(xb[k], w.x[e[k] - L + 1: e[k] + 1])
-        eq(yb[k], w.y[e[k]])
-    eq(w[np.array([1, 2])][0], w[1:3][0])
-    last = int(w.ends[-1])
-    eq(w[-1][0], w.x[last - L + 1: last + 1])
-    batches = list(w.batches(64, shuffle=True, generator=torch.Generator().manual_seed(0)))
-    eq(sum(len(b[0]) for b in batches), n)
-    eq(len(list(w.batches(64, drop_last=True))), n // 64)
-    eq(w.flat(3).shape, (n, 3 * F))
-    eq(w.flat(3)[:, -F:], w.x[w.ends].numpy())
-    x_np, y_np = w.numpy()
-    eq((x_np.shape, x_np.dtype), ((n, L, F), np.float32))
-    # memory: the series and targets, plus a run table, never n x seq_len copies
-    assert w.nbytes <= 1.05 * (w.x.nbytes + w.y.nbytes)
-    # train, val and test of a fold share one scaled array
-    assert f.train.x.data_ptr() == f.val.x.data_ptr() == f.test.x.data_ptr()
-
-
-def test_features_match_hand_computation():
-    df = random_walk(200, seed=4)
-    f = compute_features(df, ["logret_5", "vol_10", "ma_gap_10", "range", "rsi_14"])
-    c = df["Close"].to_numpy()
-    close(f["logret_5"].iloc[50], np.log(c[50] / c[45]))
-    close(f["vol_10"].iloc[50], np.std(np.diff(np.log(c[40:51])), ddof=1))
-    close(f["ma_gap_10"].iloc[50], c[50] / c[41:51].mean() - 1)
-    close(f["range"].iloc[50], (df.High.iloc[50] - df.Low.iloc[50]) / c[50])
-    assert ((f["rsi_14"].dropna() >= 0) & (f["rsi_14"].dropna() <= 100)).all()
-
-
-def test_fingerprint_tracks_data_and_config():
-    df = random_walk(300)
-    a = prepare(DataConfig(seq_len=16, cache=False), df).fingerprint
-    eq(prepare(DataConfig(seq_len=16, cache=False), df.copy()).fingerprint, a)
-    df2 = df.copy(); df2.iloc[100, 3] += 1e-6  # Close
-    assert prepare(DataConfig(seq_len=16, cache=False), df2).fingerprint != a
-    assert prepare(DataConfig(seq_len=17, cache=False), df).fingerprint != a
-
-
-def test_feature_cache_never_stale(tmp_path):
-    df = random_walk(400)
-    a = compute_features(df, ["default"], cache=tmp_path)
-    eq(len(list(tmp_path.glob("*.npz"))), 1)
-    b = compute_features(df, ["default"], cache=tmp_path)      # a hit
-    np.testing.assert_array_equal(a.to_numpy(), b.to_numpy())
-    df2 = df.copy(); df2.iloc[200, 3] *= 1.05                   # changed input
-    c = compute_features(df2, ["default"], cache=tmp_path)
-    assert not np.allclose(c.iloc[200:221].to_numpy(), a.iloc[200:221].to_numpy())
-    d = compute_features(df, ["default", "calendar"], cache=tmp_path)  # changed config
-    eq(d.shape[1], a.shape[1] + 3)
-    eq(len(list(tmp_path.glob("*.npz"))), 3)
-    # a corrupt entry is recomputed, not trusted
-    for p in tmp_path.glob("*.npz"): p.write_bytes(b"garbage")
-    np.testing.assert_array_equal(compute_features(df, ["default"], cache=tmp_path).to_numpy(), a.to_numpy())
-
-
-def test_stats_and_plot():
-    df = random_walk(900)
-    pr = prepare(DataConfig(seq_len=16, validation="walk_forward", n_folds=3, cache=False), df)
-    st = pr.stats()
-    eq(len(st), 9)
-    eq(set(st.split), {"train", "val", "test"})
-    eq(st.windows.tolist(), [len(getattr(f, s)) for f in pr.folds for s in ("train", "val", "test")])
-    fig = pr.plot_splits()
-    eq(len({t.name for t in fig.data}), 3)
-    cl = prepare(DataConfig(seq_len=16, target="direction", cache=False), df).stats()
-    close((cl.class_0 + cl.class_1).to_numpy(), np.ones(3))
-
-
-def test_augmentation_training_only_and_off_by_default():
-    df = random_walk(600)
-    f = prepare(DataConfig(seq_len=16, augment=["jitter", "mixup"], cache=False), df).folds[0]
-    plain = next(f.train.batches(32))
-    again = next(f.train.batches(32))
-    eq(plain[0], again[0])
-    aug = next(f.train.batches(32, augment=True, generator=torch.Generator().manual_seed(1)))
-    assert not torch.equal(aug[0], plain[0]) and not torch.equal(aug[1], plain[1])
-    eq(aug[0].shape, plain[0].shape)
-    f0 = prepare(DataConfig(seq_len=16, cache=False), df).folds[0]
-    eq(next(f0.train.batches(32, augment=True))[0], plain[0])  # nothing configured: nothing applied
-
-
 @pytest.mark.cuda
 def test_windows_on_cuda():
     df = load_sp500()
@@ -274,14 +163,61 @@ def test_windows_on_cuda():
     eq(g.targets().cpu(), w.targets())
 
 
-def test_a_prepared_panel_pickles_for_tuner_workers():
-    "Tuner worker processes receive the Prepared data by pickle: a panel's per-row symbols and returns travel with it."
-    import pickle
-    from qtnb.data import DataConfig, prepare
-    from qtnb.datasets import random_walk
-    p = prepare(DataConfig(seq_len=8, cache=False), random_walk(300, n_symbols=3, seed=0))
-    q = pickle.loads(pickle.dumps(p))
-    rows = np.array([0, 299, 300, 899])
-    assert list(q._symbols[rows]) == list(p._symbols[rows]) == ["S00", "S00", "S01", "S02"]
-    np.testing.assert_array_equal(q._R1[rows], p._R1[rows])
-    np.testing.assert_array_equal(q.folds[0].train.numpy()[0], p.folds[0].train.numpy()[0])
+# ---------------------------------------------------------------- the embargo covers the features
+EVERY_FEATURE = ["ret_3", "logret_2", "vol_5", "mom_5", "rsi_6", "ma_gap_5", "range", "volume_z_5", "dow", "month", "dom", "trend_10"]
+PRICES = ["Open", "High", "Low", "Close", "Adj Close"]
+EMBARGO_SCHEMES = [dict(validation="holdout"), dict(validation="walk_forward", n_folds=3), dict(validation="purged_kfold", n_folds=3),
+           dict(validation="stratified_kfold", n_folds=2), dict(validation="leave_one_out")]
+
+def test_every_builtin_feature_is_covered():
+    eq(sorted({s.base for s in feature_specs(EVERY_FEATURE)}), sorted(FEATURES))
+    assert all(s.lookback is not None for s in feature_specs(EVERY_FEATURE))
+
+def blown_up(frame, dates):
+    out = frame.copy()
+    out.loc[out.index.isin(dates), [c for c in PRICES if c in out]] *= 1e6
+    return out
+
+def leaks(c: DataConfig, frame, folds) -> list[str]:
+    "What changed in each fold's training data when its evaluation dates' prices are multiplied by 1e6."
+    base = prepare(c, frame)
+    found = []
+    for i in folds:
+        f = base.folds[i]
+        dates = np.unique(np.concatenate([w.end_dates for w in (f.val, f.test) if w is not None]))
+        g = prepare(c, blown_up(frame, dates), plan=base.plan).folds[i]     # the same plan (stratified deals by returns)
+        (x0, y0), (x1, y1) = f.train[:], g.train[:]
+        eq(f.train.ends.tolist(), g.train.ends.tolist())
+        if not torch.equal(x0, x1): found.append(f"{f.name}: inputs")
+        if not torch.equal(y0, y1): found.append(f"{f.name}: targets")
+        if not (np.array_equal(f.scaler.center, g.scaler.center) and np.array_equal(f.scaler.scale, g.scaler.scale)):
+            found.append(f"{f.name}: scaler")
+        for sym, sc in f.symbol_scalers.items():                       # a panel's per-symbol scalers
+            if not (np.array_equal(sc.center, g.symbol_scalers[sym].center) and np.array_equal(sc.scale, g.symbol_scalers[sym].scale)):
+                found.append(f"{f.name}: scaler of {sym}")
+        if f.target_scaler is not None and not np.array_equal(f.target_scaler.center, g.target_scaler.center):
+            found.append(f"{f.name}: target scaler")
+    return found
+
+@pytest.mark.parametrize("kw", EMBARGO_SCHEMES, ids=lambda k: k["validation"])
+def test_evaluation_prices_never_reach_training_data(kw):
+    loo = kw["validation"] == "leave_one_out"
+    frame = random_walk(260 if loo else 700, seed=2)
+    c = DataConfig(seq_len=6, horizon=2, features=EVERY_FEATURE, cache=False, **kw)
+    n = len(prepare(c, frame).folds)
+    eq(leaks(c, frame, range(0, n, max(1, n // 4))), [])
+    # the default embargo is what protects: an embargo shorter than the longest lookback is refused, naming the feature
+    fails(lambda: prepare(c.model_copy(update={"embargo": 5}), frame), contains="lookback of feature 'rsi_6'")
+
+def test_a_panel_split_by_date_keeps_every_symbol_clean():
+    panel = multi_symbol("random_walk", ("AAA", "BBB", "CCC"), n=500, seed=4)
+    c = DataConfig(seq_len=6, horizon=3, features=EVERY_FEATURE, validation="purged_kfold", n_folds=3, cache=False)
+    eq(leaks(c, panel, range(3)), [])
+    eq(len(prepare(c, panel).folds[0].symbol_scalers), 3)
+
+def test_without_the_embargo_the_leak_is_there():
+    frame = random_walk(700, seed=2)
+    c = DataConfig(seq_len=6, horizon=2, features=EVERY_FEATURE, validation="purged_kfold", n_folds=3, embargo=0,
+                   allow_feature_overlap=True, cache=False)
+    assert "fold 0: inputs" in leaks(c, frame, [0])                   # the test sees a leak when there is one
+
