@@ -13,7 +13,7 @@ from typing import Any, Iterable, Literal, Sequence
 import pandas as pd
 import torch
 
-from .config import atomic_save, atomic_write
+from .io import atomic_save, atomic_write
 from .errors import ConfigError, NonFiniteLoss
 from .metrics import MetricTracker
 

@@ -20,7 +20,7 @@ from .config import atomic_write
 from .errors import ConfigError, QtnbError, TrainingError
 from .data import Augment, Scaler, Windows
 from .callbacks import Callback, hook_table, load_state, save_state
-from .trainer import FitResult, Trainer, TrainConfig, STEP_SCHEDULES, epoch_seed, seed_everything, _is_stateful, _out_width
+from .trainer import FitResult, Trainer, TrainConfig, STEP_SCHEDULES, epoch_seed, seed_everything, is_stateful as _is_stateful, output_width as _out_width
 
 # %% auto #0
 __all__ = ['world', 'shard', 'windows_state', 'windows_from_state', 'torchrun_command', 'DDPTrainer', 'RankStates', 'Agree',

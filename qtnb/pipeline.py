@@ -560,7 +560,7 @@ def _save_model(run, fr: FoldResult, model_cfg: dict, many: bool) -> Path | None
     best = Path(run.checkpoint_dir) / "best.pt"
     return best if best.is_file() else None
 
-from .trainer import _config_hash   # the hash the Trainer writes into lineage
+from .trainer import config_hash as _config_hash   # the hash the Trainer writes into lineage
 
 def _export_model(run, fr: FoldResult, prep) -> Path:
     from qtnb.export import export_estimator, export_meta, export_run, _record_export

@@ -123,16 +123,3 @@ def test_registered_model_is_pushed_to_the_mlflow_registry(server, tracked_run, 
     eq(got.read_bytes(), (run / "model.onnx").read_bytes())
     again = push_version("planted-mlp@1", tracking_uri=server, runs_dir=runs)      # a second push is the next MLflow version
     eq(again["mlflow_version"], out["mlflow_version"] + 1)
-
-def test_push_refuses_a_version_without_onnx(tmp_path):
-    require(HAVE, "mlflow is not installed (pip install -e '.[dev,mlflow]')")
-    from qtnb.registry import register_version
-    from qtnb.runs import create_run
-    from qtnb.trainer import Trainer, toy_windows
-    from qtnb.tracking import TrackingError, push_version
-    run = create_run("noonnx", runs_dir=tmp_path)
-    w = toy_windows(128, seq_len=4, n_features=2)
-    Trainer({"name": "mlp", "hidden_sizes": [4]}, run=run, num_epochs=1, batch_size=64).fit(w, w)
-    register_version(run.id, "noonnx", runs_dir=tmp_path)
-    with pytest.raises(TrackingError, match="export its run first"):
-        push_version("noonnx@1", tracking_uri="http://127.0.0.1:9", runs_dir=tmp_path)

@@ -133,7 +133,7 @@ def _train_trial(self: Tuner, trial: optuna.Trial, params: dict):
     from qtnb.errors import TrainingError
     from qtnb.models.core import EstimatorModel, create_model
     from qtnb.runs import create_run
-    from qtnb.trainer import _config_hash, fit_fold, seed_everything
+    from qtnb.trainer import config_hash as _config_hash, fit_fold, seed_everything
     from qtnb.tuner.pruning import PruningCallback, add_xgboost_pruning
     mo, to = self.space.configs(params)
     mcfg, tcfg = self._model_dict(mo), self._train_config(to)
