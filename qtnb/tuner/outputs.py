@@ -14,7 +14,7 @@ import optuna
 from fastcore.basics import patch
 from optuna.trial import TrialState
 
-from ..config import atomic_write
+from ..io import atomic_write
 from ..errors import ConfigError, QtnbError, TuningError
 from .core import Tuner
 from .samplers import _unknown
