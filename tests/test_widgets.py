@@ -249,21 +249,6 @@ def test_run_browser_names_runs_with_short_ids_in_a_compact_table(panel_runs):
     rb.select(bt.run.id, tr.run.id)
     eq(set(rb.equity_chart._shown()), {f"{run_label(r.run.id)} fold {k}" for r in (bt, tr) for k in (0, 1)})   # the equity legend too
 
-def test_run_browser_overlays_the_selected_runs_learning_curves_under_whole_labels(tmp_path):
-    from qtnb.runs import create_run
-    from qtnb.widgets import RunBrowser, run_label
-    ids = []
-    for name, n in (("lstm-long-name-a", 5), ("lstm-long-name-b", 3)):
-        r = create_run(name, runs_dir=tmp_path, params={"pipeline": "train", "model": {"name": "lstm"}})
-        for e in range(1, n + 1): r.log_epoch({"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e})
-        r.set_status("completed"); ids.append(r.id)
-    rb = RunBrowser(tmp_path, mode="widgets")
-    rb.select(*ids)
-    eq(rb.chart.n_points, {ids[0]: 5, ids[1]: 3})                 # both runs' curves, overlaid
-    names = [t["name"] for f in plotly_figures(rb.last_static["text/html"]) for t in f["data"]]
-    for i in ids: assert run_label(i) in names, run_label(i)            # legends whole: name and short id
-    eq({t["name"] for t in rb.last_figure["data"]}, {run_label(i) for i in ids})
-
 def test_pipeline_form_tune_button_tunes_the_forms_values(tmp_path):
     from qtnb.pipeline import TuneParams
     from qtnb.widgets import ConfigForm
