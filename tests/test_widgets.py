@@ -189,47 +189,7 @@ def test_the_monitors_stop_button_stops_a_monitored_train(tmp_path):
     eq(len(mon.history), len(pd.read_csv(rep.run_dir / "history.csv")))
 
 
-# ---- ConfigForm(TrainParams): the registry's models, nested model forms, one message per problem, Train ---------------
-def _shown_html(w) -> str:
-    "Every HTML the form draws, nested forms included (hidden rows too: a message there would still be a copy)."
-    import ipywidgets as W
-    out = [w.value] if isinstance(w, W.HTML) else []
-    for c in getattr(w, "children", ()): out.append(_shown_html(c))
-    return "\n".join(out)
-
-@pytest.mark.parametrize("values, says", [(dict(model="lstmm"), "unknown model 'lstmm'"),
-                                          (dict(model="lstm", model_params={"hidden_size": 0}), "hidden_size=0"),
-                                          (dict(num_epochs=0), "num_epochs=0")])
-def test_pipeline_form_shows_one_message_per_problem_and_disables_train(values, says):
-    import html
-    from qtnb.pipeline import TrainParams
-    from qtnb.widgets import ConfigForm
-    form = ConfigForm(TrainParams)
-    eq(form.errors, {}); eq(form.train_button.disabled, False)
-    form.set(**values)
-    eq(len(form.messages), 1); assert says in form.messages[0], form.messages
-    drawn = _shown_html(form)
-    eq(drawn.count(html.escape(form.messages[0])), 1)             # once on screen: not beside the field and in the status
-    eq(drawn.count(html.escape(says)), 1)
-    eq((form.train_button.disabled, form.tune_button.disabled), (True, True))
-
-def test_pipeline_form_train_button_runs_the_forms_values(tmp_path):
-    from qtnb.pipeline import LiveTrain, TrainParams
-    from qtnb.widgets import ConfigForm
-    form = ConfigForm(TrainParams)
-    form.set(data="synthetic:planted", seq_len=8, num_epochs=2, batch_size=512, runs_dir=str(tmp_path), model="lstm")
-    form.model_form.set(hidden_size=8, num_layers=1)               # the nested form, as a user edits it
-    eq(form.value.model_params, {"hidden_size": 8, "num_layers": 1} | form.model_form.params)
-    form.train_button.click()
-    assert isinstance(form.job, LiveTrain)
-    rep = form.job.result(300)
-    eq(rep.run.status["state"], "completed")
-    want = form.value.model_dump(mode="json", exclude={"run_id", "runs_dir", "resume"})
-    eq(rep.run.params["parameters"], want)
-    eq(rep.run.params["model"]["hidden_size"], 8); eq(rep.metrics["fit"]["epochs"], 2)
-
-
-# ---- the run browser: names with short ids, a compact table, overlaid curves -------------------------------------------
+# ---- the run browser on pipeline runs: names with short ids, a compact table ------------------------------------------
 def test_run_browser_names_runs_with_short_ids_in_a_compact_table(panel_runs):
     from qtnb.widgets import RunBrowser, run_label
     store, bt, tr = panel_runs
