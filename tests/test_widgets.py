@@ -189,47 +189,7 @@ def test_the_monitors_stop_button_stops_a_monitored_train(tmp_path):
     eq(len(mon.history), len(pd.read_csv(rep.run_dir / "history.csv")))
 
 
-# ---- ConfigForm(TrainParams): the registry's models, nested model forms, one message per problem, Train ---------------
-def _shown_html(w) -> str:
-    "Every HTML the form draws, nested forms included (hidden rows too: a message there would still be a copy)."
-    import ipywidgets as W
-    out = [w.value] if isinstance(w, W.HTML) else []
-    for c in getattr(w, "children", ()): out.append(_shown_html(c))
-    return "\n".join(out)
-
-@pytest.mark.parametrize("values, says", [(dict(model="lstmm"), "unknown model 'lstmm'"),
-                                          (dict(model="lstm", model_params={"hidden_size": 0}), "hidden_size=0"),
-                                          (dict(num_epochs=0), "num_epochs=0")])
-def test_pipeline_form_shows_one_message_per_problem_and_disables_train(values, says):
-    import html
-    from qtnb.pipeline import TrainParams
-    from qtnb.widgets import ConfigForm
-    form = ConfigForm(TrainParams)
-    eq(form.errors, {}); eq(form.train_button.disabled, False)
-    form.set(**values)
-    eq(len(form.messages), 1); assert says in form.messages[0], form.messages
-    drawn = _shown_html(form)
-    eq(drawn.count(html.escape(form.messages[0])), 1)             # once on screen: not beside the field and in the status
-    eq(drawn.count(html.escape(says)), 1)
-    eq((form.train_button.disabled, form.tune_button.disabled), (True, True))
-
-def test_pipeline_form_train_button_runs_the_forms_values(tmp_path):
-    from qtnb.pipeline import LiveTrain, TrainParams
-    from qtnb.widgets import ConfigForm
-    form = ConfigForm(TrainParams)
-    form.set(data="synthetic:planted", seq_len=8, num_epochs=2, batch_size=512, runs_dir=str(tmp_path), model="lstm")
-    form.model_form.set(hidden_size=8, num_layers=1)               # the nested form, as a user edits it
-    eq(form.value.model_params, {"hidden_size": 8, "num_layers": 1} | form.model_form.params)
-    form.train_button.click()
-    assert isinstance(form.job, LiveTrain)
-    rep = form.job.result(300)
-    eq(rep.run.status["state"], "completed")
-    want = form.value.model_dump(mode="json", exclude={"run_id", "runs_dir", "resume"})
-    eq(rep.run.params["parameters"], want)
-    eq(rep.run.params["model"]["hidden_size"], 8); eq(rep.metrics["fit"]["epochs"], 2)
-
-
-# ---- the run browser: names with short ids, a compact table, overlaid curves -------------------------------------------
+# ---- the run browser on pipeline runs: names with short ids, a compact table ------------------------------------------
 def test_run_browser_names_runs_with_short_ids_in_a_compact_table(panel_runs):
     from qtnb.widgets import RunBrowser, run_label
     store, bt, tr = panel_runs
@@ -248,21 +208,6 @@ def test_run_browser_names_runs_with_short_ids_in_a_compact_table(panel_runs):
     eq(sorted(l for l, _ in rb.selector.options), sorted(run_label(r.run.id) for r in (bt, tr)))
     rb.select(bt.run.id, tr.run.id)
     eq(set(rb.equity_chart._shown()), {f"{run_label(r.run.id)} fold {k}" for r in (bt, tr) for k in (0, 1)})   # the equity legend too
-
-def test_run_browser_overlays_the_selected_runs_learning_curves_under_whole_labels(tmp_path):
-    from qtnb.runs import create_run
-    from qtnb.widgets import RunBrowser, run_label
-    ids = []
-    for name, n in (("lstm-long-name-a", 5), ("lstm-long-name-b", 3)):
-        r = create_run(name, runs_dir=tmp_path, params={"pipeline": "train", "model": {"name": "lstm"}})
-        for e in range(1, n + 1): r.log_epoch({"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e})
-        r.set_status("completed"); ids.append(r.id)
-    rb = RunBrowser(tmp_path, mode="widgets")
-    rb.select(*ids)
-    eq(rb.chart.n_points, {ids[0]: 5, ids[1]: 3})                 # both runs' curves, overlaid
-    names = [t["name"] for f in plotly_figures(rb.last_static["text/html"]) for t in f["data"]]
-    for i in ids: assert run_label(i) in names, run_label(i)            # legends whole: name and short id
-    eq({t["name"] for t in rb.last_figure["data"]}, {run_label(i) for i in ids})
 
 def test_pipeline_form_tune_button_tunes_the_forms_values(tmp_path):
     from qtnb.pipeline import TuneParams

@@ -48,11 +48,10 @@ def test_saved_notebook_and_its_html_show_the_final_state(tmp_path):
     assert 'src="https://cdn.plot.ly' not in page and "unpkg.com/@jupyter-widgets" not in page.split("qtnb-static-monitor")[1][:2000]
     assert page.count("plotly.js v") == 1 and page.count('class="plotly-graph-div qtnb-figure"') == 1   # the library once, offline
 
-def test_tuner_panel_and_run_browser_keep_a_static_copy(tmp_path):
+def test_tuner_panel_keeps_a_static_copy(tmp_path):
     import optuna
     from IPython.core.interactiveshell import InteractiveShell
-    from qtnb.runs import create_run
-    from qtnb.widgets import RunBrowser, TunerPanel, run_label
+    from qtnb.widgets import TunerPanel
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name="static-demo")
     study.optimize(lambda t: (t.suggest_float("x", -2, 2) - 1) ** 2, n_trials=5)
@@ -67,12 +66,3 @@ def test_tuner_panel_and_run_browser_keep_a_static_copy(tmp_path):
     panel._static_handle = Handle()
     panel.refresh()
     assert "7 trials" in shown[-1]["text/html"]                             # a refresh replaces the shown copy
-    for name in ("alpha", "beta"):
-        r = create_run(name, runs_dir=tmp_path)
-        r.log_epoch({"epoch": 1, "val_loss": 1.0}); r.log_epoch({"epoch": 2, "val_loss": 0.5}); r.set_status("completed")
-    rb = RunBrowser(tmp_path, mode="widgets")
-    ids = [v for _, v in rb.selector.options]
-    rb.select(*ids)
-    s = rb.last_static
-    assert all(i in s["text/html"] for i in ids) and "qtnb-compare-table" in s["text/html"]
-    eq(sorted(t["name"] for t in plotly_figures(s["text/html"])[0]["data"]), sorted(run_label(i) for i in ids))   # name + short id

@@ -14,7 +14,7 @@ import optuna
 from fastcore.basics import patch
 from optuna.trial import TrialState
 
-from ..config import atomic_write
+from ..io import atomic_write, dump_json, plain
 from ..errors import ConfigError, QtnbError, TuningError
 from .core import Tuner
 from .samplers import _unknown
@@ -46,11 +46,7 @@ def study_deflated_sharpe(study: optuna.Study, best: optuna.trial.FrozenTrial | 
 # %% ../../nbs/07g_tuner.outputs.ipynb #6314232f
 def _iso(d) -> str | None: return d.isoformat(timespec="milliseconds") if d else None
 
-def _jsonable(v):
-    if isinstance(v, float) and not math.isfinite(v): return None
-    if isinstance(v, (list, tuple)): return [_jsonable(x) for x in v]
-    if isinstance(v, dict): return {str(k): _jsonable(x) for k, x in v.items()}
-    return v
+def _jsonable(v): return plain(v, finite=True)   # NaN and inf become null
 
 def trial_record(t: optuna.trial.FrozenTrial) -> dict:
     "One trial as plain JSON: number, state, values, params, intermediate values, run id, failure reason, timing."
@@ -107,12 +103,11 @@ def best_config(self: Tuner) -> dict:
 def write_outputs(self: Tuner, folder: str | Path | None = None) -> Path:
     "Write trial_history.json, statistics.json and best_parameters.json (atomically); the folder."
     folder = Path(folder) if folder is not None else self.study_dir
-    dump = lambda obj: json.dumps(obj, indent=2, allow_nan=False, default=str) + "\n"
-    atomic_write(folder / "trial_history.json", dump([trial_record(t) for t in self.study.get_trials(deepcopy=False)]))
-    atomic_write(folder / "statistics.json", dump(self.statistics()))
+    atomic_write(folder / "trial_history.json", dump_json([trial_record(t) for t in self.study.get_trials(deepcopy=False)]))
+    atomic_write(folder / "statistics.json", dump_json(self.statistics()))
     try: best = self.best_config()
     except TuningError as e: best = {"error": str(e)}
-    atomic_write(folder / "best_parameters.json", dump(best))
+    atomic_write(folder / "best_parameters.json", dump_json(best))
     return folder
 
 # %% ../../nbs/07g_tuner.outputs.ipynb #986566da

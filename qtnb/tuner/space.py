@@ -14,7 +14,8 @@ from typing import Any, Sequence
 import optuna
 from fastcore.basics import patch
 
-from ..config import TrainConfig, atomic_write, read_yaml
+from ..config import TrainConfig
+from ..io import atomic_write, read_yaml
 from ..errors import ConfigError, QtnbError
 
 # %% auto #0

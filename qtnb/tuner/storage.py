@@ -18,7 +18,8 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartb
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import TrialState
 
-from ..config import atomic_write, check_slug, study_storage
+from ..config import check_slug, study_storage
+from ..io import atomic_write
 from ..config import runs_dir as default_runs_dir
 from ..errors import ConfigError, QtnbError, TuningError
 from .adapter import (BaseJournalFileLock, JournalHeartbeatStorage, stale_trial_callback, storage_of,

@@ -10,7 +10,8 @@ import json, re
 from pathlib import Path
 from typing import Sequence
 
-from ..config import atomic_write, check_slug
+from ..config import check_slug
+from ..io import atomic_write
 from ..errors import ConfigError, TuningError
 from .core import Tuner
 from .outputs import _jsonable

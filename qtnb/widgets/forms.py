@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from .. import config as qconfig
 from ..config import allowed
+from ..io import atomic_write
 from ..errors import ConfigError, QtnbError
 from .charts import _finite, _fmt
 
@@ -298,7 +299,7 @@ def to_yaml(self: ConfigForm, path: str | Path | None = None) -> str:
     cfg = self.value
     if hasattr(cfg, "to_yaml"): return cfg.to_yaml(path)
     text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-    if path is not None: qconfig.atomic_write(path, text)
+    if path is not None: atomic_write(path, text)
     return text
 
 # %% ../../nbs/11a_widgets.forms.ipynb #f79826a5
