@@ -11,7 +11,8 @@ from pathlib import Path
 import optuna
 from fastcore.basics import patch
 
-from ..config import TrainConfig, atomic_write, check_slug
+from ..config import TrainConfig, check_slug
+from ..io import atomic_write
 from ..errors import ConfigError, QtnbError, TuningError
 from .adapter import trial_system_attrs
 from .core import Tuner, check_objective
