@@ -383,7 +383,7 @@ def _add_predict(sub) -> None:
 def predictor_for(ref: str, *, backend: str = "torch", runs_dir=None):
     "The `Predictor` of a run id or a registered model reference."
     from qtnb.predict import Predictor
-    from qtnb.runs import _is_run
+    from qtnb.runs.store import _is_run
     from qtnb.config import runs_dir as resolve_runs_dir
     if "@" not in ref and _is_run(resolve_runs_dir(runs_dir) / ref): return Predictor.from_run(ref, backend=backend, runs_dir=runs_dir)
     return Predictor.from_registry(ref, backend=backend, runs_dir=runs_dir)

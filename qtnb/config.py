@@ -232,8 +232,8 @@ def schema_problems(cls) -> list[str]:
     return out
 
 # %% ../nbs/00_config.ipynb #cd133347
-class DataConfig(QtnbConfig):
-    "What data, which features and target, how windows are cut and how the series is split."
+class _DataFields(QtnbConfig):
+    "The first half of `DataConfig`'s fields: the data and its timestamps, features, target, windows and the split."
     data: str = param("sp500", description="Dataset name (sp500, nasdaq), synthetic:<generator>, or a CSV/Parquet path.", group="data")
     symbol_col: str | None = param(None, description="Column naming the symbol in a multi-symbol frame.", group="data", advanced=True)
     features: list[str] = param(["default"], description="Feature names or presets, computed causally.", group="features")
@@ -274,6 +274,10 @@ class DataConfig(QtnbConfig):
                 raise ValueError(f"tz={self.tz!r} is not a time zone; give an IANA name such as UTC or America/New_York") from None
         return self
 
+
+# %% ../nbs/00_config.ipynb #452e9acb
+class DataConfig(_DataFields):
+    "What data, which features and target, how windows are cut and how the series is split."
     target_scaler: Literal["standard", "robust", "minmax", "none"] = param("standard", description="Scaler of regression targets, fitted on training targets only.", group="windows", advanced=True)
     max_train_size: int | None = param(None, description="Sliding walk-forward: training rows per fold (default: one fold's length).", group="validation", advanced=True, ge=1)
     augment: list[Literal["jitter", "scaling", "slicing", "mixup"]] = param([], description="Training-only augmentations applied when batches are gathered with augment=True.", group="augmentation", advanced=True)

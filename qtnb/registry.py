@@ -12,11 +12,12 @@ from typing import Any
 
 import qtnb
 from .config import runs_dir as resolve_runs_dir
-from .io import atomic_write, dump_json
+from .io import atomic_write, dump_json, plain
 from .errors import ConfigError, ModelError, QtnbError
-from .runs import (ESTIMATOR_DIR, ESTIMATOR_FORMAT, ESTIMATOR_MANIFEST, LINEAGE_KEYS, REGISTRABLE_STATES, RegistryError, Run,
-                       RunError, RunNotFound, check_model_name, check_stage, open_run, plain, resolve_version, _archive_others,
-                       _file_info, _next_version, _now, _pickle_refused, _read_json, _registry_update, _sha256)
+from .runs.store import Run, RunError, RunNotFound, _now, _read_json, open_run
+from .runs.catalog import (ESTIMATOR_DIR, ESTIMATOR_FORMAT, ESTIMATOR_MANIFEST, LINEAGE_KEYS, REGISTRABLE_STATES, RegistryError,
+                               check_model_name, check_stage, resolve_version, _archive_others, _file_info, _next_version,
+                               _pickle_refused, _registry_update, _sha256)
 
 # %% auto #0
 __all__ = ['load_run_model', 'register_version', 'load_version', 'save_estimator', 'load_estimator']

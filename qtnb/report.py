@@ -14,7 +14,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .config import atomic_write
+from .io import atomic_write
 from .errors import ConfigError
 
 # %% auto #0

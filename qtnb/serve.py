@@ -117,7 +117,7 @@ _JOB_ID = re.compile(r"[0-9a-f]{6}")
 def _read_jobs(path: Path) -> dict[str, Job]:
     "The jobs of queue file `path` by id ({} when absent); RunError naming the file when it or a job in it is malformed."
     from qtnb.pipeline import PIPELINES
-    from qtnb.runs import RunError, _read_json
+    from qtnb.runs.store import RunError, _read_json
     data, jobs = _read_json(path, "job queue file"), {}
     for r in data.get("jobs", []):
         try:
@@ -344,7 +344,7 @@ def _number(v: str):
 
 async def follow(run, *, every: float = 0.25):
     "Server-sent events of `run`: `epoch` per history row, `status` on each state change, until the run finishes."
-    from qtnb.runs import _read_history_rows
+    from qtnb.runs.store import _read_history_rows
     sent, state = 0, None
     while True:
         st = run.status.get("state")

@@ -1,21 +1,19 @@
 """The model registry over the run store: register -> stage -> resolve -> load for torch and estimator runs,
-registration from several processes at once, and the bad inputs a user can give it."""
+registration from several processes at once (the bad inputs a user can give it are examples in nbs/10a_registry.ipynb)."""
 import json, multiprocessing as mp
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import pytest
 import torch
-import yaml
 from fastcore.test import test_eq as eq, test_close as close
 
 from qtnb.data import prepare
 from qtnb.datasets import planted
-from qtnb.errors import ConfigError, QtnbError
+from qtnb.errors import QtnbError
 from qtnb.models.core import create_model
 from qtnb.registry import load_version, register_version, save_estimator
-from qtnb.runs import (REGISTRY_FILE, RegistryError, RunError, VersionNotFound, create_run, delete_run, model_versions,
-                       resolve_version, set_stage)
+from qtnb.runs import (REGISTRY_FILE, RegistryError, RunError, create_run, model_versions, resolve_version, set_stage)
 from qtnb.trainer import Trainer, fit_fold, toy_windows
 
 TR, VA, TE = toy_windows(256, seed=0), toy_windows(128, seed=1), toy_windows(128, seed=2)
@@ -114,17 +112,6 @@ def test_estimator_round_trip(tmp_path):
     assert "is a torch model" in one_line(e)
 
 
-def test_archive_existing_false_keeps_both(tmp_path):
-    run = fake_torch_run(tmp_path)
-    for _ in range(3): register_version(run, "m")
-    set_stage("m@1", "production", runs_dir=tmp_path)
-    set_stage("m@2", "production", archive_existing=False, runs_dir=tmp_path)
-    eq(model_versions("m", runs_dir=tmp_path)["stage"].tolist(), ["production", "production", "none"])
-    eq(resolve_version("m@production", runs_dir=tmp_path)["version"], 2)      # the newest of them
-    register_version(run, "m", stage="production")                            # registering into a stage archives too
-    eq(model_versions("m", runs_dir=tmp_path)["stage"].tolist(), ["archived", "archived", "none", "production"])
-
-
 # ---------------------------------------------------------------- several processes at once
 
 def _register_many(args):
@@ -147,91 +134,3 @@ def test_concurrent_registration_loses_no_version(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]   # no temporary file left behind
 
 
-# ---------------------------------------------------------------- bad inputs
-
-def test_bad_references_and_stages(tmp_path):
-    run = fake_torch_run(tmp_path)
-    with pytest.raises(VersionNotFound) as e: resolve_version("m", runs_dir=tmp_path)
-    assert "the registry is empty" in one_line(e)
-    register_version(run, "m"); register_version(run, "m2")
-    with pytest.raises(VersionNotFound) as e: resolve_version("m3", runs_dir=tmp_path)
-    assert "known models: m, m2" in one_line(e)
-    with pytest.raises(VersionNotFound) as e: load_version("mm", runs_dir=tmp_path)
-    assert "known models" in one_line(e)
-    with pytest.raises(VersionNotFound) as e: model_versions("nope", runs_dir=tmp_path)
-    assert "known models: m, m2" in one_line(e)
-    with pytest.raises(VersionNotFound) as e: resolve_version("m@4", runs_dir=tmp_path)
-    assert "m has no version 4; versions: 1" in one_line(e)
-    with pytest.raises(VersionNotFound) as e: resolve_version("m@production", runs_dir=tmp_path)
-    assert "no version in stage 'production'" in one_line(e) and "set_stage('m@1', 'production')" in str(e.value)
-    for bad in ("m@", "@3", "m@3@4", "m@prod", "m@-1", "my model", "", "m@v3"):
-        with pytest.raises(ConfigError) as e: resolve_version(bad, runs_dir=tmp_path)
-        assert "use name, name@<version>" in one_line(e)
-    with pytest.raises(ConfigError) as e: set_stage("m@1", "live", runs_dir=tmp_path)
-    assert "use one of none, staging, production, archived" in one_line(e)
-    with pytest.raises(ConfigError) as e: register_version(run, "m", stage="prod")
-    assert "stage 'prod' is unknown" in one_line(e)
-    with pytest.raises(ConfigError) as e: register_version(run, "bad/name")
-    assert "model name 'bad/name' is not allowed" in one_line(e)
-    eq(model_versions(runs_dir=tmp_path)["name"].tolist(), ["m", "m2"])    # the refusals changed nothing
-
-
-def test_unfinished_or_modelless_runs_are_refused(tmp_path):
-    live = fake_torch_run(tmp_path, state="running")
-    with pytest.raises(RegistryError) as e: register_version(live, "m")
-    assert "is running; only a completed or stopped run" in one_line(e)
-    failed = fake_torch_run(tmp_path, state="failed")
-    with pytest.raises(RegistryError) as e: register_version(failed, "m")
-    assert "is failed" in one_line(e)
-    eq(register_version(fake_torch_run(tmp_path, state="stopped"), "m")["version"], 1)
-    bare = create_run("bare", runs_dir=tmp_path, params={"model": {"name": "mlp"}}); bare.set_status("completed")
-    with pytest.raises(RegistryError) as e: register_version(bare, "m")
-    assert "has no model artifact" in one_line(e)
-    nomodel = create_run("nomodel", runs_dir=tmp_path); nomodel.set_status("completed")
-    with pytest.raises(RegistryError) as e: register_version(nomodel, "m")
-    assert "names no model" in one_line(e)
-    with pytest.raises(RunError) as e: register_version("20200101-000000-nothing-abcd", "m", runs_dir=tmp_path)
-    assert "not found" in one_line(e)
-
-
-def test_a_changed_artifact_is_refused(tmp_path):
-    run = fake_torch_run(tmp_path)
-    register_version(run, "m")
-    ck = run.checkpoint_dir / "best.pt"
-    good = ck.read_bytes()
-    other = create_model({"name": "mlp", "hidden_sizes": [4]}, n_features=3, seq_len=8)   # same shape, other weights
-    run.save_checkpoint({"model": other.state_dict()}, "best")
-    with pytest.raises(RegistryError) as e: load_version("m", runs_dir=tmp_path)
-    assert "changed since it was registered" in one_line(e)
-    ck.unlink()
-    with pytest.raises(RegistryError) as e: load_version("m", runs_dir=tmp_path)
-    assert "is gone" in one_line(e)
-    ck.write_bytes(good)
-    assert load_version("m", runs_dir=tmp_path).qtnb_version["version"] == 1
-
-
-def test_deleting_a_registered_run(tmp_path):
-    a, b = fake_torch_run(tmp_path), fake_torch_run(tmp_path)
-    register_version(a, "m"); register_version(b, "m"); register_version(a, "m2")
-    with pytest.raises(RunError) as e: delete_run(a.id, runs_dir=tmp_path)
-    assert "holds the registered model versions m@1, m2@1" in one_line(e) and "force=True" in str(e.value)
-    assert (a.checkpoint_dir / "best.pt").is_file()                         # nothing deleted
-    eq(len(model_versions(runs_dir=tmp_path)), 3)
-    delete_run(a.id, runs_dir=tmp_path, force=True)
-    assert not a.path.exists()
-    eq(model_versions(runs_dir=tmp_path)[["name", "version"]].values.tolist(), [["m", 2]])
-    eq(register_version(b, "m")["version"], 3)                              # version numbers are never reused
-    with pytest.raises(VersionNotFound) as e: resolve_version("m2", runs_dir=tmp_path)
-    one_line(e)
-    c = fake_torch_run(tmp_path)
-    delete_run(c.id, runs_dir=tmp_path)                                      # an unregistered run goes as before
-
-
-def test_a_damaged_registry_is_reported(tmp_path):
-    run = fake_torch_run(tmp_path)
-    (tmp_path / REGISTRY_FILE).write_text("{not json")
-    with pytest.raises(RunError) as e: register_version(run, "m")
-    assert "is not valid JSON" in one_line(e)
-    (tmp_path / REGISTRY_FILE).write_text('{"models": []}')
-    with pytest.raises(RegistryError) as e: resolve_version("m", runs_dir=tmp_path)
-    assert "no valid 'models' mapping" in one_line(e)

@@ -164,14 +164,6 @@ def test_rolling_sharpe_follows_the_trading_convention(horizon, hold, rows, ppy)
     ref = empyrical.roll_sharpe_ratio(bt["strategy_return"], rows, annualization=ppy)
     np.testing.assert_allclose(got.iloc[rows - 1:].to_numpy(), np.asarray(ref), rtol=1e-9)
 
-def test_rolling_sharpe_takes_a_runs_convention_over_a_bare_frame():
-    from qtnb.report import rolling_sharpe
-    bt = pd.DataFrame({"strategy_return": np.random.default_rng(4).normal(1e-3, 0.01, 200)}, index=pd.bdate_range("2020", periods=200))
-    blocks = rolling_sharpe(bt, 63, {"hold": "blocks", "horizon": 5, "periods_per_year": 252})
-    np.testing.assert_allclose(blocks, direct_rolling_sharpe(bt["strategy_return"].to_numpy(), 13, 252 / 5), rtol=1e-9, equal_nan=True)
-    np.testing.assert_allclose(rolling_sharpe(bt, 63), direct_rolling_sharpe(bt["strategy_return"].to_numpy(), 63, 252),
-                               rtol=1e-9, equal_nan=True)   # no convention recorded: one period, 252 a year
-
 @pytest.fixture(scope="module")
 def more_runs(runs, tmp_path_factory):
     "A panel of 3 symbols (one planted) and a run traded in 5-day blocks (settings.ini's trade_hold), next to `runs`."

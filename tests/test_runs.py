@@ -11,7 +11,7 @@ import torch
 import yaml
 from fastcore.test import test_eq as eq, test_close as close, test_fail as fails
 
-import qtnb.runs as runs_mod
+import qtnb.runs.store as runs_mod
 from qtnb.errors import ConfigError, QtnbError
 from qtnb.metrics import MetricTracker
 from qtnb.runs import (Run, RunError, RunNotFound, compare_runs, create_run, delete_run, lineage_info, list_runs,
@@ -21,17 +21,6 @@ ID = re.compile(r"^\d{8}-\d{6}-[A-Za-z0-9_.-]+-[0-9a-f]{4}$")
 
 
 # ---------------------------------------------------------------- ids and creation
-
-def test_create_run_layout(tmp_path):
-    run = create_run("LSTM_h5.sp500", runs_dir=tmp_path, params={"model": {"name": "lstm"}, "lr": np.float32(0.5)})
-    assert ID.match(run.id), run.id
-    eq(run.id.split("-", 2)[2][:-5], "LSTM_h5.sp500")
-    eq(run.path, tmp_path.resolve() / run.id)
-    eq(yaml.safe_load((run.path / "params.yaml").read_text()), {"model": {"name": "lstm"}, "lr": 0.5})
-    st = json.loads((run.path / "status.json").read_text())
-    eq((st["state"], st["name"], st["pid"], st["id"]), ("running", "LSTM_h5.sp500", os.getpid(), run.id))
-    assert st["created"] and st["started"] and "ended" not in st
-
 
 def test_default_runs_dir_comes_from_settings(tmp_path, monkeypatch):
     (tmp_path / "settings.ini").write_text("[storage]\nruns_dir = my_runs\n")
@@ -64,37 +53,6 @@ def test_processes_creating_runs_at_once_get_distinct_folders(tmp_path):
     assert all((tmp_path / i / "status.json").is_file() for i in ids)
 
 
-# ---------------------------------------------------------------- status
-
-def test_status_lifecycle(tmp_path):
-    run = create_run("s", runs_dir=tmp_path)
-    time.sleep(0.02)
-    st = run.set_status("running", epoch=1, trial=np.int64(4))
-    eq((st["epoch"], st["trial"]), (1, 4))
-    started = st["started"]
-    st = run.set_status("stopped", error="stopped by the user")
-    eq((st["state"], st["started"], st["error"]), ("stopped", started, "stopped by the user"))
-    assert st["ended"] >= started and st["duration_s"] >= 0.02
-    st = run.set_status("running")                                        # resumed
-    assert "ended" not in st and "error" not in st and st["resumed"] >= started
-    for state in ("completed", "failed", "pruned"): eq(run.set_status(state)["state"], state)
-    with pytest.raises(ConfigError, match="run state 'finished' is invalid; use one of queued, running, completed"):
-        run.set_status("finished")
-
-
-def test_run_as_context_manager(tmp_path):
-    with create_run("ok", runs_dir=tmp_path) as run: pass
-    eq(run.status["state"], "completed")
-    with pytest.raises(KeyboardInterrupt):
-        with create_run("ctrl-c", runs_dir=tmp_path) as run: raise KeyboardInterrupt
-    eq(run.status["state"], "stopped")
-    with pytest.raises(RuntimeError):
-        with create_run("bad", runs_dir=tmp_path) as run: raise RuntimeError("loss exploded\nat epoch 3")
-    eq((run.status["state"], run.status["error"]), ("failed", "RuntimeError: loss exploded at epoch 3"))
-    with create_run("pruned", runs_dir=tmp_path) as run: run.set_status("pruned")
-    eq(run.status["state"], "pruned")                                     # an explicit final state is kept
-
-
 # ---------------------------------------------------------------- params, history, metrics
 
 def test_params_accept_pydantic_configs(tmp_path):
@@ -107,22 +65,6 @@ def test_params_accept_pydantic_configs(tmp_path):
     with pytest.raises(ConfigError): run.write_params([1, 2])
     (run.path / "params.yaml").write_text("a: [1,\n")
     with pytest.raises(RunError, match="params.yaml is not valid YAML"): run.params
-
-
-def test_history_grows_columns_and_round_trips(tmp_path):
-    run = create_run("h", runs_dir=tmp_path)
-    eq(len(run.history), 0)
-    rows = [{"epoch": e, "train_loss": float(np.float32(1 / (e + 1))), "lr": 1e-3 * 0.9 ** e, "time": 0.1 * e}
-            for e in range(5)]
-    for r in rows: run.log_epoch(r)
-    run.log_epoch({"val_sharpe": np.float64(1.25), "epoch": 5, "train_loss": torch.tensor(0.125), "note": "lr drop"})
-    h = run.history
-    eq(list(h.columns), ["epoch", "train_loss", "lr", "time", "val_sharpe", "note"])
-    eq(h["epoch"].tolist(), list(range(6)))
-    eq(h["lr"].tolist()[:5], [r["lr"] for r in rows])                    # exact floats, not rounded text
-    eq(h["val_sharpe"].isna().tolist(), [True] * 5 + [False])
-    eq(h["note"].iloc[-1], "lr drop")
-    assert not list(run.path.glob(".*.tmp"))
 
 
 def test_history_readers_never_see_a_torn_file(tmp_path):
@@ -138,21 +80,6 @@ def test_history_readers_never_see_a_torn_file(tmp_path):
     eq(errors, [])
     eq(seen, sorted(seen))                                                # rows only ever grow
     eq(len(run.history), 150)
-
-
-def test_metrics_are_json_safe(tmp_path):
-    run = create_run("m", runs_dir=tmp_path)
-    run.write_metrics({"val": {"mse": np.float32(0.5), "n": np.int64(3), "corr": float("nan"), "snr_db": float("inf"),
-                               "confusion_matrix": np.array([[1, 2], [3, 4]]), "auc": torch.tensor(0.75)},
-                       "test": {"sharpe": -0.5}})
-    text = (run.path / "metrics.json").read_text()
-    assert "NaN" not in text and "Infinity" not in text
-    eq(json.loads(text), {"val": {"mse": 0.5, "n": 3, "corr": None, "snr_db": None, "confusion_matrix": [[1, 2], [3, 4]],
-                                  "auc": 0.75}, "test": {"sharpe": -0.5}})
-    run.write_metrics({"test": {"sharpe": 0.1}}, merge=True)
-    eq((run.metrics["val"]["mse"], run.metrics["test"]), (0.5, {"sharpe": 0.1}))
-    run.write_metrics({"test": {"sharpe": 0.2}})
-    eq(run.metrics, {"test": {"sharpe": 0.2}})
 
 
 # ---------------------------------------------------------------- lineage
@@ -178,15 +105,6 @@ def test_lineage_never_fails_without_git(tmp_path, monkeypatch):
     eq((info["git_commit"], info["git_dirty"]), (None, None))
     assert {"qtnb", "numpy", "pandas", "torch"} <= set(info["packages"]), info["packages"]
     assert info["python"] and info["hostname"] and info["time"]
-
-
-def test_write_lineage_keeps_what_others_recorded(tmp_path):
-    run = create_run("l", runs_dir=tmp_path)
-    (run.path / "lineage.json").write_text(json.dumps({"exports": [{"path": "model.onnx"}]}))
-    lin = run.write_lineage(seed=3, data_fingerprint="fp", config_hash="ch", extra={"fold": np.int64(2)})
-    eq((lin["exports"], lin["seed"], lin["data_fingerprint"], lin["config_hash"], lin["fold"]),
-       ([{"path": "model.onnx"}], 3, "fp", "ch", 2))
-    eq(run.lineage, json.loads((run.path / "lineage.json").read_text()))
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -220,28 +138,6 @@ def test_checkpoint_round_trip_with_rng_states_and_tracker(tmp_path):
     t2 = MetricTracker(); t2.load_state_dict(got["tracker"])
     eq((t2.best, t2.best_epoch, t2.mode), (tracker.best, 1, "maximize"))
     eq(run.checkpoints(), ["last"])
-
-
-def test_numpy_gaussian_cache_survives(tmp_path):
-    run = create_run("g", runs_dir=tmp_path)
-    np.random.seed(5); np.random.standard_normal()                         # leaves a cached gaussian in the legacy state
-    run.save_checkpoint({"rng": rng_state()}, "r")
-    nxt = np.random.standard_normal(4)
-    set_rng_state(run.load_checkpoint("r")["rng"])
-    eq(np.random.standard_normal(4), nxt)
-
-
-def test_checkpoint_refuses_what_weights_only_cannot_load(tmp_path):
-    run = create_run("ck", runs_dir=tmp_path)
-    fails(lambda: run.save_checkpoint({"rng": {"numpy": ("MT19937", np.zeros(3))}}, "bad"),
-          contains="state['rng']['numpy'][1] is a numpy.ndarray")
-    fails(lambda: run.save_checkpoint({"f": lambda x: x}, "bad"), contains="state['f'] is a builtins.function")
-    fails(lambda: run.save_checkpoint({}, "../x"), contains="checkpoint name '../x' is invalid")
-    eq(run.checkpoints(), [])
-    # a file written by someone else with a pickled object: a RunError, not arbitrary code
-    run.checkpoint_dir.mkdir(exist_ok=True)
-    torch.save({"x": np.zeros(2)}, run.checkpoint_dir / "foreign.pt")
-    with pytest.raises(RunError, match="weights_only=True"): run.load_checkpoint("foreign")
 
 
 def test_a_failing_write_never_replaces_a_good_checkpoint(tmp_path, monkeypatch):
@@ -282,84 +178,6 @@ def test_killing_a_writer_mid_checkpoint_leaves_a_loadable_best(tmp_path):
     leftovers = [p.name for p in run.checkpoint_dir.iterdir() if p.name != "best.pt"]
     assert all(n.startswith(".best.pt.") for n in leftovers), leftovers  # only hidden temp files, never listed
     eq(run.checkpoints(), ["best"])
-
-
-def test_corrupt_checkpoints_name_the_file(tmp_path):
-    run = create_run("ck", runs_dir=tmp_path)
-    good = run.save_checkpoint({"w": torch.randn(100, 100)}, "best").read_bytes()
-    for name, data in (("truncated", good[: len(good) // 2]), ("empty", b""), ("noise", os.urandom(2000)),
-                       ("cut_short", good[:-10])):
-        (run.checkpoint_dir / f"{name}.pt").write_bytes(data)
-        with pytest.raises(RunError) as e: run.load_checkpoint(name)
-        assert f"{name}.pt" in str(e.value) and "\n" not in str(e.value), str(e.value)
-    with pytest.raises(RunError, match=r"has no checkpoint 'epoch_9'.*available: best"): run.load_checkpoint("epoch_9")
-
-
-def test_checkpoint_listing_orders_epochs(tmp_path):
-    run = create_run("ck", runs_dir=tmp_path)
-    for n in ("epoch_10", "best", "epoch_2", "last", "epoch_1"): run.save_checkpoint({"n": n}, n)
-    eq(run.checkpoints(), ["best", "last", "epoch_1", "epoch_2", "epoch_10"])
-
-
-# ---------------------------------------------------------------- open, list, compare, delete
-
-def test_open_run_errors_name_the_id_and_close_matches(tmp_path):
-    a = create_run("lstm", runs_dir=tmp_path); create_run("mlp", runs_dir=tmp_path)
-    with pytest.raises(RunNotFound) as e: open_run(a.id[:-1] + "z", runs_dir=tmp_path)
-    msg = str(e.value)
-    assert a.id[:-1] + "z" in msg and a.id in msg and "\n" not in msg, msg
-    assert isinstance(e.value, QtnbError) and isinstance(e.value, LookupError)
-    with pytest.raises(RunNotFound, match="close matches"): open_run("lstm", runs_dir=tmp_path)
-    with pytest.raises(RunNotFound, match="2 runs there"): open_run("zzzzzz", runs_dir=tmp_path)
-    eq(open_run(str(a.path)), a)
-    eq(open_run(a), a)
-
-
-def test_list_runs_newest_first_and_tolerant(tmp_path):
-    made = []
-    for name in ("a", "b", "c"):
-        made.append(create_run(name, runs_dir=tmp_path)); time.sleep(0.01)
-    made[0].write_metrics({"val": {"loss": 0.3, "sharpe": 1.0, "confusion_matrix": [[1]]}, "test": {"sharpe": 0.5}})
-    made[0].set_status("completed")
-    made[1].set_status("failed", error="NonFiniteLoss: nan")
-    (made[2].path / "status.json").write_text("{")                       # damaged
-    (tmp_path / "optuna.db").write_text(""); (tmp_path / "notes").mkdir(); (tmp_path / ".hidden").mkdir()
-    df = list_runs(tmp_path)
-    eq(df["id"].tolist(), [m.id for m in reversed(made)])
-    eq(df["state"].tolist(), ["unknown", "failed", "completed"])
-    eq(df["error"].iloc[1], "NonFiniteLoss: nan")
-    assert "status.json" in df["error"].iloc[0]
-    eq((df["val_sharpe"].iloc[2], df["test_sharpe"].iloc[2], df["val_loss"].iloc[2]), (1.0, 0.5, 0.3))
-    assert "val_confusion_matrix" not in df
-    assert {"id", "name", "state", "started", "duration"} <= set(df.columns)
-    assert df["duration"].iloc[2] >= 0
-    eq(len(list_runs(tmp_path / "nowhere")), 0)
-
-
-def test_compare_and_delete(tmp_path):
-    a = create_run("a", runs_dir=tmp_path, params={"model": "lstm", "seed": 1, "data": {"seq_len": 32, "h": 1}})
-    b = create_run("b", runs_dir=tmp_path, params={"model": "lstm", "seed": 2, "data": {"seq_len": 64, "h": 1}})
-    a.write_metrics({"val": {"mse": 0.2, "sharpe": 0.1}, "test": {"mse": 0.3}}); a.set_status("completed")
-    b.write_metrics({"val": {"mse": 0.1, "sharpe": 0.4}}); b.set_status("completed")
-    c = compare_runs([a.id, b], runs_dir=tmp_path)
-    eq(list(c.index), [a.id, b.id])
-    eq(c.loc[a.id, "test_mse"], 0.3); assert pd.isna(c.loc[b.id, "test_mse"])
-    eq([k for k in c.columns if k.startswith("params.")], ["params.seed", "params.data.seq_len"])
-    c = compare_runs([a.id, b.id], metrics=["val_mse"], runs_dir=tmp_path)
-    eq([k for k in c.columns if "_" in k and not k.startswith("params.")], ["val_mse"])
-    with pytest.raises(RunNotFound): delete_run("nothing", runs_dir=tmp_path)
-    (tmp_path / "keep").mkdir(); (tmp_path / "keep" / "data.csv").write_text("x")
-    with pytest.raises(RunNotFound, match="not a run"): delete_run("keep", runs_dir=tmp_path)
-    assert (tmp_path / "keep" / "data.csv").exists()
-    delete_run(a.id, runs_dir=tmp_path)
-    eq(list_runs(tmp_path)["id"].tolist(), [b.id])
-    live = create_run("live", runs_dir=tmp_path)                             # this process runs it: live
-    with pytest.raises(RunError, match="stop it first"): delete_run(live.id, runs_dir=tmp_path, force=True)
-    assert live.path.exists()
-    live.set_status("running", pid=None)                                    # an old run: no pid, nothing tells
-    with pytest.raises(RunError, match="marked running"): delete_run(live.id, runs_dir=tmp_path)
-    delete_run(live, runs_dir=tmp_path, force=True)
-    assert not live.path.exists()
 
 
 # ---------------------------------------------------------------- what other modules rely on
