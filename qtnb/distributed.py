@@ -205,7 +205,7 @@ class Agree(Callback):
     def __init__(self, job: Path | None): self.job = job
 
     def on_train_epoch_end(self, trainer, metrics):
-        from qtnb.runs import plain
+        from qtnb.io import plain
         decision = [None, None, None]
         if trainer.rank == 0:
             if self.job is not None:
@@ -272,7 +272,7 @@ def run_rank(job: str | Path) -> FitResult:
 # %% ../nbs/06b_distributed.ipynb #c30fcb6d
 def _save_result(job: Path, trainer: DDPTrainer, res: FitResult) -> None:
     "Rank 0's final weights and FitResult, weights_only-loadable, for the controller."
-    from qtnb.runs import plain
+    from qtnb.io import plain
     fit = {f.name: plain(getattr(res, f.name)) for f in dataclasses.fields(res) if f.name not in ("history", "feature_importance")}
     imp = res.feature_importance
     fit["feature_importance"] = None if imp is None else {str(k): float(v) for k, v in imp.items()}
