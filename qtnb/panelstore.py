@@ -422,6 +422,7 @@ class StoredWindows(qd.Windows):
     def batches(self, batch_size: int = 64, **kw) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         "`Windows.batches`, the next batch gathered (and its pages faulted in) while the caller works on this one."
         it = super().batches(batch_size, **kw)
+        if kw.get("augment") and kw.get("generator") is None: yield from it; return   # its draws stay in the caller's order
         pool = ThreadPoolExecutor(1, thread_name_prefix="qtnb-gather")
         try:
             ahead = pool.submit(next, it, None)
