@@ -24,7 +24,7 @@ from .trainer import FitResult, Trainer, TrainConfig, STEP_SCHEDULES, epoch_seed
 
 # %% auto #0
 __all__ = ['world', 'shard', 'windows_state', 'windows_from_state', 'torchrun_command', 'DDPTrainer', 'RankStates', 'Agree',
-           'run_rank', 'rank_failure', 'fit_ddp']
+           'RankControl', 'run_rank', 'rank_failure', 'fit_ddp']
 
 # %% ../nbs/06b_distributed.ipynb #4553298e
 def world() -> tuple[int, int]:
@@ -103,7 +103,8 @@ class DDPTrainer(Trainer):
         return super()._fit_torch(train, val, resume)
 
     def _callbacks_for_fit(self) -> list:
-        return super()._callbacks_for_fit() + [RankStates(), Agree(self.job)]
+        cbs = [RankControl(cb.run, cb.every) if type(cb) is RunControl else cb for cb in super()._callbacks_for_fit()]
+        return cbs + [RankStates(), Agree(self.job)]
 
     def _importance(self, w):
         return super()._importance(w) if self.rank == 0 else None    # rank 0 writes it; the others would only repeat it
@@ -200,25 +201,66 @@ def _read_json(path: Path) -> dict:
     except (OSError, ValueError): return {}
 
 class Agree(Callback):
-    "At each epoch's end: rank 0 reports the row and decides whether to stop; every rank follows its decision."
+    "At each epoch's end: rank 0 reports the row and decides whether to stop or pause; every rank follows its decision."
     order = 10_000    # after EarlyStopping, Checkpoint and RunControl: their decisions are in
-    def __init__(self, job: Path | None): self.job = job
+    def __init__(self, job: Path | None, every: float = 0.2): self.job, self.every = job, every
+
+    def _decide(self, trainer) -> list:
+        "Rank 0's decision: [should_stop, stop flag, stop reason, pause] from the controller's and the run's requests."
+        req = _read_json(self.job / "requests.json") if self.job is not None else {}
+        if req.get("stop") and not trainer._stop_flag:
+            trainer.request_stop(); trainer.stop_reason = trainer.stop_reason or str(req["stop"])
+        ctl = next((c for c in getattr(trainer, "_fit_callbacks", []) if isinstance(c, RankControl)), None)
+        held = ctl is not None and ctl.holding(trainer)
+        return [trainer.should_stop, trainer._stop_flag, trainer.stop_reason, (bool(req.get("pause")) or held) and not trainer._stop_flag]
 
     def on_train_epoch_end(self, trainer, metrics):
         from qtnb.io import plain
-        decision = [None, None, None]
+        decision = [None] * 4
         if trainer.rank == 0:
             if self.job is not None:
                 with open(self.job / "events.jsonl", "a") as f: f.write(json.dumps(plain(metrics)) + "\n")
-                req = _read_json(self.job / "requests.json")
-                while req.get("pause") and not req.get("stop"):
-                    time.sleep(0.1); req = _read_json(self.job / "requests.json")
-                if req.get("stop") and not trainer._stop_flag:
-                    trainer.request_stop(); trainer.stop_reason = trainer.stop_reason or str(req["stop"])
             if getattr(trainer, "_ckpt_request", None) is not None: trainer._save_now()   # asked for mid-epoch
-            decision = [trainer.should_stop, trainer._stop_flag, trainer.stop_reason]
+            decision = self._decide(trainer)
         dist.broadcast_object_list(decision, src=0)
-        trainer.should_stop, trainer._stop_flag, trainer.stop_reason = decision
+        if decision[3]: decision = self._hold(trainer, metrics["epoch"])
+        trainer.should_stop, trainer._stop_flag, trainer.stop_reason, _ = decision
+
+    def _hold(self, trainer, epoch: int) -> list:
+        "Every rank waits here until rank 0 decides the pause is over; the decision then."
+        mark = self.job / f"rank{trainer.rank}.paused" if self.job is not None else None
+        if mark is not None: atomic_write(mark, str(epoch))
+        try:
+            while True:
+                decision = [None] * 4
+                if trainer.rank == 0: time.sleep(self.every); decision = self._decide(trainer)
+                dist.broadcast_object_list(decision, src=0)
+                if not decision[3]: return decision
+        finally:
+            if mark is not None: mark.unlink(missing_ok=True)
+
+# %% ../nbs/06b_distributed.ipynb #6b16ccc3
+from .trainer import RunControl
+
+class RankControl(RunControl):
+    "Rank 0's `RunControl`: a pause asked for is remembered, and taken by every rank together at the epoch's end (`Agree`)."
+    held: dict | None = None
+
+    def _handle(self, trainer, req: dict, batches_done: int | None) -> None:
+        if req["action"] == "pause": self.held = req; return
+        if req["action"] in ("resume", "stop"): self.held = None
+        super()._handle(trainer, req, batches_done)
+
+    def holding(self, trainer) -> bool:
+        "Whether the run stays paused now (a pause asked for, no resume or stop since); acknowledges and records it."
+        req = self._new(force=True)
+        if req is not None: self._handle(trainer, req, None)
+        if trainer.stop_requested(): self.held = None
+        if self.held is not None and trainer._state != "paused":
+            self.run.acknowledge(self.held, state="paused"); self.run.set_status("running", paused=True); trainer._state = "paused"
+        elif self.held is None and trainer._state == "paused":
+            trainer._state = "running"; self.run.set_status("running", paused=False)
+        return self.held is not None
 
 # %% ../nbs/06b_distributed.ipynb #0caf16b4
 _PEER = ("connection closed", "connection reset", "broken pipe", "gloo", "nccl", "timed out", "interrupted by", "socket")

@@ -7,6 +7,7 @@ Docs: https://qtnb.github.io/qtnb/panelstore.html.md"""
 # %% ../nbs/02b_panelstore.ipynb #f2b05edf
 from __future__ import annotations
 import hashlib, json, mmap, os, secrets, shutil, tempfile, threading, time, weakref
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 from urllib.parse import unquote
@@ -412,11 +413,23 @@ class StoredPrepared(qd.Prepared):
 
 # %% ../nbs/02b_panelstore.ipynb #4550e8aa
 class StoredWindows(qd.Windows):
-    "`Windows` over memory maps: the pages a gather mapped are handed back to the page cache right after it."
+    "`Windows` over memory maps: pages a gather mapped handed back after it; batches gathered one ahead in a helper thread."
     def _gather(self, i):
         out = super()._gather(i)
         RESIDENT.check()
         return out
+
+    def batches(self, batch_size: int = 64, **kw) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        "`Windows.batches`, the next batch gathered (and its pages faulted in) while the caller works on this one."
+        it = super().batches(batch_size, **kw)
+        if kw.get("augment") and kw.get("generator") is None: yield from it; return   # its draws stay in the caller's order
+        pool = ThreadPoolExecutor(1, thread_name_prefix="qtnb-gather")
+        try:
+            ahead = pool.submit(next, it, None)
+            while (b := ahead.result()) is not None:
+                ahead = pool.submit(next, it, None)
+                yield b
+        finally: pool.shutdown(wait=True, cancel_futures=True)
 
 # %% ../nbs/02b_panelstore.ipynb #6fa3fa51
 class StoredFold(qd.Fold):

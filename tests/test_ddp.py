@@ -204,3 +204,41 @@ def test_no_rank_outlives_a_controller_killed_with_9(tmp_path):
         assert not any(alive(p) for p in pids), "a rank outlived its controller"
     finally:
         if proc.poll() is None: proc.kill()
+
+
+def test_a_pause_through_the_control_file_holds_every_rank_and_the_resumed_run_ends_as_an_uninterrupted_one(tmp_path):
+    from qtnb.runs import create_run
+    from qtnb.trainer import Trainer, fit_in_background, toy_windows
+    data = toy_windows(600, seed=1), toy_windows(200, seed=2)
+    model = {"name": "mlp", "hidden_sizes": [8], "dropout": 0.3}
+    kw = dict(strategy="ddp", nproc=2, num_epochs=4, batch_size=64, importance=False, early_stopping_patience=0, device="cpu")
+    ref = Trainer(model, **kw).fit(*data, test=data[1])                 # uninterrupted
+    run = create_run("pause", runs_dir=tmp_path)
+    h = fit_in_background(Trainer(model, run=run, **kw), *data, test=data[1])
+    job = Path(run.path) / "ddp"
+    events = job / "events.jsonl"
+    def wait(cond, what):
+        for _ in range(6000):
+            if cond(): return
+            assert not h.done, f"the fit ended before {what}: {h.join(1)}"
+            time.sleep(0.05)
+        raise AssertionError(f"never {what}")
+    wait(lambda: events.is_file() and events.read_text(), "its first epoch")
+    run.request("pause")                                                 # what qtnb runs pause writes
+    marks = [job / "rank0.paused", job / "rank1.paused"]
+    wait(lambda: all(m.is_file() for m in marks), "every rank paused")
+    eq(run.control.get("state"), "paused"); eq(run.status.get("paused"), True)
+    held = [m.read_text() for m in marks]
+    eq(held[0], held[1])                                                 # both wait after the same epoch
+    n = len(events.read_text().splitlines())
+    eq(n, int(held[0]))
+    time.sleep(1.0)
+    eq(len(events.read_text().splitlines()), n); assert not h.done       # no rank went on meanwhile
+    eq([m.read_text() for m in marks], held)
+    run.request("resume")
+    res = h.join(300)
+    assert not any(m.exists() for m in marks)
+    eq((res.state, run.status["state"]), ("completed", "completed"))
+    cols = ["epoch", "train_loss", "val_loss", "lr"]
+    eq(res.history[cols].values.tolist(), ref.history[cols].values.tolist())
+    eq(numbers(res.test_metrics), numbers(ref.test_metrics))
