@@ -1,4 +1,4 @@
-"""From a trained model to a file that serves predictions fast: ONNX and TorchScript export with parity checks, one inference session over onnxruntime, TorchScript, PyTorch and TensorRT, INT8 quantization, and latency numbers measured side by side.
+"""From a trained torch model to a file that serves predictions fast: ONNX and TorchScript export with parity checks, and one inference session over onnxruntime, TorchScript, PyTorch and TensorRT. The other families (`qtnb.export.families`), quantization cost and backend latency (`qtnb.export.compare`) and exporting a stored run (`qtnb.export.run`) build on it; `from qtnb.export import ...` reaches all of them.
 
 Docs: https://qtnb.github.io/qtnb/export.html.md"""
 
