@@ -264,7 +264,8 @@ def _meta(self: Predictor):
 @patch
 def _session(self: Predictor):
     "A warm onnxruntime or TorchScript session over the run's exported file, exported here first when missing."
-    from qtnb.export import InferenceSession, export_estimator, export_onnx, export_torchscript, read_meta, _record_export
+    from qtnb.export import InferenceSession, export_estimator, export_onnx, export_torchscript, read_meta
+    from qtnb.export.run import _record_export
     from qtnb.models.core import is_torch_model
     if self.run is None: raise ModelError(f"backend={self.backend!r} needs the model's run folder; use from_run or from_registry")
     path = Path(self.run.path) / ("model.onnx" if self.backend == "onnx" else "model.ts")

@@ -1,6 +1,6 @@
-"""Predictions from a run or a registered model on new data: the stored preprocessing replayed exactly, the backends
-agreeing, bad data refused in one line, a planted pickle never run, and `qtnb predict` end to end on the S&P 500."""
-import json, os, pickle, subprocess, sys
+"""Predictions from a pipeline run or a registered model on new data (the unit examples live in nbs/13_predict.ipynb):
+the stored preprocessing replayed exactly, the backends agreeing, bad data refused in one line, a planted pickle never run, and `qtnb predict` end to end on the S&P 500."""
+import os, pickle, subprocess, sys
 from pathlib import Path
 
 import numpy as np
@@ -9,12 +9,10 @@ import pytest
 
 from fastcore.test import test_eq as eq, test_close as close
 
-from qtnb.data import Scaler, load_frame, prepare
-from qtnb.errors import DataError, InsufficientData, QtnbError
+from qtnb.data import load_frame
+from qtnb.errors import QtnbError
 from qtnb.pipeline import train
-from qtnb.predict import Predictor, load_preprocess, save_preprocess
-from qtnb.registry import register_version
-from qtnb.runs import create_run, open_run
+from qtnb.predict import Predictor, load_preprocess
 
 QTNB = str(Path(sys.executable).parent / "qtnb")
 REPO = Path(__file__).resolve().parent.parent
@@ -44,15 +42,6 @@ def _test_range(run):
     pc = pd.read_csv(run.path / "predictions.csv", parse_dates=["date"])
     return pc, dict(start=pc.date.min(), end=pc.date.max())
 
-def test_store_is_json_and_npz(runs):
-    root, r = runs
-    for run in r.values():
-        files = sorted(p.name for p in (run.path / "preprocess").iterdir())
-        eq(files, ["arrays.npz", "preprocess.json"])
-        state = json.loads((run.path / "preprocess" / "preprocess.json").read_text())
-        eq(state["format"], 1); eq(state["seq_len"], 8)
-        with np.load(run.path / "preprocess" / "arrays.npz", allow_pickle=False) as z: assert "x_center" in z.files
-
 def test_training_range_equals_the_runs_own_predictions(runs, data):
     root, r = runs
     pc, rng = _test_range(r["mlp"])
@@ -79,22 +68,6 @@ def test_backends_agree(runs, data, model):
         close(got[col].to_numpy(), ref[col].to_numpy(), eps=1e-5)
     eq(len(ref), 60)                                                      # every new date, history from the stored context
 
-def test_new_rows_alone_match_the_full_history(runs, data):
-    "A frame of only the new rows gets the same predictions as the whole history, thanks to the stored context."
-    root, r = runs
-    d, df = data
-    P = Predictor.from_run(r["mlp"].id, runs_dir=root)
-    alone = P.predict(d / "new.csv")
-    full = P.predict(df.iloc[:SPLIT + 60], start=df.index[SPLIT])
-    eq(list(alone.date), list(full.date))
-    close(alone.y_pred.to_numpy(), full.y_pred.to_numpy(), eps=1e-7)
-
-def test_registry_version_column(runs, data):
-    root, r = runs
-    register_version(r["mlp"].id, "spxm", stage="production", runs_dir=root)
-    got = Predictor.from_registry("spxm@production", runs_dir=root).predict(data[0] / "new.csv")
-    eq(set(got.model_version), {"spxm@1"}); eq(set(got.run_id), {r["mlp"].id})
-
 def _bad(df: pd.DataFrame, tmp: Path) -> dict[str, Path]:
     new = df.iloc[SPLIT:SPLIT + 60]
     out = {"'Volume' is missing": new.drop(columns=["Volume"]), "not sorted": new.iloc[::-1]}
@@ -112,26 +85,6 @@ def test_bad_data_exits_2_in_one_line(runs, data, tmp_path):
         eq(res.returncode, 2)
         lines = res.stderr.strip().splitlines()
         eq(len(lines), 1); assert needle in lines[0], (needle, lines)
-
-def test_unseen_symbol_when_scaled_per_symbol(tmp_path):
-    f = load_frame("synthetic:planted").iloc[:600]
-    g = load_frame("synthetic:random_walk").iloc[:600]
-    panel = pd.concat([f.assign(symbol="AAA"), g.assign(symbol="BBB")])
-    prep = prepare(dict(data="synthetic:planted", seq_len=8, cache=False, symbol_col="symbol"), panel)
-    fold = prep.folds[0]
-    def rows(s): return prep.features[(prep.frame.symbol == s).to_numpy()].dropna().to_numpy(dtype="float64")   # its complete rows
-    fold.scalers = {s: Scaler("standard").fit(rows(s)) for s in ("AAA", "BBB")}
-    run = create_run("panel", runs_dir=tmp_path)
-    save_preprocess(run, prep, fold)
-    pp = load_preprocess(run)
-    assert pp.per_symbol
-    x, keys = pp.windows(panel, last=1)
-    eq(list(keys.symbol), ["AAA", "BBB"])
-    for i, s in enumerate(("AAA", "BBB")):
-        a = rows(s)
-        last = prep.features[(prep.frame.symbol == s).to_numpy()].to_numpy()[-1]   # the symbol's newest row, by its own scaler
-        close(x[i, -1], ((last - a.mean(0)) / a.std(0)).astype(np.float32), eps=1e-5)
-    with pytest.raises(DataError, match="'CCC' was never seen"): pp.windows(f.assign(symbol="CCC"))
 
 class Boom:
     "Unpickling this runs a command that leaves a file behind."
