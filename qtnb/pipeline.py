@@ -563,7 +563,8 @@ def _save_model(run, fr: FoldResult, model_cfg: dict, many: bool) -> Path | None
 from .trainer import config_hash as _config_hash   # the hash the Trainer writes into lineage
 
 def _export_model(run, fr: FoldResult, prep) -> Path:
-    from qtnb.export import export_estimator, export_meta, export_run, _record_export
+    from qtnb.export import export_estimator, export_meta, export_run
+    from qtnb.export.run import _record_export
     from qtnb.models.core import is_torch_model
     model = fr.trainer.model
     if is_torch_model(model): return export_run(run.id, runs_dir=Path(run.path).parent, format="onnx", precision="fp32")
@@ -885,7 +886,8 @@ def tune(p: TuneParams | dict | None = None, *, verbose: bool = True, **params) 
 # %% ../nbs/12_pipeline.ipynb #a2282692
 def _export_estimator_report(p, run, src, model, path: Path, prep, x: np.ndarray) -> Report:
     "The export pipeline's record for an estimator run: ONNX parity on the test windows, batch-1 latency side by side."
-    from qtnb.export import InferenceSession, _latency_figure
+    from qtnb.export import InferenceSession
+    from qtnb.export.compare import _latency_figure
     sess = InferenceSession(path)
     ref, got = model.predict(x), sess.predict_batch(x, batch_size=256)
     parity = {"max_abs_diff": float(np.abs(got - ref).max()), "windows": int(len(x)), "backend": sess.backend}
@@ -934,7 +936,8 @@ def export(p: ExportParams | dict | None = None, *, verbose: bool = True, **para
     from qtnb.models.core import is_torch_model
     from qtnb.registry import load_run_model
     from qtnb.runs import open_run
-    from qtnb.export import BACKENDS, _run_configs, is_stateful, stateful_parity
+    from qtnb.export import BACKENDS, is_stateful, stateful_parity
+    from qtnb.export.run import _run_configs
     p = p if isinstance(p, ExportParams) else ExportParams(**{**(p or {}), **params}).check()
     root = resolve_runs_dir(p.runs_dir)
     src = open_run(p.source_run or latest_model_run(root), runs_dir=root)
