@@ -128,7 +128,7 @@ class EarlyStopping(Callback):
 
 # %% ../nbs/05_callbacks.ipynb #31ae13c8
 def save_state(state: dict, path: str | Path) -> Path:
-    "Write `state` with torch.save to `path` atomically (`qtnb.config.atomic_save`: old or new file, `DiskFull` when space runs out)."
+    "Write `state` with torch.save to `path` atomically (`qtnb.io.atomic_save`: old or new file, `DiskFull` when space runs out)."
     return atomic_save(state, path)
 
 def load_state(path: str | Path, map_location: Any = "cpu") -> dict:

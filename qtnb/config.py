@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError
-from .io import atomic_write, atomic_save, dump_yaml, read_yaml, write_yaml   # the last three also for modules still importing them from here
+from .io import atomic_write, dump_yaml, read_yaml
 
 # %% auto #0
 __all__ = ['SETTINGS_ENV', 'SETTINGS_SECTIONS', 'PARAM_STYLE_ENV', 'find_settings', 'Settings', 'load_settings', 'param',

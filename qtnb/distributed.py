@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .config import atomic_write
+from .io import atomic_write
 from .errors import ConfigError, QtnbError, TrainingError
 from .data import Augment, Scaler, Windows
 from .callbacks import Callback, hook_table, load_state, save_state

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 import qtnb.data as qd
-from .config import atomic_write
+from .io import atomic_write
 from .errors import DataError
 
 # %% auto #0

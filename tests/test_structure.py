@@ -111,6 +111,25 @@ def test_the_run_store_imports_no_models_data_trainer_or_tuner():
     assert not other, f"the run store reaches beyond config, errors and io: {sorted(other)}"
 
 
+def io_helpers_imported_elsewhere(pkg: Path = PKG) -> list[str]:
+    "Every `from <pkg>.X import name` of one of io's names where X is not io: the file helpers have one home."
+    import qtnb.io
+    names, bad = set(qtnb.io.__all__), []
+    for mod, path in module_files(pkg).items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom): continue
+            src = ("." * node.level) + (node.module or "")
+            if src.rsplit(".", 1)[-1] in ("io", "") or not (node.level or src.startswith(pkg.name)): continue
+            bad += [f"{mod} imports {a.name} from {src} (line {node.lineno}): import it from qtnb.io" for a in node.names if a.name in names]
+    return bad
+
+def test_the_file_helpers_are_imported_from_io_only(tmp_path):
+    pkg = tmp_path / "qtnb"; pkg.mkdir()
+    (pkg / "a.py").write_text("from .config import atomic_write\nfrom .io import plain\n")
+    eq(io_helpers_imported_elsewhere(pkg), ["qtnb.a imports atomic_write from .config (line 1): import it from qtnb.io"])
+    assert not io_helpers_imported_elsewhere(), io_helpers_imported_elsewhere()
+
+
 def test_registry_functions_come_from_the_models_package():
     from qtnb.models import create_model, list_models, model_schema
     from qtnb.models import core
