@@ -179,7 +179,7 @@ class RankStates(Callback):
     "Gather every rank's random state at each epoch's end, before rank 0's Checkpoint saves it."
     order = 99
     def on_train_epoch_end(self, trainer, metrics):
-        from qtnb.runs import rng_state
+        from qtnb.trainer.state import rng_state
         states = [None] * trainer.world_size
         dist.all_gather_object(states, rng_state())
         trainer._rank_rngs = states
@@ -190,7 +190,7 @@ def state_dict(self: DDPTrainer) -> dict:
 
 @patch
 def load_state_dict(self: DDPTrainer, state: dict) -> None:
-    from qtnb.runs import set_rng_state
+    from qtnb.trainer.state import set_rng_state
     Trainer.load_state_dict(self, state)
     rngs = state.get("rng_ranks")
     if rngs and len(rngs) == self.world_size: set_rng_state(rngs[self.rank])

@@ -15,7 +15,8 @@ import qtnb.runs.store as runs_mod
 from qtnb.errors import ConfigError, QtnbError
 from qtnb.metrics import MetricTracker
 from qtnb.runs import (Run, RunError, RunNotFound, compare_runs, create_run, delete_run, lineage_info, list_runs,
-                       open_run, rng_state, set_rng_state)
+                       open_run)
+from qtnb.trainer import rng_state, set_rng_state
 
 ID = re.compile(r"^\d{8}-\d{6}-[A-Za-z0-9_.-]+-[0-9a-f]{4}$")
 

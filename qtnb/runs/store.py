@@ -24,7 +24,7 @@ from ..errors import ConfigError, QtnbError
 # %% auto #0
 __all__ = ['RUN_STATES', 'FINISHED_STATES', 'HEARTBEAT_MIN_S', 'LINEAGE_PACKAGES', 'RunError', 'RunNotFound', 'sanitize_name',
            'new_run_id', 'process_record', 'process_alive', 'Run', 'process_gone', 'create_run', 'open_run',
-           'lineage_info', 'rng_state', 'set_rng_state']
+           'lineage_info']
 
 # %% ../../nbs/10_runs.store.ipynb #d6ee5e8a
 RUN_STATES = ("queued", "running", "completed", "failed", "stopped", "interrupted", "pruned")
@@ -401,24 +401,3 @@ def load_checkpoint(self: Run, name: str, *, map_location: Any = "cpu") -> dict:
 def checkpoint_dir(self: Run) -> Path:
     "The run's checkpoints/ folder."
     return self.path / "checkpoints"
-
-# %% ../../nbs/10_runs.store.ipynb #3b1b03a2
-def rng_state() -> dict:
-    "torch (CPU and every CUDA device), numpy's global and Python's random state, as weights_only-loadable values."
-    import torch
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    version, internal, gauss = random.getstate()
-    return dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                numpy=dict(kind=str(kind), keys=[int(k) for k in keys], pos=int(pos), has_gauss=int(has_gauss),
-                           cached_gaussian=float(cached)),
-                python=[version, list(internal), gauss])
-
-def set_rng_state(state: dict) -> None:
-    "Restore the random states captured by `rng_state` (CUDA states only where the devices exist)."
-    import torch
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available(): torch.cuda.set_rng_state_all(state["cuda"])
-    n = state["numpy"]
-    np.random.set_state((n["kind"], np.array(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))

@@ -6,9 +6,10 @@ Docs: https://qtnb.github.io/qtnb/trainer.state.html.md"""
 
 # %% ../../nbs/06c_trainer.state.ipynb #f8fe8cb3
 from __future__ import annotations
-import hashlib, json
+import hashlib, json, random
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from fastcore.basics import patch
@@ -20,7 +21,26 @@ from ..data import Windows
 from .core import Trainer
 
 # %% auto #0
-__all__ = ['config_hash']
+__all__ = ['rng_state', 'set_rng_state', 'config_hash']
+
+# %% ../../nbs/06c_trainer.state.ipynb #3b1b03a2
+def rng_state() -> dict:
+    "torch (CPU and every CUDA device), numpy's global and Python's random state, as weights_only-loadable values."
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    return dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                numpy=dict(kind=str(kind), keys=[int(k) for k in keys], pos=int(pos), has_gauss=int(has_gauss),
+                           cached_gaussian=float(cached)),
+                python=[version, list(internal), gauss])
+
+def set_rng_state(state: dict) -> None:
+    "Restore the random states captured by `rng_state` (CUDA states only where the devices exist)."
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available(): torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], np.array(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
 
 # %% ../../nbs/06c_trainer.state.ipynb #b1c195b9
 _KEEP_ON_RESUME = {"num_epochs", "device", "compile", "early_stopping_patience", "importance", "importance_windows",
@@ -34,7 +54,6 @@ def config_hash(d: dict) -> str:
 @patch
 def state_dict(self: Trainer) -> dict:
     "Weights, optimiser, schedule, grad scaler, RNG states, history, best weights and callback states."
-    from qtnb.runs import rng_state
     cbl = getattr(self, "_fit_callbacks", self.callbacks)
     cbs = {k: c.state_dict() for k, c in zip(state_keys(cbl), cbl) if callable(getattr(c, "state_dict", None))}
     return dict(format="qtnb-trainer-1", epoch=self.epoch, global_step=self.global_step, train_time=self.train_time,
@@ -47,7 +66,6 @@ def state_dict(self: Trainer) -> dict:
 @patch
 def load_state_dict(self: Trainer, state: dict) -> None:
     "Continue from `state_dict()`: the counters, weights, optimiser, schedule, scaler, callbacks and RNG states."
-    from qtnb.runs import set_rng_state
     if state.get("format") != "qtnb-trainer-1":
         raise ConfigError("this checkpoint was not written by qtnb's Trainer (no 'format': 'qtnb-trainer-1'); resume from a Checkpoint file")
     old = state.get("config", {})
