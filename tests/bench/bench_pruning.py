@@ -63,8 +63,8 @@ VARIANTS = {
     "gp5_hyperband_min1": (("gp", dict(n_startup_trials=5)), (HB, dict(min_resource=1, reduction_factor=3))),
     # Measured 2026-12-05 evening on the 7 seeds (the notebook 07b's table); "by 300": the tuner stopped at 300 epochs
     # (0.72 of random search's charge), so an unreached seed counts >= 0.72. A TPE that exploits more: the ends of each
-    # range as candidates, half Optuna's prior weight, the best 5% (not 10%) as the good trials: >= 0.73 [0.49, 0.76],
-    # 3/7 reached by 300 (Optuna 5 warns that `gamma` is deprecated).
+    # range as candidates, half Optuna's prior weight, the best 5% (not 10%) as the good trials: 1.51 [0.49, 1.98],
+    # 5/7 reached (Optuna 5 warns that `gamma` is deprecated).
     "mv_tpe5_endpoints_prior05_gamma05": (dict(MV, n_startup_trials=5, consider_endpoints=True, prior_weight=0.5, gamma="5%"), None),
     # Multi-fidelity TPE (BOHB's rule, `MultiFidelity` below): pruned trials count as observations at the longest
     # budget 5 trials reached, so the epoch-1 losses of many cheap trials steer the sampler. With Hyperband: 1.94
