@@ -17,7 +17,7 @@ __all__ = ['SUBCOMMANDS', 'COMMANDS', 'build_parser', 'report_parser', 'cmd_run'
            'cmd_export', 'tutorial_notebook', 'cmd_lab', 'cmd_dashboard', 'cmd_report', 'main', 'entry',
            'predictor_for', 'cmd_predict', 'cmd_serve']
 
-# %% ../nbs/12a_cli.ipynb #70d33184
+# %% ../nbs/12a_cli.ipynb #3651311b
 def _pipeline_help() -> str:
     from qtnb.pipeline import PIPELINES
     out = ["pipelines and their parameters (-p NAME VALUE):"]
@@ -54,7 +54,7 @@ def _run_parsers(sub) -> None:
     s.add_argument("--workers", type=int, default=1, metavar="N", help="runs at a time (processes; default 1)")
     s.add_argument("--scheduler", metavar="ADDRESS", help="run each run as a task of the Dask cluster at tcp://HOST:PORT")
 
-# %% ../nbs/12a_cli.ipynb #75bfb369
+# %% ../nbs/12a_cli.ipynb #a9b57096
 def _runs_parser(sub) -> None:
     "Add `qtnb runs ACTION` to the subcommands `sub`."
     rs = sub.add_parser("runs", help="list, show, compare, delete, pause, resume, stop or checkpoint runs")
@@ -82,7 +82,7 @@ def _runs_parser(sub) -> None:
             a.add_argument("--force", action="store_true", help="also delete registered runs, or runs marked running whose "
                            "process cannot be checked (a live run is never deleted)")
 
-# %% ../nbs/12a_cli.ipynb #4910ca69
+# %% ../nbs/12a_cli.ipynb #476f961b
 def _models_parser(sub) -> None:
     "Add `qtnb models ACTION` and `qtnb export` to the subcommands `sub`."
     ms = sub.add_parser("models", help="the model registry: register runs' models, set stages, list versions")
@@ -102,7 +102,7 @@ def _models_parser(sub) -> None:
     e.add_argument("--precision", choices=["fp32", "fp16", "int8"], help="default: settings.ini's [export] precision")
     e.add_argument("--runs-dir", metavar="DIR", help="run store (default: settings.ini's)")
 
-# %% ../nbs/12a_cli.ipynb #946d2bc4
+# %% ../nbs/12a_cli.ipynb #68a83b26
 def _tools_parsers(sub) -> None:
     "Add `qtnb dashboard` and `qtnb lab` to the subcommands `sub`."
     d = sub.add_parser("dashboard", help="serve optuna-dashboard for the tuning studies on 127.0.0.1",
@@ -118,7 +118,7 @@ def _tools_parsers(sub) -> None:
     l.add_argument("--print-command", action="store_true", help="print the command instead of running it")
     l.epilog = "Other options (--ServerApp.ip=..., --IdentityProvider.token=...) are passed on to JupyterLab."
 
-# %% ../nbs/12a_cli.ipynb #06ca482a
+# %% ../nbs/12a_cli.ipynb #19d183b3
 SUBCOMMANDS: list = []   # functions add(subparsers) of commands defined further down (predict, serve)
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,7 +139,7 @@ def report_parser(sub) -> None:
     a.add_argument("--out", metavar="FILE", help="where to write it (default: RUN/report.html)")
     a.add_argument("--runs-dir", metavar="DIR", help="run store (default: settings.ini [storage] runs_dir)")
 
-# %% ../nbs/12a_cli.ipynb #8a8b8142
+# %% ../nbs/12a_cli.ipynb #b6c4144a
 def _echo(*a): print(*a, flush=True)
 
 def _once(pairs, flag: str) -> dict[str, str]:
@@ -166,7 +166,7 @@ def _cli_param_style(command: str):
         if old is None: os.environ.pop(PARAM_STYLE_ENV, None)
         else: os.environ[PARAM_STYLE_ENV] = old
 
-# %% ../nbs/12a_cli.ipynb #731ccc96
+# %% ../nbs/12a_cli.ipynb #b6de0b2b
 def cmd_run(args) -> int:
     from qtnb.pipeline import PipelineFailed, run_pipeline
     params = _parse_params(args.pipeline, args.param)
@@ -192,7 +192,7 @@ def cmd_run(args) -> int:
         if f.exists(): _echo(f"  {label:<9}{f}")
     return 0 if st.get("state") in ("completed", "stopped") else 1
 
-# %% ../nbs/12a_cli.ipynb #ba6ac44b
+# %% ../nbs/12a_cli.ipynb #8adb982c
 def cmd_sweep(args) -> int:
     from qtnb.pipeline import parse_grid, parse_value, pipeline_class, sweep
     cls = pipeline_class(args.pipeline)
@@ -212,7 +212,7 @@ def cmd_sweep(args) -> int:
     _echo(f"\nsummary: {folder / 'summary.csv'}\nfigure:  {folder / 'summary.html'}")
     return 0 if (table["sweep_state"] == "completed").all() else 1
 
-# %% ../nbs/12a_cli.ipynb #075754c2
+# %% ../nbs/12a_cli.ipynb #17adf88b
 def _table(df, cols=None) -> str:
     import pandas as pd
     if df is None or len(df) == 0: return "(none)"
@@ -252,7 +252,7 @@ def cmd_runs(args) -> int:
             _echo(f"removed the link {rid} (the folder it points to is kept)" if link else f"deleted {rid}")
     return 0
 
-# %% ../nbs/12a_cli.ipynb #e453f24e
+# %% ../nbs/12a_cli.ipynb #001d7cc7
 def _control(args) -> int:
     "pause, stop, checkpoint: a request the run's process honours; resume: that too, or, for a stopped or killed run, a resumed train."
     from qtnb import runs as R
@@ -265,7 +265,7 @@ def _control(args) -> int:
     _echo(f"{args.runs_command} requested for run {run.id} (its process acknowledges it in {Path(run.path) / R.CONTROL_FILE})")
     return 0
 
-# %% ../nbs/12a_cli.ipynb #24f59793
+# %% ../nbs/12a_cli.ipynb #bfab888e
 def cmd_models(args) -> int:
     from qtnb import runs as R
     c = args.models_command
@@ -287,7 +287,7 @@ def cmd_export(args) -> int:
     _echo(f"exported {args.run} -> {out}")
     return 0
 
-# %% ../nbs/12a_cli.ipynb #1982c1d3
+# %% ../nbs/12a_cli.ipynb #f9dd2451
 def tutorial_notebook() -> Path | None:
     "The tutorial notebook of a qtnb checkout (nbs/tutorial.ipynb beside settings.ini), if there is one."
     from qtnb.config import find_settings
@@ -329,7 +329,7 @@ def cmd_report(args) -> int:
 
 COMMANDS["report"] = cmd_report
 
-# %% ../nbs/12a_cli.ipynb #5e74a93a
+# %% ../nbs/12a_cli.ipynb #a6d802f4
 def _raise_interrupted(signum, frame):
     try: from qtnb.runs import RunInterrupted
     except ImportError: raise KeyboardInterrupt from None     # the signal came while qtnb.runs was being imported
@@ -355,7 +355,7 @@ def _renamed_notes() -> None:
         print(f"qtnb: note: -p {old} is now -p {RENAMED[old]} (TrainConfig's name); {old} will stop working in a later version", file=sys.stderr)
     RENAMED_SEEN.clear()
 
-# %% ../nbs/12a_cli.ipynb #5a1f1673
+# %% ../nbs/12a_cli.ipynb #c0e0fc35
 def main(argv: list[str] | None = None) -> int:
     "The `qtnb` command; returns the exit code (128 + the signal's number when SIGTERM, SIGINT or SIGHUP stopped it)."
     import signal, threading
