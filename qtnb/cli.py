@@ -17,7 +17,7 @@ __all__ = ['SUBCOMMANDS', 'COMMANDS', 'build_parser', 'report_parser', 'cmd_run'
            'cmd_export', 'tutorial_notebook', 'cmd_lab', 'cmd_dashboard', 'cmd_report', 'main', 'entry',
            'predictor_for', 'cmd_predict', 'cmd_serve']
 
-# %% ../nbs/12a_cli.ipynb #b72bc24b
+# %% ../nbs/12a_cli.ipynb #3651311b
 def _pipeline_help() -> str:
     from qtnb.pipeline import PIPELINES
     out = ["pipelines and their parameters (-p NAME VALUE):"]
@@ -29,38 +29,34 @@ def _pipeline_help() -> str:
                "\n  qtnb sweep train -g model mlp,lstm -g learning_rate 1e-3,1e-2 --workers 2")
     return "\n".join(out)
 
-SUBCOMMANDS: list = []   # functions add(subparsers) of commands defined further down (predict, serve)
+def _pipeline_args(p) -> None:
+    "The arguments `qtnb run` and `qtnb sweep` share."
+    p.add_argument("pipeline", metavar="PIPELINE", help="train, tune, backtest or export")
+    p.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"), help="set a pipeline parameter (repeatable)")
+    p.add_argument("-f", "--params-file", metavar="FILE", help="YAML file of parameters (-p overrides it)")
+    p.add_argument("--runs-dir", metavar="DIR", help="run store (default: settings.ini [storage] runs_dir)")
+    p.add_argument("--name", metavar="NAME", help="name inside the run id")
 
-def build_parser() -> argparse.ArgumentParser:
-    "The `qtnb` argument parser."
-    P = argparse.ArgumentParser(prog="qtnb", description="qtnb: train, tune, backtest and export forecasting models on "
-                                "financial time series; runs land in the run store (settings.ini [storage] runs_dir).")
-    P.add_argument("--version", action="version", version=f"qtnb {qtnb.__version__}")
-    sub = P.add_subparsers(dest="command", metavar="COMMAND")
+def _run_parsers(sub) -> None:
+    "Add `qtnb run` and `qtnb sweep` to the subcommands `sub`."
     fmt = argparse.RawDescriptionHelpFormatter
-
-    def pipeline_args(p):
-        p.add_argument("pipeline", metavar="PIPELINE", help="train, tune, backtest or export")
-        p.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"), help="set a pipeline parameter (repeatable)")
-        p.add_argument("-f", "--params-file", metavar="FILE", help="YAML file of parameters (-p overrides it)")
-        p.add_argument("--runs-dir", metavar="DIR", help="run store (default: settings.ini [storage] runs_dir)")
-        p.add_argument("--name", metavar="NAME", help="name inside the run id")
-
     r = sub.add_parser("run", help="run a pipeline notebook into the run store", epilog=_pipeline_help(), formatter_class=fmt,
                        description="Validate the parameters, make a run, and execute the pipeline notebook with papermill "
                                    "into runs/<run_id>/notebook.ipynb, streaming its output.")
-    pipeline_args(r)
+    _pipeline_args(r)
     r.add_argument("-q", "--quiet", action="store_true", help="do not stream the notebook's output")
     r.add_argument("--scheduler", metavar="ADDRESS", help="tune: run the workers as tasks of the Dask cluster at tcp://HOST:PORT")
     r.add_argument("--resume", metavar="RUN_ID", help="continue this stopped or killed train run from its last checkpoint, in its folder")
-
     s = sub.add_parser("sweep", help="one run per combination of parameter values, in parallel", epilog=_pipeline_help(), formatter_class=fmt,
                        description="Run PIPELINE once per combination of the -g values, WORKERS at a time, then compare the runs.")
-    pipeline_args(s)
+    _pipeline_args(s)
     s.add_argument("-g", "--grid", nargs=2, action="append", metavar=("NAME", "V1,V2"), help="values of a parameter to sweep (repeatable)")
     s.add_argument("--workers", type=int, default=1, metavar="N", help="runs at a time (processes; default 1)")
     s.add_argument("--scheduler", metavar="ADDRESS", help="run each run as a task of the Dask cluster at tcp://HOST:PORT")
 
+# %% ../nbs/12a_cli.ipynb #a9b57096
+def _runs_parser(sub) -> None:
+    "Add `qtnb runs ACTION` to the subcommands `sub`."
     rs = sub.add_parser("runs", help="list, show, compare, delete, pause, resume, stop or checkpoint runs")
     rsub = rs.add_subparsers(dest="runs_command", metavar="ACTION")
     for n, h in (("pause", "pause a running run at its next batch (any process on this machine)"),
@@ -86,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
             a.add_argument("--force", action="store_true", help="also delete registered runs, or runs marked running whose "
                            "process cannot be checked (a live run is never deleted)")
 
+# %% ../nbs/12a_cli.ipynb #476f961b
+def _models_parser(sub) -> None:
+    "Add `qtnb models ACTION` and `qtnb export` to the subcommands `sub`."
     ms = sub.add_parser("models", help="the model registry: register runs' models, set stages, list versions")
     msub = ms.add_subparsers(dest="models_command", metavar="ACTION")
     a = msub.add_parser("list", help="registered versions"); a.add_argument("name", nargs="?")
@@ -97,13 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--keep-existing", action="store_true", help="do not archive the version that held this stage")
     a = msub.add_parser("show", help="one version: run, stage, metrics, lineage"); a.add_argument("ref", metavar="NAME[@VERSION|@STAGE]")
     for a in msub.choices.values(): a.add_argument("--runs-dir", metavar="DIR", help="run store (default: settings.ini's)")
-
     e = sub.add_parser("export", help="export a run's model into its folder (ONNX, TorchScript or TensorRT)")
     e.add_argument("run", metavar="RUN_ID")
     e.add_argument("--format", choices=["onnx", "torchscript", "tensorrt"], default="onnx")
     e.add_argument("--precision", choices=["fp32", "fp16", "int8"], help="default: settings.ini's [export] precision")
     e.add_argument("--runs-dir", metavar="DIR", help="run store (default: settings.ini's)")
 
+# %% ../nbs/12a_cli.ipynb #68a83b26
+def _tools_parsers(sub) -> None:
+    "Add `qtnb dashboard` and `qtnb lab` to the subcommands `sub`."
     d = sub.add_parser("dashboard", help="serve optuna-dashboard for the tuning studies on 127.0.0.1",
                        description="Serve optuna-dashboard for a study storage until Ctrl-C; trials show their run_id, "
                                    "which `qtnb runs show` opens.")
@@ -111,14 +112,22 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--runs-dir", metavar="DIR", help="run store whose studies to serve (default: settings.ini's)")
     d.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     d.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
-
     l = sub.add_parser("lab", help="open JupyterLab at the tutorial notebook")
     l.add_argument("--port", type=int, help="port (default: JupyterLab's)")
     l.add_argument("--no-browser", action="store_true", help="do not open a browser")
     l.add_argument("--print-command", action="store_true", help="print the command instead of running it")
     l.epilog = "Other options (--ServerApp.ip=..., --IdentityProvider.token=...) are passed on to JupyterLab."
-    for add in SUBCOMMANDS: add(sub)
-    report_parser(sub)
+
+# %% ../nbs/12a_cli.ipynb #19d183b3
+SUBCOMMANDS: list = []   # functions add(subparsers) of commands defined further down (predict, serve)
+
+def build_parser() -> argparse.ArgumentParser:
+    "The `qtnb` argument parser."
+    P = argparse.ArgumentParser(prog="qtnb", description="qtnb: train, tune, backtest and export forecasting models on "
+                                "financial time series; runs land in the run store (settings.ini [storage] runs_dir).")
+    P.add_argument("--version", action="version", version=f"qtnb {qtnb.__version__}")
+    sub = P.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (_run_parsers, _runs_parser, _models_parser, _tools_parsers, *SUBCOMMANDS, report_parser): add(sub)
     return P
 
 # %% ../nbs/12a_cli.ipynb #5b260be3
@@ -130,7 +139,7 @@ def report_parser(sub) -> None:
     a.add_argument("--out", metavar="FILE", help="where to write it (default: RUN/report.html)")
     a.add_argument("--runs-dir", metavar="DIR", help="run store (default: settings.ini [storage] runs_dir)")
 
-# %% ../nbs/12a_cli.ipynb #211b30b5
+# %% ../nbs/12a_cli.ipynb #b6c4144a
 def _echo(*a): print(*a, flush=True)
 
 def _once(pairs, flag: str) -> dict[str, str]:
@@ -157,6 +166,7 @@ def _cli_param_style(command: str):
         if old is None: os.environ.pop(PARAM_STYLE_ENV, None)
         else: os.environ[PARAM_STYLE_ENV] = old
 
+# %% ../nbs/12a_cli.ipynb #b6de0b2b
 def cmd_run(args) -> int:
     from qtnb.pipeline import PipelineFailed, run_pipeline
     params = _parse_params(args.pipeline, args.param)
@@ -182,6 +192,7 @@ def cmd_run(args) -> int:
         if f.exists(): _echo(f"  {label:<9}{f}")
     return 0 if st.get("state") in ("completed", "stopped") else 1
 
+# %% ../nbs/12a_cli.ipynb #8adb982c
 def cmd_sweep(args) -> int:
     from qtnb.pipeline import parse_grid, parse_value, pipeline_class, sweep
     cls = pipeline_class(args.pipeline)
@@ -201,13 +212,17 @@ def cmd_sweep(args) -> int:
     _echo(f"\nsummary: {folder / 'summary.csv'}\nfigure:  {folder / 'summary.html'}")
     return 0 if (table["sweep_state"] == "completed").all() else 1
 
-# %% ../nbs/12a_cli.ipynb #aaac1fce
+# %% ../nbs/12a_cli.ipynb #17adf88b
 def _table(df, cols=None) -> str:
     import pandas as pd
     if df is None or len(df) == 0: return "(none)"
     df = df[[c for c in cols if c in df]] if cols else df
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_colwidth", 60):
         return df.to_string(index=not isinstance(df.index, pd.RangeIndex))
+
+def _safe(fn):
+    try: return fn()
+    except QtnbError as e: return {"error": str(e)}
 
 def cmd_runs(args) -> int:
     from qtnb import runs as R
@@ -237,6 +252,7 @@ def cmd_runs(args) -> int:
             _echo(f"removed the link {rid} (the folder it points to is kept)" if link else f"deleted {rid}")
     return 0
 
+# %% ../nbs/12a_cli.ipynb #001d7cc7
 def _control(args) -> int:
     "pause, stop, checkpoint: a request the run's process honours; resume: that too, or, for a stopped or killed run, a resumed train."
     from qtnb import runs as R
@@ -249,10 +265,7 @@ def _control(args) -> int:
     _echo(f"{args.runs_command} requested for run {run.id} (its process acknowledges it in {Path(run.path) / R.CONTROL_FILE})")
     return 0
 
-def _safe(fn):
-    try: return fn()
-    except QtnbError as e: return {"error": str(e)}
-
+# %% ../nbs/12a_cli.ipynb #bfab888e
 def cmd_models(args) -> int:
     from qtnb import runs as R
     c = args.models_command
@@ -274,6 +287,7 @@ def cmd_export(args) -> int:
     _echo(f"exported {args.run} -> {out}")
     return 0
 
+# %% ../nbs/12a_cli.ipynb #f9dd2451
 def tutorial_notebook() -> Path | None:
     "The tutorial notebook of a qtnb checkout (nbs/tutorial.ipynb beside settings.ini), if there is one."
     from qtnb.config import find_settings
@@ -315,7 +329,7 @@ def cmd_report(args) -> int:
 
 COMMANDS["report"] = cmd_report
 
-# %% ../nbs/12a_cli.ipynb #07079a95
+# %% ../nbs/12a_cli.ipynb #a6d802f4
 def _raise_interrupted(signum, frame):
     try: from qtnb.runs import RunInterrupted
     except ImportError: raise KeyboardInterrupt from None     # the signal came while qtnb.runs was being imported
@@ -341,6 +355,7 @@ def _renamed_notes() -> None:
         print(f"qtnb: note: -p {old} is now -p {RENAMED[old]} (TrainConfig's name); {old} will stop working in a later version", file=sys.stderr)
     RENAMED_SEEN.clear()
 
+# %% ../nbs/12a_cli.ipynb #c0e0fc35
 def main(argv: list[str] | None = None) -> int:
     "The `qtnb` command; returns the exit code (128 + the signal's number when SIGTERM, SIGINT or SIGHUP stopped it)."
     import signal, threading

@@ -32,7 +32,7 @@ def test_no_interrupt_reaches_a_kernel_that_is_shutting_down(tmp_path):
     """The kernel manager qtnb gives papermill sends no SIGINT before the shutdown request (jupyter_client's does, and an
     idle ipykernel then prints 'KeyboardInterrupt caught in kernel' after a successful run)."""
     import papermill as pm
-    from qtnb.pipeline import _kernel_manager, _papermill_setup
+    from qtnb.pipeline.notebook import _kernel_manager, _papermill_setup
     mark = tmp_path / "sigint"
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
         # ipykernel puts back `saved_sigint_handler` after each cell: make that a handler which leaves a mark
