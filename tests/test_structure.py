@@ -94,6 +94,42 @@ def test_no_import_circle():
     assert cycle is None, f"import circle: {describe(cycle, g)}"
 
 
+# The layers, lowest first (README: "Where a change belongs"): a module imports from its own layer or lower ones.
+LAYERS = [("errors", "io", "config", "cluster"), ("runs",), ("datasets", "data", "panelstore"), ("models",), ("metrics",),
+          ("callbacks", "tracking", "trainer", "distributed"), ("tuner",),
+          ("modelfile", "export", "tensorrt", "registry", "predict", "serve"), ("pipeline", "report", "cli"), ("widgets",)]
+# The calls that go up a layer, each for a reason; a new one fails until it is judged and listed here.
+UPWARD = {("qtnb.pipeline.steps", "qtnb.widgets.charts"): "train(monitor=True) shows the live monitor in the pipeline notebook",
+          ("qtnb.pipeline.steps", "qtnb.widgets.monitor"): "the same",
+          ("qtnb.serve", "qtnb.pipeline"): "the server's job queue runs pipelines",
+          ("qtnb.tracking", "qtnb.export"): "MLflow logging pushes the model as ONNX when asked",
+          ("qtnb.trainer.folds", "qtnb.predict"): "a fold's run keeps what prediction needs to prepare new rows"}
+
+def layer_of(mod: str) -> int | None:
+    top = mod.split(".")[1] if mod.count(".") else None
+    return next((i for i, names in enumerate(LAYERS) if top in names), None)
+
+def upward_imports(graph: dict) -> dict[tuple, int]:
+    out = {}
+    for a, deps in graph.items():
+        for b, line in deps.items():
+            la, lb = layer_of(a), layer_of(b)
+            if la is not None and lb is not None and lb > la: out[(a, b)] = line
+    return out
+
+def test_modules_import_their_own_layer_or_lower():
+    g = import_graph()
+    placed = {m.split(".")[1] for m in g if m.count(".") and m != "qtnb._modidx"}
+    assert placed <= {n for names in LAYERS for n in names}, f"{sorted(placed - {n for ns in LAYERS for n in ns})} have no layer in LAYERS"
+    up = upward_imports(g)
+    new = {k: v for k, v in up.items() if k not in UPWARD}
+    assert not new, "; ".join(f"{a} imports {b} (line {line}), a higher layer: move the code down, or list it in UPWARD with why" for (a, b), line in new.items())
+    gone = set(UPWARD) - set(up)
+    assert not gone, f"{sorted(gone)} no longer go up: take them out of UPWARD"
+    eq(upward_imports({"qtnb.runs.store": {"qtnb.trainer.core": 3}, "qtnb.trainer.core": {"qtnb.runs.store": 1}}),
+       {("qtnb.runs.store", "qtnb.trainer.core"): 3})
+
+
 # The run store observes: it sits on config, errors and file helpers, never on what produces runs.
 STORE_MAY_NOT_IMPORT = ("qtnb.models", "qtnb.data", "qtnb.trainer", "qtnb.tuner")
 
