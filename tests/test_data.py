@@ -1,7 +1,11 @@
-"""Nothing evaluated reaches training, through the whole data layer (prepare: frames, features, splits, scalers, windows):
-purge and embargo for every validation scheme, single symbols and panels with gaps; scalers blind to evaluation rows
-and prices; and the embargo covering the features (every price on an evaluation block's dates multiplied by 1e6 leaves
-that fold's training inputs, targets and scaler statistics bit-identical). The units are tested in nbs/02_data.*."""
+"""The data layer across modules. Nothing evaluated reaches training, through prepare (frames, features, splits,
+scalers, windows): purge and embargo for every validation scheme, single symbols and panels with gaps; scalers blind to
+evaluation rows and prices; the embargo covering the features (every price on an evaluation block's dates multiplied by
+1e6 leaves that fold's training inputs, targets and scaler statistics bit-identical). The packaged data loads offline.
+The units are tested in nbs/02_data.*."""
+import socket, subprocess, sys
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -221,3 +225,19 @@ def test_without_the_embargo_the_leak_is_there():
                    allow_feature_overlap=True, cache=False)
     assert "fold 0: inputs" in leaks(c, frame, [0])                   # the test sees a leak when there is one
 
+
+# ----------------------------------------------------------------------------------------------------
+# Project-level checks of the foundation: packaged data and offline loading (settings discovery is shown in nbs/00_config.ipynb).
+def test_sp500_loads_without_network(monkeypatch):
+    def no_net(*a, **k): raise AssertionError("network touched")
+    monkeypatch.setattr(socket, "socket", no_net)
+    monkeypatch.setattr(socket, "create_connection", no_net)
+    df = load_sp500()
+    eq(df.shape, (5031, 6))
+    eq(list(df.columns), ["Open", "High", "Low", "Close", "Adj Close", "Volume"])
+
+def test_data_ships_in_the_package():
+    # the CSVs travel as package data, so an installed qtnb (not only a checkout) has them
+    out = subprocess.run([sys.executable, "-c", "import qtnb.datasets as d; print(d.DATA_DIR)"],
+                         capture_output=True, text=True, cwd="/", check=True).stdout.strip()
+    assert (Path(out) / "sp500.csv.gz").is_file() and (Path(out) / "README.md").is_file()

@@ -1,16 +1,19 @@
 """Every model family reaches serving, across the models registry, the trainer and export: the registry ships exactly the
 families the parity test covers, each trained family exports to ONNX with parity against PyTorch (or the fitted
-estimator), stateful RNNs carry their state over three chunks, and every trained ensemble method exports as one graph.
-The unit examples of export (architectures, bad inputs, corrupt files, quantization) live in nbs/08_export*.ipynb."""
+estimator), stateful RNNs carry their state over three chunks, every trained ensemble method exports as one graph, and
+a real TensorRT engine matches eager PyTorch on a GPU machine (marked trt). The unit examples of export (architectures,
+bad inputs, corrupt files, quantization, a stand-in TensorRT) live in nbs/08_export*.ipynb and nbs/09_tensorrt.ipynb."""
 import numpy as np
 import pytest
 import torch
-from fastcore.test import test_eq as eq
+from fastcore.test import test_eq as eq, test_close as close
+from torch import nn
 
 from qtnb.export import (InferenceSession, check_parity, export_estimator, export_onnx, export_stateful, export_torchscript,
                          read_meta, stateful_parity)
 from qtnb.models.core import create_model
 from qtnb.trainer import Trainer, toy_windows
+import qtnb.tensorrt as qtrt
 
 L, F = 16, 5
 
@@ -87,3 +90,26 @@ def test_every_ensemble_method_exports_one_graph(method, task, extra, tmp_path):
     x = w.numpy()[0][:64]
     p = export_estimator(t.model, tmp_path / "e.onnx", windows=x, atol=1e-5)
     assert np.abs(InferenceSession(p).predict_batch(x) - t.model.predict(x)).max() <= 1e-5
+
+
+# ----------------------------------------------------------------------------------------------------
+# A real TensorRT engine against eager PyTorch, through `InferenceSession(backend="tensorrt")`, on a GPU machine with
+# TensorRT (marked `trt`, skipped elsewhere). The build, cache and session logic runs everywhere in nbs/09_tensorrt.ipynb
+# against a stand-in `tensorrt` for versions 10 and 11.
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__(); self.lstm = nn.LSTM(4, 8, batch_first=True); self.head = nn.Linear(8, 2)
+    def forward(self, x): return self.head(self.lstm(x)[0][:, -1])
+
+
+@pytest.mark.trt
+def test_real_engine_matches_torch(tmp_path):
+    torch.manual_seed(0)
+    net = Net().eval().cuda()
+    p = export_onnx(net, tmp_path / "net.onnx", seq_len=12, n_features=4)
+    x = np.random.default_rng(1).standard_normal((16, 12, 4)).astype(np.float32)
+    with torch.inference_mode(): ref = net(torch.from_numpy(x).cuda()).cpu().numpy()
+    for precision, eps in [("fp32", 1e-4), ("fp16", 1e-2)]:
+        close(InferenceSession(p, backend="tensorrt", precision=precision).predict(x), ref, eps=eps)
+    df = qtrt.benchmark(net, p, "fp16", batch_sizes=(1, 64), rounds=2, n=20)
+    assert (df.memory_reduction > 0).all()

@@ -1,8 +1,10 @@
 """Tuner end to end through the Trainer: linked runs, pruning, failing trials, several objectives, XGBoost pruning,
-per-symbol studies, and kill -9 mid-trial with the retry resuming from the crashed run's checkpoint."""
-import json, os, signal, subprocess, sys, textwrap, time
+per-symbol studies, kill -9 mid-trial with the retry resuming from the crashed run's checkpoint, bad sampler and
+pruner names, and the tune pipeline's saved report through the command line."""
+import json, os, re, signal, subprocess, sys, textwrap, time
 from pathlib import Path
 
+import nbformat
 import optuna
 import pytest
 from fastcore.test import test_eq as eq
@@ -11,7 +13,8 @@ from optuna.trial import TrialState
 from qtnb.config import DataConfig
 from qtnb.datasets import multi_symbol, planted
 from qtnb.runs import open_run
-from qtnb.tuner import SearchSpace, Tuner, trial_counts, tune_symbols, storage_spec
+from qtnb.errors import ConfigError
+from qtnb.tuner import SearchSpace, Tuner, make_pruner, make_sampler, storage_spec, trial_counts, tune_symbols
 
 ROOT = Path(__file__).resolve().parents[1]
 DC = DataConfig(data="synthetic:planted", seq_len=8, cache=False)
@@ -270,3 +273,60 @@ def test_out_of_memory_and_nan_are_fail_reasons_and_the_study_goes_on(tmp_path):
     assert reasons[0].startswith("out of memory (OutOfMemoryError)"), reasons[0]
     assert "is not a finite number" in reasons[1], reasons[1]
     eq([tr.state for tr in study.trials], [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Bad sampler and pruner names given to the tuner: each a one-line ConfigError naming the name and the fix.
+# (The rest of the tuner's bad-input corpus is examples in the tuner notebooks: spaces in 07a, storage and Tuner settings
+# in 07f, metric objectives in 07i, the dashboard in 07k.)
+def f(params, trial): return params["x"]
+
+
+CASES = {
+    "unknown sampler": (lambda: Tuner(SearchSpace().uniform("x", 0, 1), f, sampler="bayes"), "sampler='bayes' is unknown"),
+    "unknown sampler (make)": (lambda: make_sampler("randm"), "did you mean 'random'"),
+    "unknown pruner (make)": (lambda: make_pruner("hyperbnd"), "did you mean 'hyperband'"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_line(case):
+    fn, text = CASES[case]
+    with pytest.raises(ConfigError) as e: fn()
+    msg = str(e.value)
+    assert text in msg, msg
+    assert "\n" not in msg and len(msg) < 600, msg
+
+
+# ----------------------------------------------------------------------------------------------------
+# The tune pipeline's saved report through the real command line: a 6-trial study's notebook has the objective column,
+# slice, contour and parallel-coordinate plots and a best-trial section; the streamed output has no ANSI codes and no
+# Optuna log lines next to the pipeline's own one line per trial (k/n with an ETA).
+BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parent.parent
+
+@pytest.mark.slow
+def test_tune_report_of_six_trials(tmp_path):
+    r = subprocess.run([str(BIN / "qtnb"), "run", "tune", "-p", "data", "synthetic:planted", "-p", "model", "mlp", "-p", "epochs", "1",
+                        "-p", "seq_len", "8", "-p", "n_trials", "6", "--runs-dir", str(tmp_path)], capture_output=True, text=True,
+                       timeout=900, cwd=REPO)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    out = r.stdout + r.stderr
+    assert "\x1b[" not in out, [l for l in out.splitlines() if "\x1b[" in l][:3]
+    assert "Trial 0 finished with value" not in out                       # Optuna's own INFO line
+    done = [int(k) for k in re.findall(r"^trial (\d+)/6 #\d+ ", r.stdout, flags=re.M)]
+    eq(done, [1, 2, 3, 4, 5, 6])                                          # the pipeline's line, once per trial, k/n
+    assert len(re.findall(r"ETA \d+", r.stdout)) == 5, r.stdout[-2000:]   # every line but the last has an ETA
+    run = next(p for p in tmp_path.iterdir() if (p / "status.json").exists() and p.name.startswith("2") and "tune" in p.name)
+    nb = nbformat.read(run / "notebook.ipynb", as_version=4)
+    def outputs_after(heading: str) -> list:
+        i = next(i for i, c in enumerate(nb.cells) if c.cell_type == "markdown" and c.source.startswith(heading))
+        return [o for c in nb.cells[i + 1:i + 3] if c.cell_type == "code" for o in c.get("outputs", [])]
+    def plotly(heading: str) -> list:
+        return [o["data"]["application/vnd.plotly.v1+json"] for o in outputs_after(heading) if "application/vnd.plotly.v1+json" in o.get("data", {})]
+    for h in ("## Slices", "## Contours", "## Parallel coordinates", "## Best trial"): assert plotly(h) or h == "## Best trial", h
+    eq(len(plotly("## Best trial")), 1)                                   # the best trial's learning curves
+    table = next(o["data"]["text/html"] for o in outputs_after("## Trials") if "text/html" in o.get("data", {}))
+    assert "value_val_loss" in table or ">value<" in table, table[:500]
+    imp = "".join(o.get("text", "") for o in outputs_after("## Parameter importances"))
+    assert "too few for parameter importances" in imp
