@@ -412,6 +412,12 @@ class StoredPrepared(qd.Prepared):
         return X
 
 # %% ../nbs/02b_panelstore.ipynb #4550e8aa
+def _spare_core() -> bool:
+    "Whether torch's threads leave one of this process's CPUs free for a read-ahead thread."
+    try: cpus = len(os.sched_getaffinity(0))
+    except AttributeError: cpus = os.cpu_count() or 1               # no affinity outside Linux
+    return torch.get_num_threads() < cpus
+
 class StoredWindows(qd.Windows):
     "`Windows` over memory maps: pages a gather mapped handed back after it; batches gathered one ahead in a helper thread."
     def _gather(self, i):
@@ -422,7 +428,8 @@ class StoredWindows(qd.Windows):
     def batches(self, batch_size: int = 64, **kw) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         "`Windows.batches`, the next batch gathered (and its pages faulted in) while the caller works on this one."
         it = super().batches(batch_size, **kw)
-        if kw.get("augment") and kw.get("generator") is None: yield from it; return   # its draws stay in the caller's order
+        if not _spare_core() or (kw.get("augment") and kw.get("generator") is None):
+            yield from it; return              # no core to overlap with; or an augmentation whose draws stay in the caller's order
         pool = ThreadPoolExecutor(1, thread_name_prefix="qtnb-gather")
         try:
             ahead = pool.submit(next, it, None)
