@@ -274,7 +274,7 @@ class ProgressBar(Callback):
 
     def on_fit_start(self, trainer):
         self._t0, self._first = time.monotonic(), trainer.epoch + 1
-        if self.text if self.text is not None else not watched():
+        if not self.kw.get("disable") and (self.text if self.text is not None else not watched()):   # disable: nothing at all
             self.skip_hooks, self._lines = ("on_train_batch_end", "on_train_epoch_start"), True
             return
         self._lines = False
