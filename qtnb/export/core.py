@@ -157,14 +157,7 @@ def export_onnx(model: nn.Module, path: str | Path, *,
                ) -> Path:
     "Export a torch model with (B, L, F) input to one self-contained ONNX file with qtnb metadata, checked against eager."
     if not isinstance(model, nn.Module): raise ExportError(f"export_onnx takes a torch nn.Module, not {type(model).__name__}; use export_estimator for tree and linear models")
-    meta = _as_meta(meta, model, seq_len, n_features)
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    was_training = model.training; model.eval()
-    try:
-        second = second_seq_len(model, meta.seq_len, meta.n_features)
-        meta.dynamic_seq = second is not None
-        if second: meta.extra["second_seq_len"] = second
-        x = _example(meta.seq_len, meta.n_features, _module_device(model))
+    with _exporting(model, meta, seq_len, n_features, path) as (meta, path, x):
         tries = [True, False] if dynamo else [False]
         for i, dyn in enumerate(tries):
             try: proto = _onnx_proto(model, x, dynamic_seq=meta.dynamic_seq, opset=opset, dynamo=dyn)
@@ -182,9 +175,21 @@ def export_onnx(model: nn.Module, path: str | Path, *,
             break
         _save_onnx(proto, path, meta)
         if check: check_parity(model, path, meta=meta, atol=atol)
+    return path
+
+@contextlib.contextmanager
+def _exporting(model: nn.Module, meta, seq_len, n_features, path):
+    "(meta with its window axes, the target path with its folder made, an example input), the model in eval mode until the block ends."
+    meta = _as_meta(meta, model, seq_len, n_features)
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    was_training = model.training; model.eval()
+    try:
+        second = second_seq_len(model, meta.seq_len, meta.n_features)
+        meta.dynamic_seq = second is not None
+        if second: meta.extra["second_seq_len"] = second
+        yield meta, path, _example(meta.seq_len, meta.n_features, _module_device(model))
     finally:
         model.train(was_training)
-    return path
 
 # %% ../../nbs/08_export.ipynb #e6bfaf03
 def check_parity(model: nn.Module, exported: str | Path | InferenceSession, *, meta: ExportMeta | None = None,
@@ -217,15 +222,8 @@ def export_torchscript(model: nn.Module, path: str | Path, *, meta: ExportMeta |
                        atol: float = 1e-5) -> Path:
     "Trace a torch model to a TorchScript file with qtnb metadata, checked against eager PyTorch."
     if not isinstance(model, nn.Module): raise ExportError(f"export_torchscript takes a torch nn.Module, not {type(model).__name__}")
-    meta = _as_meta(meta, model, seq_len, n_features)
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    was_training = model.training; model.eval()
-    try:
-        second = second_seq_len(model, meta.seq_len, meta.n_features)
-        meta.dynamic_seq = second is not None
-        if second: meta.extra["second_seq_len"] = second
+    with _exporting(model, meta, seq_len, n_features, path) as (meta, path, x):
         meta.extra.update(exporter="torch.jit.trace", format="torchscript", precision="fp32")
-        x = _example(meta.seq_len, meta.n_features, _module_device(model))
         try:
             with _quiet(), torch.inference_mode(False), torch.no_grad():
                 traced = torch.jit.trace(model, x, check_trace=False)
@@ -234,8 +232,6 @@ def export_torchscript(model: nn.Module, path: str | Path, *, meta: ExportMeta |
             raise ExportError(f"TorchScript trace of {type(model).__name__} failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
         atomic_write(path, buf.getvalue())
         if check: check_parity(model, path, meta=meta, atol=atol)
-    finally:
-        model.train(was_training)
     return path
 
 # %% ../../nbs/08_export.ipynb #1a51b769
