@@ -37,17 +37,23 @@ def _pipeline_args(p) -> None:
     p.add_argument("--runs-dir", metavar="DIR", help="run store (default: settings.ini [storage] runs_dir)")
     p.add_argument("--name", metavar="NAME", help="name inside the run id")
 
+_PIPELINES = "(the pipelines and their parameters)"
+
+class _PipelineHelp(argparse.RawDescriptionHelpFormatter):
+    "Help whose epilog, the pipelines and their parameters, is written only when shown: it imports every pipeline (torch)."
+    def add_text(self, text): super().add_text(_pipeline_help() if text == _PIPELINES else text)
+
 def _run_parsers(sub) -> None:
     "Add `qtnb run` and `qtnb sweep` to the subcommands `sub`."
-    fmt = argparse.RawDescriptionHelpFormatter
-    r = sub.add_parser("run", help="run a pipeline notebook into the run store", epilog=_pipeline_help(), formatter_class=fmt,
+    fmt = _PipelineHelp
+    r = sub.add_parser("run", help="run a pipeline notebook into the run store", epilog=_PIPELINES, formatter_class=fmt,
                        description="Validate the parameters, make a run, and execute the pipeline notebook with papermill "
                                    "into runs/<run_id>/notebook.ipynb, streaming its output.")
     _pipeline_args(r)
     r.add_argument("-q", "--quiet", action="store_true", help="do not stream the notebook's output")
     r.add_argument("--scheduler", metavar="ADDRESS", help="tune: run the workers as tasks of the Dask cluster at tcp://HOST:PORT")
     r.add_argument("--resume", metavar="RUN_ID", help="continue this stopped or killed train run from its last checkpoint, in its folder")
-    s = sub.add_parser("sweep", help="one run per combination of parameter values, in parallel", epilog=_pipeline_help(), formatter_class=fmt,
+    s = sub.add_parser("sweep", help="one run per combination of parameter values, in parallel", epilog=_PIPELINES, formatter_class=fmt,
                        description="Run PIPELINE once per combination of the -g values, WORKERS at a time, then compare the runs.")
     _pipeline_args(s)
     s.add_argument("-g", "--grid", nargs=2, action="append", metavar=("NAME", "V1,V2"), help="values of a parameter to sweep (repeatable)")
@@ -381,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def entry() -> None:
     "Console-script entry point."
+    sys.modules.setdefault("rfc3987_syntax", None)   # jsonschema's optional IRI check: 39 grammars, ~2.5 s at import; nbformat never uses it
     sys.exit(main())
 
 # %% ../nbs/12a_cli.ipynb #f6855f37

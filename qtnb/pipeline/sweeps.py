@@ -6,7 +6,7 @@ Docs: https://qtnb.github.io/qtnb/pipeline.sweeps.html.md"""
 
 # %% ../../nbs/12_pipeline.sweeps.ipynb #8b167625
 from __future__ import annotations
-import contextlib, os, shutil, signal, threading
+import contextlib, os, shutil, signal, sys, threading
 from pathlib import Path
 
 import pandas as pd
@@ -63,6 +63,7 @@ def _ignore_signals() -> None:
     "A sweep worker between runs: signals are the sweep's to handle (it interrupts the running ones with SIGINT)."
     from qtnb.runs import INTERRUPT_SIGNALS
     for s in INTERRUPT_SIGNALS: signal.signal(s, signal.SIG_IGN)
+    sys.modules.setdefault("rfc3987_syntax", None)   # as the qtnb command: papermill's nbformat never needs this slow import
 
 def _sweep_dir(root: Path, name: str) -> Path:
     from qtnb.runs import new_run_id
