@@ -1,4 +1,4 @@
-"""Metric names, regression and classification scores (computed with scikit-learn), which way each metric is better, and a tracker that follows them epoch by epoch. The trading figures of a forecast's signal are in `qtnb.metrics.trading`; `qtnb.metrics` holds both.
+"""Metric names, regression and classification scores (equal to scikit-learn's), which way each metric is better, and a tracker that follows them epoch by epoch. The trading figures of a forecast's signal are in `qtnb.metrics.trading`; `qtnb.metrics` holds both.
 
 Docs: https://qtnb.github.io/qtnb/metrics.scores.html.md"""
 
@@ -62,15 +62,15 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> float:
     return float(dx @ dy / den) if den > 0 else float("nan")
 
 def _regression_1d(t: np.ndarray, p: np.ndarray) -> dict[str, float]:
-    "scikit-learn's mse, mae and r2 (a constant target: 1 when predicted exactly, else 0; nan below 2 rows), and corr, snr_db."
-    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
-    mse = float(mean_squared_error(t, p))
-    r2 = float("nan") if len(t) < 2 else float(r2_score(t, p))
+    "mse, mae and r2 as scikit-learn defines them (a constant target: r2 1 when predicted exactly, else 0; nan below 2 rows), corr, snr_db."
     err = t - p
     ss_res, sig = float(err @ err), float(t @ t)
+    mse, dt = ss_res / len(t), t - t.mean()
+    ss_tot = float(dt @ dt)
+    r2 = float("nan") if len(t) < 2 else (1.0 - ss_res / ss_tot if ss_tot > 0 else float(ss_res == 0))
     snr = float("nan") if sig == 0 and ss_res == 0 else (math.inf if ss_res == 0 else
           (-math.inf if sig == 0 else 10.0 * math.log10(sig / ss_res)))
-    return dict(mse=mse, rmse=math.sqrt(mse), mae=float(mean_absolute_error(t, p)), r2=r2, corr=_pearson(t, p), snr_db=snr)
+    return dict(mse=mse, rmse=math.sqrt(mse), mae=float(np.abs(err).mean()), r2=r2, corr=_pearson(t, p), snr_db=snr)
 
 def regression_metrics(y_true, y_pred, *,
                        per_horizon: bool = False, # also report `<name>_h<k>` for each horizon k (1-based)
