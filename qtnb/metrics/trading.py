@@ -11,6 +11,7 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 import pandas as pd
+from scipy.special import bdtr, bdtrc, ndtr, ndtri, stdtr
 
 from ..errors import ConfigError, DataError
 from .scores import (_array, _finite, _labels, _same_rows, class_probabilities, classification_metrics,
@@ -23,12 +24,26 @@ __all__ = ['RATIO_CAP', 'REGIME_KINDS', 'binomial_significance', 'probabilistic_
            'regime_labels', 'by_regime', 'prediction_signal', 'compute_metrics']
 
 # %% ../../nbs/04b_metrics.trading.ipynb #264340fd
+def _binom_pvalue(k: int, n: int, p: float) -> float:
+    "Exact two-sided binomial p-value: P(counts with a probability <= that of k), with 1e-7 relative slack for ties."
+    lp, lq, lg = math.log(p), math.log1p(-p), math.lgamma(n + 1)
+    pmf = lambda j: math.exp(lg - math.lgamma(j + 1) - math.lgamma(n - j + 1) + j * lp + (n - j) * lq)
+    mode, d = p * n, pmf(k) * (1 + 1e-7)
+    if k == mode: return 1.0
+    if k < mode:                       # the other tail: the first j above the mode as unlikely as k (pmf falls there)
+        lo, hi = math.ceil(mode), n + 1
+        while lo < hi: lo, hi = (lo, (lo + hi) // 2) if pmf((lo + hi) // 2) <= d else ((lo + hi) // 2 + 1, hi)
+        return min(1.0, float(bdtr(k, n, p)) + (float(bdtrc(lo - 1, n, p)) if lo <= n else 0.0))
+    lo, hi = -1, math.floor(mode)      # the last j below the mode as unlikely as k (pmf rises there); -1 if none
+    while lo < hi: lo, hi = ((lo + hi + 1) // 2, hi) if pmf((lo + hi + 1) // 2) <= d else (lo, (lo + hi + 1) // 2 - 1)
+    return min(1.0, (float(bdtr(lo, n, p)) if lo >= 0 else 0.0) + float(bdtrc(k - 1, n, p)))
+
 def binomial_significance(hits: int, n: int, p0: float = 0.5) -> tuple[float, float]:
     "Standard error of the share `hits / n` and the exact two-sided binomial p-value against `p0`; nan when n is 0."
+    if not 0 < p0 < 1: raise ConfigError(f"p0={p0} must be strictly between 0 and 1")
     if n <= 0: return float("nan"), float("nan")
     a = hits / n
-    from scipy import stats as sps   # imported where used: ~0.6 s at import, which a process that only trains need not pay
-    return math.sqrt(a * (1 - a) / n), float(sps.binomtest(int(hits), int(n), p0).pvalue)
+    return math.sqrt(a * (1 - a) / n), _binom_pvalue(int(hits), int(n), p0)
 
 # %% ../../nbs/04b_metrics.trading.ipynb #308b09a4
 def probabilistic_sharpe(sharpe: float, n: int, *, skew: float = 0.0, kurtosis: float = 3.0, # γ₃, γ₄ (3 for normal)
@@ -37,8 +52,7 @@ def probabilistic_sharpe(sharpe: float, n: int, *, skew: float = 0.0, kurtosis: 
     if n < 2 or not math.isfinite(sharpe): return float("nan") if n < 2 else float(sharpe > benchmark)
     var = 1.0 - skew * sharpe + (kurtosis - 1.0) / 4.0 * sharpe ** 2
     if not var > 0: return float("nan")
-    from scipy import stats as sps
-    return float(sps.norm.cdf((sharpe - benchmark) * math.sqrt(n - 1) / math.sqrt(var)))
+    return float(ndtr((sharpe - benchmark) * math.sqrt(n - 1) / math.sqrt(var)))
 
 # %% ../../nbs/04b_metrics.trading.ipynb #953e47e9
 def deflated_sharpe(sharpes: Sequence[float], # every trial's annualised Sharpe ratio (the best among them is judged)
@@ -49,8 +63,7 @@ def deflated_sharpe(sharpes: Sequence[float], # every trial's annualised Sharpe 
     if len(s) < 2: raise DataError(f"the deflated Sharpe needs the Sharpe ratios of at least 2 trials, got {len(s)}")
     top = s.max() if best is None else best / math.sqrt(periods_per_year)
     N, var, g = len(s), float(s.var(ddof=1)), 0.5772156649015329
-    from scipy import stats as sps
-    sr0 = math.sqrt(var) * float((1 - g) * sps.norm.ppf(1 - 1 / N) + g * sps.norm.ppf(1 - 1 / (N * math.e)))
+    sr0 = math.sqrt(var) * float((1 - g) * ndtri(1 - 1 / N) + g * ndtri(1 - 1 / (N * math.e)))
     dsr = probabilistic_sharpe(float(top), n, skew=skew, kurtosis=kurtosis, benchmark=sr0)
     return dict(deflated_sharpe=dsr, p_value=1 - dsr, sr0=sr0 * math.sqrt(periods_per_year), best_sharpe=float(top) * math.sqrt(periods_per_year),
                 n_trials=N, sharpe_variance=var * periods_per_year)
@@ -66,8 +79,7 @@ def diebold_mariano(loss_model, loss_naive, *, horizon: int = 1) -> tuple[float,
     if not lrv > 0: lrv = float(dc @ dc) / n
     if not lrv > 0: return 0.0 if d.mean() == 0 else math.copysign(math.inf, d.mean()), 1.0 if d.mean() == 0 else 0.0
     dm = d.mean() / math.sqrt(lrv / n) * math.sqrt(max(n + 1 - 2 * h + h * (h - 1) / n, 1e-12) / n)
-    from scipy import stats as sps
-    return float(dm), float(2 * sps.t.sf(abs(dm), n - 1))
+    return float(dm), float(2 * stdtr(n - 1, -abs(dm)))
 
 def forecast_significance(task: str, y_true, y_pred, *, horizon: int = 1, n_classes: int = 2,
                           from_logits: bool | None = None) -> dict[str, float]:
@@ -188,8 +200,10 @@ def _summary(s: np.ndarray, ppy: float, pos: np.ndarray, simple: np.ndarray, *, 
     hits = int(np.sum(np.sign(pos[moving]) == np.sign(simple[moving])))
     se, pval = binomial_significance(hits, int(moving.sum()))
     sr = (mean / std if std > 0 else (math.copysign(math.inf, mean) if mean else 0.0)) if n > 1 else float("nan")
-    from scipy import stats as sps
-    skew, kurt = (float(sps.skew(s)), float(sps.kurtosis(s, fisher=False))) if std > 0 else (0.0, 3.0)
+    dev = s - mean
+    with np.errstate(all="ignore"):                  # the biased moments scipy.stats' skew and kurtosis use
+        m2 = np.mean(dev ** 2)
+        skew, kurt = (float(np.mean(dev ** 3) / m2 ** 1.5), float(np.mean(dev ** 4) / m2 ** 2)) if std > 0 else (0.0, 3.0)
     return dict(
         directional_accuracy=hits / int(moving.sum()) if moving.any() else float("nan"),
         sharpe=_ratio(mean * ann, std) if n > 1 else 0.0, sortino=_ratio(mean * ann, downside) if n > 1 else 0.0,
