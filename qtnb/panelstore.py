@@ -21,9 +21,9 @@ from .io import atomic_write
 from .errors import DataError
 
 # %% auto #0
-__all__ = ['STORE_VERSION', 'RESIDENT', 'is_parquet_source', 'parquet_parts', 'symbol_frames', 'store_key', 'build_store',
-           'Resident', 'PanelStore', 'panel_cache_dir', 'open_store', 'StoredPrepared', 'StoredWindows', 'StoredFold',
-           'prepare_parquet']
+__all__ = ['STORE_VERSION', 'RESIDENT', 'DENSE', 'is_parquet_source', 'parquet_parts', 'symbol_frames', 'store_key',
+           'build_store', 'Resident', 'PanelStore', 'panel_cache_dir', 'open_store', 'StoredPrepared', 'StoredWindows',
+           'StoredFold', 'prepare_parquet']
 
 # %% ../nbs/02b_panelstore.ipynb #9e1387f7
 _PARQUET = (".parquet", ".pq")
@@ -315,12 +315,14 @@ class PanelStore:
         return pd.DataFrame(cols, index=idx, copy=False)
 
     def scratch(self, shape, dtype) -> np.memmap:
-        "A writable map of `shape` in a file unlinked as soon as it is mapped; read at random (batches), so advised so."
+        "A writable map of `shape` in a file unlinked as soon as it is mapped; its `file` stays open for reads (batches)."
         fd, path = tempfile.mkstemp(dir=self.folder, prefix=".scratch-")
         try:
             os.ftruncate(fd, max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize))
             m = np.memmap(path, dtype=dtype, mode="r+", shape=tuple(shape))
-        finally: os.close(fd); os.unlink(path)
+        except BaseException: os.close(fd); raise
+        finally: os.unlink(path)
+        m.file = os.fdopen(fd, "rb", buffering=0)        # closed with the last of the map and its readers
         if hasattr(mmap, "MADV_RANDOM"): m._mmap.madvise(mmap.MADV_RANDOM)   # before the first write: single pages in
         return RESIDENT.watch(m)                                             # the page cache, so a random read maps 64 KiB, not MiBs
 
@@ -409,9 +411,19 @@ class StoredPrepared(qd.Prepared):
             for i in range(a, b, len(buf)):
                 j = min(b, i + len(buf)); t = buf[:j - i]
                 np.subtract(F[i:j], s.center, out=t); np.divide(t, s.scale, out=X[i:j], casting="same_kind")
+        fold._x_file = X.file
         return X
 
 # %% ../nbs/02b_panelstore.ipynb #4550e8aa
+DENSE = 3   # windows per 64 KiB block from which a batch is read through the map (a fault there costs ~3 preads)
+
+def _read(f, offsets: list, n: int) -> bytearray:
+    "The `n` bytes at each of `offsets` of the open file `f`, end to end: one `pread` each (page-cache reads map nothing)."
+    fd, pread = f.fileno(), os.pread
+    out = bytearray(b"".join([pread(fd, n, o) for o in offsets]))
+    if len(out) != n * len(offsets): raise DataError(f"a fold's scratch file is shorter than its windows; prepare again")
+    return out
+
 def _spare_core() -> bool:
     "Whether torch's threads leave one of this process's CPUs free for a read-ahead thread."
     try: cpus = len(os.sched_getaffinity(0))
@@ -419,11 +431,20 @@ def _spare_core() -> bool:
     return torch.get_num_threads() < cpus
 
 class StoredWindows(qd.Windows):
-    "`Windows` over memory maps: pages a gather mapped handed back after it; batches gathered one ahead in a helper thread."
+    "`Windows` over memory-mapped files: a batch read through the map where its windows are dense, else by `pread`."
     def _gather(self, i):
-        out = super()._gather(i)
-        RESIDENT.check()
-        return out
+        r = self._rows(i)
+        if getattr(self, "_files", None) is None or not len(r): return super()._gather(i)
+        (fx, fy), (T, F), L, n = self._files, self.x.shape, self.seq_len, len(r)
+        xrow, yrow = F * self.x.element_size(), self.y[:1].numel() * self.y.element_size()
+        r = r.numpy()
+        at = (r - (L - 1)) * xrow
+        if len(np.unique(at >> 16)) * DENSE <= n:        # several windows per 64 KiB: a fault maps them all at once
+            out = super()._gather(i); RESIDENT.check()  # and the pages go back once over the budget
+            return out
+        xb = torch.frombuffer(_read(fx, at.tolist(), L * xrow), dtype=self.x.dtype).view(n, L, F)
+        yb = torch.frombuffer(_read(fy, (r * yrow).tolist(), yrow), dtype=self.y.dtype).view(n, *self.y.shape[1:])
+        return xb, yb
 
     def batches(self, batch_size: int = 64, **kw) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         "`Windows.batches`, the next batch gathered (and its pages faulted in) while the caller works on this one."
@@ -444,7 +465,8 @@ class StoredFold(qd.Fold):
     def _build(self) -> dict:
         built = super()._build()
         for w in built.values():
-            if type(w) is qd.Windows: w.__class__ = StoredWindows     # the same object, gathering as a map
+            if type(w) is qd.Windows:                                 # the same object, its batches read from the files
+                w.__class__, w._files = StoredWindows, (self._x_file, self._y_file)
         return built
 
     def _targets(self, train_ends: list, chunk: int = 1 << 16) -> tuple:
@@ -453,6 +475,7 @@ class StoredFold(qd.Fold):
         if c.task == "classification":
             y = P.store.scratch((T,), np.int64)
             for i in range(0, T, chunk): y[i:i + chunk] = qd.direction(P._fwd(np.arange(i, min(T, i + chunk)), hs[0]), c.n_classes, c.dead_band)
+            self._y_file = y.file
             return torch.from_numpy(y), None, 1 if c.n_classes == 2 else c.n_classes
         y = P.store.scratch((T, len(hs)), np.float32)
         for i in range(0, T, chunk):                      # as Fold._targets: each row's close h rows later, per symbol
@@ -467,6 +490,7 @@ class StoredFold(qd.Fold):
             y[tail[tail >= np.repeat(P._starts, h)], col] = np.nan
         tscaler = qd.scalers._fit_rows(c.target_scaler, y, train_ends) if c.target_scaler != "none" else None
         if tscaler is not None: qd.scalers._scale_rows(y, 0, len(y), tscaler)
+        self._y_file = y.file
         return torch.from_numpy(y), tscaler, y.shape[1]
 
 # %% ../nbs/02b_panelstore.ipynb #95446c7c

@@ -3,11 +3,13 @@
 A panel of N_SYMBOLS random-walk symbols x N_ROWS rows is written as a Parquet folder partitioned by symbol
 (symbol=S00000/...), then prepared twice with the same config: in memory (`prepare` on the frame) and out of core
 (`prepare` on the folder: converted once into a memory-mapped store, with every fold array a map). The store's
-resident-page budget (qtnb.panelstore.RESIDENT.budget) is lowered to BUDGET, well below the mapped arrays the epoch
-reads (the scaled features and targets, about 7 MiB), so pages are handed back to the page cache and faulted in again during the epoch, as on a panel
-larger than memory. Each contestant trains a freshly seeded MLP for one epoch on the first fold's training windows
-(same seed, batches, thread count); a measurement is that epoch's wall time. Contestants run side by side in rotating
-rounds (tests/bench/_timing.py), a warm-up each first. Figures, defined before anything is measured:
+resident-page budget (qtnb.panelstore.RESIDENT.budget) is lowered to BUDGET, well below the arrays the epoch reads
+(the scaled features and targets, about 7 MiB), as on a panel larger than memory. This panel's shuffled batches are
+dense (several windows per 64 KiB), so qtnb reads them through the map, faulting pages in again after each hand-back;
+on a panel of gigabytes it reads them with pread instead (the 4 GB test of tests/test_outofcore.py prints that epoch's
+time). Each contestant trains a freshly seeded MLP for one epoch on the first fold's training windows (same seed,
+batches, thread count); a measurement is that epoch's wall time. Contestants run side by side in rotating rounds
+(tests/bench/_timing.py), a warm-up each first. Figures, defined before anything is measured:
 
   mmap_vs_ram_epoch   kind matched, goal >= 0.8: the in-memory epoch's median time over the out-of-core epoch's
                       median time (a speed ratio: 1.0 is as fast as in memory).
