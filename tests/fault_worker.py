@@ -7,9 +7,7 @@ or starve of disk space (a file-size limit set from inside, at a chosen hook), t
 """
 import resource, signal, sys
 
-from qtnb.callbacks import Callback
 from qtnb.runs import create_run, open_run
-from qtnb.trainer import Trainer, toy_windows
 
 MODEL = {"name": "mlp", "hidden_sizes": [32, 32]}
 
@@ -18,19 +16,25 @@ def limit_file_size(nbytes: int) -> None:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (int(nbytes), resource.RLIM_INFINITY))
 
-class Starve(Callback):
-    """Set the file-size limit at one point of the fit: `epoch_start` (history is the next write), `epoch_end` (after the
-    epoch's history row, before its checkpoints) or `train_end` (metrics, then status, are next)."""
-    order = 50                                    # after the trainer logged the epoch, before Checkpoint (order 100)
-    def __init__(self, hook: str, epoch: int, nbytes: int): self.hook, self.at, self.nbytes = hook, epoch, nbytes
-    def on_train_epoch_start(self, trainer, epoch):
-        if self.hook == "epoch_start" and epoch == self.at: limit_file_size(self.nbytes)
-    def on_train_epoch_end(self, trainer, metrics):
-        if self.hook == "epoch_end" and metrics["epoch"] == self.at: limit_file_size(self.nbytes)
-    def on_train_end(self, trainer):
-        if self.hook == "train_end": limit_file_size(self.nbytes)
+def starve(hook: str, epoch: int, nbytes: int):
+    "A callback that sets the file-size limit at one point of the fit (imported here: a `write` needs only the run store)."
+    from qtnb.callbacks import Callback
+
+    class Starve(Callback):
+        """Set the file-size limit at one point of the fit: `epoch_start` (history is the next write), `epoch_end` (after the
+        epoch's history row, before its checkpoints) or `train_end` (metrics, then status, are next)."""
+        order = 50                                    # after the trainer logged the epoch, before Checkpoint (order 100)
+        def __init__(self, hook: str, epoch: int, nbytes: int): self.hook, self.at, self.nbytes = hook, epoch, nbytes
+        def on_train_epoch_start(self, trainer, epoch):
+            if self.hook == "epoch_start" and epoch == self.at: limit_file_size(self.nbytes)
+        def on_train_epoch_end(self, trainer, metrics):
+            if self.hook == "epoch_end" and metrics["epoch"] == self.at: limit_file_size(self.nbytes)
+        def on_train_end(self, trainer):
+            if self.hook == "train_end": limit_file_size(self.nbytes)
+    return Starve(hook, epoch, nbytes)
 
 def fit(run, epochs: int, callbacks=(), resume=None):
+    from qtnb.trainer import Trainer, toy_windows    # here: a `write` needs only the run store
     tr, va = toy_windows(2048, seed=0), toy_windows(512, seed=1)
     Trainer(MODEL, num_epochs=epochs, batch_size=64, learning_rate=1e-3, early_stopping_patience=0, importance=False,
             run=run, callbacks=list(callbacks)).fit(tr, va, resume=resume)
@@ -40,7 +44,7 @@ if __name__ == "__main__":
     if mode == "fit":
         run = create_run("fault", runs_dir=runs)
         print(run.id, flush=True)
-        cbs = [Starve(sys.argv[4], int(sys.argv[5]), int(sys.argv[6]))] if len(sys.argv) > 4 else []
+        cbs = [starve(sys.argv[4], int(sys.argv[5]), int(sys.argv[6]))] if len(sys.argv) > 4 else []
         fit(run, int(sys.argv[3]), cbs)
     elif mode == "resume":
         fit(open_run(sys.argv[3], runs_dir=runs), int(sys.argv[4]), resume="last")
