@@ -7,7 +7,6 @@ Docs: https://qtnb.github.io/qtnb/panelstore.html.md"""
 # %% ../nbs/02b_panelstore.ipynb #f2b05edf
 from __future__ import annotations
 import hashlib, json, mmap, os, secrets, shutil, tempfile, threading, time, weakref
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 from urllib.parse import unquote
@@ -326,6 +325,18 @@ class PanelStore:
         if hasattr(mmap, "MADV_RANDOM"): m._mmap.madvise(mmap.MADV_RANDOM)   # before the first write: single pages in
         return RESIDENT.watch(m)                                             # the page cache, so a random read maps 64 KiB, not MiBs
 
+    def sealed(self, m: np.memmap, piece: int = 4 << 20) -> np.memmap:
+        "Scratch map `m`, filled, rewritten through `write` in 4 MiB pieces into a new file and mapped (copy-on-write)."
+        fd, path = tempfile.mkstemp(dir=self.folder, prefix=".scratch-")
+        try:
+            flat = m.reshape(-1).view(np.uint8)
+            for i in range(0, len(flat), piece): os.write(fd, flat[i:i + piece])   # large writes: large folios in the page cache
+            out = np.memmap(path, dtype=m.dtype, mode="c", shape=m.shape)
+        except BaseException: os.close(fd); raise
+        finally: os.unlink(path)
+        out.file = os.fdopen(fd, "rb", buffering=0)
+        return RESIDENT.watch(out)
+
     def __repr__(self): return f"PanelStore({self.rows:,} rows, {len(self.names)} symbol(s), {len(self.feature_names)} features, {self.folder})"
 
 # %% ../nbs/02b_panelstore.ipynb #b17be940
@@ -411,6 +422,7 @@ class StoredPrepared(qd.Prepared):
             for i in range(a, b, len(buf)):
                 j = min(b, i + len(buf)); t = buf[:j - i]
                 np.subtract(F[i:j], s.center, out=t); np.divide(t, s.scale, out=X[i:j], casting="same_kind")
+        X = self.store.sealed(X)
         fold._x_file = X.file
         return X
 
@@ -423,12 +435,6 @@ def _read(f, offsets: list, n: int) -> bytearray:
     out = bytearray(b"".join([pread(fd, n, o) for o in offsets]))
     if len(out) != n * len(offsets): raise DataError(f"a fold's scratch file is shorter than its windows; prepare again")
     return out
-
-def _spare_core() -> bool:
-    "Whether torch's threads leave one of this process's CPUs free for a read-ahead thread."
-    try: cpus = len(os.sched_getaffinity(0))
-    except AttributeError: cpus = os.cpu_count() or 1               # no affinity outside Linux
-    return torch.get_num_threads() < cpus
 
 class StoredWindows(qd.Windows):
     "`Windows` over memory-mapped files: a batch read through the map where its windows are dense, else by `pread`."
@@ -446,19 +452,6 @@ class StoredWindows(qd.Windows):
         yb = torch.frombuffer(_read(fy, (r * yrow).tolist(), yrow), dtype=self.y.dtype).view(n, *self.y.shape[1:])
         return xb, yb
 
-    def batches(self, batch_size: int = 64, **kw) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        "`Windows.batches`, the next batch gathered (and its pages faulted in) while the caller works on this one."
-        it = super().batches(batch_size, **kw)
-        if not _spare_core() or (kw.get("augment") and kw.get("generator") is None):
-            yield from it; return              # no core to overlap with; or an augmentation whose draws stay in the caller's order
-        pool = ThreadPoolExecutor(1, thread_name_prefix="qtnb-gather")
-        try:
-            ahead = pool.submit(next, it, None)
-            while (b := ahead.result()) is not None:
-                ahead = pool.submit(next, it, None)
-                yield b
-        finally: pool.shutdown(wait=True, cancel_futures=True)
-
 # %% ../nbs/02b_panelstore.ipynb #6fa3fa51
 class StoredFold(qd.Fold):
     "A `Fold` of a `StoredPrepared`: targets computed chunk by chunk into a scratch map; `StoredWindows`."
@@ -475,7 +468,7 @@ class StoredFold(qd.Fold):
         if c.task == "classification":
             y = P.store.scratch((T,), np.int64)
             for i in range(0, T, chunk): y[i:i + chunk] = qd.direction(P._fwd(np.arange(i, min(T, i + chunk)), hs[0]), c.n_classes, c.dead_band)
-            self._y_file = y.file
+            y = P.store.sealed(y); self._y_file = y.file
             return torch.from_numpy(y), None, 1 if c.n_classes == 2 else c.n_classes
         y = P.store.scratch((T, len(hs)), np.float32)
         for i in range(0, T, chunk):                      # as Fold._targets: each row's close h rows later, per symbol
@@ -490,7 +483,7 @@ class StoredFold(qd.Fold):
             y[tail[tail >= np.repeat(P._starts, h)], col] = np.nan
         tscaler = qd.scalers._fit_rows(c.target_scaler, y, train_ends) if c.target_scaler != "none" else None
         if tscaler is not None: qd.scalers._scale_rows(y, 0, len(y), tscaler)
-        self._y_file = y.file
+        y = P.store.sealed(y); self._y_file = y.file
         return torch.from_numpy(y), tscaler, y.shape[1]
 
 # %% ../nbs/02b_panelstore.ipynb #95446c7c

@@ -14,9 +14,7 @@ batches, thread count); a measurement is that epoch's wall time. Contestants run
   mmap_vs_ram_epoch   kind matched, goal >= 0.8: the in-memory epoch's median time over the out-of-core epoch's
                       median time (a speed ratio: 1.0 is as fast as in memory).
   ram_epoch_s, mmap_epoch_s, store_mib, trims   kind report: the medians, the store's size, the page hand-backs.
-  mmap_vs_ram_epoch_one_core    kind report: the same ratio with the process pinned to one CPU. The out-of-core batches
-                      are gathered one batch ahead in a helper thread, which overlaps page faults with the model only
-                      where a second core is free; this figure shows the epoch without that overlap.
+  mmap_vs_ram_epoch_one_core    kind report: the same ratio with the process pinned to one CPU.
   mmap_vs_ram_epoch_all_cores   kind report: the same ratio with torch using every core for both contestants, so the
                       in-memory epoch gets the second core too.
 
