@@ -16,6 +16,9 @@ if [ "$before" != "$after" ]; then
   git status --porcelain -- nbs qtnb
   exit 1
 fi
+# byte-compile qtnb and the tests once: an editable install has no .pyc, and with PYTHONDONTWRITEBYTECODE set
+# (as on these machines) every kernel, worker and command would compile the modules again
+"$bin/python" -m compileall -q qtnb tests > /dev/null || { echo "FAIL: compileall"; exit 1; }
 echo "== nbdev-test"
 # one process per notebook, two at a time: nbdev-test's own workers are reused across notebooks, so a model class a
 # notebook defines in __main__ (and registers) would leak into the next notebook that process runs
