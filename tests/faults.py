@@ -218,8 +218,10 @@ def case_api_signal(tmp: Path, rng: random.Random, sig: str):
         rid = p.stdout.readline().strip()
         run = runs / rid
         k = rng.randint(1, 4)
-        wait_until(lambda: (run / "history.csv").is_file() and len((run / "history.csv").read_text().splitlines()) > k,
-                   what=f"{k} epochs")
+        # k epochs logged and a checkpoint saved: the signal then lands while training goes on, and the case resumes
+        # from last.pt (a signal between the first history row and the first checkpoint leaves none to resume from)
+        wait_until(lambda: (run / "history.csv").is_file() and len((run / "history.csv").read_text().splitlines()) > k
+                   and (run / "checkpoints" / "last.pt").is_file(), what=f"{k} epochs and a checkpoint")
         time.sleep(rng.uniform(0, 0.3))
         os.kill(p.pid, SIGS[sig])
         _, err = p.communicate(timeout=120)
