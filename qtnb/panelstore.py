@@ -314,14 +314,12 @@ class PanelStore:
         return pd.DataFrame(cols, index=idx, copy=False)
 
     def scratch(self, shape, dtype) -> np.memmap:
-        "A writable map of `shape` in a file unlinked as soon as it is mapped; its `file` stays open for reads (batches)."
+        "A writable map of `shape` in a file unlinked as soon as it is mapped; once filled, `sealed` copies it for reading."
         fd, path = tempfile.mkstemp(dir=self.folder, prefix=".scratch-")
         try:
             os.ftruncate(fd, max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize))
             m = np.memmap(path, dtype=dtype, mode="r+", shape=tuple(shape))
-        except BaseException: os.close(fd); raise
-        finally: os.unlink(path)
-        m.file = os.fdopen(fd, "rb", buffering=0)        # closed with the last of the map and its readers
+        finally: os.close(fd); os.unlink(path)
         if hasattr(mmap, "MADV_RANDOM"): m._mmap.madvise(mmap.MADV_RANDOM)   # before the first write: single pages in
         return RESIDENT.watch(m)                                             # the page cache, so a random read maps 64 KiB, not MiBs
 
@@ -330,7 +328,9 @@ class PanelStore:
         fd, path = tempfile.mkstemp(dir=self.folder, prefix=".scratch-")
         try:
             flat = m.reshape(-1).view(np.uint8)
-            for i in range(0, len(flat), piece): os.write(fd, flat[i:i + piece])   # large writes: large folios in the page cache
+            for i in range(0, len(flat), piece):                  # large writes: large folios in the page cache
+                left = memoryview(flat[i:i + piece])
+                while len(left): left = left[os.write(fd, left):]  # a write may take fewer bytes than given
             out = np.memmap(path, dtype=m.dtype, mode="c", shape=m.shape)
         except BaseException: os.close(fd); raise
         finally: os.unlink(path)
@@ -433,7 +433,7 @@ def _read(f, offsets: list, n: int) -> bytearray:
     "The `n` bytes at each of `offsets` of the open file `f`, end to end: one `pread` each (page-cache reads map nothing)."
     fd, pread = f.fileno(), os.pread
     out = bytearray(b"".join([pread(fd, n, o) for o in offsets]))
-    if len(out) != n * len(offsets): raise DataError(f"a fold's scratch file is shorter than its windows; prepare again")
+    if len(out) != n * len(offsets): raise DataError("a fold's scratch file is shorter than its windows; prepare again")
     return out
 
 class StoredWindows(qd.Windows):
@@ -441,7 +441,7 @@ class StoredWindows(qd.Windows):
     def _gather(self, i):
         r = self._rows(i)
         if getattr(self, "_files", None) is None or not len(r): return super()._gather(i)
-        (fx, fy), (T, F), L, n = self._files, self.x.shape, self.seq_len, len(r)
+        (fx, fy), F, L, n = self._files, self.x.shape[1], self.seq_len, len(r)
         xrow, yrow = F * self.x.element_size(), self.y[:1].numel() * self.y.element_size()
         r = r.numpy()
         at = (r - (L - 1)) * xrow
