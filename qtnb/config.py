@@ -375,6 +375,7 @@ class TrainConfig(QtnbConfig):
     nnodes: int = param(1, description="DDP: nodes taking part, met through torchrun's c10d rendezvous at rdzv_endpoint.", group="hardware", advanced=True, ge=1, le=10_000)
     rdzv_endpoint: str | None = param(None, description="DDP on several nodes: HOST:PORT of the c10d rendezvous (one node's address).", group="hardware", advanced=True)
     ddp_timeout: float = param(1800.0, description="DDP: seconds a rank waits for the others in a collective (a pause holds the ranks in short broadcasts, so it may last longer).", group="hardware", advanced=True, gt=0)
+    ddp_shared_memory: bool = param(True, description="DDP on CPU with every rank on this machine (x86-64 Linux): sum gradients through shared memory instead of gloo's TCP (the same sums, in rank order).", group="hardware", advanced=True)
 
     presets: ClassVar = {"easy": dict(num_epochs=20, learning_rate=1e-3, scheduler="constant"),
                          "medium": dict(num_epochs=100, learning_rate=1e-3, scheduler="cosine"),

@@ -6,7 +6,7 @@ Docs: https://qtnb.github.io/qtnb/distributed.html.md"""
 
 # %% ../nbs/06b_distributed.ipynb #02caa96b
 from __future__ import annotations
-import contextlib, dataclasses, importlib, json, os, re, signal, subprocess, sys, tempfile, threading, time
+import contextlib, dataclasses, importlib, json, mmap, os, platform, re, signal, subprocess, sys, tempfile, threading, time
 from datetime import timedelta
 from pathlib import Path
 
@@ -23,8 +23,9 @@ from .callbacks import Callback, hook_table, load_state, save_state
 from .trainer import FitResult, Trainer, TrainConfig, STEP_SCHEDULES, epoch_seed, seed_everything, is_stateful as _is_stateful, output_width as _out_width
 
 # %% auto #0
-__all__ = ['world', 'shard', 'windows_state', 'windows_from_state', 'torchrun_command', 'DDPTrainer', 'RankStates', 'Agree',
-           'RankControl', 'run_rank', 'rank_failure', 'fit_ddp']
+__all__ = ['world', 'shard', 'windows_state', 'windows_from_state', 'torchrun_command', 'PeerLost', 'SharedSum',
+           'shared_gradients', 'DDPTrainer', 'RankStates', 'Agree', 'RankControl', 'run_rank', 'rank_failure',
+           'fit_ddp']
 
 # %% ../nbs/06b_distributed.ipynb #4553298e
 def world() -> tuple[int, int]:
@@ -86,6 +87,102 @@ def torchrun_command(job: str | Path, *, nproc: int, nnodes: int = 1, rdzv_endpo
     else: cmd.append("--standalone")
     return cmd + ["-m", "qtnb.distributed", str(job)]
 
+# %% ../nbs/06b_distributed.ipynb #92689516
+class PeerLost(TrainingError):
+    "A rank of this machine ended, or stopped answering, while the others waited for its gradients."
+
+def _alive(pid: int) -> bool:
+    "Whether `pid` is a live process (a zombie waiting for its parent counts as gone)."
+    try:
+        with open(f"/proc/{pid}/stat") as f: return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError): return False
+
+class SharedSum:
+    "Sums of float32 tensors over the `world_size` ranks of one machine, through the file `path` they all map."
+    LINE = 64                                   # bytes of one rank's flag and pid: a cache line of its own
+    def __init__(self, path, rank: int, world_size: int, capacity: int, timeout: float = 1800.0):
+        self.rank, self.world_size, self.capacity, self.timeout, self.calls = rank, world_size, capacity, timeout, 0
+        fd = os.open(path, os.O_RDWR)
+        try: self.map = mmap.mmap(fd, self.nbytes(world_size, capacity))
+        finally: os.close(fd)
+        head = np.frombuffer(self.map, dtype=np.int64, count=world_size * self.LINE // 8).reshape(world_size, -1)
+        self.flags, self.pids = head[:, 0], head[:, 1]
+        self.slots = torch.frombuffer(self.map, dtype=torch.float32, offset=world_size * self.LINE,
+                                      count=2 * world_size * capacity).view(2, world_size, capacity)
+        self.pids[rank] = os.getpid()
+
+    @classmethod
+    def nbytes(cls, world_size: int, capacity: int) -> int: return world_size * cls.LINE + 2 * world_size * capacity * 4
+
+    @classmethod
+    def create(cls, path, world_size: int, capacity: int) -> None:
+        "A new zeroed file for `world_size` ranks, its pages reserved: a full /dev/shm fails here, not with SIGBUS later."
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try: os.posix_fallocate(fd, 0, cls.nbytes(world_size, capacity))
+        finally: os.close(fd)
+
+    def __call__(self, t: torch.Tensor) -> torch.Tensor:
+        "`t` (contiguous float32, at most `capacity` elements) replaced, in place, by its sum over the ranks."
+        self.calls += 1
+        flat, slot = t.view(-1), self.slots[self.calls & 1]
+        n = flat.numel()
+        slot[self.rank, :n].copy_(flat)
+        self.flags[self.rank] = self.calls      # seen by the others only after the slot's values (x86-64 orders stores)
+        for j in range(self.world_size):
+            if self.flags[j] < self.calls: self._wait(j)
+        flat.copy_(slot[0, :n])
+        for j in range(1, self.world_size): flat.add_(slot[j, :n])
+        return t
+
+    def _wait(self, j: int) -> None:
+        "Spin (yielding the core) until rank `j` raised its flag; PeerLost if its process is gone or `timeout` passed."
+        start = last = time.monotonic()
+        while self.flags[j] < self.calls:
+            os.sched_yield()
+            now = time.monotonic()
+            if now - last < 0.01: continue
+            last = now
+            if not _alive(int(self.pids[j])): raise PeerLost(f"rank {j} ended during the gradient sum (its process is gone)")
+            if now - start > self.timeout:
+                raise PeerLost(f"rank {j} did not reach the gradient sum in {self.timeout:g} s; raise ddp_timeout if it is only slow")
+
+# %% ../nbs/06b_distributed.ipynb #148e4c1e
+def _can_share(params: list, world_size: int, local_world_size: int) -> bool:
+    "Whether ranks with these parameters may sum their gradients through shared memory (see above)."
+    return (sys.platform == "linux" and platform.machine() == "x86_64" and 1 < world_size == local_world_size
+            and world_size <= len(os.sched_getaffinity(0)) and bool(params)
+            and all(p.dtype == torch.float32 and p.device.type == "cpu" for p in params))
+
+def _hook(shared: SharedSum, bucket):       # no annotations: DDP compares a hook's return annotation with a type object
+    "DDP's communication hook: the bucket's mean over the ranks, summed through `shared` (a Future done already)."
+    buf = shared(bucket.buffer()).div_(shared.world_size)
+    fut = torch.futures.Future(); fut.set_result(buf)
+    return fut
+
+def shared_gradients(ddp: nn.parallel.DistributedDataParallel, *, enabled: bool = True, timeout: float = 1800.0) -> SharedSum | None:
+    "Make `ddp` sum gradients through shared memory when every rank can (called by every rank together); its SharedSum, or None."
+    rank, W = world()
+    params = [p for p in ddp.module.parameters() if p.requires_grad]
+    cap = sum(p.numel() for p in params)
+    name = [None]
+    if rank == 0 and enabled and _can_share(params, W, int(os.environ.get("LOCAL_WORLD_SIZE", -1))):
+        path = Path("/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()) / f"qtnb-grad-{os.urandom(8).hex()}"
+        try: SharedSum.create(path, W, cap); name = [str(path)]
+        except OSError: Path(path).unlink(missing_ok=True)
+    try:
+        dist.broadcast_object_list(name, src=0)
+        shared = None
+        if name[0] is not None:
+            try: shared = SharedSum(name[0], rank, W, cap, timeout)
+            except (OSError, ValueError): shared = None
+        ok = torch.tensor([int(shared is not None)])
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)          # every rank mapped it (and so wrote its pid), or none uses it
+    finally:
+        if rank == 0 and name[0] is not None: Path(name[0]).unlink(missing_ok=True)
+    if not ok.item(): return None
+    ddp.register_comm_hook(shared, _hook)
+    return shared
+
 # %% ../nbs/06b_distributed.ipynb #9f9a23f4
 class DDPTrainer(Trainer):
     "The Trainer of one torchrun rank: sharded global batches, DDP gradients, gathered evaluation, rank 0 writing."
@@ -99,6 +196,10 @@ class DDPTrainer(Trainer):
         if _is_stateful(self.model): raise ConfigError("strategy='ddp' does not train stateful models (their state runs across a stream's windows); use strategy='single'")
         ids = [self.device.index] if self.device.type == "cuda" else None
         self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=ids, gradient_as_bucket_view=True)
+        self.shared_sum = (shared_gradients(self.ddp, enabled=self.config.ddp_shared_memory, timeout=self.config.ddp_timeout)
+                           if self.device.type == "cpu" else None)
+        if self.rank == 0 and self.world_size > 1: print(f"qtnb: {self.world_size} ranks sum gradients through "
+                                 f"{'shared memory' if self.shared_sum is not None else dist.get_backend()}", flush=True)
         if self.rank > 0: torch.manual_seed(epoch_seed(self.config.seed, -self.rank))   # dropout masks of its own (a resume restores them)
         return super()._fit_torch(train, val, resume)
 
@@ -267,7 +368,7 @@ _PEER = ("connection closed", "connection reset", "broken pipe", "gloo", "nccl",
 
 def _rank_error(job: Path, rank: int, e: BaseException) -> None:
     msg = (str(e).splitlines() or [""])[0][:300]
-    peer = isinstance(e, getattr(dist, "DistError", ())) or any(s in msg.lower() for s in _PEER)
+    peer = isinstance(e, (PeerLost, getattr(dist, "DistError", ()))) or any(s in msg.lower() for s in _PEER)
     atomic_write(job / f"rank{rank}.error", json.dumps(dict(rank=rank, type=type(e).__name__, error=msg, peer=peer, time=time.time())))
 
 def _watch_controller(pid: int) -> None:
@@ -341,7 +442,7 @@ def rank_failure(job: str | Path, log: str = "") -> tuple[int | None, str]:
     own = sorted((e["time"], r) for r, e in errs.items() if not e.get("peer"))
     if own:
         e = errs[own[0][1]]; return e["rank"], f"{e['type']}: {e['error']}"
-    for r, code in sorted(exits.items()):
+    for r, code in sorted(exits.items(), key=lambda rc: (rc[1] == -signal.SIGTERM, rc[0])):   # SIGTERM: torchrun's own, last
         if r not in errs:
             return r, (f"killed by {_signal_name(code)}" if code < 0 else f"exited with code {code} without an error")
     if errs:

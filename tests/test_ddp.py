@@ -1,6 +1,6 @@
 """DDP training (qtnb.distributed) in real torchrun processes on CPU (gloo): the same numbers as one process, one run
 folder, an exact resume after kill -9 of a rank, and a failing rank failing the run with nothing left running."""
-import json, os, signal, subprocess, sys, time, zlib
+import json, os, platform, signal, subprocess, sys, time, zlib
 from pathlib import Path
 
 import pytest
@@ -30,6 +30,9 @@ def alive(pid: int) -> bool:
 def rank_pids(run: Path) -> list[int]: return [int(p.read_text()) for p in sorted((run / "ddp").glob("rank*.pid"))]
 
 
+def shm_files() -> list[str]: return sorted(p.name for p in Path("/dev/shm").glob("qtnb-grad-*"))
+
+
 def numbers(d: dict) -> dict: return {k: v for k, v in d.items() if isinstance(v, float)}
 
 
@@ -43,8 +46,9 @@ def det_env(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory, det_env):
-    "A 2-process DDP training run through the CLI, in deterministic mode."
+    "A 2-process DDP training run through the CLI, in deterministic mode; the gradient-sum files in /dev/shm before it."
     runs = tmp_path_factory.mktemp("ddp")
+    (runs.parent / "shm_before").write_text(json.dumps(shm_files()))
     r = subprocess.run([QTNB, "run", "train", *CLI, "-p", "nproc", "2", "--runs-dir", str(runs)], capture_output=True,
                        text=True, timeout=600, cwd=REPO, env=det_env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -61,6 +65,9 @@ def test_two_processes_give_the_single_process_metrics(ddp_run, det_env, tmp_pat
     train_cfg = yaml.safe_load((run / "params.yaml").read_text())["train"]
     eq((train_cfg["strategy"], train_cfg["nproc"], train_cfg["deterministic"]), ("ddp", 2, True))
     eq(sorted(p.name for p in (run / "checkpoints").iterdir()), ["best.pt", "last.pt"])
+    if sys.platform == "linux" and platform.machine() == "x86_64" and len(os.sched_getaffinity(0)) >= 2:
+        assert "2 ranks sum gradients through shared memory" in (run / "ddp" / "torchrun.log").read_text()
+        eq(shm_files(), json.loads((ddp_run.parent / "shm_before").read_text()))   # the ranks' file is gone
     got, want = numbers(metrics(run)["test"]), numbers(single.metrics["test"])
     eq(sorted(got), sorted(want))
     for k in want: close(got[k], want[k], eps=1e-5)
@@ -242,3 +249,16 @@ def test_a_pause_through_the_control_file_holds_every_rank_and_the_resumed_run_e
     cols = ["epoch", "train_loss", "val_loss", "lr"]
     eq(res.history[cols].values.tolist(), ref.history[cols].values.tolist())
     eq(numbers(res.test_metrics), numbers(ref.test_metrics))
+
+
+def test_shared_memory_and_gloo_sum_the_gradients_alike(tmp_path):
+    "The Python API's 2-rank fit equals a single-process fit whether shared memory or gloo sums the gradients."
+    from qtnb.trainer import Trainer, toy_windows
+    tr, va = toy_windows(400, seed=1), toy_windows(100, seed=2)
+    kw = dict(num_epochs=2, batch_size=64, learning_rate=1e-2, importance=False, early_stopping_patience=0, device="cpu",
+              seed=3, deterministic=True)
+    mlp = {"name": "mlp", "hidden_sizes": [8], "dropout": 0.0}
+    one = Trainer(mlp, **kw).fit(tr, va)
+    for shared in (True, False):
+        two = Trainer(mlp, strategy="ddp", nproc=2, ddp_shared_memory=shared, **kw).fit(tr, va)
+        close(two.history["val_loss"].values, one.history["val_loss"].values, eps=1e-5)

@@ -44,7 +44,8 @@ def set_rng_state(state: dict) -> None:
 
 # %% ../../nbs/06c_trainer.state.ipynb #b1c195b9
 _KEEP_ON_RESUME = {"num_epochs", "device", "compile", "early_stopping_patience", "importance", "importance_windows",
-                   "eval_batch_size", "checkpoint_every", "strategy", "nproc", "nnodes", "rdzv_endpoint", "ddp_timeout"}
+                   "eval_batch_size", "checkpoint_every", "strategy", "nproc", "nnodes", "rdzv_endpoint", "ddp_timeout",
+                   "ddp_shared_memory"}
 
 def config_hash(d: dict) -> str:
     "A 16-hex-digit hash of a JSON-able config (keys sorted), as the run's lineage records it."

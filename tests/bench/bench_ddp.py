@@ -10,7 +10,11 @@ are measured side by side by tests/bench/_timing.py in rotating rounds (no warm-
 Figures, defined before anything is measured:
 
   ddp_2_vs_1                     goal >= 1.6 on 2 cores. Windows/s of `Trainer(strategy="ddp", nproc=2)` (2 gloo
-                                 processes, 1 intra-op thread each) over `Trainer()` in one process with 1 thread.
+                                 processes, 1 intra-op thread each) over `Trainer()` in one process with 1 thread. The
+                                 ranks run as qtnb runs them: on one x86-64 machine they sum gradients through shared
+                                 memory (qtnb.distributed.SharedSum, a DDP communication hook), the rest over gloo.
+  ddp_2_vs_1_gloo_allreduce      report only: the same with `ddp_shared_memory=False`: DDP's own gloo all-reduce of the
+                                 gradients (TCP over loopback), what torchrun plus DDP give without qtnb's hook.
   ddp_2_vs_1_fit_wall            report only: the same, over each whole `fit` call's wall time (start-up included).
   ddp_cuda_amp_samples_per_s     CUDA only: windows/s of DDP over every GPU of the machine (NCCL, one process per GPU,
                                  fp16 AMP, device-resident windows).
@@ -72,10 +76,14 @@ def main():
     torch.set_num_threads(1)
     with Bench("bench_ddp", windows=N, seq_len=L, features=F, global_batch=B, epochs=EPOCHS, rounds=ROUNDS, model=LSTM):
         w = data()
-        rates, walls = compare({"ddp2": lambda: fit(w, strategy="ddp", nproc=2), "one": lambda: fit(w)}, ROUNDS)
+        rates, walls = compare({"ddp2": lambda: fit(w, strategy="ddp", nproc=2), "one": lambda: fit(w),
+                                "ddp2_gloo": lambda: fit(w, strategy="ddp", nproc=2, ddp_shared_memory=False)}, ROUNDS)
         r, q = ratio(rates["ddp2"], rates["one"])
         emit("ddp_2_vs_1", r, ">= 1.6", "matched", quartiles=q, ddp2_samples_per_s=rates["ddp2"].median,
-             one_samples_per_s=rates["one"].median, backend="gloo", threads_per_process=1)
+             one_samples_per_s=rates["one"].median, backend="gloo", gradient_sum="shared memory", threads_per_process=1)
+        r, q = ratio(rates["ddp2_gloo"], rates["one"])
+        emit("ddp_2_vs_1_gloo_allreduce", r, None, "report", quartiles=q, ddp2_samples_per_s=rates["ddp2_gloo"].median,
+             backend="gloo", gradient_sum="gloo all-reduce", threads_per_process=1)
         rw, qw = ratio(walls["one"], walls["ddp2"])            # a shorter wall time is the faster one
         emit("ddp_2_vs_1_fit_wall", rw, None, "report", quartiles=qw, ddp2_fit_s=walls["ddp2"].median, one_fit_s=walls["one"].median)
         if not torch.cuda.is_available():
