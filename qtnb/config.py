@@ -390,7 +390,7 @@ class TuneConfig(QtnbConfig):
     pruning_enabled: bool = param(True, description="Stop unpromising trials early.", group="search")
     parallel_trials: int = param(1, description="Worker processes sharing the study.", group="budget", ge=1, le=1024)
     sampler: Literal["tpe", "random", "grid", "gp", "cmaes", "nsga2", "qmc"] = param("tpe", description="Optuna sampler.", group="search")
-    pruner: Literal["median", "percentile", "successive_halving", "hyperband", "none"] = param("hyperband", description="Optuna pruner.", group="search", advanced=True)
+    pruner: Literal["median", "percentile", "successive_halving", "hyperband", "none"] = param("successive_halving", description="Optuna pruner.", group="search", advanced=True)
     objective: str = param("val_loss", description="Metric to optimise (a name of qtnb.metrics.METRIC_NAMES, with val_/test_ prefix).", group="search")
     direction: Literal["minimize", "maximize"] | None = param(None, description="Default: minimize losses and errors, maximize the rest.", group="search", advanced=True)
 

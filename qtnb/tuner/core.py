@@ -171,7 +171,7 @@ def _open_study(self: Tuner) -> optuna.Study:
 
 @patch
 def _max_resource(self: Tuner) -> int | str:
-    "Steps of a full trial for Hyperband: the epochs of a torch model, 'auto' for estimators and plain objectives."
+    "Steps of a full trial for the pruner (Hyperband's top, a ninth of it the first rung): a torch model's epochs, else 'auto'."
     if self.fn is not None: return "auto"
     p = self.space.params.get("model")
     names = list(p.choices) if p is not None and p.kind == "conditional" else [self.space.model or self._base_model_name()]

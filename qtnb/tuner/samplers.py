@@ -6,7 +6,7 @@ Docs: https://qtnb.github.io/qtnb/tuner.samplers.html.md"""
 
 # %% ../../nbs/07b_tuner.samplers.ipynb #e9c6c1da
 from __future__ import annotations
-import difflib, hashlib, warnings
+import copy, difflib, hashlib, math, warnings
 from typing import Callable
 
 import optuna
@@ -15,7 +15,7 @@ from ..errors import ConfigError
 from .space import SearchSpace
 
 # %% auto #0
-__all__ = ['SAMPLERS', 'PRUNERS', 'make_sampler', 'make_pruner', 'trial_seed', 'TrialSeededSampler']
+__all__ = ['SAMPLERS', 'PRUNERS', 'make_sampler', 'BestSoFar', 'make_pruner', 'trial_seed', 'TrialSeededSampler']
 
 # %% ../../nbs/07b_tuner.samplers.ipynb #8b37d6c4
 SAMPLERS = ("tpe", "random", "grid", "gp", "cmaes", "nsga2", "qmc")
@@ -50,17 +50,33 @@ def make_sampler(name: str = "tpe", *, seed: int | None = None,
     raise _unknown("sampler", name, SAMPLERS)
 
 # %% ../../nbs/07b_tuner.samplers.ipynb #21bbadc5
-def make_pruner(name: str = "hyperband", *, max_resource: int | str = 100, # epochs of a full trial, or 'auto' (from the first complete trial)
-                min_resource: int = 1, n_startup_trials: int = 5, n_warmup_steps: int = 1, percentile: float = 25.0,
+class BestSoFar(optuna.pruners.BasePruner):
+    "`inner` judging a trial at each step by the best value it reported up to that step, not by that step's own."
+    def __init__(self, inner: optuna.pruners.BasePruner): self.inner = inner
+
+    def prune(self, study, trial) -> bool:
+        better = min if study.direction == optuna.study.StudyDirection.MINIMIZE else max
+        best, seen = math.nan, {}
+        for step in sorted(trial.intermediate_values):
+            v = trial.intermediate_values[step]
+            best = v if math.isnan(best) else best if math.isnan(v) else better(best, v)   # a NaN epoch changes nothing
+            seen[step] = best
+        t = copy.copy(trial); t.intermediate_values = seen
+        return self.inner.prune(study, t)
+
+def make_pruner(name: str = "successive_halving", *, max_resource: int | str = 100, # epochs of a full trial, or 'auto' (from the first complete trial)
+                min_resource: int | None = None, # None: a ninth of max_resource (3 of 27 epochs), 1 when 'auto'
+                n_startup_trials: int = 5, n_warmup_steps: int = 1, percentile: float = 25.0,
                 reduction_factor: int = 3) -> optuna.pruners.BasePruner:
-    "The Optuna pruner called `name`; resources are epochs."
+    "The Optuna pruner called `name`; resources are epochs. Successive halving and Hyperband judge each trial's best so far."
     P = optuna.pruners
+    if min_resource is None: min_resource = 1 if max_resource == "auto" else max(1, int(max_resource) // reduction_factor ** 2)
     if name == "median": return P.MedianPruner(n_startup_trials=n_startup_trials, n_warmup_steps=n_warmup_steps)
     if name == "percentile": return P.PercentilePruner(percentile=percentile, n_startup_trials=n_startup_trials, n_warmup_steps=n_warmup_steps)
-    if name == "successive_halving": return P.SuccessiveHalvingPruner(min_resource=min_resource, reduction_factor=reduction_factor)
+    if name == "successive_halving": return BestSoFar(P.SuccessiveHalvingPruner(min_resource=min_resource, reduction_factor=reduction_factor))
     if name == "hyperband":
         mr = max_resource if max_resource == "auto" else max(int(max_resource), min_resource)
-        return P.HyperbandPruner(min_resource=min_resource, max_resource=mr, reduction_factor=reduction_factor)
+        return BestSoFar(P.HyperbandPruner(min_resource=min_resource, max_resource=mr, reduction_factor=reduction_factor))
     if name == "none": return P.NopPruner()
     raise _unknown("pruner", name, PRUNERS)
 

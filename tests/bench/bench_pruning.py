@@ -72,6 +72,23 @@ VARIANTS = {
     "mf_tpe5_hyperband_min1": (("mf", dict(MV, n_startup_trials=5)), (HB, dict(min_resource=1, reduction_factor=3))),
     "mf_tpe5_asha_min1": (("mf", dict(MV, n_startup_trials=5)), (SH, dict(min_resource=1, reduction_factor=3))),
     "mf_tpe10_asha_min1_rf4": (("mf", dict(MV, n_startup_trials=10)), (SH, dict(min_resource=1, reduction_factor=4))),
+    # Measured 2026-12-06 (the table in nbs/07b_tuner.samplers.ipynb): the first epoch's loss ranks learning rates wrongly on this task
+    # (lowest near 0.045, while the best final values are at 0.015-0.02 with 64 units), so these judge trials from epoch 3
+    # on, on the running best, by ASHA or by the median or 25th percentile of the trials before at the same epoch.
+    "mv_tpe5_asha_min3_best": (dict(MV, n_startup_trials=5), (SH, dict(min_resource=3, reduction_factor=3, smooth=True))),
+    "mv_tpe5_asha_min3_rf4_best": (dict(MV, n_startup_trials=5), (SH, dict(min_resource=3, reduction_factor=4, smooth=True))),
+    "mv_tpe5_asha_min2_best": (dict(MV, n_startup_trials=5), (SH, dict(min_resource=2, reduction_factor=3, smooth=True))),
+    "mv_tpe5_asha_min4_best": (dict(MV, n_startup_trials=5), (SH, dict(min_resource=4, reduction_factor=3, smooth=True))),
+    "mv_tpe3_asha_min3_best": (dict(MV, n_startup_trials=3), (SH, dict(min_resource=3, reduction_factor=3, smooth=True))),
+    "mv_tpe8_asha_min3_best": (dict(MV, n_startup_trials=8), (SH, dict(min_resource=3, reduction_factor=3, smooth=True))),
+    "mv_tpe10_asha_min3_best": (dict(MV, n_startup_trials=10), (SH, dict(min_resource=3, reduction_factor=3, smooth=True))),
+    "mv_tpe12_asha_min3_best": (dict(MV, n_startup_trials=12), (SH, dict(min_resource=3, reduction_factor=3, smooth=True))),
+    "mv_tpe8_asha_min4_best": (dict(MV, n_startup_trials=8), (SH, dict(min_resource=4, reduction_factor=3, smooth=True))),
+    "independent_tpe8_asha_min3_best": (dict(multivariate=False, n_startup_trials=8), (SH, dict(min_resource=3, reduction_factor=3, smooth=True))),
+    "mv_tpe5_hyperband_min3_best": (dict(MV, n_startup_trials=5), (HB, dict(min_resource=3, reduction_factor=3, smooth=True))),
+    "mv_tpe5_median_w3_best": (dict(MV, n_startup_trials=5), ("median", dict(n_startup_trials=5, n_warmup_steps=3, smooth=True))),
+    "mv_tpe5_p25_w3_best": (dict(MV, n_startup_trials=5), ("percentile", dict(percentile=25.0, n_startup_trials=5, n_warmup_steps=3, smooth=True))),
+    "mv_tpe5_p25_w3": (dict(MV, n_startup_trials=5), ("percentile", dict(percentile=25.0, n_startup_trials=5, n_warmup_steps=3))),
 }
 
 
@@ -122,11 +139,12 @@ class _RunningBest:
 
 
 def _pruner(name: str, max_resource: int, kw: dict):
-    "Optuna's pruner `name` (successive halving or Hyperband) with `kw`, on the running best when kw has smooth=True."
+    "Optuna's pruner `name` (successive halving, Hyperband, median or percentile) with `kw`, on the running best when kw has smooth=True."
     import optuna
     kw = dict(kw); smooth = kw.pop("smooth", False)
-    p = (optuna.pruners.SuccessiveHalvingPruner(**kw) if name == SH
-         else optuna.pruners.HyperbandPruner(max_resource=max_resource, **kw))
+    P = optuna.pruners
+    p = (P.SuccessiveHalvingPruner(**kw) if name == SH else P.MedianPruner(**kw) if name == "median"
+         else P.PercentilePruner(**kw) if name == "percentile" else P.HyperbandPruner(max_resource=max_resource, **kw))
     if not smooth: return p
     wrapped = _RunningBest(p)
     return type("RunningBestPruner", (optuna.pruners.BasePruner,), {"prune": lambda self, s, t: wrapped.prune(s, t)})()
