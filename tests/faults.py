@@ -197,7 +197,9 @@ def case_sweep_signal(tmp: Path, rng: random.Random, sig: str, workers: int):
     if sig == "SIGKILL":
         for d in run_dirs(runs):
             st = status(d)
-            if st.get("state") == "running": assert process_alive(st) is False and st.get("heartbeat"), st
+            # a dead process readers can check; no heartbeat is asked for: a run the kill caught in the milliseconds
+            # between its record and its kernel's first beat has none (seen once under CI)
+            if st.get("state") == "running": assert process_alive(st) is False, st
     else:
         assert rc == 128 + SIGS[sig], (rc, out[-2000:])
         lines = one_line(out)

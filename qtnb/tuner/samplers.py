@@ -27,7 +27,7 @@ def _unknown(what: str, name, known) -> ConfigError:
 
 def make_sampler(name: str = "tpe", *, seed: int | None = None,
                  space: SearchSpace | None = None, # needed by the grid sampler
-                 n_objectives: int = 1, n_startup_trials: int = 5) -> optuna.samplers.BaseSampler:
+                 n_objectives: int = 1, n_startup_trials: int = 10) -> optuna.samplers.BaseSampler:
     "The Optuna sampler called `name`."
     S = optuna.samplers
     with warnings.catch_warnings():
