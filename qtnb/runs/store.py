@@ -70,7 +70,10 @@ def process_alive(record: dict) -> bool | None:
     "Whether the process a `process_record` names still runs; None when it ran on another host (or names none)."
     import psutil
     if not record.get("pid") or record.get("host") != socket.gethostname(): return None
-    try: started = psutil.Process(int(record["pid"])).create_time()
+    try:
+        p = psutil.Process(int(record["pid"]))
+        started = p.create_time()
+        if p.status() == psutil.STATUS_ZOMBIE: return False       # killed, waiting for its parent (or init) to reap it
     except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError): return False
     return record.get("pid_start") is None or abs(started - float(record["pid_start"])) < 1.0
 
