@@ -149,13 +149,16 @@ def sigterm_interrupts():
     finally:
         if mine: signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
-def _watch_parent(ppid: int) -> None:
-    "Interrupt this worker when the process that started it is gone (killed with -9, say): no orphan keeps tuning."
+def _watch_parent(ppid: int, grace: float = 30.0) -> None:
+    "Interrupt this worker when `ppid`, the process that started it, is gone (killed with -9, say): no orphan keeps tuning."
     while os.getppid() == ppid: time.sleep(0.5)
     os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(grace)   # still alive: the interrupt was lost; end here (its trial names a dead process and is retried)
+    os._exit(130)
 
-def _worker(tuner: "Tuner", n_trials: int, deadline: float | None, threads: int | None) -> None:
-    threading.Thread(target=_watch_parent, args=(os.getppid(),), name="qtnb-parent-watch", daemon=True).start()
+def _worker(tuner: "Tuner", n_trials: int, deadline: float | None, threads: int | None, parent: int | None = None) -> None:
+    # the parent's pid comes from the parent: one that died while this process was starting is seen at once
+    threading.Thread(target=_watch_parent, args=(parent or os.getppid(),), name="qtnb-parent-watch", daemon=True).start()
     if threads:
         import torch
         torch.set_num_threads(threads)
@@ -198,7 +201,7 @@ def run_workers(tuner: "Tuner", n_trials: int, workers: int, *, deadline: float 
     "Run `workers` processes (tasks of the Dask cluster at `scheduler`) on `tuner`'s study until it has `n_trials` finished trials."
     if scheduler is not None: return _run_on_cluster(tuner, n_trials, workers, deadline, threads, scheduler)
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_worker, args=(tuner, n_trials, deadline, threads), name=f"qtnb-tuner-{i}", daemon=False)
+    procs = [ctx.Process(target=_worker, args=(tuner, n_trials, deadline, threads, os.getpid()), name=f"qtnb-tuner-{i}", daemon=False)
              for i in range(workers)]
     for p in procs: p.start()
     try:
