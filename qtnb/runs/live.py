@@ -6,7 +6,7 @@ Docs: https://qtnb.github.io/qtnb/runs.live.html.md"""
 
 # %% ../../nbs/10b_runs.live.ipynb #db082ad6
 from __future__ import annotations
-import contextlib, json, os, secrets, signal, threading, time
+import contextlib, json, os, secrets, signal, threading, time, types
 
 from fastcore.basics import patch
 
@@ -62,6 +62,16 @@ def _beat_loop(run: Run, stop: threading.Event, every: float) -> None:
         try: run.beat(every=every)
         except Exception: pass          # a beat never takes the run down; a missed one shows as heartbeat age
 
+def _located(tb):
+    "`tb` without the entries that have no line number (a signal landing inside torch's fused Adam leaves one), which IPython cannot show."
+    entries = []
+    while tb is not None: entries.append(tb); tb = tb.tb_next
+    if all(t.tb_lineno is not None for t in entries): return entries[0] if entries else None
+    out = None
+    for t in reversed(entries):
+        if t.tb_lineno is not None: out = types.TracebackType(out, t.tb_frame, t.tb_lasti, t.tb_lineno)
+    return out
+
 def _on_signal(fired: list):
     owner = os.getpid()
     def handler(signum, frame):
@@ -92,7 +102,8 @@ def heartbeat(self: Run, every: float = HEARTBEAT_S, *,
         for s in INTERRUPT_SIGNALS: old[s] = signal.signal(s, _on_signal(fired))
     try: yield self
     except RunInterrupted as e:
-        _mark_interrupted(self, e); raise
+        _mark_interrupted(self, e)
+        e.__traceback__ = _located(e.__traceback__); raise
     finally:
         for s, h in old.items(): signal.signal(s, h if h is not None else signal.SIG_DFL)
         with _BEATING_LOCK:
