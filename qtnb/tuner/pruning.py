@@ -57,6 +57,7 @@ class PruningCallback(Callback):
             if time.monotonic() - self._flushed >= self.flush_s: self.flush()
             return
         self.trial.report(v, ep)
+        if ep >= getattr(getattr(trainer, "config", None), "num_epochs", float("inf")): return  # the last epoch: nothing left to save
         if self.trial.should_prune():
             trainer.dispatch("on_trial_pruned", ep)
             raise optuna.TrialPruned(f"trial pruned at epoch {ep}: {self.monitor}={v:.6g}")
