@@ -15,7 +15,58 @@ from ..errors import ConfigError
 from .space import SearchSpace
 
 # %% auto #0
-__all__ = ['SAMPLERS', 'PRUNERS', 'make_sampler', 'BestSoFar', 'make_pruner', 'trial_seed', 'TrialSeededSampler']
+__all__ = ['SAMPLERS', 'PRUNERS', 'MultiFidelity', 'make_sampler', 'BestSoFar', 'make_pruner', 'trial_seed', 'TrialSeededSampler']
+
+# %% ../../nbs/07b_tuner.samplers.ipynb #b4c1dcd4
+class _StudyView:
+    "`study` whose trials read as `trials` (TPE reads them through `get_trials` and `Study._get_trials`); all else, its storage too, is the study's."
+    def __init__(self, study: optuna.Study, trials: list): self._study, self._trials = study, trials
+    def __getattr__(self, name): return getattr(self._study, name)
+    @property
+    def trials(self) -> list: return self.get_trials()
+    def get_trials(self, deepcopy: bool = True, states=None) -> list:
+        return [copy.deepcopy(t) if deepcopy else t for t in self._trials if states is None or t.state in states]
+    def _get_trials(self, deepcopy: bool = True, states=None, use_cache: bool = False) -> list: return self.get_trials(deepcopy, states)
+
+class MultiFidelity(optuna.samplers.BaseSampler):
+    "`inner` (TPE) seeing every trial that reached `budget(study)` as complete there, valued at its best up to it (BOHB's rule)."
+    def __init__(self, inner: optuna.samplers.BaseSampler, min_trials: int = 5):
+        self.inner, self.min_trials, self._cache = inner, min_trials, (None, None)
+
+    def budget(self, study: optuna.Study) -> int | None:
+        "The longest step that `min_trials` finished trials reached; None unless a pruned trial reached it."
+        TS = optuna.trial.TrialState
+        fin = [t for t in study.get_trials(deepcopy=False, states=(TS.COMPLETE, TS.PRUNED)) if t.intermediate_values]
+        reach = lambda t: math.inf if t.state == TS.COMPLETE else max(t.intermediate_values)
+        for step in sorted({s for t in fin for s in t.intermediate_values}, reverse=True):
+            if sum(reach(t) >= step for t in fin) >= self.min_trials:
+                return step if any(t.state == TS.PRUNED and reach(t) >= step for t in fin) else None
+        return None
+
+    def view(self, study: optuna.Study) -> optuna.Study:
+        "`study` as `inner` sees it: the trials that reached `budget` complete there (`study` itself without one)."
+        TS = optuna.trial.TrialState
+        b = None if len(study.directions) > 1 else self.budget(study)
+        if b is None: return study
+        better = min if study.direction == optuna.study.StudyDirection.MINIMIZE else max
+        def seen(t):
+            got = [v for s, v in t.intermediate_values.items() if s <= b and not math.isnan(v)]
+            if t.state == TS.PRUNED and max(t.intermediate_values) < b or t.state not in (TS.COMPLETE, TS.PRUNED) or not got: return t
+            c = copy.copy(t); c.state, c.values = TS.COMPLETE, [better(got)]
+            return c
+        return _StudyView(study, [seen(t) for t in study.get_trials(deepcopy=False)])
+
+    def _seen(self, study, trial):
+        if self._cache[0] != (id(study), trial.number): self._cache = ((id(study), trial.number), self.view(study))
+        return self._cache[1]
+
+    def infer_relative_search_space(self, study, trial): return self.inner.infer_relative_search_space(study, trial)
+    def sample_relative(self, study, trial, search_space): return self.inner.sample_relative(self._seen(study, trial), trial, search_space)
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self.inner.sample_independent(self._seen(study, trial), trial, param_name, param_distribution)
+    def before_trial(self, study, trial): self.inner.before_trial(study, trial)
+    def after_trial(self, study, trial, state, values): self.inner.after_trial(study, trial, state, values)
+    def reseed_rng(self) -> None: self.inner.reseed_rng()
 
 # %% ../../nbs/07b_tuner.samplers.ipynb #8b37d6c4
 SAMPLERS = ("tpe", "random", "grid", "gp", "cmaes", "nsga2", "qmc")
@@ -32,8 +83,8 @@ def make_sampler(name: str = "tpe", *, seed: int | None = None,
     S = optuna.samplers
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if name == "tpe": return S.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
-                                              n_startup_trials=n_startup_trials)
+        if name == "tpe": return MultiFidelity(S.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
+                                                            n_startup_trials=n_startup_trials))
         if name == "random": return S.RandomSampler(seed=seed)
         if name == "grid":
             if space is None: raise ConfigError("sampler='grid' needs the search space to enumerate")

@@ -66,8 +66,8 @@ VARIANTS = {
     # range as candidates, half Optuna's prior weight, the best 5% (not 10%) as the good trials: 1.51 [0.49, 1.98],
     # 5/7 reached (Optuna 5 warns that `gamma` is deprecated).
     "mv_tpe5_endpoints_prior05_gamma05": (dict(MV, n_startup_trials=5, consider_endpoints=True, prior_weight=0.5, gamma="5%"), None),
-    # Multi-fidelity TPE (BOHB's rule, `MultiFidelity` below): pruned trials count as observations at the longest
-    # budget 5 trials reached, so the epoch-1 losses of many cheap trials steer the sampler. With Hyperband: 1.94
+    # Multi-fidelity TPE (BOHB's rule; then the bench's own prototype, now qtnb.tuner.samplers.MultiFidelity, the same
+    # rule): pruned trials count as observations at the longest budget 5 trials reached, so the epoch-1 losses of many cheap trials steer the sampler. With Hyperband: 1.94
     # [0.66, 1.94], 3/7 reached; with ASHA: >= 0.72 [0.72, 0.72], 1/7 reached by 300; rf 4 with 10 startup trials: not measured.
     "mf_tpe5_hyperband_min1": (("mf", dict(MV, n_startup_trials=5)), (HB, dict(min_resource=1, reduction_factor=3))),
     "mf_tpe5_asha_min1": (("mf", dict(MV, n_startup_trials=5)), (SH, dict(min_resource=1, reduction_factor=3))),
@@ -89,42 +89,27 @@ VARIANTS = {
     "mv_tpe5_median_w3_best": (dict(MV, n_startup_trials=5), ("median", dict(n_startup_trials=5, n_warmup_steps=3, smooth=True))),
     "mv_tpe5_p25_w3_best": (dict(MV, n_startup_trials=5), ("percentile", dict(percentile=25.0, n_startup_trials=5, n_warmup_steps=3, smooth=True))),
     "mv_tpe5_p25_w3": (dict(MV, n_startup_trials=5), ("percentile", dict(percentile=25.0, n_startup_trials=5, n_warmup_steps=3))),
+    # Measured 2026-12-06 after the last-epoch rule (qtnb's PruningCallback never prunes a trial at its last epoch; every
+    # row above was measured before it, with successive halving judging, and pruning, full-length trials at epoch 27 of
+    # 27): the table in nbs/07b_tuner.samplers.ipynb gives each on seeds 0-6, 0-14 and, for the leading three, 0-29.
+    # "mf": qtnb's MultiFidelity around TPE (the defaults since then); "mfN": its budget the longest epoch N finished
+    # trials reached (5 in the defaults). `gamma` is deprecated since Optuna 4.9, so that row is not a candidate default.
+    "mv_tpe10_ei64_asha_min3_best": (dict(MV, n_startup_trials=10, n_ei_candidates=64), (SH, dict(min_resource=3, reduction_factor=3, smooth=True))),
+    "mv_tpe10_endpoints_prior05_asha_min3_best": (dict(MV, n_startup_trials=10, consider_endpoints=True, prior_weight=0.5), (SH, dict(min_resource=3, reduction_factor=3, smooth=True))),
+    "independent_tpe10_asha_min3_best": (dict(multivariate=False, n_startup_trials=10), (SH, dict(min_resource=3, reduction_factor=3, smooth=True))),
+    "mv_tpe10_asha_min3_rf4_best": (dict(MV, n_startup_trials=10), (SH, dict(min_resource=3, reduction_factor=4, smooth=True))),
+    "mv_tpe10_gamma5_asha_min3_best": (dict(MV, n_startup_trials=10, gamma="5%"), (SH, dict(min_resource=3, reduction_factor=3, smooth=True))),
+    "mf3_tpe10_asha_min3_best": (("mf", dict(MV, n_startup_trials=10), 3), (SH, dict(min_resource=3, reduction_factor=3, smooth=True))),
+    "mf8_tpe10_asha_min3_best": (("mf", dict(MV, n_startup_trials=10), 8), (SH, dict(min_resource=3, reduction_factor=3, smooth=True))),
+    "mf_tpe8_asha_min3_best": (("mf", dict(MV, n_startup_trials=8)), (SH, dict(min_resource=3, reduction_factor=3, smooth=True))),
+    "mf_tpe12_asha_min3_best": (("mf", dict(MV, n_startup_trials=12)), (SH, dict(min_resource=3, reduction_factor=3, smooth=True))),
+    "mf_independent_tpe10_asha_min3_best": (("mf", dict(multivariate=False, n_startup_trials=10)), (SH, dict(min_resource=3, reduction_factor=3, smooth=True))),
+    "mf_tpe10_asha_min6_rf2_best": (("mf", dict(MV, n_startup_trials=10)), (SH, dict(min_resource=6, reduction_factor=2, smooth=True))),
+    "mf_tpe10_asha_min3_rf2_best": (("mf", dict(MV, n_startup_trials=10)), (SH, dict(min_resource=3, reduction_factor=2, smooth=True))),
+    "mf_tpe10_asha_min9_best": (("mf", dict(MV, n_startup_trials=10)), (SH, dict(min_resource=9, reduction_factor=3, smooth=True))),
+    "mf_tpe10_asha_min4_best": (("mf", dict(MV, n_startup_trials=10)), (SH, dict(min_resource=4, reduction_factor=3, smooth=True))),
+    "mv_tpe10_asha_min6_rf2_best": (dict(MV, n_startup_trials=10), (SH, dict(min_resource=6, reduction_factor=2, smooth=True))),
 }
-
-
-class _View:
-    "A study as a sampler sees it, with `trials` in place of its own (TPE reads them through Study._get_trials)."
-    def __init__(self, study, trials): self.study, self.view_trials = study, trials
-    def __getattr__(self, k): return getattr(self.study, k)
-    def get_trials(self, deepcopy=True, states=None): return [t for t in self.view_trials if states is None or t.state in states]
-    def _get_trials(self, deepcopy=True, states=None, use_cache=False): return self.get_trials(deepcopy, states)
-
-
-def _multi_fidelity(inner, min_trials: int = 5):
-    """`inner` (TPE) modelling, as BOHB does, the longest budget (epoch) that `min_trials` finished trials reached: each of
-    them enters as complete, its value the best validation loss it reported up to that epoch (minimised)."""
-    import copy, optuna
-    TS = optuna.trial.TrialState
-    def view(study):
-        trials = study.get_trials(deepcopy=False, states=(TS.COMPLETE, TS.PRUNED, TS.RUNNING))
-        fin = [t for t in trials if t.state != TS.RUNNING and t.intermediate_values]
-        top = lambda t: float("inf") if t.state == TS.COMPLETE else max(t.intermediate_values)
-        steps = sorted({s for t in fin for s in t.intermediate_values}, reverse=True)
-        b = next((s for s in steps if sum(top(t) >= s for t in fin) >= min_trials), None)
-        if b is None: return study
-        def seen(t):
-            if t.state == TS.RUNNING or not t.intermediate_values or top(t) < b: return t
-            c = copy.copy(t); c.state = TS.COMPLETE; c.values = [min(v for s, v in t.intermediate_values.items() if s <= b)]
-            return c
-        return _View(study, [seen(t) for t in trials])
-    class MultiFidelity(optuna.samplers.BaseSampler):
-        def infer_relative_search_space(self, study, trial): return inner.infer_relative_search_space(study, trial)
-        def sample_relative(self, study, trial, ss): return inner.sample_relative(view(study), trial, ss)
-        def sample_independent(self, study, trial, n, d): return inner.sample_independent(view(study), trial, n, d)
-        def before_trial(self, study, trial): inner.before_trial(study, trial)
-        def after_trial(self, study, trial, state, values): inner.after_trial(study, trial, state, values)
-        def reseed_rng(self): inner.reseed_rng()
-    return MultiFidelity()
 
 
 class _RunningBest:
@@ -158,6 +143,7 @@ def _apply(variant: str) -> tuple[str, str]:
     import optuna, warnings
     import qtnb.tuner.core as qt   # where the Tuner looks them up
     from qtnb.config import TuneConfig
+    from qtnb.tuner.samplers import MultiFidelity
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
     qt.make_sampler, qt.make_pruner = qt.__dict__.setdefault("_bench_original", (qt.make_sampler, qt.make_pruner))  # a reused worker
     skw, pr = VARIANTS[variant]
@@ -168,8 +154,8 @@ def _apply(variant: str) -> tuple[str, str]:
         skw = dict(skw, gamma=_gamma_5pct)
     if isinstance(skw, tuple) and skw[0] == "gp":          # ("gp", keywords): Optuna's GPSampler
         qt.make_sampler = lambda name="tpe", *, seed=None, **_: optuna.samplers.GPSampler(seed=seed, **skw[1])
-    elif isinstance(skw, tuple) and skw[0] == "mf":        # ("mf", TPE keywords): multi-fidelity TPE
-        qt.make_sampler = lambda name="tpe", *, seed=None, **_: _multi_fidelity(tpe(seed, skw[1]), min_trials=5)
+    elif isinstance(skw, tuple) and skw[0] == "mf":        # ("mf", TPE keywords[, min_trials]): multi-fidelity TPE
+        qt.make_sampler = lambda name="tpe", *, seed=None, **_: MultiFidelity(tpe(seed, skw[1]), min_trials=skw[2] if len(skw) > 2 else 5)
     elif skw is not None:
         qt.make_sampler = lambda name="tpe", *, seed=None, **_: tpe(seed, skw)
     if pr is None: return sampler, default("pruner")
