@@ -27,9 +27,11 @@ NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)   # full disk, quota
 class _Tracked:
     "A binary file that remembers the OSError a write raised (torch.save reports it only as 'unexpected pos')."
     def __init__(self, f): self.f, self.error = f, None
+    interrupt = None
     def write(self, b):
         try: return self.f.write(b)
         except OSError as e: self.error = e; raise
+        except KeyboardInterrupt as e: self.interrupt = e; raise   # a signal: torch.save would turn it into 'unexpected pos'
     def flush(self): self.f.flush()
     def __getattr__(self, name): return getattr(self.f, name)
 
@@ -71,6 +73,8 @@ def atomic_write(path: str | Path, data: str | bytes | Callable[[IO[bytes]], Any
     except BaseException as e:
         if tmp is not None:
             with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
+        stop = getattr(f, "interrupt", None)
+        if stop is not None and e is not stop: raise stop from None   # the signal, not the error torch made of it
         full = _disk_full(path, e, getattr(f, "error", None))
         if full is not None: raise full from None
         raise
