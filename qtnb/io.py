@@ -25,9 +25,8 @@ __all__ = ['NO_SPACE_ERRNOS', 'atomic_write', 'atomic_save', 'read_yaml', 'dump_
 NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)   # full disk, quota, file-size limit: one fix, free space
 
 class _Tracked:
-    "A binary file that remembers the OSError a write raised (torch.save reports it only as 'unexpected pos')."
-    def __init__(self, f): self.f, self.error = f, None
-    interrupt = None
+    "A binary file that remembers the OSError or signal a write raised (torch.save reports either only as 'unexpected pos')."
+    def __init__(self, f): self.f, self.error, self.interrupt = f, None, None
     def write(self, b):
         try: return self.f.write(b)
         except OSError as e: self.error = e; raise
